@@ -1,0 +1,30 @@
+# Two commands for a newcomer: `make demo` (the whole pipeline on the embedded synthetic data,
+# CPU, minutes) and `make test` (the test suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: venv demo study test clean-demo
+
+# uv installs in one step what plain pip needs two for: --overrides lifts facenet-pytorch's
+# torch<2.3 / numpy<2 / Pillow caps (its MTCNN runs on current versions).
+$(VENV)/.installed: requirements.txt overrides.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/python -m uv pip install -q --python $(BIN)/python -r requirements.txt --overrides overrides.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	dvc config --local core.analytics false && dvc config --local core.check_update false
+	dvc exp run -S profile=demo
+	@echo "report: reports/comparison.md   (params.yaml now says profile: demo; 'git checkout params.yaml' restores the study)"
+
+study: venv
+	dvc repro
+
+test: venv
+	$(BIN)/python -m pytest -q tests

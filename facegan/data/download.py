@@ -1,0 +1,444 @@
+"""The `download` stage's library: bring source images into data.raw_dir, verified.
+
+Sources (data.source):
+  celeba     the official aligned-and-cropped CelebA (img_align_celeba.zip, 202,599 JPEGs) plus
+             its attribute, partition and aligned-landmark lists, from the Google Drive files
+             torchvision's CelebA dataset uses, each checked against torchvision's md5 sum.
+  url        any zip/tar(.gz/.bz2/.xz) mirror; data.sha256 verifies it when given (when not, the
+             computed sha256 is logged and recorded in SOURCE.json).
+  folder     a local folder of images (read in place, listed in data/raw/files.txt) or a local
+             archive (extracted).
+  synthetic  drawn offline (facegan.data.synthetic).
+
+Downloads land in data.download_dir (outside the DVC output data/raw, so a re-run of the stage
+never fetches again): `<name>.part` grows with HTTP Range requests across retries and runs, is
+hashed when complete and only then renamed to `<name>`; a `<name>.verified.json` stamp (size,
+mtime, digest) saves re-hashing. Archives are extracted into a temporary directory that replaces
+the target only when complete. Every failure is one UserError line naming what happened and how
+to supply the files by hand (data.source=folder). The only credential, FACEGAN_HTTP_TOKEN (a
+bearer token for data.url's host), comes from the environment.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import html.parser
+import json
+import logging
+import os
+import shutil
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+from urllib.parse import urlencode, urljoin, urlparse
+
+from tqdm import tqdm
+
+from facegan.errors import UserError
+from facegan.io import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
+
+GDRIVE_DOWNLOAD = "https://drive.usercontent.google.com/download"
+# (Google Drive file id, md5, file name): the ids and sums of torchvision.datasets.CelebA.
+CELEBA_FILES = (
+    ("0B7EVK8r0v71pZjFTYXZWM3FlRnM", "00d2c5bc6d35e252742224ab0c1e8fcb", "img_align_celeba.zip"),
+    ("0B7EVK8r0v71pblRyaVFSWGxPY0U", "75e246fa4810816ffd6ee81facbd244c", "list_attr_celeba.txt"),
+    ("0B7EVK8r0v71pY0NSMzRuSXJEVkk", "d32c9cbf5e040fd4025c592c306e6668", "list_eval_partition.txt"),
+    ("0B7EVK8r0v71pd0FJY3Blby1HUTQ", "cc24ecafdb5b50baae59b03474781f8c", "list_landmarks_align_celeba.txt"),
+)
+CELEBA_IMAGES = 202_599
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+TOKEN_ENV = "FACEGAN_HTTP_TOKEN"
+CHUNK = 1 << 20
+NET_CHUNK = 1 << 16  # a broken connection loses at most this much of the .part
+SOURCE_FILE = "SOURCE.json"
+BY_HAND = "download the files by hand and set data.source=folder data.folder=<path> (see docs/data.md)"
+
+
+class HtmlPageError(UserError):
+    """The server sent a web page where a file was expected (quota notice, login, error page)."""
+
+    def __init__(self, message: str, page: str, url: str):
+        super().__init__(message)
+        self.page, self.url = page, url
+
+
+def _disk_full(err: OSError, path: Path) -> UserError | None:
+    if err.errno == errno.ENOSPC:
+        return UserError(f"disk full while writing {path}: free space on {path.parent} and re-run")
+    return None
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified.json")
+
+
+def _stamp_matches(path: Path, algorithm: str, expected: str | None) -> str | None:
+    """The recorded digest if `path` is unchanged since it was verified (and matches `expected`)."""
+    stamp = _stamp_path(path)
+    if not (path.exists() and stamp.exists()):
+        return None
+    try:
+        record = json.loads(stamp.read_text())
+    except json.JSONDecodeError:
+        return None
+    info = path.stat()
+    same_file = record.get("size") == info.st_size and record.get("mtime_ns") == info.st_mtime_ns
+    if same_file and record.get("algorithm") == algorithm and (expected is None or record.get("digest") == expected):
+        return record["digest"]
+    return None
+
+
+def _write_stamp(path: Path, algorithm: str, digest: str) -> None:
+    info = path.stat()
+    write_json(_stamp_path(path), {"size": info.st_size, "mtime_ns": info.st_mtime_ns,
+                                   "algorithm": algorithm, "digest": digest})
+
+
+def _looks_like_html(head: bytes, content_type: str) -> bool:
+    start = head.lstrip()[:64].lower()
+    return start.startswith((b"<!doctype html", b"<html")) or (
+        "text/html" in content_type and start.startswith(b"<"))
+
+
+def _progress(total: int | None, initial: int, name: str):
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=name, leave=False,
+                disable=None)
+
+
+def fetch(url: str, dest: str | Path, *, digest: str | None = None, algorithm: str = "sha256",
+          retries: int = 3, backoff_s: float = 2.0, timeout_s: float = 60.0, headers: dict | None = None,
+          params: dict | None = None) -> str:
+    """Download `url` to `dest` (resumable, verified); return the file's digest.
+
+    Never downloads again when `dest` is there and verified. A partial `dest.part` is resumed
+    with a Range request (restarted when the server ignores ranges). Raises UserError (or its
+    HtmlPageError) with a one-line reason: unreachable host, HTTP error, HTML page, a download that
+    keeps breaking off, or a checksum mismatch (then the bad file is deleted).
+    """
+    import requests  # here, so folder/synthetic sources (and the benchmark) do not need it
+
+    dest = Path(dest)
+    name = dest.name
+    digest = digest.lower() if digest else None
+    recorded = _stamp_matches(dest, algorithm, digest)
+    if recorded:
+        return recorded
+    if dest.exists():
+        actual = file_digest(dest, algorithm)
+        if digest is None or actual == digest:
+            _write_stamp(dest, algorithm, actual)
+            return actual
+        log.warning("%s is there but its %s is %s, not %s: downloading it again", dest, algorithm, actual, digest)
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(name + ".part")
+    host = urlparse(url).netloc or url
+    last_problem = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+        offset = part.stat().st_size if part.exists() else 0
+        request_headers = dict(headers or {})
+        if offset:
+            request_headers["Range"] = f"bytes={offset}-"
+        try:
+            with requests.get(url, params=params, headers=request_headers, stream=True, timeout=(15, timeout_s)) as response:
+                if response.status_code == 416 and offset:
+                    break  # the part already holds the whole file
+                if response.status_code >= 400:
+                    if response.status_code in (429, 500, 502, 503, 504) and attempt < retries:
+                        last_problem = f"HTTP {response.status_code}"
+                        continue
+                    raise UserError(f"{host} answered HTTP {response.status_code} {response.reason} for {name}: "
+                                    f"check the address, or {BY_HAND}")
+                resumed = offset and response.status_code == 206 and \
+                    response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+                if offset and not resumed:
+                    log.warning("%s ignored the resume request for %s: starting it again", host, name)
+                    offset = 0
+                length = response.headers.get("Content-Length")
+                total = offset + int(length) if length and length.isdigit() else None
+                chunks = response.iter_content(NET_CHUNK)
+                first = next(chunks, b"")
+                if offset == 0 and _looks_like_html(first, response.headers.get("Content-Type", "")):
+                    page = first + b"".join(c for _, c in zip(range(4), chunks))
+                    raise HtmlPageError(f"{host} sent a web page instead of {name} (quota, login or error page): "
+                                        f"{BY_HAND}", page.decode("utf-8", "replace"), response.url)
+                with open(part, "ab" if offset else "wb") as handle, _progress(total, offset, name) as bar:
+                    handle.write(first)
+                    bar.update(len(first))
+                    for chunk in chunks:
+                        handle.write(chunk)
+                        bar.update(len(chunk))
+            size = part.stat().st_size
+            if total is not None and size < total:
+                last_problem = f"connection closed after {size:,} of {total:,} bytes"
+                continue
+            break
+        except HtmlPageError:
+            raise
+        except UserError:
+            raise
+        except OSError as err:
+            if full := _disk_full(err, part):
+                raise full from err
+            if not isinstance(err, requests.RequestException):
+                raise
+            got = part.stat().st_size if part.exists() else 0
+            unreachable = isinstance(err, requests.ConnectionError) and got == 0
+            last_problem = "unreachable" if unreachable else f"{type(err).__name__} after {got:,} bytes"
+    else:
+        got = part.stat().st_size if part.exists() else 0
+        if got == 0 and last_problem == "unreachable":
+            raise UserError(f"cannot reach {host} to download {name} (no network?): {BY_HAND}")
+        if got == 0:
+            raise UserError(f"cannot download {name} from {host} ({last_problem}): {BY_HAND}")
+        raise UserError(f"download of {name} from {host} broke off {retries + 1} times ({last_problem}); "
+                        f"{got:,} bytes kept in {part}: re-run to resume, or {BY_HAND}")
+    actual = file_digest(part, algorithm)
+    if digest and actual != digest:
+        size = part.stat().st_size
+        part.unlink()
+        raise UserError(f"{name} from {host} has the wrong {algorithm} ({actual[:12]}..., expected {digest[:12]}...; "
+                        f"{size:,} bytes, truncated or a different file): deleted it; re-run, or {BY_HAND}")
+    os.replace(part, dest)
+    _write_stamp(dest, algorithm, actual)
+    return actual
+
+
+class _FormParser(html.parser.HTMLParser):
+    """Collect the first form's action and its hidden inputs (Drive's 'download anyway' form)."""
+
+    def __init__(self):
+        super().__init__()
+        self.action, self.fields, self._in_form, self._done = None, {}, False, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form" and not self._done:
+            self.action, self._in_form = attrs.get("action"), True
+        elif tag == "input" and self._in_form and attrs.get("type") == "hidden" and attrs.get("name"):
+            self.fields[attrs["name"]] = attrs.get("value") or ""
+
+    def handle_endtag(self, tag):
+        if tag == "form" and self._in_form:
+            self._in_form, self._done = False, True
+
+
+def _is_quota_page(page: str) -> bool:
+    text = page.lower()
+    return "quota exceeded" in text or "too many users have viewed or downloaded" in text
+
+
+def fetch_gdrive(file_id: str, dest: str | Path, md5: str, base_url: str = GDRIVE_DOWNLOAD, **kwargs) -> str:
+    """Fetch a public Google Drive file, following its 'virus scan warning' form once."""
+    dest = Path(dest)
+    hint = (f"Google Drive refuses {dest.name} for now (its download quota is exhausted; it resets within about a "
+            f"day): try later, or {BY_HAND}")
+    try:
+        return fetch(base_url, dest, digest=md5, algorithm="md5",
+                     params={"id": file_id, "export": "download", "confirm": "t"}, **kwargs)
+    except HtmlPageError as page:
+        if _is_quota_page(page.page):
+            raise UserError(hint) from None
+        form = _FormParser()
+        form.feed(page.page)
+        if not form.action:
+            raise
+        action = urljoin(page.url, form.action)
+        try:
+            return fetch(f"{action}?{urlencode(form.fields)}", dest, digest=md5, algorithm="md5", **kwargs)
+        except HtmlPageError as again:
+            if _is_quota_page(again.page):
+                raise UserError(hint) from None
+            raise
+
+
+# -- archives ---------------------------------------------------------------------------------
+def _safe_member(name: str) -> bool:
+    parts = Path(name).parts
+    return not name.startswith(("/", "\\")) and ".." not in parts and not (parts and ":" in parts[0])
+
+
+def extract_archive(archive: Path, target: Path, digest: str) -> Path:
+    """Extract a zip or tar archive into `target` atomically; skipped when already extracted."""
+    marker = target / ".extracted.json"
+    if marker.exists():
+        try:
+            if json.loads(marker.read_text()).get("archive_digest") == digest:
+                return target
+        except json.JSONDecodeError:
+            pass
+    problem = f"{archive.name} is truncated or corrupt"
+    fix = f"delete {archive} and re-run to download it again, or {BY_HAND}"
+    try:
+        with atomic_dir(target) as tmp:
+            if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as zf:
+                    members = [m for m in zf.infolist() if not m.is_dir()]
+                    unsafe = [m.filename for m in members if not _safe_member(m.filename)]
+                    if unsafe:
+                        raise UserError(f"{archive.name} holds unsafe paths such as {unsafe[0]!r}: refusing to extract it")
+                    for member in tqdm(members, desc=f"extracting {archive.name}", leave=False, disable=None):
+                        zf.extract(member, tmp)  # raises BadZipFile on a CRC mismatch
+            elif tarfile.is_tarfile(archive):
+                with tarfile.open(archive) as tf:
+                    tf.extractall(tmp, filter="data")  # "data" refuses links and paths leaving tmp
+            else:
+                raise UserError(f"{problem} (neither a zip nor a tar archive): {fix}")
+            write_json(tmp / ".extracted.json", {"archive": archive.name, "archive_digest": digest})
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zipfile.LargeZipFile) as err:
+        raise UserError(f"{problem} ({err}): {fix}") from err
+    except OSError as err:
+        if full := _disk_full(err, target):
+            raise full from err
+        raise UserError(f"{problem} ({err}): {fix}") from err
+    return target
+
+
+# -- sources ----------------------------------------------------------------------------------
+def list_images(root: Path) -> list[str]:
+    """Image files under `root` (recursive, hidden entries skipped), as sorted relative paths."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in filenames:
+            if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(Path(dirpath, filename).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def find_partition_file(root: Path, explicit: str = "") -> Path | None:
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise UserError(f"data.partition_file={explicit} does not exist: fix the path or set it to \"\"")
+        return path
+    for candidate in [root / "list_eval_partition.txt", root.parent / "list_eval_partition.txt",
+                      *sorted(root.glob("*/list_eval_partition.txt"))]:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _image_root(extracted: Path) -> Path:
+    """The folder that holds the images: skip single wrapper directories of an archive."""
+    root = extracted
+    while True:
+        entries = [e for e in root.iterdir() if not e.name.startswith(".")]
+        if len(entries) == 1 and entries[0].is_dir():
+            root = entries[0]
+        else:
+            return root
+
+
+def _write_source(raw_dir: Path, record: dict, files: list[str]) -> dict:
+    if not files:
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {record['image_root']}: "
+                        f"point data.folder or data.url at a folder or archive of images")
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(record["image_root"])
+    listing = "".join(f"{name}\t{(root / name).stat().st_size}\n" for name in files)
+    with open(raw_dir / "files.txt.tmp", "w") as handle:
+        handle.write(listing)
+    os.replace(raw_dir / "files.txt.tmp", raw_dir / "files.txt")
+    record = {**record, "count": len(files)}
+    write_json(raw_dir / SOURCE_FILE, record)
+    return record
+
+
+def prepare_celeba(raw_dir: Path, download_dir: Path, base_url: str = GDRIVE_DOWNLOAD, **fetch_kwargs) -> dict:
+    """Download (or reuse) the four CelebA files, verify their md5 sums, extract the images."""
+    store = download_dir / "celeba"
+    digests = {}
+    for file_id, md5, name in CELEBA_FILES:
+        digests[name] = fetch_gdrive(file_id, store / name, md5, base_url=base_url, **fetch_kwargs)
+    target = extract_archive(store / "img_align_celeba.zip", raw_dir / "celeba", digests["img_align_celeba.zip"])
+    for _, _, name in CELEBA_FILES[1:]:
+        shutil.copyfile(store / name, target / name)
+    image_root = _image_root(target) if not (target / "img_align_celeba").is_dir() else target / "img_align_celeba"
+    files = list_images(image_root)
+    if len(files) != CELEBA_IMAGES:
+        log.warning("img_align_celeba.zip holds %d images, not %d", len(files), CELEBA_IMAGES)
+    return _write_source(raw_dir, {"source": "celeba", "image_root": str(image_root),
+                                   "partition_file": str(target / "list_eval_partition.txt"),
+                                   "md5": digests}, files)
+
+
+def prepare_url(raw_dir: Path, download_dir: Path, url: str, sha256: str = "", partition_file: str = "",
+                **fetch_kwargs) -> dict:
+    if not url:
+        raise UserError("data.source=url needs data.url (a zip or tar archive of images)")
+    name = Path(urlparse(url).path).name or "archive"
+    headers = {}
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    digest = fetch(url, download_dir / "url" / name, digest=sha256 or None, algorithm="sha256", headers=headers,
+                   **fetch_kwargs)
+    if not sha256:
+        logging.warning("data.sha256 is empty: %s was not verified; its sha256 is %s (put it in params.yaml)", name, digest)
+    target = extract_archive(download_dir / "url" / name, raw_dir / "url", digest)
+    image_root = _image_root(target)
+    partition = find_partition_file(target, partition_file)
+    return _write_source(raw_dir, {"source": "url", "url": url, "sha256": digest, "verified": bool(sha256),
+                                   "image_root": str(image_root),
+                                   "partition_file": str(partition) if partition else ""}, list_images(image_root))
+
+
+def prepare_folder(raw_dir: Path, folder: str, partition_file: str = "") -> dict:
+    if not folder:
+        raise UserError("data.source=folder needs data.folder (a folder or archive of images)")
+    path = Path(folder).expanduser()
+    if not path.exists():
+        raise UserError(f"data.folder={folder} does not exist: point it at a folder or archive of images")
+    if path.is_file():
+        digest = file_digest(path, "sha256")
+        target = extract_archive(path, raw_dir / "folder", digest)
+        image_root, extra = _image_root(target), {"archive": str(path.resolve()), "sha256": digest}
+    else:
+        image_root, extra = path.resolve(), {}
+    partition = find_partition_file(image_root, partition_file)
+    return _write_source(raw_dir, {"source": "folder", "folder": folder, "image_root": str(image_root),
+                                   "partition_file": str(partition) if partition else "", **extra},
+                         list_images(image_root))
+
+
+def prepare_synthetic(raw_dir: Path, count: int, size: int, seed: int) -> dict:
+    from PIL import Image
+
+    from facegan.data.synthetic import render_face
+
+    with atomic_dir(raw_dir / "synthetic") as tmp:
+        for index in tqdm(range(count), desc="drawing synthetic faces", disable=None):
+            Image.fromarray(render_face(seed, index, size)).save(tmp / f"{index:06d}.png")
+    record = {"source": "synthetic", "count": count, "size": size, "seed": seed,
+              "image_root": str(raw_dir / "synthetic"), "partition_file": ""}
+    write_json(raw_dir / SOURCE_FILE, record)
+    return record
+
+
+def prepare(data: dict, seed: int) -> dict:
+    """Run the source chosen by the `data` params; return the SOURCE.json record."""
+    raw_dir, download_dir = Path(data["raw_dir"]), Path(data["download_dir"])
+    source = data["source"]
+    if source == "synthetic":
+        return prepare_synthetic(raw_dir, data["synthetic_images"], data["resolution"], seed)
+    if source == "celeba":
+        return prepare_celeba(raw_dir, download_dir)
+    if source == "url":
+        return prepare_url(raw_dir, download_dir, data["url"], data["sha256"], data["partition_file"])
+    if source == "folder":
+        return prepare_folder(raw_dir, data["folder"], data["partition_file"])
+    raise UserError(f"data.source={source} is unknown: use celeba, url, folder or synthetic")

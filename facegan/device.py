@@ -1,0 +1,26 @@
+"""Device and precision choice from params, with one-line errors when the choice can't run here."""
+from __future__ import annotations
+
+import torch
+
+from facegan.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is visible: set the device param to auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 where the GPU supports it, else fp16 (with a GradScaler); fp32 on CPU.
+    Asked for explicitly, bf16 also runs on CPU (autocast); fp16 needs CUDA."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("train.precision=fp16 needs a CUDA GPU (its GradScaler is CUDA-only): use auto, fp32 or bf16 on CPU")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

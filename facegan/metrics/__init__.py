@@ -1,0 +1,1 @@
+"""Metrics of the study: FID/KID through clean-fid, plus the feature extractors they share."""

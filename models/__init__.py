@@ -1,0 +1,75 @@
+"""Registry of the study's GANs: one module per model, each registering a ModelSpec by name.
+
+Contract every model follows (the training loop, metrics and report rely on it):
+
+Generator `G` (nn.Module)
+  - attributes `z_dim`, `img_resolution`, `img_channels`
+  - `G(z, truncation_psi=1.0) -> images` (N, C, R, R), roughly in [-1, 1]
+  - style-based generators also have `G.mapping(z, truncation_psi=1.0) -> ws` (N, num_ws, w_dim),
+    `G.synthesis(ws) -> images`, a buffer `G.w_avg` and `G.w_dim`; style mixing, when the
+    model uses it, happens inside `G.forward` while `G.training` is true
+Discriminator `D` (nn.Module)
+  - `D(images) -> logits` (N,) or (N, 1)
+Progressive models (PGGAN, StyleGAN) also give both G and D `set_progress(level, alpha)`:
+  level 0 is 4x4, level k is 4*2**k, alpha in [0, 1] fades in the newest block.
+
+`build(arch, resolution)` receives the model's `arch` section of params.yaml as keyword
+arguments; constructors take explicit, documented hyper-parameters, never globals.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from facegan.errors import UserError
+from facegan.params import MODEL_NAMES
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    paper: str
+    build: Callable[..., tuple[nn.Module, nn.Module]]  # build(resolution=..., **arch) -> (G, D)
+    style_based: bool = False  # has mapping/synthesis and w_avg (PPL in W, truncation sweeps)
+    progressive: bool = False  # has set_progress(level, alpha) on G and D
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+class NotImplementedModel(UserError):
+    """The study names this model but this checkout has no implementation of it yet."""
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in MODEL_NAMES:
+        raise UserError(f"unknown model '{name}': choose one of {', '.join(MODEL_NAMES)}")
+    if name not in _REGISTRY:
+        try:
+            importlib.import_module(f"models.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"models.{name}":
+                raise
+            raise NotImplementedModel(f"model '{name}' is not implemented yet") from err
+    return _REGISTRY[name]
+
+
+def build(name: str, arch: dict, resolution: int) -> tuple[nn.Module, nn.Module]:
+    """Build (G, D) for `name` at `resolution`; a bad arch key is a one-line UserError."""
+    spec = get_spec(name)
+    try:
+        return spec.build(resolution=resolution, **arch)
+    except TypeError as err:
+        raise UserError(f"models.{name}.arch does not fit {name}: {err}") from err
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

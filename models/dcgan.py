@@ -1,0 +1,84 @@
+"""DCGAN: Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep Convolutional
+Generative Adversarial Networks", ICLR 2016.
+
+Components of the paper and where they live:
+  - generator: z projected to a 4x4 feature map, then fractionally-strided (transposed) 4x4
+    convolutions doubling the resolution, BatchNorm + ReLU in every layer but the output,
+    tanh output                                                     -> DCGANGenerator
+  - discriminator: strided 4x4 convolutions (no pooling), LeakyReLU(0.2), BatchNorm in every
+    layer but the first, a single logit at 4x4                      -> DCGANDiscriminator
+  - weights initialised from N(0, 0.02) (BatchNorm scale N(1, 0.02)) -> init_dcgan_weights
+  - Adam lr 2e-4, beta1 0.5, non-saturating loss                    -> params.yaml models.dcgan
+The paper's 64x64 network generalises to any power-of-two resolution by adding blocks; widths
+double per block towards 4x4, capped at `max_channels`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from models import ModelSpec, register
+
+
+def block_channels(resolution: int, base: int, cap: int) -> list[int]:
+    """Channels at 4x4, 8x8, ..., resolution/2 for a net whose last block is `base` wide."""
+    depth = int(math.log2(resolution)) - 2  # number of 2x steps from 4x4
+    return [min(base * 2 ** (depth - 1 - i), cap) for i in range(depth)]
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class DCGANGenerator(nn.Module):
+    def __init__(self, resolution: int, z_dim: int, g_channels: int, max_channels: int, img_channels: int = 3):
+        super().__init__()
+        self.z_dim, self.img_resolution, self.img_channels = z_dim, resolution, img_channels
+        chans = block_channels(resolution, g_channels, max_channels)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(z_dim, chans[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4 projection
+            nn.BatchNorm2d(chans[0]),
+            nn.ReLU(True),
+        ]
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(chans[-1], img_channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(init_dcgan_weights)
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
+        # DCGAN has no W space; truncation scales z towards its mean (0), the usual Z-space variant.
+        return self.net((z * truncation_psi)[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    def __init__(self, resolution: int, d_channels: int, max_channels: int, img_channels: int = 3):
+        super().__init__()
+        chans = block_channels(resolution, d_channels, max_channels)[::-1]  # resolution/2 ... 4x4
+        layers: list[nn.Module] = [nn.Conv2d(img_channels, chans[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, True)]
+        layers += [nn.Conv2d(chans[-1], 1, 4, 1, 0, bias=False)]
+        self.net = nn.Sequential(*layers)
+        self.apply(init_dcgan_weights)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).flatten()
+
+
+def build(resolution: int, z_dim: int, g_channels: int, d_channels: int, max_channels: int):
+    return (
+        DCGANGenerator(resolution, z_dim, g_channels, max_channels),
+        DCGANDiscriminator(resolution, d_channels, max_channels),
+    )
+
+
+SPEC = register(ModelSpec(name="dcgan", paper="Radford et al. 2016 (ICLR)", build=build))

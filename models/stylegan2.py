@@ -1,0 +1,161 @@
+"""StyleGAN2 (Karras et al. 2020, "Analyzing and Improving the Image Quality of StyleGAN"),
+config F scaled by params: the generator with weight demodulation and skip outputs, and the
+residual discriminator, without progressive growing.
+
+Components and where they live:
+  - mapping network z -> w (8 FC layers, lr multiplier 0.01, w_avg for truncation, sec. 2 of the
+    StyleGAN paper)                                           -> layers.MappingNetwork
+  - style-mixing regularisation while training (prob `mixing_prob`) -> layers.mix_styles, Generator
+  - learned constant 4x4 input                                -> SynthesisBlock.const
+  - modulation / demodulation (sec. 2.2), up-sampling conv with the [1,3,3,1] FIR filter
+                                                              -> layers.ModulatedConv2d, SynthesisLayer
+  - per-pixel noise with a learned strength, bias and leaky ReLU after the demodulated conv (fig. 2d)
+                                                              -> layers.NoiseInjection, SynthesisLayer
+  - skip generator: tRGB at every resolution, summed after FIR up-sampling (fig. 7b, sec. 4.1)
+                                                              -> layers.ToRGB, SynthesisBlock
+  - residual discriminator with minibatch stddev (fig. 7c)    -> layers.ResidualDiscriminator
+  - truncation trick (psi)                                    -> layers.MappingNetwork
+  - mixed precision in the `num_fp16_res` highest resolutions with activations clamped to
+    +-conv_clamp (StyleGAN2-ADA appendix)                     -> layers.block_precision
+Lazy R1 and path-length regularisation are training-loop work (the `loss` section); G exposes
+`mapping` and `synthesis` so the loop can compute the path-length penalty.
+Widths: channel_base / resolution capped at channel_max (config F: 32768 and 512 at 1024x1024).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from facegan.errors import UserError
+from facegan.ops import bias_act, setup_filter, upsample2d
+from models import ModelSpec, layers, register
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv (optionally up x2) -> noise -> bias + leaky ReLU, clamped."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: int = 1,
+                 conv_clamp: float | None = None, resample_filter=(1, 3, 3, 1)):
+        super().__init__()
+        self.conv = layers.ModulatedConv2d(in_channels, out_channels, 3, w_dim, up=up, resample_filter=resample_filter)
+        self.noise = layers.NoiseInjection(resolution)
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.conv_clamp = conv_clamp
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        x = self.conv(x, w).to(x.dtype)
+        x = self.noise(x, noise_mode)
+        return bias_act(x, self.bias.to(x.dtype), act="lrelu", clamp=self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution of the skip generator: (const | up-conv) -> conv -> tRGB, img += tRGB."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
+                 conv_clamp: float | None, use_low_precision: bool, resample_filter=(1, 3, 3, 1)):
+        super().__init__()
+        self.resolution, self.use_low_precision = resolution, use_low_precision
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+            self.conv0 = None
+        else:
+            self.const = None
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, conv_clamp=conv_clamp,
+                                        resample_filter=resample_filter)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
+        self.torgb = layers.ToRGB(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.num_conv = 1 if self.conv0 is None else 2
+
+    def forward(self, x, img, ws, noise_mode="random"):
+        """ws: (N, num_conv + 1, w_dim); returns features and the running RGB image (fp32)."""
+        dtype, ctx = layers.block_precision(self.use_low_precision, ws.device)
+        with ctx:
+            if self.conv0 is None:
+                x = self.const.to(dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+                x = self.conv1(x, ws[:, 0], noise_mode)
+            else:
+                x = self.conv0(x.to(dtype), ws[:, 0], noise_mode)
+                x = self.conv1(x, ws[:, 1], noise_mode)
+            y = self.torgb(x, ws[:, self.num_conv]).to(torch.float32)
+            img = y if img is None else upsample2d(img, self.resample_filter) + y
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    """ws (N, num_ws, w_dim) -> image. num_ws = 2 * log2(R) - 2 (18 at 1024x1024)."""
+
+    def __init__(self, w_dim: int, resolution: int, img_channels: int, channel_base: int, channel_max: int,
+                 num_fp16_res: int, conv_clamp: float | None):
+        super().__init__()
+        self.w_dim, self.img_resolution, self.img_channels = w_dim, resolution, img_channels
+        log2 = int(math.log2(resolution))
+        self.block_resolutions = [2 ** i for i in range(2, log2 + 1)]
+        fp16_resolution = max(2 ** (log2 + 1 - num_fp16_res), 8)
+        self.blocks = nn.ModuleList()
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            in_ch = layers.channels_for(res // 2, channel_base, channel_max) if res > 4 else 0
+            out_ch = layers.channels_for(res, channel_base, channel_max)
+            block = SynthesisBlock(in_ch, out_ch, w_dim, res, img_channels, conv_clamp,
+                                   use_low_precision=num_fp16_res > 0 and res >= fp16_resolution)
+            self.blocks.append(block)
+            self.num_ws += block.num_conv
+        self.num_ws += 1  # the last tRGB has its own w
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        x = img = None
+        w_idx = 0
+        for block in self.blocks:
+            x, img = block(x, img, ws[:, w_idx: w_idx + block.num_conv + 1], noise_mode)
+            w_idx += block.num_conv
+        return img
+
+
+class Generator(nn.Module):
+    def __init__(self, resolution: int, z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8,
+                 mapping_lr_multiplier: float = 0.01, channel_base: int = 32768, channel_max: int = 512,
+                 mixing_prob: float = 0.9, num_fp16_res: int = 4, conv_clamp: float | None = 256,
+                 img_channels: int = 3):
+        super().__init__()
+        self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, resolution, img_channels
+        self.mixing_prob = mixing_prob
+        self.synthesis = SynthesisNetwork(w_dim, resolution, img_channels, channel_base, channel_max, num_fp16_res,
+                                          conv_clamp)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = layers.MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier)
+
+    @property
+    def w_avg(self) -> torch.Tensor:
+        return self.mapping.w_avg
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "random") -> torch.Tensor:
+        ws = self.mapping(z, truncation_psi=truncation_psi)
+        if self.training:
+            ws = layers.mix_styles(self.mapping, z, ws, self.mixing_prob)
+        return self.synthesis(ws, noise_mode)
+
+
+def check_resolution(name: str, resolution: int, smallest: int = 8) -> None:
+    if resolution < smallest or resolution & (resolution - 1):
+        raise UserError(f"{name}: resolution {resolution} must be a power of two >= {smallest}: set data.resolution")
+
+
+def build(resolution: int, z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8,
+          mapping_lr_multiplier: float = 0.01, channel_base: int = 32768, channel_max: int = 512,
+          mixing_prob: float = 0.9, num_fp16_res: int = 4, conv_clamp: int = 256, mbstd_group_size: int = 4,
+          img_channels: int = 3) -> tuple[nn.Module, nn.Module]:
+    """(G, D) from models.stylegan2.arch. conv_clamp 0 disables the clamp."""
+    check_resolution("stylegan2", resolution)
+    clamp = conv_clamp if conv_clamp > 0 else None
+    G = Generator(resolution, z_dim, w_dim, mapping_layers, mapping_lr_multiplier, channel_base, channel_max,
+                  mixing_prob, num_fp16_res, clamp, img_channels)
+    D = layers.ResidualDiscriminator(resolution, img_channels, channel_base, channel_max, mbstd_group_size,
+                                     conv_clamp=clamp, num_fp16_res=num_fp16_res)
+    return G, D
+
+
+register(ModelSpec(name="stylegan2", paper="Karras et al. 2020, Analyzing and Improving the Image Quality of StyleGAN",
+                   build=build, style_based=True, progressive=False))

@@ -1,0 +1,502 @@
+"""StyleSwin: Zhang, Gu, Zhang, Bao, Chen, Wen, Wang & Guo, "StyleSwin: Transformer-based GAN for
+High-resolution Image Generation", CVPR 2022 (arXiv 2112.10762). Facts checked against the paper
+and Microsoft's official implementation (github.com/microsoft/StyleSwin, models/generator.py,
+models/discriminator.py, train_styleswin.py); the code here is our own.
+
+Components of the paper and where they live:
+  - style-based generator: StyleGAN2 mapping network (PixelNorm + 8 FC, lr multiplier 0.01) and a
+    learned constant 4x4 input                               -> StyleSwinGenerator (models.layers)
+  - Swin transformer blocks whose layer norms are replaced by style-modulated AdaIN, one latent
+    per block, two blocks per resolution                     -> StyleSwinBlock, StyleAdaIN
+  - double attention: half of the heads (and channels) attend within regular windows, the other
+    half within shifted windows, in the same block           -> DoubleWindowAttention
+  - window attention through torch's scaled_dot_product_attention; the shifted half masks
+    tokens that the cyclic shift brought together from opposite borders (additive float mask
+    added to the relative position bias; -inf where the official code uses -100, so masked
+    weights are exactly 0)                                   -> window_attention, shift_attention_mask
+  - local-global positional encoding: relative position bias inside windows (local) and a 2-D
+    sinusoidal positional encoding added, with a learned scale, after each up-sampling (global)
+                                                             -> relative_position_index, sinusoidal_grid
+  - bilinear up-sampling between stages (then LayerNorm + linear channel reduction)
+                                                             -> BilinearUpsample
+  - tRGB heads summed over resolutions (each stage's head reads its up-sampled output), the
+    running RGB skip up-sampled with the [1,3,3,1] FIR filter. As in the official code the tRGB is a plain 1x1 projection, not a modulated conv:
+    the paper's 40.86M generator parameters (Table 6) only add up without per-stage style
+    affines there (tests/test_styleswin.py checks the count)  -> ToRGB
+  - wavelet discriminator (the paper's fix for blocking artifacts, after SWAGAN, Gal et al.
+    2021): the image is split into Haar
+    sub-bands, each scale's fromRGB reads the sub-bands of the image down-sampled in the pixel
+    domain (inverse Haar -> FIR down-sampling -> Haar), added to a StyleGAN2-style conv trunk
+    (two 3x3 convs per scale, the second one strided, no residual branch - the official
+    discriminator has none), minibatch stddev, conv and two FC; spectral normalisation on every
+    layer, as the official training commands use (--D_sn)  -> WaveletDiscriminator, haar_dwt, haar_idwt
+  - losses and optimisers (non-saturating loss, R1 on reals every 16 steps, TTUR lr_g = lr_d / 4,
+    Adam betas (0, 0.99), G EMA with a 10 kimg half-life)    -> params.yaml models.styleswin
+Left to the shared training loop / not reproduced: balanced consistency regularisation (bCR)
+and the linear lr decay of the official FFHQ/CelebA-HQ 256 runs, and the official D-only gradient
+clipping at norm 5 (the loop clips both networks when grad_clip > 0).
+
+Channels per resolution r are min(channel_max, channel_base / r): channel_base 32768 with
+channel_max 512 is the official 256x256 configuration (G_channel_multiplier 2), 16384 the
+1024x1024 one. Heads are max(channels / head_dim, min_heads), split evenly between the two halves.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from facegan.errors import UserError
+from facegan.ops import bias_act, downsample2d, setup_filter, upfirdn2d, upsample2d
+from models import ModelSpec, layers, register
+
+# ----------------------------------------------------------------------------------------------
+# Windows, masks and positional encodings
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, num_windows, window*window, C), windows in row-major order."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // window, window, W // window, window, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(B, (H // window) * (W // window), window * window, C)
+
+
+def window_reverse(windows: torch.Tensor, window: int, H: int, W: int) -> torch.Tensor:
+    """Inverse of window_partition: (B, num_windows, window*window, C) -> (B, H, W, C)."""
+    B, C = windows.shape[0], windows.shape[-1]
+    x = windows.view(B, H // window, W // window, window, window, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """(N, N) index into a ((2w-1)^2, heads) bias table for the offset between tokens i and j."""
+    rows, cols = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    d_row = rows[:, None] - rows[None, :] + window - 1  # 0 .. 2w-2
+    d_col = cols[:, None] - cols[None, :] + window - 1
+    return d_row * (2 * window - 1) + d_col
+
+
+def shifted_window_regions(H: int, W: int, window: int, shift: int) -> torch.Tensor:
+    """(num_windows, N) region id of every token of the cyclically shifted feature map.
+
+    After rolling by -shift, the last window row/column holds tokens from both image borders;
+    the region id tells them apart: tokens attend to each other only within one region.
+    """
+    def axis_regions(size: int) -> torch.Tensor:
+        pos = torch.arange(size)
+        return (pos >= size - window).long() + (pos >= size - shift).long()  # 0, 1 or 2
+
+    regions = axis_regions(H)[:, None] * 3 + axis_regions(W)[None, :]
+    return window_partition(regions[None, :, :, None], window)[0, :, :, 0]
+
+
+def shift_attention_mask(H: int, W: int, window: int, shift: int) -> torch.Tensor:
+    """(num_windows, N, N) additive mask: 0 within a region, -inf across the shift boundary."""
+    regions = shifted_window_regions(H, W, window, shift)
+    same = regions[:, :, None] == regions[:, None, :]
+    return torch.zeros(same.shape).masked_fill_(~same, float("-inf"))
+
+
+def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """(dim, len(positions)): sin(p * f_k) then cos(p * f_k), f_k = 10000^(-k / (dim/2 - 1)).
+
+    The frequency spacing divides by dim/2 - 1 as the official code does (after the
+    tensor2tensor variant), not by dim/2 as in "Attention is all you need".
+    """
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float64) * -(math.log(10000.0) / (half - 1)))
+    angles = positions.double()[None, :] * freqs[:, None]
+    return torch.cat([angles.sin(), angles.cos()], 0).float()
+
+
+def sinusoidal_grid(H: int, W: int, channels: int) -> torch.Tensor:
+    """(channels, H, W) 2-D sinusoidal encoding: the first half encodes the column (x), the second
+    the row (y), positions counted from 1 (Xu et al. 2021, "Positional Encoding as Spatial
+    Inductive Bias in GANs", as used by StyleSwin)."""
+    x_enc = sinusoidal_table(torch.arange(1, W + 1), channels // 2)  # (C/2, W)
+    y_enc = sinusoidal_table(torch.arange(1, H + 1), channels // 2)  # (C/2, H)
+    return torch.cat([x_enc[:, None, :].expand(-1, H, W), y_enc[:, :, None].expand(-1, H, W)], 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention
+
+
+def window_attention(q, k, v, bias: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-head attention inside windows through F.scaled_dot_product_attention.
+
+    q, k, v: (B, num_windows, heads, N, head_dim); bias: (heads, N, N) relative position bias;
+    mask: (num_windows, N, N) additive shift mask or None. Scale 1/sqrt(head_dim).
+    Returns (B, num_windows, heads, N, head_dim).
+    """
+    B, nW, heads, N, d = q.shape
+    if mask is None:  # the bias broadcasts over batch and windows
+        out = F.scaled_dot_product_attention(
+            q.reshape(B * nW, heads, N, d), k.reshape(B * nW, heads, N, d), v.reshape(B * nW, heads, N, d),
+            attn_mask=bias.to(q.dtype)[None])
+    else:  # windows folded into the head axis so that one (1, nW*heads, N, N) mask broadcasts over batch
+        attn_mask = (mask[:, None] + bias[None]).to(q.dtype).reshape(1, nW * heads, N, N)
+        out = F.scaled_dot_product_attention(
+            q.reshape(B, nW * heads, N, d), k.reshape(B, nW * heads, N, d), v.reshape(B, nW * heads, N, d),
+            attn_mask=attn_mask)
+    return out.reshape(B, nW, heads, N, d)
+
+
+def window_attention_ref(q, k, v, bias: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain-PyTorch reference of window_attention (same signature): explicit softmax."""
+    scores = torch.einsum("bwhnd,bwhmd->bwhnm", q, k) / math.sqrt(q.shape[-1]) + bias[None, None]
+    if mask is not None:
+        scores = scores + mask[None, :, None]
+    return torch.einsum("bwhnm,bwhmd->bwhnd", scores.softmax(-1), v)
+
+
+class DoubleWindowAttention(nn.Module):
+    """StyleSwin's double attention: one qkv projection; the first half of the channels (and heads)
+    attends within regular windows, the second half within windows shifted by window/2; the two
+    halves are concatenated and projected. Each half has its own relative position bias table.
+    At resolutions not larger than the window, both halves attend over the whole map, unshifted."""
+
+    def __init__(self, dim: int, resolution: int, window: int, heads: int):
+        super().__init__()
+        if heads % 2 or dim % heads:
+            raise UserError(f"styleswin: {dim} channels cannot be split into {heads} heads (an even number "
+                            f"dividing the channels): change head_dim/min_heads in models.styleswin.arch")
+        self.dim, self.resolution, self.heads = dim, resolution, heads
+        self.window = min(window, resolution)
+        self.shift = window // 2 if resolution > window else 0
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        table_size = (2 * self.window - 1) ** 2
+        self.bias_tables = nn.ParameterList([nn.Parameter(torch.zeros(table_size, heads // 2)) for _ in range(2)])
+        for table in self.bias_tables:
+            nn.init.trunc_normal_(table, std=0.02)
+        self.register_buffer("rel_index", relative_position_index(self.window), persistent=False)
+        self._mask_cache: dict[tuple, torch.Tensor] = {}
+
+    def relative_bias(self, half: int) -> torch.Tensor:
+        N = self.window ** 2
+        return self.bias_tables[half][self.rel_index.flatten()].view(N, N, -1).permute(2, 0, 1)
+
+    def shift_mask(self, device: torch.device) -> torch.Tensor | None:
+        if self.shift == 0:
+            return None
+        key = (device.type, device.index)
+        if key not in self._mask_cache:  # built on first use: at 1024 px it would be 268 MB per block
+            self._mask_cache = {key: shift_attention_mask(self.resolution, self.resolution, self.window,
+                                                          self.shift).to(device)}
+        return self._mask_cache[key]
+
+    def attend(self, qkv: torch.Tensor, half: int, attention=window_attention) -> torch.Tensor:
+        """qkv: (3, B, H, W, C/2) of one half -> (B, H, W, C/2) attended."""
+        _, B, H, W, C = qkv.shape
+        heads, w = self.heads // 2, self.window
+        windows = window_partition(qkv.reshape(3 * B, H, W, C), w)  # (3B, nW, N, C)
+        windows = windows.view(3, B, windows.shape[1], w * w, heads, C // heads).permute(0, 1, 2, 4, 3, 5)
+        q, k, v = windows.unbind(0)  # (B, nW, heads, N, d)
+        mask = self.shift_mask(qkv.device) if half == 1 else None
+        out = attention(q, k, v, self.relative_bias(half), mask)
+        return window_reverse(out.permute(0, 1, 3, 2, 4).reshape(B, -1, w * w, C), w, H, W)
+
+    def forward(self, x: torch.Tensor, attention=window_attention) -> torch.Tensor:
+        """x: (B, H, W, C) -> (B, H, W, C)."""
+        qkv = self.qkv(x).unflatten(-1, (3, self.dim)).movedim(-2, 0)  # (3, B, H, W, C)
+        half = self.dim // 2
+        regular = self.attend(qkv[..., :half], 0, attention)
+        shifted = qkv[..., half:]
+        if self.shift:
+            shifted = torch.roll(shifted, shifts=(-self.shift, -self.shift), dims=(2, 3))
+        shifted = self.attend(shifted, 1, attention)
+        if self.shift:
+            shifted = torch.roll(shifted, shifts=(self.shift, self.shift), dims=(1, 2))
+        return self.proj(torch.cat([regular, shifted], -1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Generator
+
+
+class StyleAdaIN(nn.Module):
+    """AdaIN in place of a transformer layer norm: normalise every channel over the tokens
+    (instance norm, eps 1e-5), then scale and shift by an affine map of the block's latent w."""
+
+    def __init__(self, dim: int, w_dim: int):
+        super().__init__()
+        self.affine = layers.FullyConnectedLayer(w_dim, 2 * dim, bias_init=0.0)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C), w: (B, w_dim)."""
+        gamma, beta = self.affine(w)[:, None, None, :].chunk(2, dim=-1)
+        xf = x.float()  # statistics over thousands of tokens: fp32 also under bf16 autocast
+        mean = xf.mean(dim=(1, 2), keepdim=True)
+        var = xf.var(dim=(1, 2), keepdim=True, unbiased=False)
+        return (gamma * (xf - mean) * torch.rsqrt(var + 1e-5) + beta).to(x.dtype)
+
+
+class StyleSwinBlock(nn.Module):
+    """x + DoubleAttn(AdaIN(x, w)), then x + MLP(AdaIN(x, w)): a Swin block whose two layer norms
+    are style-modulated AdaINs driven by the same latent."""
+
+    def __init__(self, dim: int, resolution: int, window: int, heads: int, mlp_ratio: float, w_dim: int):
+        super().__init__()
+        self.norm1 = StyleAdaIN(dim, w_dim)
+        self.attn = DoubleWindowAttention(dim, resolution, window, heads)
+        self.norm2 = StyleAdaIN(dim, w_dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x, w))
+        return x + self.mlp(self.norm2(x, w))
+
+
+class BilinearUpsample(nn.Module):
+    """2x bilinear up-sampling, LayerNorm, linear channel reduction, then the global half of the
+    local-global positional encoding: a sinusoidal grid times a learned scalar (initialised to 0)."""
+
+    def __init__(self, dim: int, out_dim: int, out_resolution: int):
+        super().__init__()
+        if out_dim % 4 or out_dim < 8:
+            raise UserError(f"styleswin: the sinusoidal encoding needs a multiple of 4 channels (>= 8), got "
+                            f"{out_dim}: raise channel_max/channel_base in models.styleswin.arch")
+        self.norm = nn.LayerNorm(dim)
+        self.reduction = nn.Linear(dim, out_dim, bias=False)
+        self.pos_scale = nn.Parameter(torch.zeros([]))
+        grid = sinusoidal_grid(out_resolution, out_resolution, out_dim).permute(1, 2, 0)  # (H, W, C)
+        self.register_buffer("pos_grid", grid.contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        x = self.reduction(self.norm(x.permute(0, 2, 3, 1)))
+        return x + self.pos_scale * self.pos_grid.to(x.dtype)
+
+
+class ToRGB(nn.Module):
+    """1x1 projection to RGB (plus bias) added to the FIR-up-sampled RGB of the previous stage."""
+
+    def __init__(self, dim: int, img_channels: int, upsample_skip: bool):
+        super().__init__()
+        self.proj = nn.Linear(dim, img_channels)
+        self.upsample_skip = upsample_skip
+        self.register_buffer("fir", setup_filter([1, 3, 3, 1]), persistent=False)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        rgb = self.proj(x).permute(0, 3, 1, 2)
+        if skip is None:
+            return rgb
+        return rgb + (upsample2d(skip, self.fir) if self.upsample_skip else skip)
+
+
+class StyleSwinSynthesis(nn.Module):
+    """Constant 4x4 input, then per resolution `blocks_per_stage` StyleSwin blocks (one w each);
+    every stage but the last ends with BilinearUpsample. As in the official code each stage's tRGB
+    reads its output after that up-sampling, so the last two heads both work at full resolution."""
+
+    def __init__(self, resolution: int, w_dim: int, img_channels: int, channel_base: int, channel_max: int,
+                 window_size: int, blocks_per_stage: int, head_dim: int, min_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.resolution = resolution
+        stage_res = [2 ** i for i in range(2, int(math.log2(resolution)) + 1)]
+        chans = [layers.channels_for(r, channel_base, channel_max) for r in stage_res]
+        self.const = nn.Parameter(torch.randn(stage_res[0], stage_res[0], chans[0]))  # (H, W, C)
+        self.stages = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        for i, (res, dim) in enumerate(zip(stage_res, chans)):
+            heads = max(dim // head_dim, min_heads)
+            self.stages.append(nn.ModuleList(
+                [StyleSwinBlock(dim, res, window_size, heads, mlp_ratio, w_dim) for _ in range(blocks_per_stage)]))
+            last = i == len(stage_res) - 1
+            out_dim = dim if last else chans[i + 1]
+            self.upsamples.append(nn.Identity() if last else BilinearUpsample(dim, out_dim, 2 * res))
+            self.to_rgbs.append(ToRGB(out_dim, img_channels, upsample_skip=not last))
+        self.num_ws = blocks_per_stage * len(stage_res)
+        self.apply(init_transformer_weights)
+
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        x = self.const[None].expand(ws.shape[0], -1, -1, -1)
+        ws_iter = iter(ws.unbind(1))
+        rgb = None
+        for blocks, upsample, to_rgb in zip(self.stages, self.upsamples, self.to_rgbs):
+            for block in blocks:
+                x = block(x, next(ws_iter))
+            x = upsample(x)
+            rgb = to_rgb(x, rgb)
+        return rgb
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """Official initialisation: truncated normal (std 0.02) linear weights, zero biases, LayerNorm
+    at identity; the tRGB projection (a 1x1 conv there) Xavier-normal with gain 0.02 (module.apply
+    visits ToRGB after its Linear, so this wins). The equalised-lr style affines keep their own
+    N(0, 1) init."""
+    if isinstance(module, ToRGB):
+        nn.init.xavier_normal_(module.proj.weight, gain=0.02)
+        nn.init.zeros_(module.proj.bias)
+    elif isinstance(module, nn.Linear) and not isinstance(module, layers.FullyConnectedLayer):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class StyleSwinGenerator(nn.Module):
+    """mapping (z -> w, StyleGAN2's network) + StyleSwinSynthesis. One w per transformer block; the
+    official model feeds the same w to all of them (no style mixing), and so does forward()."""
+
+    def __init__(self, resolution: int, z_dim: int, w_dim: int, mapping_layers: int, mapping_lr_multiplier: float,
+                 img_channels: int = 3, **synthesis_kwargs):
+        super().__init__()
+        self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, resolution, img_channels
+        self.synthesis = StyleSwinSynthesis(resolution, w_dim, img_channels, **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = layers.MappingNetwork(z_dim=z_dim, w_dim=w_dim, num_ws=self.num_ws, num_layers=mapping_layers,
+                                             lr_multiplier=mapping_lr_multiplier)
+
+    @property
+    def w_avg(self) -> torch.Tensor:
+        return self.mapping.w_avg
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
+        return self.synthesis(self.mapping(z, truncation_psi=truncation_psi))
+
+
+# ----------------------------------------------------------------------------------------------
+# Wavelet discriminator
+
+
+def haar_dwt(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal 2-D Haar transform: (N, C, H, W) -> (N, 4C, H/2, W/2) as [LL, LH, HL, HH]
+    (each band C channels). On a 2x2 block [[a, b], [c, d]]: LL = (a+b+c+d)/2,
+    LH = (a+b-c-d)/2 (rows differ), HL = (a-b+c-d)/2 (columns differ), HH = (a-b-c+d)/2."""
+    a, b = x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2]
+    c, d = x[:, :, 1::2, 0::2], x[:, :, 1::2, 1::2]
+    return torch.cat([a + b + c + d, a + b - c - d, a - b + c - d, a - b - c + d], 1) * 0.5
+
+
+def haar_idwt(bands: torch.Tensor) -> torch.Tensor:
+    """Inverse of haar_dwt: (N, 4C, H, W) -> (N, C, 2H, 2W)."""
+    ll, lh, hl, hh = bands.chunk(4, 1)
+    a, b = ll + lh + hl + hh, ll + lh - hl - hh
+    c, d = ll - lh + hl - hh, ll - lh - hl + hh
+    top = torch.stack([a, b], -1).flatten(-2)  # interleave columns
+    bottom = torch.stack([c, d], -1).flatten(-2)
+    return torch.stack([top, bottom], -2).flatten(-3, -2) * 0.5  # interleave rows
+
+
+def spectral_weight(module: nn.Module, device_type: str) -> torch.Tensor:
+    """A spectrally normalised module's weight, computed with autocast off: the power iteration
+    updates its fp32 vectors in place. The op that uses the weight is still autocast."""
+    with torch.autocast(device_type, enabled=False):
+        return module.weight
+
+
+class SpectralConvLayer(nn.Module):
+    """Spectrally normalised conv (no equalised lr, as in the official SN discriminator), optional
+    [1,3,3,1] FIR low-pass before a stride-2 conv, then bias + leaky ReLU(0.2) * sqrt(2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, down: bool = False):
+        super().__init__()
+        self.down = down
+        conv = nn.Conv2d(in_channels, out_channels, kernel, stride=2 if down else 1,
+                         padding=0 if down else kernel // 2, bias=False)
+        self.conv = nn.utils.parametrizations.spectral_norm(conv)
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.pad = (4 - 2 + kernel - 1) // 2  # FIR taps - stride + kernel - 1, split evenly
+        self.register_buffer("fir", setup_filter([1, 3, 3, 1]), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.down:
+            x = upfirdn2d(x, self.fir, padding=self.pad)
+        x = F.conv2d(x, spectral_weight(self.conv, x.device.type), stride=self.conv.stride, padding=self.conv.padding)
+        return bias_act(x, self.bias.to(x.dtype), act="lrelu")
+
+
+class WaveletFromRGB(nn.Module):
+    """Reads the Haar sub-bands of the image at this scale: after the first scale the previous
+    scale's sub-bands are inverted to pixels, FIR-down-sampled and transformed again. Returns the
+    sub-bands (for the next scale) and the features (1x1 conv) plus the trunk's features."""
+
+    def __init__(self, img_channels: int, out_channels: int, down: bool):
+        super().__init__()
+        self.down = down
+        self.conv = SpectralConvLayer(4 * img_channels, out_channels, 1)
+        self.register_buffer("fir", setup_filter([1, 3, 3, 1]), persistent=False)
+
+    def forward(self, bands: torch.Tensor, features: torch.Tensor | None):
+        if self.down:
+            bands = haar_dwt(downsample2d(haar_idwt(bands), self.fir))
+        out = self.conv(bands)
+        return bands, out if features is None else out + features
+
+
+class WaveletDiscriminator(nn.Module):
+    """Haar sub-bands of the image (half resolution) feed every scale through WaveletFromRGB; the
+    trunk has two 3x3 convs per scale (the second strided) down to 4x4, then minibatch stddev,
+    a 3x3 conv and two linear layers. Widths follow the official code: the trunk leaves scale r
+    with min(channel_max, channel_base / (r/2)) channels, and the first scale (resolution/2)
+    starts at the width of `resolution`."""
+
+    def __init__(self, resolution: int, channel_base: int, channel_max: int, img_channels: int = 3,
+                 mbstd_group_size: int = 4):
+        super().__init__()
+        width = lambda r: layers.channels_for(r, channel_base, channel_max)  # noqa: E731
+        scales = [2 ** i for i in range(int(math.log2(resolution)) - 1, 2, -1)]  # resolution/2 ... 8
+        self.from_rgbs = nn.ModuleList()
+        self.convs = nn.ModuleList()
+        for i, r in enumerate(scales):
+            c_in = width(2 * r) if i == 0 else width(r)
+            self.from_rgbs.append(WaveletFromRGB(img_channels, c_in, down=i > 0))
+            self.convs.append(nn.Sequential(SpectralConvLayer(c_in, c_in, 3),
+                                            SpectralConvLayer(c_in, width(r // 2), 3, down=True)))
+        self.from_rgb_4 = WaveletFromRGB(img_channels, width(4), down=True)
+        self.mbstd = layers.MinibatchStdDev(group_size=mbstd_group_size, num_channels=1)
+        self.final_conv = SpectralConvLayer(width(4) + 1, width(4), 3)
+        self.fc = nn.utils.parametrizations.spectral_norm(nn.Linear(width(4) * 16, width(4), bias=False))
+        self.fc_bias = nn.Parameter(torch.zeros(width(4)))
+        self.out = nn.utils.parametrizations.spectral_norm(nn.Linear(width(4), 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        bands, x = haar_dwt(images), None
+        for from_rgb, conv in zip(self.from_rgbs, self.convs):
+            bands, x = from_rgb(bands, x)
+            x = conv(x)
+        _, x = self.from_rgb_4(bands, x)
+        x = self.final_conv(self.mbstd(x))
+        device = x.device.type
+        x = F.linear(x.flatten(1), spectral_weight(self.fc, device))
+        x = bias_act(x, self.fc_bias.to(x.dtype), act="lrelu")
+        return F.linear(x, spectral_weight(self.out, device), self.out.bias).flatten()
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build(resolution: int, z_dim: int, w_dim: int, mapping_layers: int, mapping_lr_multiplier: float,
+          window_size: int, blocks_per_stage: int, head_dim: int, min_heads: int, mlp_ratio: float,
+          g_channel_base: int, d_channel_base: int, channel_max: int):
+    """(G, D) from models.styleswin.arch; see the module docstring for what each key sizes."""
+    def power_of_two(v: int) -> bool:
+        return v >= 1 and v & (v - 1) == 0
+
+    if not power_of_two(resolution) or resolution < 16:
+        raise UserError(f"styleswin needs a power-of-two resolution >= 16, got {resolution}: change data.resolution")
+    if not power_of_two(window_size) or window_size < 2:
+        raise UserError(f"models.styleswin.arch.window_size = {window_size}: use a power of two >= 2")
+    if blocks_per_stage < 1 or head_dim < 1 or min_heads < 2 or mlp_ratio <= 0:
+        raise UserError("models.styleswin.arch: blocks_per_stage and head_dim must be >= 1, min_heads >= 2 "
+                        "and mlp_ratio > 0")
+    G = StyleSwinGenerator(resolution, z_dim, w_dim, mapping_layers, mapping_lr_multiplier,
+                           channel_base=g_channel_base, channel_max=channel_max, window_size=window_size,
+                           blocks_per_stage=blocks_per_stage, head_dim=head_dim, min_heads=min_heads,
+                           mlp_ratio=mlp_ratio)
+    D = WaveletDiscriminator(resolution, d_channel_base, channel_max)
+    return G, D
+
+
+SPEC = register(ModelSpec(name="styleswin", paper="Zhang et al. 2022 (CVPR), StyleSwin", build=build,
+                          style_based=True))

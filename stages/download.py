@@ -1,0 +1,26 @@
+"""Stage `download`: bring the source images named by data.source into data.raw_dir.
+
+celeba (official Google Drive files, md5-verified), url (zip/tar mirror, optional sha256),
+folder (local folder read in place, or a local archive) or synthetic (drawn offline). Archives
+and partial downloads stay in data.download_dir, so a re-run reuses them. See
+facegan/data/download.py and docs/data.md.
+"""
+from __future__ import annotations
+
+import logging
+
+from facegan.data.download import prepare
+from facegan.errors import stage_main
+from facegan.params import load_params
+
+
+@stage_main
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    params = load_params()
+    record = prepare(params["data"], params["seed"])
+    logging.info("data.source=%s: %d images under %s", record["source"], record["count"], record["image_root"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Stage `preprocess`: turn the raw images into the aligned face cache (data/faces).
+
+Real photographs: MTCNN detection, five-landmark similarity alignment, the first data.num_faces
+accepted faces in deterministic order, resumable (facegan/data/preprocess.py). Synthetic faces
+are drawn aligned, so they are only resized. Writes data/faces/{faces.npy, meta.json,
+manifest.csv, preview.png} and reports/preprocess.json.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from facegan.data.preprocess import preprocess
+from facegan.errors import stage_main
+from facegan.params import load_params
+from facegan.paths import CACHE_DIR, REPORTS_DIR
+
+
+@stage_main
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    params = load_params()
+    data = params["data"]
+    report = preprocess(data, Path(data["raw_dir"]), CACHE_DIR, REPORTS_DIR / "preprocess.json")
+    logging.info("kept %d of %d images (%s), %.1f images/s", report["kept"], report["considered"],
+                 ", ".join(f"{k}: {v}" for k, v in report["rejected"].items()) or "none rejected",
+                 report["images_per_s"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The real download code against an HTTP server on 127.0.0.1 (no mocks): good archive, wrong
+checksum, truncated transfer, truncated archive, HTML pages (error, Drive quota, Drive confirm
+form), resume of a .part file, no network, never downloading twice; plus the folder source."""
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facegan.data import download as dl
+from facegan.data.preprocess import ordered_files
+from facegan.errors import UserError
+
+FAST = {"retries": 1, "backoff_s": 0.0, "timeout_s": 10.0}
+
+
+def _png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (160, 160, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"faces/{i:03d}.png", _png(i))
+    return buffer.getvalue()
+
+
+GOOD = _zip_bytes()
+GOOD_SHA = hashlib.sha256(GOOD).hexdigest()
+GOOD_MD5 = hashlib.md5(GOOD).hexdigest()
+HTML_ERROR = b"<!DOCTYPE html><html><head><title>Error 404</title></head><body>Not found</body></html>"
+QUOTA = (b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>"
+         b"Too many users have viewed or downloaded this file recently.</body></html>")
+CONFIRM = (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
+           b"<form id=\"download-form\" action=\"/drive-file\" method=\"get\">"
+           b"<input type=\"hidden\" name=\"id\" value=\"abc\"><input type=\"hidden\" name=\"confirm\" value=\"t\">"
+           b"<input type=\"hidden\" name=\"uuid\" value=\"1234\"></form></body></html>")
+
+
+class Handler(BaseHTTPRequestHandler):
+    log: list = []
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _send(self, body: bytes, content_type="application/zip", declared: int | None = None, status=200):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body) if declared is None else declared))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        path = self.path.split("?")[0]
+        Handler.log.append((path, self.headers.get("Range")))
+        if path in ("/good.zip", "/drive-file"):
+            start = 0
+            if self.headers.get("Range"):
+                start = int(self.headers["Range"].split("=")[1].rstrip("-"))
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(GOOD) - 1}/{len(GOOD)}")
+                self.send_header("Content-Length", str(len(GOOD) - start))
+                self.send_header("Content-Type", "application/zip")
+                self.end_headers()
+                self.wfile.write(GOOD[start:])
+                return
+            self._send(GOOD)
+        elif path == "/cut.zip":  # the connection drops half way, every time
+            self._send(GOOD[: len(GOOD) // 2], declared=len(GOOD))
+            self.close_connection = True
+        elif path == "/short.zip":  # a mirror holding a truncated archive, served completely
+            self._send(GOOD[:-40])
+        elif path == "/error.zip":
+            self._send(HTML_ERROR, "text/html; charset=utf-8")
+        elif path == "/drive-quota":
+            self._send(QUOTA, "text/html; charset=utf-8")
+        elif path == "/drive-confirm":
+            self._send(CONFIRM, "text/html; charset=utf-8")
+        elif path == "/faces.tar.gz":
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+                for i in range(2):
+                    data = _png(10 + i)
+                    info = tarfile.TarInfo(f"set/{i}.png")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+            self._send(buffer.getvalue(), "application/gzip")
+        else:
+            self._send(b"missing", "text/plain", status=404)
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_good_archive_is_verified_extracted_and_never_downloaded_twice(server, tmp_path):
+    record = dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/good.zip", GOOD_SHA, **FAST)
+    assert record["count"] == 3 and record["verified"] and record["sha256"] == GOOD_SHA
+    assert (tmp_path / "dl/url/good.zip").read_bytes() == GOOD
+    assert not (tmp_path / "dl/url/good.zip.part").exists()
+    images = sorted(Path(record["image_root"]).glob("*.png"))
+    assert [p.name for p in images] == ["000.png", "001.png", "002.png"]
+    assert images[0].read_bytes() == _png(0)
+    requests_before = len(Handler.log)
+    again = dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/good.zip", GOOD_SHA, **FAST)
+    assert again["count"] == 3 and len(Handler.log) == requests_before  # no request at all
+
+
+def test_wrong_checksum_stops_and_deletes_the_file(server, tmp_path):
+    with pytest.raises(UserError) as err:
+        dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/good.zip", "0" * 64, **FAST)
+    message = _one_line(err)
+    assert "wrong sha256" in message and "data.source=folder" in message
+    assert not any((tmp_path / "dl/url").iterdir())
+    assert not (tmp_path / "raw/url").exists()
+
+
+def test_transfer_that_keeps_breaking_off_keeps_the_part_and_says_so(server, tmp_path):
+    with pytest.raises(UserError) as err:
+        dl.fetch(f"{server}/cut.zip", tmp_path / "cut.zip", digest=GOOD_SHA, **FAST)
+    message = _one_line(err)
+    assert "broke off" in message and "re-run to resume" in message
+    assert (tmp_path / "cut.zip.part").stat().st_size > 0
+    assert not (tmp_path / "cut.zip").exists()
+
+
+def test_partial_download_resumes_with_a_range_request(server, tmp_path):
+    dest = tmp_path / "good.zip"
+    half = len(GOOD) // 3
+    (tmp_path / "good.zip.part").write_bytes(GOOD[:half])
+    Handler.log.clear()
+    assert dl.fetch(f"{server}/good.zip", dest, digest=GOOD_SHA, **FAST) == GOOD_SHA
+    assert Handler.log == [("/good.zip", f"bytes={half}-")]
+    assert dest.read_bytes() == GOOD
+
+
+def test_truncated_archive_is_reported_and_nothing_is_extracted(server, tmp_path):
+    with pytest.raises(UserError) as err:
+        dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/short.zip", "", **FAST)
+    message = _one_line(err)
+    assert "truncated or corrupt" in message and "data.source=folder" in message
+    assert not (tmp_path / "raw/url").exists()
+
+
+def test_html_error_page_is_not_taken_for_the_archive(server, tmp_path):
+    with pytest.raises(UserError) as err:
+        dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/error.zip", GOOD_SHA, **FAST)
+    assert "web page instead of error.zip" in _one_line(err)
+    assert not (tmp_path / "dl/url/error.zip").exists()
+
+
+def test_google_drive_quota_page_says_wait_or_supply_by_hand(server, tmp_path):
+    with pytest.raises(UserError) as err:
+        dl.fetch_gdrive("abc", tmp_path / "img.zip", GOOD_MD5, base_url=f"{server}/drive-quota", **FAST)
+    message = _one_line(err)
+    assert "quota" in message and "data.source=folder" in message
+
+
+def test_google_drive_confirm_form_is_followed_and_md5_checked(server, tmp_path):
+    Handler.log.clear()
+    assert dl.fetch_gdrive("abc", tmp_path / "img.zip", GOOD_MD5, base_url=f"{server}/drive-confirm", **FAST) == GOOD_MD5
+    assert [p for p, _ in Handler.log] == ["/drive-confirm", "/drive-file"]
+    assert (tmp_path / "img.zip").read_bytes() == GOOD
+
+
+def test_no_network_is_one_line_with_the_manual_route(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(UserError) as err:
+        dl.fetch(f"http://127.0.0.1:{port}/x.zip", tmp_path / "x.zip", **FAST)
+    message = _one_line(err)
+    assert "cannot reach 127.0.0.1" in message and "data.source=folder" in message
+
+
+def test_celeba_files_match_torchvision(tmp_path):
+    names = [name for _, _, name in dl.CELEBA_FILES]
+    assert names == ["img_align_celeba.zip", "list_attr_celeba.txt", "list_eval_partition.txt",
+                     "list_landmarks_align_celeba.txt"]
+    assert all(len(md5) == 32 for _, md5, _ in dl.CELEBA_FILES)
+
+
+def test_tar_archive_from_a_mirror(server, tmp_path):
+    record = dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/faces.tar.gz", "", **FAST)
+    assert record["count"] == 2 and not record["verified"] and len(record["sha256"]) == 64
+
+
+def test_folder_source_reads_in_place_and_orders_by_partition(tmp_path):
+    folder = tmp_path / "celeba"
+    (folder / "img").mkdir(parents=True)
+    for name in ("000003.jpg", "000001.jpg", "000002.jpg", "extra.png"):
+        (folder / "img" / name).write_bytes(_png(1))
+    (folder / "img" / "list_eval_partition.txt").write_text("000001.jpg 2\n000002.jpg 0\n000003.jpg 1\n")
+    record = dl.prepare_folder(tmp_path / "raw", str(folder / "img"))
+    assert record["image_root"] == str((folder / "img").resolve()) and record["count"] == 4
+    assert ordered_files(tmp_path / "raw", record) == ["000002.jpg", "000003.jpg", "000001.jpg", "extra.png"]
+    with pytest.raises(UserError, match="does not exist"):
+        dl.prepare_folder(tmp_path / "raw", str(tmp_path / "nowhere"))

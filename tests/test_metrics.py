@@ -1,0 +1,232 @@
+"""Metrics: FID equal to clean-fid's own, weights provenance, precision/recall, PPL, pictures (CPU, tiny)."""
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from facegan.errors import UserError
+from facegan.metrics import weights
+from facegan.metrics.features import Extractor, build_extractor, extract, resize_for_inception
+from facegan.metrics.fid import fid_from_features, fid_of_folders, folder_batches, spread
+from facegan.metrics.ppl import LpipsDistance, build_lpips, load_vgg_backbone, path_length, slerp, trimmed_mean
+from facegan.metrics.precision_recall import precision_recall
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
+FID_HELPER = SHARED_WEIGHTS / "fid_inception_v3_2015-12-05.pt"
+CLEANFID_CANDIDATES = [SHARED_WEIGHTS / "inception-2015-12-05.pt", REPO / "data/weights/inception-2015-12-05.pt"]
+CPU = torch.device("cpu")
+
+
+def write_faces(folder: Path, count: int, seed: int, brightness: float, size: int = 32) -> Path:
+    """PNG images with some structure (a blob on a gradient) so features vary between images."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(count):
+        cx, cy, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.3)
+        blob = ((xx - cx) ** 2 + (yy - cy) ** 2 < r ** 2)[..., None] * rng.uniform(0, 255, 3)
+        img = brightness * (0.5 * blob + 100 * np.stack([xx, yy, 1 - xx], -1)) + rng.normal(0, 8, (size, size, 3))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def tiny_features(x: torch.Tensor) -> torch.Tensor:
+    """A 12-d feature per image of clean-fid's resized input (N, 3, 299, 299) in [0, 255]."""
+    pooled = torch.nn.functional.adaptive_avg_pool2d(x / 255, 2).flatten(1)
+    return torch.cat([pooled, pooled ** 2], 1)[:, :12]
+
+
+def cleanfid_fid(a: Path, b: Path, feat_fn, batch_size: int) -> float:
+    from cleanfid import fid as cleanfid
+
+    return float(cleanfid.compute_fid(str(a), str(b), mode="clean", custom_feat_extractor=feat_fn, num_workers=0,
+                                      batch_size=batch_size, device=CPU, verbose=False, use_dataparallel=False))
+
+
+def test_folder_fid_equals_cleanfid_compute_fid(tmp_path):
+    a = write_faces(tmp_path / "a", 30, seed=1, brightness=1.0)
+    b = write_faces(tmp_path / "b", 30, seed=2, brightness=0.8)
+    ours = fid_of_folders(a, b, Extractor("tiny", tiny_features, CPU, resize_for_inception), batch_size=10)
+    theirs = cleanfid_fid(a, b, tiny_features, batch_size=10)
+    assert ours > 1e-3  # the two folders differ: the comparison is not 0 == 0
+    assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+@pytest.mark.skipif(not FID_HELPER.exists(), reason="../shared/weights/ has no fid-helper Inception TorchScript")
+def test_fid_helper_inception_features_equal_cleanfids_folder_features_with_the_same_network(tmp_path):
+    """Same network on both sides: our reading + resize + wrapper give clean-fid's own folder features (the FID
+    formula on top is the one checked above; a 2048-d FID of a handful of images only adds minutes of sqrtm)."""
+    from cleanfid.fid import get_folder_features
+
+    a = write_faces(tmp_path / "a", 4, seed=3, brightness=1.0)
+    extractor = build_extractor("fid_helper", {"fid_helper_weights": str(FID_HELPER)}, CPU)  # sha256-verified on load
+    ours = extract(folder_batches(a, 4), extractor)
+    theirs = get_folder_features(str(a), extractor.fn, num_workers=0, batch_size=4, device=CPU, mode="clean", verbose=False)
+    assert ours.shape == (4, 2048) and np.isfinite(ours).all() and ours.min() >= 0  # pool3 features follow a ReLU
+    assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
+
+
+@pytest.mark.skipif(not FID_HELPER.exists() or not any(p.exists() for p in CLEANFID_CANDIDATES),
+                    reason="needs both the fid-helper TorchScript and clean-fid's inception-2015-12-05.pt")
+def test_fid_helper_features_agree_with_cleanfid_inception():
+    from facegan.metrics.features import check_agreement
+
+    cleanfid_file = next(p for p in CLEANFID_CANDIDATES if p.exists())
+    faces = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    result = check_agreement(faces, {"inception_weights": str(cleanfid_file), "fid_helper_weights": str(FID_HELPER)}, CPU)
+    assert result["checked"] and result["max_rel_diff"] < 1e-3
+
+
+def test_weights_with_a_wrong_checksum_are_refused(tmp_path):
+    bogus = tmp_path / "inception-2015-12-05.pt"
+    bogus.write_bytes(b"not the network")
+    with pytest.raises(UserError, match="evaluate.inception_weights"):
+        build_extractor("inception", {"inception_weights": str(bogus)}, CPU)
+
+
+def test_missing_weights_offline_name_both_fixes_and_leave_no_partial_file(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
+    target = tmp_path / "weights" / "vgg16-397923af.pth"
+    with pytest.raises(UserError, match="cannot be downloaded.*proxy"):
+        build_lpips("vgg", target, CPU)
+    assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_fid_spread_reports_mean_and_sample_std():
+    assert spread([10.0, 12.0, 14.0]) == {"mean": 12.0, "std": 2.0, "values": [10.0, 12.0, 14.0]}
+    assert spread([7.5])["std"] == 0.0
+
+
+def test_fid_grows_with_the_distance_between_feature_sets():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(400, 8))
+    assert fid_from_features(real, rng.normal(size=(400, 8))) < 0.5
+    assert fid_from_features(real, rng.normal(size=(400, 8)) + 2.0) == pytest.approx(8 * 4.0, rel=0.1)
+
+
+def test_precision_recall_on_a_hand_checked_example():
+    real = np.array([[0.0], [1.0], [2.0], [3.0]])
+    fake = np.array([[0.5], [5.0], [1.5], [9.0]])
+    # k=1 radii: real all 1; fake 1, 3.5, 1, 4. Precision: 0.5 and 1.5 are within 1 of a real point, 5 and 9 are not.
+    # Recall: 0, 1, 2 are within 1 of 0.5 or 1.5; 3 is within 3.5 of 5.
+    assert precision_recall(real, fake, k=1) == {"precision": 0.5, "recall": 1.0, "num": 4, "k": 1}
+
+
+def test_precision_recall_tell_fidelity_from_collapse():
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(300, 16))
+    same = precision_recall(real, rng.normal(size=(300, 16)), k=3)
+    collapsed = precision_recall(real, real[:1] + 0.01 * rng.normal(size=(300, 16)), k=3)
+    far = precision_recall(real, rng.normal(size=(300, 16)) + 10, k=3)
+    assert same["precision"] > 0.7 and same["recall"] > 0.7
+    assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.05
+    assert far["precision"] == 0.0 and far["recall"] == 0.0
+
+
+def test_slerp_keeps_endpoints_and_moves_along_the_great_circle():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 16, generator=gen, dtype=torch.float64), torch.randn(5, 16, generator=gen, dtype=torch.float64)
+    assert torch.allclose(slerp(a, b, torch.zeros(5, dtype=torch.float64)), a)
+    assert torch.allclose(slerp(a, b, torch.ones(5, dtype=torch.float64)), b)
+    mid = slerp(a, b, torch.full((5,), 0.5, dtype=torch.float64))
+    cos = lambda u, v: (u * v).sum(1) / (u.norm(dim=1) * v.norm(dim=1))  # noqa: E731
+    assert torch.allclose(cos(mid, a), cos(mid, b))  # halfway in angle
+    assert torch.allclose(mid.norm(dim=1), (a.norm(dim=1) + b.norm(dim=1)) / 2)
+
+
+def test_trimmed_mean_drops_the_outer_percentiles():
+    values = np.concatenate([np.arange(100.0), [1e9]])
+    assert trimmed_mean(values) == pytest.approx(50.0)  # keeps 1..99
+
+
+class ToyStyleG(torch.nn.Module):
+    """mapping z -> 2 copies of w = 2z; synthesis: a fixed linear map of w to an 8x8 RGB image, plus noise."""
+
+    z_dim = w_dim = 4
+    img_resolution, img_channels = 8, 3
+
+    def __init__(self, gain: float = 1.0, noise: float = 0.0):
+        super().__init__()
+        self.register_buffer("A", torch.randn(3 * 64, 4, generator=torch.Generator().manual_seed(5)) * gain)
+        self.register_buffer("w_avg", torch.zeros(4))
+        self.noise = noise
+
+    def mapping(self, z, truncation_psi=1.0):
+        w = self.w_avg + truncation_psi * (2 * z - self.w_avg)
+        return w.unsqueeze(1).repeat(1, 2, 1)
+
+    def synthesis(self, ws):
+        img = (ws[:, 0] @ self.A.T).reshape(-1, 3, 8, 8)
+        return img + self.noise * torch.randn_like(img)
+
+    def forward(self, z, truncation_psi=1.0):
+        return self.synthesis(self.mapping(z, truncation_psi))
+
+
+MSE = LpipsDistance(lambda a, b: ((a - b) ** 2).mean(dim=(1, 2, 3)), "test")
+
+
+def ppl_of(G, space="w", sampling="full", num=64, epsilon=1e-4):
+    return path_length(G, MSE, space, sampling, num, epsilon, 16, seed=7, crop=False, device=CPU)["ppl"]
+
+
+def test_ppl_in_w_of_a_linear_generator_matches_the_closed_form():
+    G = ToyStyleG()
+    # lerp in W moves the image by eps * A (w_b - w_a) exactly, so d / eps^2 = mean((A (w_b - w_a))^2) for every t
+    gen = torch.Generator().manual_seed(7)
+    expected = []
+    for start in range(0, 64, 16):
+        z_a, z_b = torch.randn(2, 16, 4, generator=gen)
+        torch.rand(16, generator=gen)  # path_length draws t after the pairs
+        expected.append(((2 * (z_b - z_a)) @ G.A.T).pow(2).mean(1).double().numpy())
+    assert ppl_of(G) == pytest.approx(trimmed_mean(np.concatenate(expected)), rel=1e-2)
+    assert ppl_of(ToyStyleG(gain=2.0)) == pytest.approx(4 * ppl_of(G), rel=1e-2)
+
+
+def test_ppl_pairs_share_their_noise_inputs():
+    # random per-pixel noise redrawn between the two images of a pair would add ~noise^2 / eps^2 = 1e4 to every distance
+    assert ppl_of(ToyStyleG(noise=1e-2)) == pytest.approx(ppl_of(ToyStyleG()), rel=1e-2)
+
+
+def test_ppl_in_z_uses_slerp_and_end_sampling_fixes_t():
+    G = ToyStyleG()
+    assert ppl_of(G, space="z", sampling="end") > 0
+    assert ppl_of(G, space="z", sampling="end", epsilon=1e-3) == pytest.approx(ppl_of(G, space="z", sampling="end"), rel=0.05)
+
+
+def test_lpips_backbone_loads_from_a_torchvision_vgg16_state_dict():
+    import lpips
+    import torchvision
+
+    vgg_state = torchvision.models.vgg16(weights=None).state_dict()
+    net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+    load_vgg_backbone(net.net, vgg_state)
+    assert torch.equal(net.net.slice1[0].weight, vgg_state["features.0.weight"])
+    assert torch.equal(net.net.slice5[28].bias, vgg_state["features.28.bias"])
+
+
+def test_proxy_lpips_is_labelled_and_measures_differences():
+    distance = build_lpips("proxy", "unused.pth", CPU)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert "proxy" in distance.label
+    assert distance(x, x).abs().max() < 1e-6 and (distance(x, x.flip(0)) > 0).all()
+
+
+def test_pictures_show_the_sweeps_the_report_names():
+    from facegan.metrics import visuals
+
+    G = ToyStyleG().eval()
+    assert visuals.sample_grid(G, 3, 0, CPU).shape == (24, 24, 3)
+    sweep = visuals.truncation_sweep(G, [1.0, 0.5, 0.0], rows=2, seed=0, device=CPU)
+    assert sweep.shape == (16, 24, 3)
+    assert (sweep[:8, 16:] == sweep[8:, 16:]).all()  # psi = 0 is the mean image for every latent
+    strips = visuals.interpolation_strips(G, True, 5, 0, CPU)
+    assert strips.shape == (16, 40, 3)
+    assert (strips[:8, :8] == strips[8:, :8]).all() and (strips[:8, 32:] == strips[8:, 32:]).all()  # same end points

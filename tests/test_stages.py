@@ -1,0 +1,136 @@
+"""Each stage script on tiny inputs, in the order DVC runs them, in a scratch project folder."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "data": {"source": "synthetic", "num_faces": 48, "resolution": 32, "synthetic_images": 48},
+    "train": {"checkpoint_kimg": 0.064, "snapshot_kimg": 0.064, "sample_kimg": 0.064, "grid_size": 2, "num_workers": 0},
+    "evaluate": {"extractor": "proxy", "num_gen": 40, "num_ref": 48, "snapshot_num_gen": 24, "batch_size": 24},
+    "models": {"dcgan": {"kimg": 0.128, "batch_size": 16, "arch": {"z_dim": 16, "g_channels": 8, "d_channels": 8, "max_channels": 16}}},
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A scratch project whose params.yaml is the shipped one with a tiny profile selected."""
+    root = tmp_path_factory.mktemp("project")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["profile"], params["model"] = "demo", "dcgan"
+    params["profiles"]["demo"] = TINY
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def run_stage(project, monkeypatch, name, *args):
+    import importlib
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", [f"stages/{name}.py", *args])
+    module = importlib.import_module(f"stages.{name}")
+    module.main()
+
+
+@pytest.fixture(scope="module")
+def pipeline(project):
+    """Run download -> preprocess -> select -> train -> reference_stats -> evaluate -> report once."""
+    mp = pytest.MonkeyPatch()
+    try:
+        for stage, *args in [("download",), ("preprocess",), ("select",), ("train", "dcgan"), ("train", "pggan"),
+                             ("reference_stats",), ("evaluate", "dcgan"), ("evaluate", "pggan"), ("report",)]:
+            run_stage(project, mp, stage, *args)
+    finally:
+        mp.undo()
+    return project
+
+
+def test_download_and_preprocess_fill_the_cache(pipeline):
+    from facegan.data.cache import FaceCache
+
+    cache = FaceCache(pipeline / "data/faces")
+    assert len(cache) == 48 and cache.resolution == 32
+    assert cache.meta["source"] == "synthetic"
+    manifest = (pipeline / "data/faces/manifest.csv").read_text().splitlines()
+    assert len(manifest) == 49  # header + one row per kept face
+
+
+def test_selection_trains_only_the_chosen_model(pipeline):
+    assert (pipeline / "runs/selection/dcgan.txt").read_text().strip() == "on"
+    assert (pipeline / "runs/selection/pggan.txt").read_text().startswith("off: model=dcgan")
+    skipped = json.loads((pipeline / "runs/pggan/train_stats.json").read_text())
+    assert skipped["status"] == "skipped"
+    assert not (pipeline / "runs/pggan/G_ema.pt").exists()
+
+
+def test_training_writes_weights_samples_snapshots_and_stats(pipeline):
+    run = pipeline / "runs/dcgan"
+    stats = json.loads((run / "train_stats.json").read_text())
+    assert stats["status"] == "trained" and stats["steps"] == 8 and stats["kimg"] == pytest.approx(0.128)
+    assert stats["img_per_s"] > 0 and stats["params_G"] > 0
+    assert (run / "G_ema.pt").exists()
+    assert len(list((run / "snapshots").glob("*.pt"))) == 2  # at 0.064 and 0.128 kimg
+    assert len(list((run / "samples").glob("*.png"))) >= 2
+
+
+def test_evaluate_writes_labelled_metrics(pipeline):
+    metrics = json.loads((pipeline / "metrics/dcgan.json").read_text())
+    assert metrics["extractor"] == "proxy" and "proxy" in metrics["label"]
+    assert metrics["fid"] > 0 and np.isfinite(metrics["fid"])
+    assert metrics["num_gen"] == 40 and metrics["num_ref"] == 48
+    curve = json.loads((pipeline / "evals/dcgan/fid_vs_kimg.json").read_text())
+    assert [p["kimg"] for p in curve] == pytest.approx([0.064, 0.128])
+    assert json.loads((pipeline / "metrics/pggan.json").read_text())["status"] == "skipped"
+
+
+def test_report_table_matches_metrics_files(pipeline):
+    report = (pipeline / "reports/comparison.md").read_text()
+    metrics = json.loads((pipeline / "metrics/dcgan.json").read_text())
+    stats = json.loads((pipeline / "runs/dcgan/train_stats.json").read_text())
+    row = next(line for line in report.splitlines() if line.startswith("| dcgan |"))
+    assert f"{metrics['fid']:.2f} (proxy)" in row
+    assert f"{stats['img_per_s']:.1f}" in row
+    assert "synthetic" in report.lower() and "proxy" in report.lower()
+    assert (pipeline / "reports/figures/dcgan_samples.png").exists()
+    for name in ("pggan", "stylegan", "stylegan2", "stylegan3", "styleswin"):
+        assert any(line.startswith(f"| {name} |") for line in report.splitlines()), name
+
+
+def test_evaluate_without_inception_weights_names_the_fix(pipeline, monkeypatch):
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    params["profiles"]["demo"]["evaluate"]["extractor"] = "inception"
+    params["evaluate"]["inception_weights"] = "nowhere/inception-2015-12-05.pt"
+    scratch = pipeline / "scratch_no_weights"
+    scratch.mkdir(exist_ok=True)
+    (scratch / "params.yaml").write_text(yaml.safe_dump(params))
+    (scratch / "data").mkdir(exist_ok=True)
+    if not (scratch / "data/faces").exists():
+        (scratch / "data/faces").symlink_to(pipeline / "data/faces")
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(scratch, monkeypatch, "reference_stats")
+    assert exit_info.value.code == 2
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(project, tmp_path, monkeypatch):
+    from facegan.params import load_params
+    from facegan.training import checkpoint
+    from facegan.training.loop import RunConfig, train
+
+    monkeypatch.chdir(project)
+    params = load_params()
+    cfg = RunConfig(model="dcgan", model_params=params["models"]["dcgan"], train=params["train"],
+                    seed=params["seed"], resolution=32)
+    ckpt_root = tmp_path / "checkpoints"
+    first = train(cfg, project / "data/faces", tmp_path / "run", ckpt_root, stop_after_kimg=0.064)
+    assert first["status"] == "interrupted" and first["step"] == 4
+    saved = checkpoint.load(checkpoint.checkpoint_dir("dcgan", cfg.identity(), ckpt_root) / "last.pt")
+    assert saved["step"] == 4
+    stats = train(cfg, project / "data/faces", tmp_path / "run", ckpt_root)
+    assert stats["status"] == "trained" and stats["steps"] == 8
+    # the first half's log entry survives: the run continued rather than starting over
+    assert stats["history"][0]["step"] == 4 and stats["history"][-1]["step"] == 8

@@ -1,0 +1,149 @@
+"""The shared training loop: growing schedule, resume, data-parallel equivalence, NaN stop."""
+import copy
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from facegan.data.cache import CacheWriter
+from facegan.data.synthetic import render_face
+from facegan.device import resolve_precision
+from facegan.errors import UserError
+from facegan.training import checkpoint, losses
+from facegan.training.loop import NonFiniteError, RunConfig, prepare_reals, train
+from facegan.training.progressive import Schedule
+
+torch.set_num_threads(1)  # tiny nets: one thread is fastest, and the suite shares 2 cores
+
+TRAIN = {"device": "cpu", "precision": "auto", "checkpoint_kimg": 0.032, "snapshot_kimg": 0.064, "sample_kimg": 0.064,
+         "grid_size": 2, "xflip": True, "num_workers": 0, "deterministic": True, "log_kimg": 0.016}
+PGGAN = {"kimg": 0.192, "batch_size": 8, "lr_g": 0.001, "lr_d": 0.001, "betas_g": [0.0, 0.99], "betas_d": [0.0, 0.99],
+         "ema_kimg": 0.01, "ema_rampup": 0.0, "grad_clip": 0.0,
+         "loss": {"type": "wgan_gp", "r1_gamma": 0.0, "r1_every": 1, "pl_weight": 0.0, "pl_every": 4,
+                  "gp_weight": 10.0, "drift": 0.001},
+         "arch": {"z_dim": 8, "fmap_base": 32, "fmap_max": 8, "mbstd_group_size": 4},
+         "progressive": {"stable_kimg": [0.032], "fade_kimg": [0.032], "batch_sizes": [], "reset_optimizer": True}}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    writer = CacheWriter(root / "faces", 16, 24)
+    for i in range(24):
+        writer.add(render_face(0, i, 16))
+    return writer.finish({"source": "synthetic", "synthetic": True})
+
+
+def config(resolution=16, **changes) -> RunConfig:
+    params = copy.deepcopy(PGGAN)
+    params.update(changes)
+    return RunConfig(model="pggan", model_params=params, train=dict(TRAIN), seed=3, resolution=resolution)
+
+
+def g_ema(run_dir):
+    return checkpoint.load(run_dir / "G_ema.pt")["G_ema"]
+
+
+def test_schedule_visits_every_resolution_with_fade_ins():
+    sched = Schedule.progressive("pggan", 16.0, 16, 4, {"stable_kimg": [1.0, 2.0], "fade_kimg": [1.5],
+                                                        "batch_sizes": [64, 32], "reset_optimizer": True})
+    assert [p.name for p in sched.phases] == ["train4", "fade8", "train8", "fade16", "train16", "fade32", "train32",
+                                              "fade64", "train64"]
+    assert [p.batch_size for p in sched.phases] == [64] + [32] * 8
+    assert sched.phases[0].end_nimg == 1000 and sched.phases[2].end_nimg - sched.phases[2].start_nimg == 2000
+    fade = sched.phases[1]
+    assert fade.alpha(fade.start_nimg) == 0 and fade.alpha((fade.start_nimg + fade.end_nimg) // 2) == 0.5
+    assert sched.total_nimg == 16_000 and sched.phase_at(15_999).name == "train64" and sched.phases[-1].start_nimg == 13_000
+    with pytest.raises(UserError, match="raise kimg"):
+        Schedule.progressive("pggan", 5.0, 16, 4, {"stable_kimg": [1.0], "fade_kimg": [1.0], "batch_sizes": [],
+                                                   "reset_optimizer": True})
+
+
+def test_reals_are_pooled_and_faded_like_the_generator():
+    img = torch.randn(2, 3, 16, 16)
+    pooled = torch.nn.functional.avg_pool2d(img, 2)
+    assert torch.equal(prepare_reals(img, 8, 1.0), pooled)
+    low = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(pooled, 2), scale_factor=2)
+    assert torch.allclose(prepare_reals(img, 8, 0.0), low)
+    assert torch.allclose(prepare_reals(img, 8, 0.5), (low + pooled) / 2, atol=1e-6)
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == torch.float32
+    assert resolve_precision("bf16", cpu) == torch.bfloat16  # asked for: CPU autocast
+    with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", cpu)
+
+
+def test_grows_through_every_resolution_and_resumes_to_identical_weights(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # dvclive looks for a DVC repo from the working directory: none here
+    straight = train(config(), cache_dir, tmp_path / "a" / "run", tmp_path / "a" / "ckpt",
+                     live_dir=tmp_path / "a" / "live")
+    assert straight["status"] == "trained"
+    assert [p["phase"] for p in straight["schedule"]] == ["train4", "fade8", "train8", "fade16", "train16"]
+    assert set(straight["phases"]) == {"train4", "fade8", "train8", "fade16", "train16"}
+    grids = sorted(p.name for p in (tmp_path / "a" / "run" / "samples").glob("*.png"))
+    assert {g[:7] for g in grids} == {"res0004", "res0008", "res0016"}, grids
+    alphas = [h["alpha"] for h in straight["history"] if h["phase"] == "fade16"]
+    assert alphas == sorted(alphas) and 0 < alphas[0] < 1
+    live = tmp_path / "a" / "live" / "plots" / "metrics"
+    assert {"loss_D.tsv", "loss_G.tsv", "alpha.tsv", "level.tsv", "img_per_s.tsv", "kimg.tsv"} <= {
+        p.name for p in live.iterdir()}
+
+    # interrupted in the middle of the 16x16 fade-in, then resumed
+    stopped = train(config(), cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt", stop_after_kimg=0.112)
+    assert stopped["status"] == "interrupted" and not (tmp_path / "b" / "run").exists()
+    state = checkpoint.load(next((tmp_path / "b" / "ckpt").rglob("last.pt")))
+    assert state["phase"] == "fade16" and 0 < float(state["alpha"]) < 1
+    resumed = train(config(), cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt")
+    assert resumed["status"] == "trained" and resumed["steps"] == straight["steps"]
+    a, b = g_ema(tmp_path / "a" / "run"), g_ema(tmp_path / "b" / "run")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, cfg, cache_dir, root):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train(cfg, cache_dir, root / "run", root / "ckpt")
+
+
+def test_two_process_gloo_run_matches_one_process(cache_dir, tmp_path):
+    cfg = config(resolution=16, kimg=0.064, progressive={"stable_kimg": [0.008], "fade_kimg": [0.008],
+                                                         "batch_sizes": [], "reset_optimizer": True})
+    train(cfg, cache_dir, tmp_path / "one" / "run", tmp_path / "one" / "ckpt")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, cache_dir, tmp_path / "two"), nprocs=2, join=True)
+    one, two = g_ema(tmp_path / "one" / "run"), g_ema(tmp_path / "two" / "run")
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
+    assert not list((tmp_path / "two" / "ckpt").rglob("*.pt"))  # rank 0 moved the finished run out
+
+
+def test_a_nan_loss_stops_with_step_and_last_good_checkpoint(cache_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_loss = losses.d_adversarial
+
+    def poisoned(kind, real_logits, fake_logits):
+        calls["n"] += 1
+        value = real_loss(kind, real_logits, fake_logits)
+        return value * float("nan") if calls["n"] > 6 else value
+
+    monkeypatch.setattr(losses, "d_adversarial", poisoned)
+    with pytest.raises(NonFiniteError, match=r"D loss is not finite at step 6 \(last good checkpoint: .*last\.pt\)"):
+        train(config(), cache_dir, tmp_path / "run", tmp_path / "ckpt")
+    state = checkpoint.load(next((tmp_path / "ckpt").rglob("last.pt")))
+    assert state["step"] == 4  # checkpoint_kimg 0.032 = every 4 steps of 8
+    for net in ("G", "D", "G_ema"):
+        assert all(torch.isfinite(t).all() for t in state[net].values() if t.is_floating_point())
+    assert not (tmp_path / "run").exists()
