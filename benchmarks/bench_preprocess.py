@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--folder", default=str(SHARED / "celeba_align"))
     parser.add_argument("--partition", default=str(SHARED / "list_eval_partition.txt"))
     parser.add_argument("--out", default=None, help="default: reports/bench/preprocess_<device>.json")
+    parser.add_argument("--keep-cache", default=None, help="copy the face cache written here (e.g. for a training benchmark)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -63,6 +64,8 @@ def main() -> None:
         start = time.perf_counter()
         report = preprocess(data, raw, work / "faces", work / "report.json", device=device)
         wall = time.perf_counter() - start
+        if args.keep_cache:
+            shutil.copytree(work / "faces", args.keep_cache, dirs_exist_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -208,8 +208,8 @@ def test_lpips_backbone_loads_from_a_torchvision_vgg16_state_dict():
     vgg_state = torchvision.models.vgg16(weights=None).state_dict()
     net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
     load_vgg_backbone(net.net, vgg_state)
-    assert torch.equal(net.net.slice1[0].weight, vgg_state["features.0.weight"])
-    assert torch.equal(net.net.slice5[28].bias, vgg_state["features.28.bias"])
+    assert torch.equal(getattr(net.net.slice1, "0").weight, vgg_state["features.0.weight"])
+    assert torch.equal(getattr(net.net.slice5, "28").bias, vgg_state["features.28.bias"])
 
 
 def test_proxy_lpips_is_labelled_and_measures_differences():

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"source": "synthetic", "num_faces": 48, "resolution": 32, "synthetic_images": 48},
     "train": {"checkpoint_kimg": 0.064, "snapshot_kimg": 0.064, "sample_kimg": 0.064, "grid_size": 2, "num_workers": 0},
-    "evaluate": {"extractor": "proxy", "num_gen": 40, "num_ref": 48, "snapshot_num_gen": 24, "batch_size": 24},
+    "evaluate": {"extractor": "proxy", "lpips": "proxy", "ppl_samples": 8, "num_gen": 40, "num_ref": 48,
+                 "snapshot_num_gen": 24, "batch_size": 24},
     "models": {"dcgan": {"kimg": 0.128, "batch_size": 16, "arch": {"z_dim": 16, "g_channels": 8, "d_channels": 8, "max_channels": 16}}},
 }
 
@@ -93,7 +94,9 @@ def test_report_table_matches_metrics_files(pipeline):
     metrics = json.loads((pipeline / "metrics/dcgan.json").read_text())
     stats = json.loads((pipeline / "runs/dcgan/train_stats.json").read_text())
     row = next(line for line in report.splitlines() if line.startswith("| dcgan |"))
-    assert f"{metrics['fid']:.2f} (proxy)" in row
+    from facegan.report.render import metric
+
+    assert f"{metric(metrics['fid'])} (proxy)" in row
     assert f"{stats['img_per_s']:.1f}" in row
     assert "synthetic" in report.lower() and "proxy" in report.lower()
     assert (pipeline / "reports/figures/dcgan_samples.png").exists()

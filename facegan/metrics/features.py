@@ -11,12 +11,14 @@ Extractors (params `evaluate.extractor`):
               and records the result; until that check has passed its numbers are labelled unverified
   proxy       a seeded, randomly initialised torchvision Inception-v3 (He-initialised convolutions,
               so activations keep their scale through 94 layers), fed 75x75 images (its smallest
-              input; 299x299 runs at ~2 img/s on a 2-core CPU): an offline stand-in for the CPU
-              demo whose numbers are labelled "proxy" wherever shown, never comparable with FID
+              input; 299x299 runs at ~2 img/s on a 2-core CPU), its 2048 pool features averaged in
+              groups of 8 to 256 (so the demo's few hundred images give full-rank covariances and FID's
+              matrix square root takes seconds, not minutes): an offline stand-in for the CPU demo whose
+              numbers are labelled "proxy" wherever shown, never comparable with FID
 
 Every extractor takes what clean-fid's dataloader yields for a batch (float NCHW in [0, 255] after
-`prepare`) and returns (N, 2048) features, so `Extractor.fn` can also be handed to clean-fid as its
-`custom_feat_extractor`.
+`prepare`) and returns (N, D) features (D = 2048, 256 for the proxy), so `Extractor.fn` can also be
+handed to clean-fid as its `custom_feat_extractor`.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from facegan.metrics import weights
 log = logging.getLogger(__name__)
 PROXY_SEED = 2015
 PROXY_INPUT = 75
+PROXY_GROUP = 8  # 2048 pool features -> 256
 EXTRACTORS = ("inception", "fid_helper", "proxy")
 # fid-helper vs clean-fid features: the two files hold the same weights, so only float rounding may differ
 AGREEMENT_RTOL = 1e-3
@@ -49,7 +52,7 @@ TABLE_SUFFIX = {"inception": "", "fid_helper": " (fid-helper)", "fid_helper_unve
 
 
 class Extractor:
-    """`prepare` turns uint8 (N, H, W, 3) into the network's input, `fn` maps it to (N, 2048)."""
+    """`prepare` turns uint8 (N, H, W, 3) into the network's input, `fn` maps it to (N, D) features."""
 
     def __init__(self, kind: str, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
                  prepare: Callable[[np.ndarray], torch.Tensor]):
@@ -83,7 +86,8 @@ def build_proxy(device: torch.device) -> Extractor:
     net.fc = torch.nn.Identity()
     net = net.eval().to(device)
     log.warning("using the PROXY extractor (random Inception-v3): numbers are labelled proxy, not FID")
-    return Extractor("proxy", lambda x: net((x - 128) / 128), device, resize_for_proxy)
+    return Extractor("proxy", lambda x: net((x - 128) / 128).reshape(x.shape[0], -1, PROXY_GROUP).mean(-1), device,
+                     resize_for_proxy)
 
 
 def build_cleanfid_inception(path: Path, device: torch.device) -> Extractor:
@@ -120,7 +124,7 @@ def resize_for_proxy(images: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def extract(batches: Iterable[np.ndarray], extractor: Extractor) -> np.ndarray:
-    """Features (N, 2048) of an iterable of uint8 (B, H, W, 3) batches."""
+    """Features (N, D) of an iterable of uint8 (B, H, W, 3) batches."""
     feats = [extractor.fn(extractor.prepare(b).to(extractor.device)).float().cpu().numpy() for b in batches]
     return np.concatenate(feats).astype(np.float64)
 

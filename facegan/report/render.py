@@ -64,6 +64,11 @@ def fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+def metric(value: float) -> str:
+    """Two decimals, four below 1 (proxy metrics are small numbers)."""
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
+
+
 def millions(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e6:.2f}M"
 
@@ -117,12 +122,12 @@ def result_cells(row: dict, loss_type: str) -> list[str]:
         status = STATUS_TEXT.get(failed["status"], failed["status"])
         return [row["model"], f"{status}: {failed.get('reason', '')}"] + ["–"] * (len(RESULT_COLUMNS) - 2)
     suffix = feature_suffix(m)
-    fid = fmt(m["fid"]) + (f" ± {m['fid_std']:.2f}" if m.get("fid_seeds", 1) > 1 else "") + suffix
-    ppl = "–" if m.get("ppl") is None else (f"{m['ppl']:.1f} in {m['ppl_space'].upper()}"
+    fid = metric(m["fid"]) + (f" ± {metric(m['fid_std'])}" if m.get("fid_seeds", 1) > 1 else "") + suffix
+    ppl = "–" if m.get("ppl") is None else (f"{metric(m['ppl'])} in {m['ppl_space'].upper()}"
                                              + (" (proxy)" if m.get("ppl_lpips") == "proxy" else ""))
     return [row["model"], "trained", str(s.get("resolution_reached", s["resolution"])),
             f"{millions(s['params_G'])} / {millions(s['params_D'])}", fmt(s["kimg"]), hours_label(s), fmt(s["img_per_s"], 1),
-            memory_label(s), fid, f"{m['kid'] * 1e3:.2f}{suffix}",
+            memory_label(s), fid, f"{metric(m['kid'] * 1e3)}{suffix}",
             ppl, fmt(m.get("precision"), 3) + suffix, fmt(m.get("recall"), 3) + suffix, stability_notes(row, loss_type)]
 
 
