@@ -12,7 +12,6 @@ extractor's label and the seeds) and evals/<model>/:
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import shutil
@@ -24,6 +23,7 @@ from PIL import Image
 
 import models
 from facegan import paths
+from stages import start_model_stage
 from facegan.data.cache import to_uint8
 from facegan.device import resolve_device
 from facegan.errors import UserError, stage_main
@@ -33,7 +33,7 @@ from facegan.metrics.features import build_extractor, extract
 from facegan.metrics.fid import fid_from_features, kid_from_features, spread
 from facegan.metrics.ppl import build_lpips, path_length
 from facegan.metrics.precision_recall import precision_recall
-from facegan.params import MODEL_NAMES, load_params
+from facegan.params import load_params
 from facegan.training import checkpoint
 
 log = logging.getLogger("evaluate")
@@ -90,16 +90,13 @@ def write_skipped(model: str, stats: dict) -> None:
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=MODEL_NAMES)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    model = start_model_stage(__doc__)
     params = load_params()
     ev = params["evaluate"]
-    run = paths.run_dir(args.model)
+    run = paths.run_dir(model)
     stats = read_json(run / "train_stats.json")
     if stats["status"] != "trained":
-        write_skipped(args.model, stats)
+        write_skipped(model, stats)
         return
 
     device = resolve_device(ev["device"])
@@ -109,8 +106,8 @@ def main() -> None:
     if ref_meta["extractor"] != extractor.kind:
         raise UserError(f"reference features use {ref_meta['extractor']} but evaluate.extractor={extractor.kind}: "
                         "run `dvc repro reference_stats`")
-    spec = models.get_spec(args.model)
-    G = load_generator(args.model, params, checkpoint.load(run / "G_ema.pt"), device)
+    spec = models.get_spec(model)
+    G = load_generator(model, params, checkpoint.load(run / "G_ema.pt"), device)
     seeds = seeds_for(params["seed"], ev["fid_seeds"])
     timings = {}
 
@@ -123,7 +120,7 @@ def main() -> None:
     fid = spread(fids)
     pr = precision_recall(reference, first, ev["pr_k"], device)
     metrics = {
-        "status": "trained", "model": args.model, "extractor": extractor.kind, "label_key": ref_meta.get("label_key", extractor.kind),
+        "status": "trained", "model": model, "extractor": extractor.kind, "label_key": ref_meta.get("label_key", extractor.kind),
         "label": ref_meta.get("label", extractor.label),
         "fid": fid["mean"], "fid_std": fid["std"], "fid_values": fid["values"], "fid_seeds": len(fids),
         "kid": kid_from_features(first, reference, seeds["kid_subsets"]),
@@ -133,17 +130,17 @@ def main() -> None:
         "feature_spread_ratio": float(np.trace(np.cov(first, rowvar=False)) / np.trace(np.cov(reference, rowvar=False))),
     }
     timings["fid_kid_pr"] = time.perf_counter() - t0
-    log.info("%s: %s %.3f (std %.3f over %d sets of %d), precision %.3f, recall %.3f", args.model, extractor.kind,
+    log.info("%s: %s %.3f (std %.3f over %d sets of %d), precision %.3f, recall %.3f", model, extractor.kind,
              fid["mean"], fid["std"], len(fids), len(first), pr["precision"], pr["recall"])
 
     t0 = time.perf_counter()
-    space = ppl_space(ev, spec.style_based, args.model)
+    space = ppl_space(ev, spec.style_based, model)
     ppl = path_length(G, build_lpips(ev["lpips"], ev["lpips_weights"], device), space, ev["ppl_sampling"], ev["ppl_samples"],
                       ev["ppl_epsilon"], ev["batch_size"], seeds["ppl"], ev["ppl_crop"], device)
     metrics.update({"ppl": ppl["ppl"], "ppl_num": ppl["num"], "ppl_space": ppl["space"], "ppl_sampling": ppl["sampling"],
                     "ppl_epsilon": ppl["epsilon"], "ppl_crop": ev["ppl_crop"], "ppl_lpips": ppl["lpips"], "ppl_label": ppl["label"]})
     timings["ppl"] = time.perf_counter() - t0
-    log.info("%s: PPL in %s (%s, %s LPIPS) %.2f over %d pairs", args.model, space.upper(), ev["ppl_sampling"], ppl["lpips"],
+    log.info("%s: PPL in %s (%s, %s LPIPS) %.2f over %d pairs", model, space.upper(), ev["ppl_sampling"], ppl["lpips"],
              ppl["ppl"], ppl["num"])
 
     t0 = time.perf_counter()
@@ -151,16 +148,16 @@ def main() -> None:
     curve = []
     for snap in sorted((run / "snapshots").glob("*.pt")):
         weights = checkpoint.load(snap)
-        G_snap = load_generator(args.model, params, weights, device)
+        G_snap = load_generator(model, params, weights, device)
         snap_feats = extract(generated_batches(G_snap, ev["snapshot_num_gen"], ev["batch_size"], seeds["snapshots"], device), extractor)
         kimg = float(weights["kimg"])
         curve.append({"kimg": kimg, "train_hours": train_hours_at(kimg, history), "fid": fid_from_features(snap_feats, reference),
                       "num_gen": int(len(snap_feats)), "extractor": extractor.kind})
-        log.info("%s at %.2f kimg: %s %.2f", args.model, kimg, extractor.kind, curve[-1]["fid"])
+        log.info("%s at %.2f kimg: %s %.2f", model, kimg, extractor.kind, curve[-1]["fid"])
     timings["snapshots"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    with atomic_dir(paths.eval_dir(args.model)) as out:
+    with atomic_dir(paths.eval_dir(model)) as out:
         write_json(out / "fid_vs_kimg.json", curve)
         write_json(out / "losses.json", history)
         pic_seed = seeds["pictures"]
@@ -180,7 +177,7 @@ def main() -> None:
     timings["pictures"] = time.perf_counter() - t0
     metrics["eval_seconds"] = {k: round(v, 2) for k, v in timings.items()}
     metrics["seeds"] = {"fid": seeds["fid"], "snapshots": seeds["snapshots"], "ppl": seeds["ppl"], "pictures": seeds["pictures"]}
-    write_json(paths.metrics_file(args.model), metrics)
+    write_json(paths.metrics_file(model), metrics)
 
 
 if __name__ == "__main__":

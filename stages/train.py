@@ -10,14 +10,14 @@ Multi-GPU: `torchrun --nproc_per_node=N -m stages.train <model>` (the global bat
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from facegan import paths
+from stages import start_model_stage
 from facegan.errors import UserError, stage_main
 from facegan.io import atomic_dir, write_json
-from facegan.params import MODEL_NAMES, load_params
+from facegan.params import load_params
 
 
 def live_dir(model: str) -> Path:
@@ -35,30 +35,27 @@ def write_placeholder(model: str, status: str, reason: str) -> None:
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=MODEL_NAMES)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    model = start_model_stage(__doc__)
     params = load_params()
-    selection = paths.selection_file(args.model).read_text().strip()
+    selection = paths.selection_file(model).read_text().strip()
     if selection != "on":
-        write_placeholder(args.model, "skipped", f"not selected in this experiment ({selection.removeprefix('off: ')})")
+        write_placeholder(model, "skipped", f"not selected in this experiment ({selection.removeprefix('off: ')})")
         return
 
     import models  # torch import happens only for models that train
     from facegan.training.loop import RunConfig, train
 
     try:
-        models.get_spec(args.model)
+        models.get_spec(model)
     except models.NotImplementedModel as err:
         logging.warning("%s", err)
-        write_placeholder(args.model, "not_implemented", str(err))
+        write_placeholder(model, "not_implemented", str(err))
         return
-    cfg = RunConfig(model=args.model, model_params=params["models"][args.model], train=params["train"],
+    cfg = RunConfig(model=model, model_params=params["models"][model], train=params["train"],
                     seed=params["seed"], resolution=params["data"]["resolution"])
-    stats = train(cfg, paths.CACHE_DIR, paths.run_dir(args.model), live_dir=live_dir(args.model))
+    stats = train(cfg, paths.CACHE_DIR, paths.run_dir(model), live_dir=live_dir(model))
     if stats["status"] != "trained":
-        raise UserError(f"training of {args.model} stopped early: re-run to resume")
+        raise UserError(f"training of {model} stopped early: re-run to resume")
 
 
 if __name__ == "__main__":

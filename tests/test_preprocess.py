@@ -37,6 +37,10 @@ def photo_folder(tmp_path_factory) -> Path:
     Image.open(folder / "a_astronaut.png").save(folder / "d_truncated.jpg", quality=90)
     cut = (folder / "d_truncated.jpg").read_bytes()
     (folder / "d_truncated.jpg").write_bytes(cut[: len(cut) // 2])
+    # two more faces, so the interrupted-run test has images after its stop without ../shared
+    astronaut = Image.open(folder / "a_astronaut.png")
+    astronaut.transpose(Image.FLIP_LEFT_RIGHT).save(folder / "f_astronaut_mirrored.png")
+    astronaut.resize((224, 224), Image.LANCZOS).save(folder / "g_astronaut_smaller.png")
     if (SHARED / "celeba_align").is_dir():
         for path in sorted((SHARED / "celeba_align").glob("*.jpg"))[:3]:
             (folder / f"e_{path.name}").write_bytes(path.read_bytes())
