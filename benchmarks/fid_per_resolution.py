@@ -46,11 +46,7 @@ def main() -> None:
     points = []
     for snap in sorted((args.run / "snapshots").glob("*.pt")):
         state = checkpoint.load(snap)
-        G, _ = models.build(args.model, arch, cache.resolution)
-        G.load_state_dict(state["G_ema"])
-        if "level" in state and hasattr(G, "set_progress"):
-            G.set_progress(int(state["level"]), float(state.get("alpha", 1.0)))
-        G = G.eval().requires_grad_(False).to(device)
+        G = models.from_snapshot(args.model, arch, cache.resolution, state).to(device)
         gen = torch.Generator().manual_seed(123)
 
         def batches():

@@ -73,3 +73,12 @@ def build(name: str, arch: dict, resolution: int) -> tuple[nn.Module, nn.Module]
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def from_snapshot(name: str, arch: dict, resolution: int, state: dict) -> nn.Module:
+    """G_ema of a checkpoint/snapshot, in eval mode; a progressive snapshot keeps its level and alpha."""
+    G, _ = build(name, arch, resolution)
+    G.load_state_dict(state["G_ema"])
+    if "level" in state and hasattr(G, "set_progress"):
+        G.set_progress(int(state["level"]), float(state.get("alpha", 1.0)))
+    return G.eval().requires_grad_(False)

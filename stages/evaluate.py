@@ -23,7 +23,6 @@ from PIL import Image
 
 import models
 from facegan import paths
-from stages import start_model_stage
 from facegan.data.cache import to_uint8
 from facegan.device import resolve_device
 from facegan.errors import UserError, stage_main
@@ -35,17 +34,14 @@ from facegan.metrics.ppl import build_lpips, path_length
 from facegan.metrics.precision_recall import precision_recall
 from facegan.params import load_params
 from facegan.training import checkpoint
+from stages import start_model_stage
 
 log = logging.getLogger("evaluate")
 PROGRESSIVE_GRID = re.compile(r"res(\d+)_.*\.png")
 
 
 def load_generator(model: str, params: dict, weights: dict, device: torch.device):
-    G, _ = models.build(model, params["models"][model]["arch"], params["data"]["resolution"])
-    G.load_state_dict(weights["G_ema"])
-    if "level" in weights and hasattr(G, "set_progress"):  # a progressive model's snapshot mid-growth
-        G.set_progress(int(weights["level"]), float(weights.get("alpha", 1.0)))
-    return G.eval().requires_grad_(False).to(device)
+    return models.from_snapshot(model, params["models"][model]["arch"], params["data"]["resolution"], weights).to(device)
 
 
 def generated_batches(G, count: int, batch_size: int, seed: int, device: torch.device):

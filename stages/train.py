@@ -14,10 +14,10 @@ import logging
 from pathlib import Path
 
 from facegan import paths
-from stages import start_model_stage
 from facegan.errors import UserError, stage_main
 from facegan.io import atomic_dir, write_json
 from facegan.params import load_params
+from stages import start_model_stage
 
 
 def live_dir(model: str) -> Path:
