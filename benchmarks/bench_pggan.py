@@ -1,11 +1,14 @@
-"""Benchmark: PGGAN grown 4x4 -> the cache's resolution (128x128 for the study) on a GPU.
+"""Benchmark: PGGAN grown 4x4 -> the cache's resolution (128x128 for the study) on a GPU (or CPU).
 
     python -m benchmarks.bench_pggan --cache data/faces            # ~8 min on one H100 (default schedule)
     torchrun --nproc_per_node=N -m benchmarks.bench_pggan --cache data/faces   # same, N GPUs
+    python -m benchmarks.bench_pggan --cache <128px cache> --profile demo --phase-kimg 0 --batch-sizes '' \
+        --final-kimg 2          # the demo's small PGGAN and its own schedule, grown to 128x128 (~8 min, 2-core CPU)
 
 Runs the study's training loop (facegan/training/loop.py) with the study's PGGAN params
-(params.yaml models.pggan, full width) but a shortened growing schedule (`--phase-kimg` per train
-and per fade-in phase, `--final-kimg` at the last resolution), and writes
+(params.yaml models.pggan, full width; `--profile` merges that profile's models.pggan over them)
+but a shortened growing schedule (`--phase-kimg` per train and per fade-in phase, or the
+profile's own with 0; `--final-kimg` at the last resolution), and writes
 reports/bench/pggan_<device>.json: overall img/s, per-phase (per-resolution) seconds, img/s, batch
 size and peak GPU memory, the precision used, and where the run's snapshots and grids are (one
 snapshot at the end of every resolution, so FID per resolution can be computed from them).
@@ -78,9 +81,12 @@ def _install_png_writer_if_no_pillow() -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, required=True, help="face cache directory (faces.npy + meta.json)")
-    parser.add_argument("--phase-kimg", type=float, default=20.0, help="kimg of every train and fade-in phase")
+    parser.add_argument("--profile", default="study", help="take models.pggan (arch, lr, schedule) from this profile")
+    parser.add_argument("--phase-kimg", type=float, default=20.0,
+                        help="kimg of every train and fade-in phase; 0 = the profile's own growing schedule")
     parser.add_argument("--final-kimg", type=float, default=40.0, help="kimg trained at the final resolution")
-    parser.add_argument("--batch-sizes", default="128,128,128,64,32,16", help="per level 4x4, 8x8, ...; last repeats")
+    parser.add_argument("--batch-sizes", default="128,128,128,64,32,16",
+                        help="per level 4x4, 8x8, ...; last repeats; '' = the profile's")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench_pggan"), help="run, checkpoints, grids")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
@@ -97,19 +103,26 @@ def main() -> None:
     from facegan.io import write_json
     from facegan.params import deep_merge
     from facegan.training.loop import RunConfig, train
+    from facegan.training.progressive import growing_kimg
 
     raw = yaml.safe_load(args.params.read_text())
-    pggan = deep_merge(raw["models"]["pggan"], {})  # the study's section, not the demo profile's
+    if args.profile not in raw["profiles"]:
+        raise SystemExit(f"--profile {args.profile}: params.yaml has profiles {', '.join(raw['profiles'])}")
+    profile = raw["profiles"][args.profile] or {}
+    pggan = deep_merge(raw["models"]["pggan"], profile.get("models", {}).get("pggan", {}))
     resolution = FaceCache(args.cache).resolution
     levels = int(np.log2(resolution)) - 2
-    schedule_kimg = args.phase_kimg * (1 + 2 * levels)
-    pggan["kimg"] = schedule_kimg + args.final_kimg
-    pggan["progressive"] = {"stable_kimg": [args.phase_kimg], "fade_kimg": [args.phase_kimg],
-                            "batch_sizes": [int(b) for b in args.batch_sizes.split(",")], "reset_optimizer": True}
+    if args.phase_kimg > 0:
+        pggan["progressive"] = deep_merge(pggan["progressive"], {"stable_kimg": [args.phase_kimg],
+                                                                 "fade_kimg": [args.phase_kimg]})
+    if args.batch_sizes:
+        pggan["progressive"]["batch_sizes"] = [int(b) for b in args.batch_sizes.split(",")]
+    pggan["kimg"] = growing_kimg(pggan["progressive"], levels) + args.final_kimg
+    phase_kimg = pggan["progressive"]["stable_kimg"][-1]
     train_params = deep_merge(raw["train"], {
         "device": "auto", "precision": args.precision, "deterministic": False, "grid_size": 8,
-        "checkpoint_kimg": pggan["kimg"], "snapshot_kimg": args.phase_kimg * 2, "sample_kimg": args.phase_kimg,
-        "log_kimg": max(args.phase_kimg / 4, 1.0)})
+        "checkpoint_kimg": pggan["kimg"], "snapshot_kimg": phase_kimg * 2, "sample_kimg": phase_kimg,
+        "log_kimg": max(phase_kimg / 4, 0.1)})
     cfg = RunConfig(model="pggan", model_params=pggan, train=train_params, seed=int(raw.get("seed", 0)),
                     resolution=resolution)
     run_dir = args.work_dir / "run"
@@ -136,7 +149,8 @@ def main() -> None:
         "benchmark": "PGGAN grown 4x4 -> final resolution with the study's training loop (facegan/training/loop.py)",
         "device": device_name, "world_size": stats["world_size"], "precision": stats["precision"],
         "resolution": resolution, "resolutions_reached": stats["resolutions_reached"],
-        "kimg": stats["kimg"], "phase_kimg": args.phase_kimg, "final_kimg": args.final_kimg,
+        "kimg": stats["kimg"], "profile": args.profile, "progressive": pggan["progressive"], "lr": [pggan["lr_g"], pggan["lr_d"]],
+        "arch": pggan["arch"], "final_kimg": args.final_kimg,
         "train_seconds": stats["train_seconds"], "wall_seconds_with_setup": round(wall, 1),
         "img_per_s": stats["img_per_s"],
         "peak_memory_gib": None if stats["peak_memory_bytes"] is None else round(stats["peak_memory_bytes"] / 2 ** 30, 3),

@@ -4,16 +4,11 @@ from pathlib import Path
 RAW_DIR = Path("data/raw")
 CACHE_DIR = Path("data/faces")
 REFERENCE_DIR = Path("data/reference")
-SELECTION_DIR = Path("runs/selection")
 REPORTS_DIR = Path("reports")
 
 
 def run_dir(model: str) -> Path:
     return Path("runs") / model
-
-
-def selection_file(model: str) -> Path:
-    return SELECTION_DIR / f"{model}.txt"
 
 
 def eval_dir(model: str) -> Path:

@@ -11,13 +11,13 @@ import logging
 
 from facegan.data.download import prepare
 from facegan.errors import stage_main
-from facegan.params import load_params
+from facegan import stage_params
 
 
 @stage_main
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    params = load_params()
+    params = stage_params.load("download")
     record = prepare(params["data"], params["seed"])
     logging.info("data.source=%s: %d images under %s", record["source"], record["count"], record["image_root"])
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 import models
-from facegan import paths
+from facegan import paths, stage_params
 from facegan.data.cache import to_uint8
 from facegan.device import resolve_device
 from facegan.errors import UserError, stage_main
@@ -32,7 +32,6 @@ from facegan.metrics.features import build_extractor, extract
 from facegan.metrics.fid import fid_from_features, kid_from_features, spread
 from facegan.metrics.ppl import build_lpips, path_length
 from facegan.metrics.precision_recall import precision_recall
-from facegan.params import load_params
 from facegan.training import checkpoint
 from stages import start_model_stage
 
@@ -87,7 +86,7 @@ def write_skipped(model: str, stats: dict) -> None:
 @stage_main
 def main() -> None:
     model = start_model_stage(__doc__)
-    params = load_params()
+    params = stage_params.load("evaluate", model)
     ev = params["evaluate"]
     run = paths.run_dir(model)
     stats = read_json(run / "train_stats.json")

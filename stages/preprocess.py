@@ -12,14 +12,14 @@ from pathlib import Path
 
 from facegan.data.preprocess import preprocess
 from facegan.errors import stage_main
-from facegan.params import load_params
+from facegan import stage_params
 from facegan.paths import CACHE_DIR, REPORTS_DIR
 
 
 @stage_main
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    params = load_params()
+    params = stage_params.load("preprocess")
     data = params["data"]
     report = preprocess(data, Path(data["raw_dir"]), CACHE_DIR, REPORTS_DIR / "preprocess.json")
     logging.info("kept %d of %d images (%s), %.1f images/s", report["kept"], report["considered"],

@@ -11,13 +11,12 @@ import logging
 
 import numpy as np
 
-from facegan import paths
+from facegan import paths, stage_params
 from facegan.data.cache import FaceCache
 from facegan.device import resolve_device
 from facegan.errors import stage_main
 from facegan.io import atomic_path, write_json
 from facegan.metrics.features import LABELS, build_extractor, check_agreement, extract, label_key
-from facegan.params import load_params
 
 AGREEMENT_FACES = 8
 
@@ -25,7 +24,7 @@ AGREEMENT_FACES = 8
 @stage_main
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params()
+    params = stage_params.load("reference_stats")
     ev = params["evaluate"]
     cache = FaceCache(paths.CACHE_DIR)
     device = resolve_device(ev["device"])

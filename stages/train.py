@@ -13,10 +13,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from facegan import paths
+from facegan import paths, stage_params
 from facegan.errors import UserError, stage_main
 from facegan.io import atomic_dir, write_json
-from facegan.params import load_params
 from stages import start_model_stage
 
 
@@ -36,10 +35,9 @@ def write_placeholder(model: str, status: str, reason: str) -> None:
 @stage_main
 def main() -> None:
     model = start_model_stage(__doc__)
-    params = load_params()
-    selection = paths.selection_file(model).read_text().strip()
-    if selection != "on":
-        write_placeholder(model, "skipped", f"not selected in this experiment ({selection.removeprefix('off: ')})")
+    params = stage_params.load(model)
+    if not params["selected"]:
+        write_placeholder(model, "skipped", params["skip_reason"])
         return
 
     import models  # torch import happens only for models that train

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from facegan.errors import UserError
+from facegan import stage_params
 from facegan.params import MODEL_NAMES, SCHEMA_PATH, load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,3 +82,31 @@ def test_invalid_yaml_is_one_line(tmp_path):
     path.write_text("data: [unclosed\n")
     with pytest.raises(UserError, match="is not valid YAML"):
         load_params(path)
+
+
+def _changed_views(tmp_path, before: dict, after: dict) -> set[str]:
+    a, b = stage_params.views(load(tmp_path, before)), stage_params.views(load(tmp_path, after))
+    return {name for name in a if a[name] != b[name]}
+
+
+def test_a_model_setting_changes_only_that_models_view(tmp_path):
+    demo = {"profile": "demo"}
+    tweaked = {"profile": "demo", "profiles": {"demo": {"models": {"pggan": {"kimg": 31.0}}}}}
+    assert _changed_views(tmp_path, demo, tweaked) == {"pggan"}
+    assert _changed_views(tmp_path, {}, {"models": {"stylegan2": {"lr_g": 0.003}}}) == {"stylegan2"}
+
+
+def test_seed_and_selection_leave_the_data_stages_alone(tmp_path):
+    assert _changed_views(tmp_path, {}, {"seed": 1}) == {"download", "evaluate", *MODEL_NAMES}
+    # the chosen model keeps its view (DVC reuses its training); the others switch to skipped
+    assert _changed_views(tmp_path, {}, {"model": "styleswin"}) == set(MODEL_NAMES) - {"styleswin"}
+
+
+def test_stage_reads_back_what_configure_wrote(tmp_path):
+    params = load(tmp_path, {"profile": "demo"})
+    stage_params.write_views(params, tmp_path / "config")
+    view = stage_params.load("evaluate", "pggan", config_dir=tmp_path / "config")
+    assert view["models"]["pggan"] == params["models"]["pggan"] and view["evaluate"] == params["evaluate"]
+    assert view["selected"] is True and view["data"]["resolution"] == params["data"]["resolution"]
+    with pytest.raises(UserError, match="dvc repro configure"):
+        stage_params.load("preprocess", config_dir=tmp_path / "nowhere")

@@ -40,10 +40,10 @@ def run_stage(project, monkeypatch, name, *args):
 
 @pytest.fixture(scope="module")
 def pipeline(project):
-    """Run download -> preprocess -> select -> train -> reference_stats -> evaluate -> report once."""
+    """Run configure -> download -> preprocess -> train -> reference_stats -> evaluate -> report once."""
     mp = pytest.MonkeyPatch()
     try:
-        for stage, *args in [("download",), ("preprocess",), ("select",), ("train", "dcgan"), ("train", "pggan"),
+        for stage, *args in [("configure",), ("download",), ("preprocess",), ("train", "dcgan"), ("train", "pggan"),
                              ("reference_stats",), ("evaluate", "dcgan"), ("evaluate", "pggan"), ("report",)]:
             run_stage(project, mp, stage, *args)
     finally:
@@ -62,10 +62,10 @@ def test_download_and_preprocess_fill_the_cache(pipeline):
 
 
 def test_selection_trains_only_the_chosen_model(pipeline):
-    assert (pipeline / "runs/selection/dcgan.txt").read_text().strip() == "on"
-    assert (pipeline / "runs/selection/pggan.txt").read_text().startswith("off: model=dcgan")
+    assert json.loads((pipeline / "runs/config/dcgan.json").read_text())["selected"] is True
+    assert json.loads((pipeline / "runs/config/pggan.json").read_text())["selected"] is False
     skipped = json.loads((pipeline / "runs/pggan/train_stats.json").read_text())
-    assert skipped["status"] == "skipped"
+    assert skipped["status"] == "skipped" and "model=dcgan" in skipped["reason"]
     assert not (pipeline / "runs/pggan/G_ema.pt").exists()
 
 
@@ -104,7 +104,7 @@ def test_report_table_matches_metrics_files(pipeline):
         assert any(line.startswith(f"| {name} |") for line in report.splitlines()), name
 
 
-def test_evaluate_without_inception_weights_names_the_fix(pipeline, monkeypatch):
+def test_evaluate_without_inception_weights_names_the_fix(pipeline, monkeypatch, capsys):
     params = yaml.safe_load((pipeline / "params.yaml").read_text())
     params["profiles"]["demo"]["evaluate"]["extractor"] = "inception"
     params["evaluate"]["inception_weights"] = "nowhere/inception-2015-12-05.pt"
@@ -114,9 +114,11 @@ def test_evaluate_without_inception_weights_names_the_fix(pipeline, monkeypatch)
     (scratch / "data").mkdir(exist_ok=True)
     if not (scratch / "data/faces").exists():
         (scratch / "data/faces").symlink_to(pipeline / "data/faces")
+    run_stage(scratch, monkeypatch, "configure")
     with pytest.raises(SystemExit) as exit_info:
         run_stage(scratch, monkeypatch, "reference_stats")
     assert exit_info.value.code == 2
+    assert "nowhere/inception-2015-12-05.pt" in capsys.readouterr().err
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(project, tmp_path, monkeypatch):

@@ -379,7 +379,8 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
         if world.is_main:
             if crossed(nimg_before, nimg, tp["sample_kimg"]) or level_done:
                 write_grid(phase)
-            if crossed(nimg_before, nimg, tp["snapshot_kimg"]) or nimg >= schedule.total_nimg:
+            # a snapshot at the end of every resolution too: FID per resolution for growing models
+            if crossed(nimg_before, nimg, tp["snapshot_kimg"]) or level_done:
                 checkpoint.save(ckpt_dir / "snapshots" / f"kimg{nimg / 1000:08.2f}.pt",
                                 {"G_ema": G_ema.state_dict(), "kimg": nimg / 1000, "level": phase.level, "alpha": alpha})
             if crossed(nimg_before, nimg, tp["checkpoint_kimg"]) or nimg >= stop_nimg:

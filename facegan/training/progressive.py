@@ -51,6 +51,13 @@ def _per_level(values: list, level: int, fallback):
     return values[min(level, len(values) - 1)]
 
 
+def growing_kimg(cfg: dict, final_level: int) -> float:
+    """kimg of every phase before the last level's train phase (the `progressive` block `cfg`)."""
+    stable = sum(_per_level(cfg["stable_kimg"], level, 0.0) for level in range(final_level))
+    fade = sum(_per_level(cfg["fade_kimg"], level - 1, 0.0) for level in range(1, final_level + 1))
+    return float(stable + fade)
+
+
 class Schedule:
     """Ordered phases covering [0, total_nimg); `phase_at(nimg)` finds the one that holds nimg."""
 

@@ -1,0 +1,21 @@
+"""Stage `configure`: merge params.yaml with its profile and write each stage's view of it.
+
+Writes runs/config/<view>.json for download, preprocess, reference_stats, evaluate and each
+model (facegan/stage_params.py says why). Every later stage depends on its own file instead of
+on params.yaml, so DVC re-runs only the stages whose effective params changed. Imports no
+torch, so it starts in a second.
+"""
+from __future__ import annotations
+
+from facegan import stage_params
+from facegan.errors import stage_main
+from facegan.params import load_params
+
+
+@stage_main
+def main() -> None:
+    stage_params.write_views(load_params())
+
+
+if __name__ == "__main__":
+    main()
