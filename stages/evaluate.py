@@ -3,7 +3,8 @@
 Writes metrics/<model>.json (the numbers `dvc metrics show` and the report read: FID (mean/std over
 evaluate.fid_seeds generated sets), KID, precision/recall, PPL, each with its sample count, the
 extractor's label and the seeds) and evals/<model>/:
-  fid_vs_kimg.json   one point per training snapshot (kimg, training hours, FID, sample count)
+  fid_vs_kimg.json   one point per training snapshot (kimg, training hours, FID, sample count, the
+                     resolution the snapshot generated at: below the final one for a growing model)
   losses.json        the training history (for the DVC loss plots)
   samples.png        a grid of fixed latents
   truncation.png     style-based models: rows of latents, columns of evaluate.truncation_psis
@@ -146,9 +147,12 @@ def main() -> None:
         G_snap = load_generator(model, params, weights, device)
         snap_feats = extract(generated_batches(G_snap, ev["snapshot_num_gen"], ev["batch_size"], seeds["snapshots"], device), extractor)
         kimg = float(weights["kimg"])
+        # a growing model's snapshot shows its level's image, nearest-upsampled to the output size
+        level = int(weights.get("level", np.log2(params["data"]["resolution"]) - 2))
         curve.append({"kimg": kimg, "train_hours": train_hours_at(kimg, history), "fid": fid_from_features(snap_feats, reference),
-                      "num_gen": int(len(snap_feats)), "extractor": extractor.kind})
-        log.info("%s at %.2f kimg: %s %.2f", model, kimg, extractor.kind, curve[-1]["fid"])
+                      "num_gen": int(len(snap_feats)), "extractor": extractor.kind, "resolution": 4 * 2 ** level})
+        log.info("%s at %.2f kimg (%dx%d): %s %.4g", model, kimg, 4 * 2 ** level, 4 * 2 ** level, extractor.kind,
+                 curve[-1]["fid"])
     timings["snapshots"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

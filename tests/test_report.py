@@ -179,3 +179,16 @@ def test_report_shows_plots_and_each_models_pictures(project):
     for model in ("dcgan", "stylegan2", "styleswin"):
         assert f"(figures/{model}_samples.png)" in text and f"(figures/{model}_interpolation.png)" in text
     assert text.index("styleswin_res8.png") < text.index("styleswin_res16.png")  # growth order
+
+
+def test_growing_model_is_judged_on_its_final_resolution_snapshots():
+    from facegan.report.render import stability_notes
+
+    def row(points):
+        return {"stats": {"history": []}, "metrics": {},
+                "curve": [{"kimg": i, "fid": f, "resolution": r} for i, (r, f) in enumerate(points)]}
+
+    # low-resolution snapshots score low on a coarse extractor; they are no "best" a 64x64 run fell from
+    growing = [(4, 5.0), (8, 9.0), (16, 20.0), (64, 40.0), (64, 35.0), (64, 36.0)]
+    assert stability_notes(row(growing), "wgan_gp") == "none detected"
+    assert "FID worsened" in stability_notes(row(growing[:3] + [(64, 20.0), (64, 30.0), (64, 36.0)]), "wgan_gp")

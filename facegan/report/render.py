@@ -103,8 +103,11 @@ def stability_notes(row: dict, loss_type: str) -> str:
         notes.append("non-finite loss (diverged)")
     if hist and loss_type in ("ns", "hinge") and hist[-1]["loss_D"] < D_WINS_LOSS:
         notes.append("D overpowers G (D loss near zero)")
-    if len(curve) >= 3:
-        fids = [p["fid"] for p in curve]
+    # a growing model's earlier levels are not candidates for "best": only the final resolution's
+    final_res = max((p.get("resolution", 0) for p in curve), default=0)
+    final_curve = [p for p in curve if p.get("resolution", 0) == final_res]
+    if len(final_curve) >= 3:
+        fids = [p["fid"] for p in final_curve]
         best = min(fids)
         if fids[-1] > FID_WORSENED * best and fids.index(best) < len(fids) - 1:
             notes.append("FID worsened after its best snapshot")
@@ -247,7 +250,7 @@ def render(params: dict, reference_meta: dict, out_dir: Path = paths.REPORTS_DIR
     loss_types = {name: params["models"][name]["loss"]["type"] for name in MODEL_NAMES}
     parts += ["\n## Results\n\n", markdown_table(RESULT_COLUMNS, [result_cells(r, loss_types[r["model"]]) for r in rows])]
     parts.append(f"\nStability notes are heuristics on the files: final D loss below {D_WINS_LOSS} (non-saturating/hinge "
-                 f"losses); final snapshot FID above {FID_WORSENED}x the best one (3+ snapshots); recall below {LOW_RECALL}; "
+                 f"losses); final snapshot FID above {FID_WORSENED}x the best one (3+ snapshots at the final resolution); recall below {LOW_RECALL}; "
                  f"generated-feature variance below {LOW_SPREAD}x the real one; non-finite losses.\n")
     parts += ["\n### Sample counts\n\n", markdown_table(COUNT_COLUMNS, [c for c in map(count_cells, rows) if c])]
     plots = [("fid_vs_kimg", f"{fid_label} vs kimg", lambda out: plot_fid_curves(rows, out, fid_label)),
