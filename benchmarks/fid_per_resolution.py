@@ -32,6 +32,7 @@ from facegan.metrics.fid import fid_from_features
 from facegan.metrics.precision_recall import precision_recall
 from facegan.params import load_params
 from facegan.training import checkpoint
+from facegan.training.loop import to_resolution
 
 BATCH = 250
 
@@ -39,9 +40,7 @@ BATCH = 250
 def at_level(images: torch.Tensor, resolution: int) -> torch.Tensor:
     """float NCHW images reduced to `resolution` (box filter) and nearest-upsampled back."""
     factor = images.shape[-1] // resolution
-    if factor <= 1:
-        return images
-    return F.interpolate(F.avg_pool2d(images, factor), scale_factor=factor, mode="nearest")
+    return F.interpolate(to_resolution(images, resolution), scale_factor=factor, mode="nearest") if factor > 1 else images
 
 
 def uint8_to_float(batch: np.ndarray) -> torch.Tensor:
@@ -74,7 +73,7 @@ def main() -> None:
         level = int(state.get("level", int(np.log2(cache.resolution)) - 2))
         resolution = 4 * 2 ** level
         if resolution not in real_at:
-            real_at[resolution] = extract((to_uint8(at_level(uint8_to_float(cache.faces[i:i + BATCH]), resolution))
+            real_at[resolution] = extract((to_uint8(at_level(uint8_to_float(cache.faces[i:min(i + BATCH, n_ref)]), resolution))
                                            for i in range(0, n_ref, BATCH)), extractor)
         reference = real_at[resolution]
         G = models.from_snapshot(args.model, arch, cache.resolution, state).to(device)

@@ -4,6 +4,7 @@ from pathlib import Path
 RAW_DIR = Path("data/raw")
 CACHE_DIR = Path("data/faces")
 REFERENCE_DIR = Path("data/reference")
+CONFIG_DIR = Path("runs/config")  # each stage's params view, written by `configure`
 REPORTS_DIR = Path("reports")
 
 

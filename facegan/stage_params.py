@@ -18,14 +18,11 @@ from pathlib import Path
 from facegan.errors import UserError
 from facegan.io import read_json, write_json
 from facegan.params import MODEL_NAMES, deep_merge
-
-CONFIG_DIR = Path("runs/config")
-SHARED_VIEWS = ("download", "preprocess", "reference_stats", "evaluate")
-VIEWS = SHARED_VIEWS + tuple(MODEL_NAMES)
+from facegan.paths import CONFIG_DIR
 
 
-def config_file(view: str) -> Path:
-    return CONFIG_DIR / f"{view}.json"
+def config_file(view: str, config_dir: Path = CONFIG_DIR) -> Path:
+    return config_dir / f"{view}.json"
 
 
 def views(params: dict) -> dict[str, dict]:
@@ -44,14 +41,14 @@ def views(params: dict) -> dict[str, dict]:
 
 def write_views(params: dict, config_dir: Path = CONFIG_DIR) -> None:
     for view, values in views(params).items():
-        write_json(config_dir / f"{view}.json", values)
+        write_json(config_file(view, config_dir), values)
 
 
 def load(*names: str, config_dir: Path = CONFIG_DIR) -> dict:
     """The named views merged into one params-shaped dict."""
     merged: dict = {}
     for name in names:
-        path = config_dir / f"{name}.json"
+        path = config_file(name, config_dir)
         if not path.exists():
             raise UserError(f"{path} is missing: run `dvc repro configure` (or `python -m stages.configure`) first")
         merged = deep_merge(merged, read_json(path))
