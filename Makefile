@@ -19,12 +19,16 @@ $(VENV)/.installed: requirements.txt overrides.txt
 venv: $(VENV)/.installed
 
 demo: venv
+	$(BIN)/python -m facegan.pipeline --check
 	dvc config --local core.analytics false && dvc config --local core.check_update false
 	dvc exp run -S profile=demo
 	@echo "report: reports/comparison.md   (params.yaml now says profile: demo; 'git checkout params.yaml' restores the study)"
 
 study: venv
+	$(BIN)/python -m facegan.pipeline --check
 	dvc repro
 
 test: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q tests

@@ -15,6 +15,7 @@ PyTorch reference, with any fallback). A model that fails records its error inst
 Writes reports/bench/models_<device>.json (device: cpu, or the CUDA device name as a slug).
 Needs only torch (+ triton on CUDA), numpy and pyyaml.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import models  # noqa: E402
 from facegan import ops  # noqa: E402
 from facegan.io import write_json  # noqa: E402
-from facegan.params import MODEL_NAMES, load_params  # noqa: E402
+from facegan.params import load_params, model_names  # noqa: E402
 
 
 def device_slug(device: torch.device) -> str:
@@ -63,8 +64,16 @@ def peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def bench_model(name: str, arch: dict, resolution: int, batch: int, steps: int, warmup: int,
-                device: torch.device, dtype: torch.dtype) -> dict:
+def bench_model(
+    name: str,
+    arch: dict,
+    resolution: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict:
     torch.manual_seed(0)
     G, D = models.build(name, arch, resolution)
     G, D = G.to(device).train(), D.to(device).train()
@@ -118,7 +127,7 @@ def bench_model(name: str, arch: dict, resolution: int, batch: int, steps: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["stylegan", "stylegan2", "stylegan3"], choices=MODEL_NAMES)
+    parser.add_argument("--models", nargs="+", default=["stylegan", "stylegan2", "stylegan3"], choices=model_names())
     parser.add_argument("--batch", type=int, default=None, help="default: the model's batch_size in params")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -131,8 +140,11 @@ def main() -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but no CUDA GPU is visible; use --device auto or cpu")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     dtype = pick_dtype(args.precision, device)
     params = load_params(ROOT / "params.yaml", overrides={"profile": args.profile})
 
@@ -142,11 +154,17 @@ def main() -> None:
         batch = args.batch or mp["batch_size"]
         print(f"{name}: batch {batch}, {args.resolution}px, {dtype}, {device} ...", flush=True)
         try:
-            results[name] = {"batch": batch, **bench_model(name, mp["arch"], args.resolution, batch, args.steps,
-                                                           args.warmup, device, dtype)}
+            results[name] = {
+                "batch": batch,
+                **bench_model(name, mp["arch"], args.resolution, batch, args.steps, args.warmup, device, dtype),
+            }
         except Exception as err:  # one model failing (OOM, missing kernel) must not lose the others
-            results[name] = {"batch": batch, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                             "traceback": traceback.format_exc(limit=3)}
+            results[name] = {
+                "batch": batch,
+                "status": "failed",
+                "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(limit=3),
+            }
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -4,12 +4,14 @@ torch.compile of the reference, forward + backward (gradients of x and b), at St
     python3 benchmarks/bench_ops.py [--quick] [--dtype float32|float16|bfloat16] [--device auto|cpu|cuda]
 
 Writes reports/bench/ops_<device>.json (device: cpu, or the CUDA device name as a slug; a
-_<dtype> suffix for half types) with the environment. On CPU only the reference and torch.compile run (Triton needs CUDA outside its
-interpreter); on CUDA all three. Per variant: median ms per forward+backward call, peak memory
-above the inputs (CUDA allocator; PyTorch has no CPU allocator statistics, so null on CPU), and
-the bytes autograd saves for the backward (ref and triton; torch.compile hides them).
+_<dtype> suffix for half types) with the environment. On CPU only the reference and torch.compile
+run (Triton needs CUDA outside its interpreter); on CUDA all three. Per variant: median ms per
+forward+backward call, peak memory above the inputs (CUDA allocator; PyTorch has no CPU allocator
+statistics, so null on CPU), and the bytes autograd saves for the backward (ref and triton;
+torch.compile hides them).
 A variant that fails records its error instead of a number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,16 +48,41 @@ def _cases(shapes):
     cases = []
     for shape in shapes:
         cases += [
-            ("bias_act", shape, lambda x, b, impl, fn=ops.bias_act: fn(x, b, act="lrelu", clamp=256, impl=impl),
-             "lrelu, gain sqrt(2), clamp 256 (every StyleGAN2 conv)"),
-            ("upsample2d", shape, lambda x, b, impl: ops.upsample2d(x, f4.to(x.device), impl=impl),
-             "x2 with [1,3,3,1] (StyleGAN2 generator)"),
-            ("downsample2d", shape, lambda x, b, impl: ops.downsample2d(x, f4.to(x.device), impl=impl),
-             "/2 with [1,3,3,1] (StyleGAN2 discriminator)"),
+            (
+                "bias_act",
+                shape,
+                lambda x, b, impl, fn=ops.bias_act: fn(x, b, act="lrelu", clamp=256, impl=impl),
+                "lrelu, gain sqrt(2), clamp 256 (every StyleGAN2 conv)",
+            ),
+            (
+                "upsample2d",
+                shape,
+                lambda x, b, impl: ops.upsample2d(x, f4.to(x.device), impl=impl),
+                "x2 with [1,3,3,1] (StyleGAN2 generator)",
+            ),
+            (
+                "downsample2d",
+                shape,
+                lambda x, b, impl: ops.downsample2d(x, f4.to(x.device), impl=impl),
+                "/2 with [1,3,3,1] (StyleGAN2 discriminator)",
+            ),
             # Padding 21 in total keeps the resolution after x2 up and /2 down with 12-tap filters.
-            ("filtered_lrelu", shape, lambda x, b, impl: ops.filtered_lrelu(
-                x, f12.to(x.device), f12.to(x.device), b, up=2, down=2, padding=[10, 11, 10, 11], clamp=256,
-                impl=impl), "StyleGAN3 layer: x2, lrelu, /2, 12-tap separable filters"),
+            (
+                "filtered_lrelu",
+                shape,
+                lambda x, b, impl: ops.filtered_lrelu(
+                    x,
+                    f12.to(x.device),
+                    f12.to(x.device),
+                    b,
+                    up=2,
+                    down=2,
+                    padding=[10, 11, 10, 11],
+                    clamp=256,
+                    impl=impl,
+                ),
+                "StyleGAN3 layer: x2, lrelu, /2, 12-tap separable filters",
+            ),
         ]
     return cases
 
@@ -110,8 +137,11 @@ def _measure(fn, x, b, dy, warmup, repeats, device):
 
 
 def run(args) -> dict:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     dtype = getattr(torch, args.dtype)
     impls = ["ref", "compile"] + (["triton"] if device.type == "cuda" else [])
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
@@ -129,11 +159,15 @@ def run(args) -> dict:
                 torch._dynamo.reset()
                 fn = torch.compile(lambda x, b: call(x, b, "ref"), dynamic=False)
             else:
-                fn = (lambda x, b, impl=impl: call(x, b, impl))
+                fn = lambda x, b, impl=impl: call(x, b, impl)
             try:
                 median_ms, min_ms, peak = _measure(fn, x, b, dy, warmup, repeats, device)
-                entry = {"ms_median": round(median_ms, 4), "ms_min": round(min_ms, 4), "peak_mem_bytes": peak,
-                         "saved_for_backward_bytes": None if impl == "compile" else _saved_bytes(fn, x, b)}
+                entry = {
+                    "ms_median": round(median_ms, 4),
+                    "ms_min": round(min_ms, 4),
+                    "peak_mem_bytes": peak,
+                    "saved_for_backward_bytes": None if impl == "compile" else _saved_bytes(fn, x, b),
+                }
                 if impl != "compile":
                     entry["impl_used"] = ops.last_impl("upfirdn2d" if "sample" in op else op)
             except Exception as err:  # one broken variant must not hide the others' numbers
@@ -158,14 +192,20 @@ def _describe(entry: dict) -> str:
 def _environment(device, dtype, quick) -> dict:
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "device_type": device.type, "dtype": str(dtype).removeprefix("torch."), "quick": quick,
-        "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
-        "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+        "device_type": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "quick": quick,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
         "timing": "median/min wall ms per forward+backward call after warm-up (compile time excluded)",
         "fallbacks": ops.fallbacks(),
     }

@@ -15,6 +15,7 @@ snapshot at the end of every resolution, so FID per resolution can be computed f
 Needs only torch, numpy, pyyaml and tqdm: dvclive is used when installed (the loop logs a warning
 otherwise), and without Pillow the sample grids are written by a small zlib PNG encoder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,6 +59,7 @@ def _install_png_writer_if_no_pillow() -> bool:
     makes (Image.fromarray(a).save(path, format="PNG")). Returns True when Pillow is missing."""
     try:
         import PIL.Image  # noqa: F401
+
         return False
     except ImportError:
         pass
@@ -82,11 +84,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, required=True, help="face cache directory (faces.npy + meta.json)")
     parser.add_argument("--profile", default="study", help="take models.pggan (arch, lr, schedule) from this profile")
-    parser.add_argument("--phase-kimg", type=float, default=20.0,
-                        help="kimg of every train and fade-in phase; 0 = the profile's own growing schedule")
+    parser.add_argument(
+        "--phase-kimg",
+        type=float,
+        default=20.0,
+        help="kimg of every train and fade-in phase; 0 = the profile's own growing schedule",
+    )
     parser.add_argument("--final-kimg", type=float, default=40.0, help="kimg trained at the final resolution")
-    parser.add_argument("--batch-sizes", default="128,128,128,64,32,16",
-                        help="per level 4x4, 8x8, ...; last repeats; '' = the profile's")
+    parser.add_argument(
+        "--batch-sizes",
+        default="128,128,128,64,32,16",
+        help="per level 4x4, 8x8, ...; last repeats; '' = the profile's",
+    )
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench_pggan"), help="run, checkpoints, grids")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
@@ -113,26 +122,38 @@ def main() -> None:
     resolution = FaceCache(args.cache).resolution
     levels = int(np.log2(resolution)) - 2
     if args.phase_kimg > 0:
-        pggan["progressive"] = deep_merge(pggan["progressive"], {"stable_kimg": [args.phase_kimg],
-                                                                 "fade_kimg": [args.phase_kimg]})
+        pggan["progressive"] = deep_merge(
+            pggan["progressive"], {"stable_kimg": [args.phase_kimg], "fade_kimg": [args.phase_kimg]}
+        )
     if args.batch_sizes:
         pggan["progressive"]["batch_sizes"] = [int(b) for b in args.batch_sizes.split(",")]
     pggan["kimg"] = growing_kimg(pggan["progressive"], levels) + args.final_kimg
     phase_kimg = pggan["progressive"]["stable_kimg"][-1]
-    train_params = deep_merge(raw["train"], {
-        "device": "auto", "precision": args.precision, "deterministic": False, "grid_size": 8,
-        "checkpoint_kimg": pggan["kimg"], "snapshot_kimg": phase_kimg * 2, "sample_kimg": phase_kimg,
-        "log_kimg": max(phase_kimg / 4, 0.1)})
-    cfg = RunConfig(model="pggan", model_params=pggan, train=train_params, seed=int(raw.get("seed", 0)),
-                    resolution=resolution)
+    train_params = deep_merge(
+        raw["train"],
+        {
+            "device": "auto",
+            "precision": args.precision,
+            "deterministic": False,
+            "grid_size": 8,
+            "checkpoint_kimg": pggan["kimg"],
+            "snapshot_kimg": phase_kimg * 2,
+            "sample_kimg": phase_kimg,
+            "log_kimg": max(phase_kimg / 4, 0.1),
+        },
+    )
+    cfg = RunConfig(
+        model="pggan", model_params=pggan, train=train_params, seed=int(raw.get("seed", 0)), resolution=resolution
+    )
     run_dir = args.work_dir / "run"
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    stats = train(cfg, args.cache, run_dir, args.work_dir / "checkpoints", live_dir=args.work_dir / "dvclive")
+    trained = train(cfg, args.cache, run_dir, args.work_dir / "checkpoints", live_dir=args.work_dir / "dvclive")
     wall = time.perf_counter() - start
     if int(os.environ.get("RANK", "0")) != 0:
         return
+    stats = trained.to_dict()
     device_name = stats["device_name"]
     slug = re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")
     by_resolution: dict[int, dict] = {}
@@ -141,31 +162,48 @@ def main() -> None:
         entry = by_resolution.setdefault(phase["resolution"], {"seconds": 0.0, "kimg": 0.0, "peak_memory_gib": 0.0})
         entry["seconds"] += timing.get("seconds", 0.0)
         entry["kimg"] += timing.get("nimg", 0) / 1000
-        entry["peak_memory_gib"] = max(entry["peak_memory_gib"], timing.get("peak_memory_bytes", 0) / 2 ** 30)
+        entry["peak_memory_gib"] = max(entry["peak_memory_gib"], (timing.get("peak_memory_bytes") or 0) / 2**30)
     for entry in by_resolution.values():
         entry["img_per_s"] = round(entry["kimg"] * 1000 / max(entry["seconds"], 1e-9), 1)
         entry["seconds"] = round(entry["seconds"], 1)
     result = {
         "benchmark": "PGGAN grown 4x4 -> final resolution with the study's training loop (facegan/training/loop.py)",
-        "device": device_name, "world_size": stats["world_size"], "precision": stats["precision"],
-        "resolution": resolution, "resolutions_reached": stats["resolutions_reached"],
-        "kimg": stats["kimg"], "profile": args.profile, "progressive": pggan["progressive"], "lr": [pggan["lr_g"], pggan["lr_d"]],
-        "arch": pggan["arch"], "final_kimg": args.final_kimg,
-        "train_seconds": stats["train_seconds"], "wall_seconds_with_setup": round(wall, 1),
+        "device": device_name,
+        "world_size": stats["world_size"],
+        "precision": stats["precision"],
+        "resolution": resolution,
+        "resolutions_reached": stats["resolutions_reached"],
+        "kimg": stats["kimg"],
+        "profile": args.profile,
+        "progressive": pggan["progressive"],
+        "lr": [pggan["lr_g"], pggan["lr_d"]],
+        "arch": pggan["arch"],
+        "final_kimg": args.final_kimg,
+        "train_seconds": stats["train_seconds"],
+        "wall_seconds_with_setup": round(wall, 1),
         "img_per_s": stats["img_per_s"],
-        "peak_memory_gib": None if stats["peak_memory_bytes"] is None else round(stats["peak_memory_bytes"] / 2 ** 30, 3),
+        "peak_memory_gib": None if stats["peak_memory_bytes"] is None else round(stats["peak_memory_bytes"] / 2**30, 3),
         "per_resolution": {str(k): v for k, v in sorted(by_resolution.items())},
-        "per_phase": stats["phases"], "params_G": stats["params_G"], "params_D": stats["params_D"],
-        "final_losses": {k: stats["history"][-1][k] for k in ("loss_D", "loss_G", "gp")},
-        "dvclive": stats["dvclive"], "pillow": not no_pillow,
-        "samples": str(run_dir / "samples"), "snapshots": str(run_dir / "snapshots"),
-        "torch": torch.__version__, "python": platform.python_version(),
+        "per_phase": stats["phases"],
+        "params_G": stats["params_G"],
+        "params_D": stats["params_D"],
+        "final_losses": stats["history"][-1]["losses"],
+        "dvclive": stats["dvclive"],
+        "pillow": not no_pillow,
+        "samples": str(run_dir / "samples"),
+        "snapshots": str(run_dir / "snapshots"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"pggan_{slug}.json"
     write_json(out, result)
-    print(json.dumps({k: result[k] for k in ("device", "img_per_s", "peak_memory_gib", "train_seconds",
-                                            "resolutions_reached")}, indent=1))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("device", "img_per_s", "peak_memory_gib", "train_seconds", "resolutions_reached")},
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -9,6 +9,7 @@ writes reports/bench/preprocess_<device>.json: images/s, kept and rejection coun
 projected time for all 202,599 CelebA images and for the study's 50,000 accepted faces. Needs
 only torch, numpy, Pillow, pyyaml, tqdm and facenet-pytorch (installable with --no-deps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def main() -> None:
     parser.add_argument("--folder", default=str(SHARED / "celeba_align"))
     parser.add_argument("--partition", default=str(SHARED / "list_eval_partition.txt"))
     parser.add_argument("--out", default=None, help="default: reports/bench/preprocess_<device>.json")
-    parser.add_argument("--keep-cache", default=None, help="copy the face cache written here (e.g. for a training benchmark)")
+    parser.add_argument(
+        "--keep-cache", default=None, help="copy the face cache written here (e.g. for a training benchmark)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -73,12 +76,20 @@ def main() -> None:
     keep_rate = report["kept"] / report["considered"]
     result = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "mtcnn_cpu_threads": data["mtcnn"]["cpu_threads"], "batch_size": data["mtcnn"]["batch_size"],
-        "resolution": data["resolution"], "images": report["considered"], "kept": report["kept"],
-        "rejected": report["rejected"], "keep_rate": round(keep_rate, 4),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "mtcnn_cpu_threads": data["mtcnn"]["cpu_threads"],
+        "batch_size": data["mtcnn"]["batch_size"],
+        "resolution": data["resolution"],
+        "images": report["considered"],
+        "kept": report["kept"],
+        "rejected": report["rejected"],
+        "keep_rate": round(keep_rate, 4),
         "images_per_s_loop": report["images_per_s"],
         "images_per_s_wall": round(report["considered"] / wall, 2),
         "wall_s": round(wall, 1),

@@ -3,6 +3,7 @@
 CI runs the same comparisons under TRITON_INTERPRET=1 on CPU (tests/test_ops.py); this script is
 the on-device counterpart. Writes reports/bench/kernels_check_<device>.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,9 @@ def compare(name, fn, inputs, tol):
     results["max_abs_err_forward"] = float((y_r - y_t).abs().max())
     results["max_abs_err_grad"] = max(float((a - b).abs().max()) for a, b in zip(g_r, g_t))
     scale = max(1.0, float(y_r.abs().max()))
-    results["ok"] = results["max_abs_err_forward"] <= tol * scale and results["max_abs_err_grad"] <= tol * max(1.0, max(float(a.abs().max()) for a in g_r))
+    results["ok"] = results["max_abs_err_forward"] <= tol * scale and results["max_abs_err_grad"] <= tol * max(
+        1.0, max(float(a.abs().max()) for a in g_r)
+    )
     results["name"] = name
     return results
 
@@ -43,27 +46,52 @@ def main() -> None:
     for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)):
         x = torch.randn(5, 19, 13, 7, device=dev, dtype=dtype)
         b = torch.randn(19, device=dev, dtype=dtype)
-        report.append(compare(f"bias_act lrelu clamp {dtype}", lambda x, b, impl: bias_act(x, b, act="lrelu", clamp=1.5, impl=impl), [x, b], tol))
+        report.append(
+            compare(
+                f"bias_act lrelu clamp {dtype}",
+                lambda x, b, impl: bias_act(x, b, act="lrelu", clamp=1.5, impl=impl),
+                [x, b],
+                tol,
+            )
+        )
         f = setup_filter([1, 3, 3, 1], device=dev)
         for up, down, pad in ((2, 1, [2, 1, 2, 1]), (1, 2, [1, 1, 1, 1]), (1, 1, [-1, 2, 0, 1]), (4, 2, [3, 3, 3, 3])):
             xi = torch.randn(3, 8, 17, 11, device=dev, dtype=dtype)
-            report.append(compare(f"upfirdn2d up{up} down{down} pad{pad} {dtype}",
-                                  lambda x, impl: upfirdn2d(x, f, up=up, down=down, padding=pad, impl=impl), [xi], tol))
+            report.append(
+                compare(
+                    f"upfirdn2d up{up} down{down} pad{pad} {dtype}",
+                    lambda x, impl: upfirdn2d(x, f, up=up, down=down, padding=pad, impl=impl),
+                    [xi],
+                    tol,
+                )
+            )
         fu = setup_filter(torch.kaiser_window(12, periodic=False, beta=4.0), device=dev)
         fd = setup_filter(torch.kaiser_window(12, periodic=False, beta=4.0), device=dev)
         xi = torch.randn(2, 16, 24, 24, device=dev, dtype=dtype)
         bi = torch.randn(16, device=dev, dtype=dtype)
-        report.append(compare(f"filtered_lrelu up2 down2 {dtype}",
-                              lambda x, b, impl: filtered_lrelu(x, fu, fd, b, up=2, down=2, padding=10, gain=math.sqrt(2), slope=0.2, clamp=256, impl=impl),
-                              [xi, bi], tol))
+        report.append(
+            compare(
+                f"filtered_lrelu up2 down2 {dtype}",
+                lambda x, b, impl: filtered_lrelu(
+                    x, fu, fd, b, up=2, down=2, padding=10, gain=math.sqrt(2), slope=0.2, clamp=256, impl=impl
+                ),
+                [xi, bi],
+                tol,
+            )
+        )
     slug = torch.cuda.get_device_name().lower().replace(" ", "-")
     out = Path("reports/bench") / f"kernels_check_{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": report}, indent=2))
+    out.write_text(
+        json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": report}, indent=2)
+    )
     failed = [r["name"] for r in report if not r["ok"]]
     print(f"{len(report) - len(failed)} passed, {len(failed)} failed")
     for r in report:
-        print(f"{'OK ' if r['ok'] else 'BAD'} {r['name']}: fwd {r['max_abs_err_forward']:.2e} grad {r['max_abs_err_grad']:.2e}")
+        print(
+            f"{'OK ' if r['ok'] else 'BAD'} {r['name']}: fwd {r['max_abs_err_forward']:.2e} "
+            f"grad {r['max_abs_err_grad']:.2e}"
+        )
 
 
 if __name__ == "__main__":

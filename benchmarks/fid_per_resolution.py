@@ -12,6 +12,7 @@ low-resolution image looks next to a full-resolution photo. Same extractor choic
 Besides FID: the generated features' total variance over the real ones' (far below 1: collapse)
 and k-NN precision/recall (k=3). Writes reports/bench/fid_per_resolution_<model>_<device>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,9 @@ BATCH = 250
 def at_level(images: torch.Tensor, resolution: int) -> torch.Tensor:
     """float NCHW images reduced to `resolution` (box filter) and nearest-upsampled back."""
     factor = images.shape[-1] // resolution
-    return F.interpolate(to_resolution(images, resolution), scale_factor=factor, mode="nearest") if factor > 1 else images
+    return (
+        F.interpolate(to_resolution(images, resolution), scale_factor=factor, mode="nearest") if factor > 1 else images
+    )
 
 
 def uint8_to_float(batch: np.ndarray) -> torch.Tensor:
@@ -71,10 +74,15 @@ def main() -> None:
     for snap in sorted((args.run / "snapshots").glob("*.pt")):
         state = checkpoint.load(snap)
         level = int(state.get("level", int(np.log2(cache.resolution)) - 2))
-        resolution = 4 * 2 ** level
+        resolution = 4 * 2**level
         if resolution not in real_at:
-            real_at[resolution] = extract((to_uint8(at_level(uint8_to_float(cache.faces[i:min(i + BATCH, n_ref)]), resolution))
-                                           for i in range(0, n_ref, BATCH)), extractor)
+            real_at[resolution] = extract(
+                (
+                    to_uint8(at_level(uint8_to_float(cache.faces[i : min(i + BATCH, n_ref)]), resolution))
+                    for i in range(0, n_ref, BATCH)
+                ),
+                extractor,
+            )
         reference = real_at[resolution]
         G = models.from_snapshot(args.model, arch, cache.resolution, state).to(device)
         gen = torch.Generator().manual_seed(123)
@@ -88,17 +96,39 @@ def main() -> None:
         feats = extract(batches(), extractor)
         pr = precision_recall(reference, feats, k=3)
         spread = float(np.trace(np.cov(feats, rowvar=False)) / np.trace(np.cov(reference, rowvar=False)))
-        points.append({"snapshot": snap.name, "kimg": float(state["kimg"]), "level": level, "resolution": resolution,
-                       "alpha": float(state.get("alpha", 1.0)), "fid": fid_from_features(feats, reference),
-                       "feature_spread_ratio": spread, "precision": pr["precision"], "recall": pr["recall"],
-                       "num_gen": int(len(feats)), "num_ref": int(len(reference))})
+        points.append(
+            {
+                "snapshot": snap.name,
+                "kimg": float(state["kimg"]),
+                "level": level,
+                "resolution": resolution,
+                "alpha": float(state.get("alpha", 1.0)),
+                "fid": fid_from_features(feats, reference),
+                "feature_spread_ratio": spread,
+                "precision": pr["precision"],
+                "recall": pr["recall"],
+                "num_gen": int(len(feats)),
+                "num_ref": int(len(reference)),
+            }
+        )
         print(json.dumps(points[-1]))
-    slug = re.sub(r"[^a-z0-9]+", "_", (torch.cuda.get_device_name() if device.type == "cuda" else "cpu").lower()).strip("_")
-    write_json(Path("reports/bench") / f"fid_per_resolution_{args.model}_{slug}{args.tag}.json",
-               {"model": args.model, "extractor": extractor.kind, "label": extractor.label, "cache": str(args.cache),
-                "cache_source": cache.meta.get("source"), "profile": args.profile, "run": str(args.run),
-                "compared_at": "each snapshot's own resolution (box-pooled, nearest-upsampled, reals likewise)",
-                "points": points})
+    slug = re.sub(r"[^a-z0-9]+", "_", (torch.cuda.get_device_name() if device.type == "cuda" else "cpu").lower()).strip(
+        "_"
+    )
+    write_json(
+        Path("reports/bench") / f"fid_per_resolution_{args.model}_{slug}{args.tag}.json",
+        {
+            "model": args.model,
+            "extractor": extractor.kind,
+            "label": extractor.label,
+            "cache": str(args.cache),
+            "cache_source": cache.meta.get("source"),
+            "profile": args.profile,
+            "run": str(args.run),
+            "compared_at": "each snapshot's own resolution (box-pooled, nearest-upsampled, reals likewise)",
+            "points": points,
+        },
+    )
 
 
 if __name__ == "__main__":

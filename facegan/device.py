@@ -1,4 +1,5 @@
 """Device and precision choice from params, with one-line errors when the choice can't run here."""
+
 from __future__ import annotations
 
 import torch
@@ -22,5 +23,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if precision == "fp16" and device.type != "cuda":
-        raise UserError("train.precision=fp16 needs a CUDA GPU (its GradScaler is CUDA-only): use auto, fp32 or bf16 on CPU")
+        raise UserError(
+            "train.precision=fp16 needs a CUDA GPU (its GradScaler is CUDA-only): use auto, fp32 or bf16 on CPU"
+        )
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

@@ -1,4 +1,5 @@
 """One-line user errors: every stage turns a UserError into `error: <message>` and exit code 2."""
+
 from __future__ import annotations
 
 import functools

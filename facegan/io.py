@@ -1,4 +1,5 @@
 """Atomic file writes: outputs appear whole or not at all, so an interrupted stage loses nothing."""
+
 from __future__ import annotations
 
 import contextlib

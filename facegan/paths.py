@@ -1,4 +1,5 @@
-"""Where each stage reads and writes; dvc.yaml names the same paths."""
+"""Where each stage reads and writes; facegan/pipeline.py writes the same paths into dvc.yaml."""
+
 from pathlib import Path
 
 RAW_DIR = Path("data/raw")
@@ -6,10 +7,16 @@ CACHE_DIR = Path("data/faces")
 REFERENCE_DIR = Path("data/reference")
 CONFIG_DIR = Path("runs/config")  # each stage's params view, written by `configure`
 REPORTS_DIR = Path("reports")
+PREPROCESS_REPORT = REPORTS_DIR / "preprocess.json"
 
 
 def run_dir(model: str) -> Path:
     return Path("runs") / model
+
+
+def live_dir(model: str) -> Path:
+    """dvclive's folder for a model: outside runs/<model>, since DVC outputs may not overlap."""
+    return Path("dvclive") / model
 
 
 def eval_dir(model: str) -> Path:

@@ -3,53 +3,93 @@
 params.yaml holds the study default, a `profile` and the profiles' overrides, and `load_params`
 merges them. Were `profiles.<profile>` a DVC params dependency of every stage, changing one
 model's demo setting would re-run every stage down to the MTCNN preprocessing. Instead
-`configure` writes, per stage, the merged values that stage reads (runs/config/<view>.json);
-each stage depends on its own file, and DVC re-runs exactly the stages whose values changed.
-Stages read their params back from these files, so what DVC hashed is what ran.
+`configure` writes, per stage, the merged values that stage reads (runs/config/<view>.json, with
+the shapes of facegan.handoff); each stage depends on its own file, and DVC re-runs exactly the
+stages whose values changed. Stages read their params back from these files, so what DVC hashed
+is what ran.
 
 A model's view also says whether this experiment trains it (`model: all` or its name): going
 from `model: all` to `model: styleswin` leaves styleswin's file unchanged, so its cached training
 is reused, and changes the others' files, which then skip cheaply.
+
+This module does not import facegan.params (which only `configure` needs), so that a change to
+params validation does not make every stage's code dependency stale.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
+from facegan import handoff
 from facegan.errors import UserError
-from facegan.io import read_json, write_json
-from facegan.params import MODEL_NAMES, deep_merge
 from facegan.paths import CONFIG_DIR
+
+DATA_VIEWS = {
+    "download": handoff.DownloadView,
+    "preprocess": handoff.PreprocessView,
+    "reference_stats": handoff.ReferenceView,
+    "evaluate": handoff.EvaluateView,
+    "report": handoff.ReportView,
+}
 
 
 def config_file(view: str, config_dir: Path = CONFIG_DIR) -> Path:
     return config_dir / f"{view}.json"
 
 
-def views(params: dict) -> dict[str, dict]:
-    """Every view of the merged params, each shaped like params.yaml (a subset of its keys)."""
-    out = {"download": {"seed": params["seed"], "data": params["data"]},
-           "preprocess": {"data": params["data"]},
-           "reference_stats": {"evaluate": params["evaluate"]},
-           "evaluate": {"seed": params["seed"], "evaluate": params["evaluate"]}}
-    for name in MODEL_NAMES:
+def views(params: dict) -> dict[str, handoff.Handoff]:
+    """Every view of merged, validated params: the data stages', then one per model."""
+    models = list(params["models"])
+    out: dict[str, handoff.Handoff] = {
+        "download": handoff.DownloadView(seed=params["seed"], data=params["data"]),
+        "preprocess": handoff.PreprocessView(data=params["data"]),
+        "reference_stats": handoff.ReferenceView(resolution=params["data"]["resolution"], evaluate=params["evaluate"]),
+        "evaluate": handoff.EvaluateView(seed=params["seed"], evaluate=params["evaluate"]),
+        "report": handoff.ReportView(
+            profile=params["profile"],
+            model=params["model"],
+            models=models,
+            seed=params["seed"],
+            data=params["data"],
+            evaluate=params["evaluate"],
+            loss_types={name: params["models"][name]["loss"]["type"] for name in models},
+        ),
+    }
+    for name in models:
         chosen = params["model"] in ("all", name)
-        out[name] = {"selected": chosen, "skip_reason": "" if chosen else f"not selected (model={params['model']})",
-                     "seed": params["seed"], "train": params["train"],
-                     "data": {"resolution": params["data"]["resolution"]}, "models": {name: params["models"][name]}}
+        out[name] = handoff.ModelView(
+            model=name,
+            selected=chosen,
+            skip_reason="" if chosen else f"not selected (model={params['model']})",
+            seed=params["seed"],
+            resolution=params["data"]["resolution"],
+            train=params["train"],
+            params=params["models"][name],
+        )
     return out
 
 
 def write_views(params: dict, config_dir: Path = CONFIG_DIR) -> None:
     for view, values in views(params).items():
-        write_json(config_file(view, config_dir), values)
+        values.write(config_file(view, config_dir))
 
 
-def load(*names: str, config_dir: Path = CONFIG_DIR) -> dict:
-    """The named views merged into one params-shaped dict."""
-    merged: dict = {}
-    for name in names:
-        path = config_file(name, config_dir)
-        if not path.exists():
-            raise UserError(f"{path} is missing: run `dvc repro configure` (or `python -m stages.configure`) first")
-        merged = deep_merge(merged, read_json(path))
-    return merged
+def _read(view: str, shape, config_dir: Path):
+    path = config_file(view, config_dir)
+    if not path.exists():
+        raise UserError(f"{path} is missing: run `dvc repro configure` (or `python -m stages.configure`) first")
+    return shape.read(path)
+
+
+def load(view: str, config_dir: Path = CONFIG_DIR):
+    """The view of a data stage (download, preprocess, reference_stats, evaluate, report)."""
+    return _read(view, DATA_VIEWS[view], config_dir)
+
+
+def load_model(model: str, config_dir: Path = CONFIG_DIR) -> handoff.ModelView:
+    """A model's view; a model the study does not have is a one-line error."""
+    if not config_file(model, config_dir).exists() and config_file("report", config_dir).exists():
+        known = load("report", config_dir).models
+        if model not in known:
+            raise UserError(f"unknown model '{model}': the study's models are {', '.join(known)} (params.yaml models)")
+    return _read(model, handoff.ModelView, config_dir)

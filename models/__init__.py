@@ -16,16 +16,16 @@ Progressive models (PGGAN, StyleGAN) also give both G and D `set_progress(level,
 `build(arch, resolution)` receives the model's `arch` section of params.yaml as keyword
 arguments; constructors take explicit, documented hyper-parameters, never globals.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch.nn as nn
 
 from facegan.errors import UserError
-from facegan.params import MODEL_NAMES
 
 
 @dataclass(frozen=True)
@@ -45,20 +45,19 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-class NotImplementedModel(UserError):
-    """The study names this model but this checkout has no implementation of it yet."""
-
-
 def get_spec(name: str) -> ModelSpec:
-    if name not in MODEL_NAMES:
-        raise UserError(f"unknown model '{name}': choose one of {', '.join(MODEL_NAMES)}")
+    """The spec `models/<name>.py` registers (imported on first use)."""
     if name not in _REGISTRY:
         try:
             importlib.import_module(f"models.{name}")
         except ModuleNotFoundError as err:
             if err.name != f"models.{name}":
                 raise
-            raise NotImplementedModel(f"model '{name}' is not implemented yet") from err
+            raise UserError(
+                f"model '{name}' has no module models/{name}.py: add it, or remove models.{name} from params.yaml"
+            ) from err
+        if name not in _REGISTRY:
+            raise UserError(f"models/{name}.py registers no ModelSpec named '{name}': call models.register")
     return _REGISTRY[name]
 
 

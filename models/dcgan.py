@@ -12,6 +12,7 @@ Components of the paper and where they live:
 The paper's 64x64 network generalises to any power-of-two resolution by adding blocks; widths
 double per block towards 4x4, capped at `max_channels`.
 """
+
 from __future__ import annotations
 
 import math

@@ -22,6 +22,7 @@ Components and the papers they come from:
 All resampling and activation goes through facegan.ops (FIR `upfirdn2d` family, fused `bias_act`),
 so every layer here runs the Triton fast path on CUDA and the PyTorch reference on CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,8 +76,16 @@ class FullyConnectedLayer(nn.Module):
     """Equalised-lr linear layer: y = act(x @ (W * lr_mult / sqrt(in)).T + b * lr_mult).
     bias_init may be a scalar or a vector of length out_features (StyleGAN3's Fourier affine)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
-                 lr_multiplier: float = 1.0, bias_init=0.0, weight_init: float = 1.0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activation: str = "linear",
+        lr_multiplier: float = 1.0,
+        bias_init=0.0,
+        weight_init: float = 1.0,
+    ):
         super().__init__()
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         self.weight = nn.Parameter(torch.randn([out_features, in_features]) * (weight_init / lr_multiplier))
@@ -100,8 +109,15 @@ class FullyConnectedLayer(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, act={self.activation}"
 
 
-def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1,
-                    padding: int = 0, groups: int = 1) -> torch.Tensor:
+def conv2d_resample(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    f: torch.Tensor | None,
+    up: int = 1,
+    down: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+) -> torch.Tensor:
     """Convolution with FIR up/down-sampling around it, sizes H*up/down for a 'same' padding.
     up=2: transposed conv (stride 2) then the FIR low-pass with gain 4 (zero insertion and the
     convolution commute, so this is upsample-filter-conv at a quarter of the cost);
@@ -110,7 +126,9 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None, up
     if up == 2:
         # transposed conv of an HxW map gives 2H + k - 2 samples; the 4-tap filter trims k - 1
         cin_g, cout = w.shape[1], w.shape[0]
-        wt = w.reshape(groups, cout // groups, cin_g, k, k).transpose(1, 2).reshape(groups * cin_g, cout // groups, k, k)
+        wt = (
+            w.reshape(groups, cout // groups, cin_g, k, k).transpose(1, 2).reshape(groups * cin_g, cout // groups, k, k)
+        )
         x = F.conv_transpose2d(x, wt.flip([2, 3]), stride=2, groups=groups)
         total = f.shape[-1] - k + 1
         return upfirdn2d(x, f, padding=[total // 2, total - total // 2, total // 2, total - total // 2], gain=4)
@@ -129,16 +147,26 @@ class Conv2dLayer(nn.Module):
     """Equalised-lr convolution with optional FIR up/down-sampling, fused bias + activation and
     a clamp of the output (conv_clamp * gain) that keeps fp16 activations finite."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
-                 activation: str = "linear", up: int = 1, down: int = 1, resample_filter=(1, 3, 3, 1),
-                 conv_clamp: float | None = None, lr_multiplier: float = 1.0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        activation: str = "linear",
+        up: int = 1,
+        down: int = 1,
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp: float | None = None,
+        lr_multiplier: float = 1.0,
+    ):
         super().__init__()
         self.in_channels, self.out_channels, self.activation = in_channels, out_channels, activation
         self.up, self.down, self.conv_clamp, self.padding = up, down, conv_clamp, kernel_size // 2
         self.register_buffer("resample_filter", setup_filter(resample_filter) if (up > 1 or down > 1) else None)
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]) / lr_multiplier)
         self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
-        self.weight_gain = lr_multiplier / math.sqrt(in_channels * kernel_size ** 2)
+        self.weight_gain = lr_multiplier / math.sqrt(in_channels * kernel_size**2)
         self.bias_gain = lr_multiplier
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
@@ -150,8 +178,10 @@ class Conv2dLayer(nn.Module):
         return bias_act(x, b, act=self.activation, gain=act_gain, clamp=clamp)
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_channels}, out={self.out_channels}, k={self.weight.shape[-1]}, up={self.up}, "
-                f"down={self.down}, act={self.activation}")
+        return (
+            f"in={self.in_channels}, out={self.out_channels}, k={self.weight.shape[-1]}, up={self.up}, "
+            f"down={self.down}, act={self.activation}"
+        )
 
 
 def bias_act_default_gain(activation: str) -> float:
@@ -170,8 +200,17 @@ class MappingNetwork(nn.Module):
     (`w_avg`, decay w_avg_beta, updated in training mode) and the truncation trick
     w' = w_avg + psi (w - w_avg) on the first `truncation_cutoff` ws (all when None)."""
 
-    def __init__(self, z_dim: int, w_dim: int, num_ws: int | None, num_layers: int = 8, lr_multiplier: float = 0.01,
-                 layer_features: int | None = None, w_avg_beta: float = 0.998, normalize_z: bool = True):
+    def __init__(
+        self,
+        z_dim: int,
+        w_dim: int,
+        num_ws: int | None,
+        num_layers: int,
+        lr_multiplier: float,
+        w_avg_beta: float,
+        layer_features: int | None = None,
+        normalize_z: bool = True,
+    ):
         super().__init__()
         self.z_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, w_dim, num_ws, num_layers
         self.w_avg_beta, self.normalize_z = w_avg_beta, normalize_z
@@ -179,11 +218,17 @@ class MappingNetwork(nn.Module):
         features = [z_dim] + [hidden] * (num_layers - 1) + [w_dim]
         self.layers = nn.ModuleList(
             FullyConnectedLayer(features[i], features[i + 1], activation="lrelu", lr_multiplier=lr_multiplier)
-            for i in range(num_layers))
+            for i in range(num_layers)
+        )
         self.register_buffer("w_avg", torch.zeros([w_dim]))
 
-    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                update_w_avg: bool | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+        update_w_avg: bool | None = None,
+    ) -> torch.Tensor:
         with block_precision(False, z.device)[1]:  # the mapping always runs in fp32
             x = normalize_2nd_moment(z.to(torch.float32)) if self.normalize_z else z.to(torch.float32)
             for layer in self.layers:
@@ -218,8 +263,15 @@ def mix_styles(mapping: MappingNetwork, z: torch.Tensor, ws: torch.Tensor, prob:
 # StyleGAN2 modulated convolution, noise, ToRGB
 
 
-def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
-                     up: int = 1, resample_filter: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    demodulate: bool = True,
+    up: int = 1,
+    resample_filter: torch.Tensor | None = None,
+    fused: bool = True,
+) -> torch.Tensor:
     """StyleGAN2 modulated convolution: w'_ijk = s_i w_ijk, demodulated by 1/sqrt(sum w'^2) per
     output channel. fused=True builds one weight per sample and runs a grouped convolution over the
     batch (groups = N); fused=False scales the activations instead (same result; cheaper for large
@@ -240,21 +292,30 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     if demodulate:
         wmod = wmod * dcoefs.reshape(n, cout, 1, 1, 1)
     x = x.reshape(1, n * cin, h, w_)
-    x = conv2d_resample(x, wmod.reshape(n * cout, cin, k, k).to(x.dtype), resample_filter, up=up,
-                        padding=padding, groups=n)
+    x = conv2d_resample(
+        x, wmod.reshape(n * cout, cin, k, k).to(x.dtype), resample_filter, up=up, padding=padding, groups=n
+    )
     return x.reshape(n, cout, *x.shape[2:])
 
 
 class ModulatedConv2d(nn.Module):
     """Affine map w -> per-input-channel styles (bias init 1) + modulated (demodulated) conv."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, w_dim: int, demodulate: bool = True,
-                 up: int = 1, resample_filter=(1, 3, 3, 1)):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        w_dim: int,
+        demodulate: bool = True,
+        up: int = 1,
+        resample_filter=(1, 3, 3, 1),
+    ):
         super().__init__()
         self.in_channels, self.out_channels, self.up, self.demodulate = in_channels, out_channels, up, demodulate
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
-        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
         self.register_buffer("resample_filter", setup_filter(resample_filter) if up > 1 else None)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
@@ -265,12 +326,21 @@ class ModulatedConv2d(nn.Module):
         else:
             weight = self.weight * self.weight_gain
         fused = (not self.training) if fused is None else fused
-        return modulated_conv2d(x, weight.to(torch.float32), styles.to(torch.float32), self.demodulate, self.up,
-                                self.resample_filter, fused=fused)
+        return modulated_conv2d(
+            x,
+            weight.to(torch.float32),
+            styles.to(torch.float32),
+            self.demodulate,
+            self.up,
+            self.resample_filter,
+            fused=fused,
+        )
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_channels}, out={self.out_channels}, k={self.weight.shape[-1]}, up={self.up}, "
-                f"demodulate={self.demodulate}")
+        return (
+            f"in={self.in_channels}, out={self.out_channels}, k={self.weight.shape[-1]}, up={self.up}, "
+            f"demodulate={self.demodulate}"
+        )
 
 
 class NoiseInjection(nn.Module):
@@ -338,15 +408,33 @@ class ResidualDiscriminatorBlock(nn.Module):
     """StyleGAN2 residual D block: [fromRGB 1x1] -> conv 3x3 -> conv 3x3 down 2, plus a 1x1
     down-sampled skip without bias; both branches scaled by sqrt(1/2)."""
 
-    def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, img_channels: int = 3,
-                 conv_clamp: float | None = None, resample_filter=(1, 3, 3, 1), use_low_precision: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        tmp_channels: int,
+        out_channels: int,
+        img_channels: int = 3,
+        conv_clamp: float | None = None,
+        resample_filter=(1, 3, 3, 1),
+        use_low_precision: bool = False,
+    ):
         super().__init__()
         self.use_low_precision = use_low_precision
-        self.fromrgb = (Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp)
-                        if in_channels == 0 else None)
+        self.fromrgb = (
+            Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp)
+            if in_channels == 0
+            else None
+        )
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
-        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2,
-                                 resample_filter=resample_filter, conv_clamp=conv_clamp)
+        self.conv1 = Conv2dLayer(
+            tmp_channels,
+            out_channels,
+            3,
+            activation="lrelu",
+            down=2,
+            resample_filter=resample_filter,
+            conv_clamp=conv_clamp,
+        )
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, resample_filter=resample_filter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -363,13 +451,20 @@ class ResidualDiscriminatorBlock(nn.Module):
 class DiscriminatorEpilogue(nn.Module):
     """4x4 head: minibatch stddev -> conv 3x3 -> FC -> FC to one logit."""
 
-    def __init__(self, in_channels: int, resolution: int = 4, mbstd_group_size: int = 4, mbstd_num_channels: int = 1,
-                 conv_clamp: float | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        resolution: int = 4,
+        mbstd_group_size: int = 4,
+        mbstd_num_channels: int = 1,
+        conv_clamp: float | None = None,
+    ):
         super().__init__()
         self.mbstd = MinibatchStdDev(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels > 0 else None
-        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu",
-                                conv_clamp=conv_clamp)
-        self.fc = FullyConnectedLayer(in_channels * resolution ** 2, in_channels, activation="lrelu")
+        self.conv = Conv2dLayer(
+            in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu", conv_clamp=conv_clamp
+        )
+        self.fc = FullyConnectedLayer(in_channels * resolution**2, in_channels, activation="lrelu")
         self.out = FullyConnectedLayer(in_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -391,24 +486,42 @@ class ResidualDiscriminator(nn.Module):
     down to 4x4, then the minibatch-stddev epilogue. Widths channel_base / res capped at
     channel_max; the `num_fp16_res` highest resolutions run in low precision on CUDA."""
 
-    def __init__(self, resolution: int, img_channels: int = 3, channel_base: int = 32768, channel_max: int = 512,
-                 mbstd_group_size: int = 4, mbstd_num_channels: int = 1, conv_clamp: float | None = 256,
-                 num_fp16_res: int = 4, resample_filter=(1, 3, 3, 1)):
+    def __init__(
+        self,
+        resolution: int,
+        img_channels: int,
+        channel_base: int,
+        channel_max: int,
+        mbstd_group_size: int,
+        conv_clamp: float | None,
+        num_fp16_res: int,
+        mbstd_num_channels: int = 1,
+        resample_filter=(1, 3, 3, 1),
+    ):
         super().__init__()
         self.img_resolution, self.img_channels = resolution, img_channels
         log2 = int(math.log2(resolution))
-        block_res = [2 ** i for i in range(log2, 2, -1)]
+        block_res = [2**i for i in range(log2, 2, -1)]
         fp16_resolution = max(2 ** (log2 + 1 - num_fp16_res), 8)
         self.blocks = nn.ModuleList()
         for res in block_res:
             in_ch = channels_for(res, channel_base, channel_max) if res < resolution else 0
             tmp = channels_for(res, channel_base, channel_max)
             out = channels_for(res // 2, channel_base, channel_max)
-            self.blocks.append(ResidualDiscriminatorBlock(
-                in_ch, tmp, out, img_channels, conv_clamp=conv_clamp, resample_filter=resample_filter,
-                use_low_precision=num_fp16_res > 0 and res >= fp16_resolution))
-        self.epilogue = DiscriminatorEpilogue(channels_for(4, channel_base, channel_max), 4, mbstd_group_size,
-                                              mbstd_num_channels, conv_clamp)
+            self.blocks.append(
+                ResidualDiscriminatorBlock(
+                    in_ch,
+                    tmp,
+                    out,
+                    img_channels,
+                    conv_clamp=conv_clamp,
+                    resample_filter=resample_filter,
+                    use_low_precision=num_fp16_res > 0 and res >= fp16_resolution,
+                )
+            )
+        self.epilogue = DiscriminatorEpilogue(
+            channels_for(4, channel_base, channel_max), 4, mbstd_group_size, mbstd_num_channels, conv_clamp
+        )
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = img
@@ -418,8 +531,23 @@ class ResidualDiscriminator(nn.Module):
 
 
 __all__ = [
-    "PixelNorm", "normalize_2nd_moment", "block_precision", "FullyConnectedLayer", "Conv2dLayer", "conv2d_resample",
-    "MappingNetwork", "mix_styles", "modulated_conv2d", "ModulatedConv2d", "NoiseInjection", "ToRGB",
-    "MinibatchStdDev", "ResidualDiscriminatorBlock", "DiscriminatorEpilogue", "ResidualDiscriminator",
-    "channels_for", "upsample2d", "downsample2d",
+    "PixelNorm",
+    "normalize_2nd_moment",
+    "block_precision",
+    "FullyConnectedLayer",
+    "Conv2dLayer",
+    "conv2d_resample",
+    "MappingNetwork",
+    "mix_styles",
+    "modulated_conv2d",
+    "ModulatedConv2d",
+    "NoiseInjection",
+    "ToRGB",
+    "MinibatchStdDev",
+    "ResidualDiscriminatorBlock",
+    "DiscriminatorEpilogue",
+    "ResidualDiscriminator",
+    "channels_for",
+    "upsample2d",
+    "downsample2d",
 ]

@@ -26,6 +26,7 @@ equals the paper's weight-side gain up to the scale of the bias.
 `level` and `alpha` also live in a buffer, so a snapshot loaded with load_state_dict comes back
 at the level it was trained at.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,8 +90,7 @@ class GeneratorBlock(nn.Module):
 class Generator(Progress):
     """G(z) -> (N, 3, R, R); below the final level the current level's image is nearest-upsampled."""
 
-    def __init__(self, resolution: int, z_dim: int = 512, fmap_base: int = 8192, fmap_max: int = 512,
-                 img_channels: int = 3):
+    def __init__(self, resolution: int, z_dim: int, fmap_base: int, fmap_max: int, img_channels: int = 3):
         super().__init__(check_pggan_resolution(resolution))
         self.z_dim, self.img_resolution, self.img_channels = z_dim, resolution, img_channels
         c4 = nf(4, fmap_base, fmap_max)
@@ -100,7 +100,7 @@ class Generator(Progress):
         self.blocks = nn.ModuleList()
         self.torgbs = nn.ModuleList()
         for level in range(self.max_level + 1):
-            res = 4 * 2 ** level
+            res = 4 * 2**level
             c_out = nf(res, fmap_base, fmap_max)
             c_in = nf(res // 2, fmap_base, fmap_max) if level > 0 else c4
             self.blocks.append(GeneratorBlock(c_in, c_out, first=level == 0))
@@ -136,21 +136,23 @@ class DiscriminatorBlock(nn.Module):
 class Discriminator(Progress):
     """D(img) -> (N, 1); the image is average-pooled to the current level's resolution first."""
 
-    def __init__(self, resolution: int, fmap_base: int = 8192, fmap_max: int = 512, mbstd_group_size: int = 4,
-                 img_channels: int = 3):
+    def __init__(self, resolution: int, fmap_base: int, fmap_max: int, mbstd_group_size: int, img_channels: int = 3):
         super().__init__(check_pggan_resolution(resolution))
         self.img_resolution, self.img_channels = resolution, img_channels
         self.fromrgbs = nn.ModuleList()
         self.blocks = nn.ModuleList()  # blocks[level] maps level -> level - 1 (none at 4x4)
         for level in range(self.max_level + 1):
-            res = 4 * 2 ** level
+            res = 4 * 2**level
             self.fromrgbs.append(layers.Conv2dLayer(img_channels, nf(res, fmap_base, fmap_max), 1, activation="lrelu"))
-            self.blocks.append(nn.Identity() if level == 0 else
-                               DiscriminatorBlock(nf(res, fmap_base, fmap_max), nf(res // 2, fmap_base, fmap_max)))
+            self.blocks.append(
+                nn.Identity()
+                if level == 0
+                else DiscriminatorBlock(nf(res, fmap_base, fmap_max), nf(res // 2, fmap_base, fmap_max))
+            )
         self.epilogue = layers.DiscriminatorEpilogue(nf(4, fmap_base, fmap_max), 4, mbstd_group_size, 1)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        res = 4 * 2 ** self.level
+        res = 4 * 2**self.level
         if img.shape[-1] != res:
             img = F.avg_pool2d(img, img.shape[-1] // res)
         x = self.fromrgbs[self.level](img)
@@ -161,12 +163,18 @@ class Discriminator(Progress):
         return self.epilogue(x)
 
 
-def build(resolution: int, z_dim: int = 512, fmap_base: int = 8192, fmap_max: int = 512,
-          mbstd_group_size: int = 4) -> tuple[nn.Module, nn.Module]:
+def build(
+    resolution: int, z_dim: int, fmap_base: int, fmap_max: int, mbstd_group_size: int
+) -> tuple[nn.Module, nn.Module]:
     """(G, D) from models.pggan.arch, both at the final level until set_progress says otherwise."""
-    return (Generator(resolution, z_dim, fmap_base, fmap_max),
-            Discriminator(resolution, fmap_base, fmap_max, mbstd_group_size))
+    return (
+        Generator(resolution, z_dim, fmap_base, fmap_max),
+        Discriminator(resolution, fmap_base, fmap_max, mbstd_group_size),
+    )
 
 
-SPEC = register(ModelSpec(name="pggan", paper="Karras et al. 2018 (ICLR), Progressive Growing of GANs",
-                          build=build, progressive=True))
+SPEC = register(
+    ModelSpec(
+        name="pggan", paper="Karras et al. 2018 (ICLR), Progressive Growing of GANs", build=build, progressive=True
+    )
+)

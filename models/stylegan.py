@@ -23,6 +23,7 @@ Components and where they live:
     StyleGAN ran in fp32)                                -> layers.block_precision
 Widths: fmap_base / 2**(log2(res) - 1) capped at fmap_max (8192 / 512 in the paper).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,6 +38,7 @@ from models import ModelSpec, layers, register
 from models.stylegan2 import check_resolution
 
 BLUR_FILTER = (1, 2, 1)
+W_AVG_BETA = 0.995  # decay of the running mean of w (official dlatent_avg_beta)
 SQRT2 = math.sqrt(2)
 
 
@@ -63,8 +65,16 @@ class StyleLayer(nn.Module):
     """[nearest 2x up] -> 3x3 conv (He gain) -> [blur] -> noise -> bias + lrelu -> AdaIN.
     The first layer of the network has no conv (it takes the constant)."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool = False,
-                 conv: bool = True, conv_clamp: float | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        up: bool = False,
+        conv: bool = True,
+        conv_clamp: float | None = None,
+    ):
         super().__init__()
         self.up = up
         self.conv = layers.Conv2dLayer(in_channels, out_channels, 3, bias=False) if conv else None
@@ -91,19 +101,31 @@ class Generator(nn.Module):
     """Style-based generator with progressive growing. G(z) is always img_resolution; below the
     final level the image of the current level is nearest-upsampled to full size."""
 
-    def __init__(self, resolution: int, z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8,
-                 mapping_lr_multiplier: float = 0.01, fmap_base: int = 8192, fmap_max: int = 512,
-                 mixing_prob: float = 0.9, w_avg_beta: float = 0.995, num_fp16_res: int = 0,
-                 conv_clamp: float | None = None, img_channels: int = 3):
+    def __init__(
+        self,
+        resolution: int,
+        z_dim: int,
+        w_dim: int,
+        mapping_layers: int,
+        mapping_lr_multiplier: float,
+        fmap_base: int,
+        fmap_max: int,
+        mixing_prob: float,
+        num_fp16_res: int,
+        conv_clamp: float | None,
+        img_channels: int = 3,
+    ):
         super().__init__()
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, resolution, img_channels
         self.mixing_prob = mixing_prob
         self.max_level = int(math.log2(resolution)) - 2
         self.num_ws = 2 * (self.max_level + 1)
-        self.synthesis = SynthesisNetwork(w_dim, resolution, img_channels, fmap_base, fmap_max, num_fp16_res,
-                                          conv_clamp)
-        self.mapping = layers.MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier,
-                                             w_avg_beta=w_avg_beta)
+        self.synthesis = SynthesisNetwork(
+            w_dim, resolution, img_channels, fmap_base, fmap_max, num_fp16_res, conv_clamp
+        )
+        self.mapping = layers.MappingNetwork(
+            z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta=W_AVG_BETA
+        )
 
     @property
     def w_avg(self) -> torch.Tensor:
@@ -127,8 +149,16 @@ def check_progress(level: int, alpha: float, max_level: int) -> None:
 
 
 class SynthesisNetwork(nn.Module):
-    def __init__(self, w_dim: int, resolution: int, img_channels: int, fmap_base: int, fmap_max: int,
-                 num_fp16_res: int, conv_clamp: float | None):
+    def __init__(
+        self,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        fmap_base: int,
+        fmap_max: int,
+        num_fp16_res: int,
+        conv_clamp: float | None,
+    ):
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, resolution, img_channels
         self.max_level = int(math.log2(resolution)) - 2
@@ -140,10 +170,13 @@ class SynthesisNetwork(nn.Module):
         self.torgbs = nn.ModuleList()
         self.low_precision = []
         for level in range(self.max_level + 1):
-            res = 4 * 2 ** level
+            res = 4 * 2**level
             c_in, c_out = nf(max(res // 2, 4), fmap_base, fmap_max), nf(res, fmap_base, fmap_max)
-            first = StyleLayer(c4, c_out, w_dim, res, conv=False, conv_clamp=conv_clamp) if level == 0 else \
-                StyleLayer(c_in, c_out, w_dim, res, up=True, conv_clamp=conv_clamp)
+            first = (
+                StyleLayer(c4, c_out, w_dim, res, conv=False, conv_clamp=conv_clamp)
+                if level == 0
+                else StyleLayer(c_in, c_out, w_dim, res, up=True, conv_clamp=conv_clamp)
+            )
             self.blocks.append(nn.ModuleList([first, StyleLayer(c_out, c_out, w_dim, res, conv_clamp=conv_clamp)]))
             self.torgbs.append(layers.Conv2dLayer(c_out, img_channels, 1))
             self.low_precision.append(num_fp16_res > 0 and res >= fp16_resolution)
@@ -190,8 +223,16 @@ class DiscriminatorBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, resolution: int, img_channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512,
-                 mbstd_group_size: int = 4, num_fp16_res: int = 0, conv_clamp: float | None = None):
+    def __init__(
+        self,
+        resolution: int,
+        img_channels: int,
+        fmap_base: int,
+        fmap_max: int,
+        mbstd_group_size: int,
+        num_fp16_res: int,
+        conv_clamp: float | None,
+    ):
         super().__init__()
         self.img_resolution, self.img_channels = resolution, img_channels
         self.max_level = int(math.log2(resolution)) - 2
@@ -199,11 +240,18 @@ class Discriminator(nn.Module):
         self.fromrgbs = nn.ModuleList()
         self.blocks = nn.ModuleList()  # blocks[level] maps level -> level - 1 (none for level 0)
         for level in range(self.max_level + 1):
-            res = 4 * 2 ** level
+            res = 4 * 2**level
             self.fromrgbs.append(layers.Conv2dLayer(img_channels, nf(res, fmap_base, fmap_max), 1, activation="lrelu"))
-            self.blocks.append(None if level == 0 else DiscriminatorBlock(
-                nf(res, fmap_base, fmap_max), nf(res // 2, fmap_base, fmap_max), conv_clamp,
-                num_fp16_res > 0 and res >= fp16_resolution))
+            self.blocks.append(
+                None
+                if level == 0
+                else DiscriminatorBlock(
+                    nf(res, fmap_base, fmap_max),
+                    nf(res // 2, fmap_base, fmap_max),
+                    conv_clamp,
+                    num_fp16_res > 0 and res >= fp16_resolution,
+                )
+            )
         self.epilogue = layers.DiscriminatorEpilogue(nf(4, fmap_base, fmap_max), 4, mbstd_group_size, 1)
         self.level, self.alpha = self.max_level, 1.0
 
@@ -213,7 +261,7 @@ class Discriminator(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         img = img.to(torch.float32)
-        res = 4 * 2 ** self.level
+        res = 4 * 2**self.level
         if img.shape[-1] != res:
             img = F.avg_pool2d(img, img.shape[-1] // res)
         x = None
@@ -232,18 +280,46 @@ class Discriminator(nn.Module):
         return self.epilogue(x.to(torch.float32))
 
 
-def build(resolution: int, z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8,
-          mapping_lr_multiplier: float = 0.01, fmap_base: int = 8192, fmap_max: int = 512, mixing_prob: float = 0.9,
-          num_fp16_res: int = 0, conv_clamp: int = 0, mbstd_group_size: int = 4,
-          img_channels: int = 3) -> tuple[nn.Module, nn.Module]:
+def build(
+    resolution: int,
+    z_dim: int,
+    w_dim: int,
+    mapping_layers: int,
+    mapping_lr_multiplier: float,
+    fmap_base: int,
+    fmap_max: int,
+    mixing_prob: float,
+    num_fp16_res: int,
+    conv_clamp: int,
+    mbstd_group_size: int,
+    img_channels: int = 3,
+) -> tuple[nn.Module, nn.Module]:
     """(G, D) from models.stylegan.arch. conv_clamp 0 disables the clamp (the paper had none)."""
     check_resolution("stylegan", resolution)
     clamp = conv_clamp if conv_clamp > 0 else None
-    G = Generator(resolution, z_dim, w_dim, mapping_layers, mapping_lr_multiplier, fmap_base, fmap_max, mixing_prob,
-                  num_fp16_res=num_fp16_res, conv_clamp=clamp, img_channels=img_channels)
+    G = Generator(
+        resolution,
+        z_dim,
+        w_dim,
+        mapping_layers,
+        mapping_lr_multiplier,
+        fmap_base,
+        fmap_max,
+        mixing_prob,
+        num_fp16_res=num_fp16_res,
+        conv_clamp=clamp,
+        img_channels=img_channels,
+    )
     D = Discriminator(resolution, img_channels, fmap_base, fmap_max, mbstd_group_size, num_fp16_res, clamp)
     return G, D
 
 
-register(ModelSpec(name="stylegan", paper="Karras et al. 2019, A Style-Based Generator Architecture for GANs",
-                   build=build, style_based=True, progressive=True))
+register(
+    ModelSpec(
+        name="stylegan",
+        paper="Karras et al. 2019, A Style-Based Generator Architecture for GANs",
+        build=build,
+        style_based=True,
+        progressive=True,
+    )
+)

@@ -21,6 +21,7 @@ Lazy R1 and path-length regularisation are training-loop work (the `loss` sectio
 `mapping` and `synthesis` so the loop can compute the path-length penalty.
 Widths: channel_base / resolution capped at channel_max (config F: 32768 and 512 at 1024x1024).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,12 +33,22 @@ from facegan.errors import UserError
 from facegan.ops import bias_act, setup_filter, upsample2d
 from models import ModelSpec, layers, register
 
+W_AVG_BETA = 0.998  # decay of the running mean of w (official w_avg_beta, StyleGAN2 and StyleGAN3)
+
 
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv (optionally up x2) -> noise -> bias + leaky ReLU, clamped."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: int = 1,
-                 conv_clamp: float | None = None, resample_filter=(1, 3, 3, 1)):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        up: int = 1,
+        conv_clamp: float | None = None,
+        resample_filter=(1, 3, 3, 1),
+    ):
         super().__init__()
         self.conv = layers.ModulatedConv2d(in_channels, out_channels, 3, w_dim, up=up, resample_filter=resample_filter)
         self.noise = layers.NoiseInjection(resolution)
@@ -53,8 +64,17 @@ class SynthesisLayer(nn.Module):
 class SynthesisBlock(nn.Module):
     """One resolution of the skip generator: (const | up-conv) -> conv -> tRGB, img += tRGB."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
-                 conv_clamp: float | None, use_low_precision: bool, resample_filter=(1, 3, 3, 1)):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        conv_clamp: float | None,
+        use_low_precision: bool,
+        resample_filter=(1, 3, 3, 1),
+    ):
         super().__init__()
         self.resolution, self.use_low_precision = resolution, use_low_precision
         if in_channels == 0:
@@ -62,8 +82,15 @@ class SynthesisBlock(nn.Module):
             self.conv0 = None
         else:
             self.const = None
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, conv_clamp=conv_clamp,
-                                        resample_filter=resample_filter)
+            self.conv0 = SynthesisLayer(
+                in_channels,
+                out_channels,
+                w_dim,
+                resolution,
+                up=2,
+                conv_clamp=conv_clamp,
+                resample_filter=resample_filter,
+            )
         self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
         self.torgb = layers.ToRGB(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.register_buffer("resample_filter", setup_filter(resample_filter))
@@ -87,20 +114,35 @@ class SynthesisBlock(nn.Module):
 class SynthesisNetwork(nn.Module):
     """ws (N, num_ws, w_dim) -> image. num_ws = 2 * log2(R) - 2 (18 at 1024x1024)."""
 
-    def __init__(self, w_dim: int, resolution: int, img_channels: int, channel_base: int, channel_max: int,
-                 num_fp16_res: int, conv_clamp: float | None):
+    def __init__(
+        self,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        channel_base: int,
+        channel_max: int,
+        num_fp16_res: int,
+        conv_clamp: float | None,
+    ):
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, resolution, img_channels
         log2 = int(math.log2(resolution))
-        self.block_resolutions = [2 ** i for i in range(2, log2 + 1)]
+        self.block_resolutions = [2**i for i in range(2, log2 + 1)]
         fp16_resolution = max(2 ** (log2 + 1 - num_fp16_res), 8)
         self.blocks = nn.ModuleList()
         self.num_ws = 0
         for res in self.block_resolutions:
             in_ch = layers.channels_for(res // 2, channel_base, channel_max) if res > 4 else 0
             out_ch = layers.channels_for(res, channel_base, channel_max)
-            block = SynthesisBlock(in_ch, out_ch, w_dim, res, img_channels, conv_clamp,
-                                   use_low_precision=num_fp16_res > 0 and res >= fp16_resolution)
+            block = SynthesisBlock(
+                in_ch,
+                out_ch,
+                w_dim,
+                res,
+                img_channels,
+                conv_clamp,
+                use_low_precision=num_fp16_res > 0 and res >= fp16_resolution,
+            )
             self.blocks.append(block)
             self.num_ws += block.num_conv
         self.num_ws += 1  # the last tRGB has its own w
@@ -109,23 +151,36 @@ class SynthesisNetwork(nn.Module):
         x = img = None
         w_idx = 0
         for block in self.blocks:
-            x, img = block(x, img, ws[:, w_idx: w_idx + block.num_conv + 1], noise_mode)
+            x, img = block(x, img, ws[:, w_idx : w_idx + block.num_conv + 1], noise_mode)
             w_idx += block.num_conv
         return img
 
 
 class Generator(nn.Module):
-    def __init__(self, resolution: int, z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8,
-                 mapping_lr_multiplier: float = 0.01, channel_base: int = 32768, channel_max: int = 512,
-                 mixing_prob: float = 0.9, num_fp16_res: int = 4, conv_clamp: float | None = 256,
-                 img_channels: int = 3):
+    def __init__(
+        self,
+        resolution: int,
+        z_dim: int,
+        w_dim: int,
+        mapping_layers: int,
+        mapping_lr_multiplier: float,
+        channel_base: int,
+        channel_max: int,
+        mixing_prob: float,
+        num_fp16_res: int,
+        conv_clamp: float | None,
+        img_channels: int = 3,
+    ):
         super().__init__()
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, resolution, img_channels
         self.mixing_prob = mixing_prob
-        self.synthesis = SynthesisNetwork(w_dim, resolution, img_channels, channel_base, channel_max, num_fp16_res,
-                                          conv_clamp)
+        self.synthesis = SynthesisNetwork(
+            w_dim, resolution, img_channels, channel_base, channel_max, num_fp16_res, conv_clamp
+        )
         self.num_ws = self.synthesis.num_ws
-        self.mapping = layers.MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier)
+        self.mapping = layers.MappingNetwork(
+            z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta=W_AVG_BETA
+        )
 
     @property
     def w_avg(self) -> torch.Tensor:
@@ -143,19 +198,48 @@ def check_resolution(name: str, resolution: int, smallest: int = 8) -> None:
         raise UserError(f"{name}: resolution {resolution} must be a power of two >= {smallest}: set data.resolution")
 
 
-def build(resolution: int, z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8,
-          mapping_lr_multiplier: float = 0.01, channel_base: int = 32768, channel_max: int = 512,
-          mixing_prob: float = 0.9, num_fp16_res: int = 4, conv_clamp: int = 256, mbstd_group_size: int = 4,
-          img_channels: int = 3) -> tuple[nn.Module, nn.Module]:
+def build(
+    resolution: int,
+    z_dim: int,
+    w_dim: int,
+    mapping_layers: int,
+    mapping_lr_multiplier: float,
+    channel_base: int,
+    channel_max: int,
+    mixing_prob: float,
+    num_fp16_res: int,
+    conv_clamp: int,
+    mbstd_group_size: int,
+    img_channels: int = 3,
+) -> tuple[nn.Module, nn.Module]:
     """(G, D) from models.stylegan2.arch. conv_clamp 0 disables the clamp."""
     check_resolution("stylegan2", resolution)
     clamp = conv_clamp if conv_clamp > 0 else None
-    G = Generator(resolution, z_dim, w_dim, mapping_layers, mapping_lr_multiplier, channel_base, channel_max,
-                  mixing_prob, num_fp16_res, clamp, img_channels)
-    D = layers.ResidualDiscriminator(resolution, img_channels, channel_base, channel_max, mbstd_group_size,
-                                     conv_clamp=clamp, num_fp16_res=num_fp16_res)
+    G = Generator(
+        resolution,
+        z_dim,
+        w_dim,
+        mapping_layers,
+        mapping_lr_multiplier,
+        channel_base,
+        channel_max,
+        mixing_prob,
+        num_fp16_res,
+        clamp,
+        img_channels,
+    )
+    D = layers.ResidualDiscriminator(
+        resolution, img_channels, channel_base, channel_max, mbstd_group_size, clamp, num_fp16_res
+    )
     return G, D
 
 
-register(ModelSpec(name="stylegan2", paper="Karras et al. 2020, Analyzing and Improving the Image Quality of StyleGAN",
-                   build=build, style_based=True, progressive=False))
+register(
+    ModelSpec(
+        name="stylegan2",
+        paper="Karras et al. 2020, Analyzing and Improving the Image Quality of StyleGAN",
+        build=build,
+        style_based=True,
+        progressive=False,
+    )
+)

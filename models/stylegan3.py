@@ -27,6 +27,7 @@ Components and where they live:
 Config R doubles channel_base and channel_max (as the paper does); the arch section's values
 are the T config's.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,10 +40,13 @@ import torch.nn.functional as F
 from facegan.errors import UserError
 from facegan.ops import filtered_lrelu
 from models import ModelSpec, layers, register
-from models.stylegan2 import check_resolution
+from models.stylegan2 import W_AVG_BETA, check_resolution
 
 LRELU_UPSAMPLING = 2  # the non-linearity runs at twice the layer's sampling rate (sec. 3.2)
 FILTER_SIZE = 6  # taps per unit of the up/down factor
+FIRST_CUTOFF = 2.0  # f_c of the first layer (appendix F)
+FIRST_STOPBAND = 2**2.1  # f_t of the first layer
+LAST_STOPBAND_REL = 2**0.3  # f_t of the last layer relative to its f_c
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,9 +86,18 @@ def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float, 
     return torch.as_tensor(f / f.sum(), dtype=torch.float32)
 
 
-def synthesis_schedule(resolution: int, num_layers: int, num_critical: int, first_cutoff: float,
-                       first_stopband: float, last_stopband_rel: float, margin: int, channel_base: int,
-                       channel_max: int, img_channels: int) -> dict[str, np.ndarray]:
+def synthesis_schedule(
+    resolution: int,
+    num_layers: int,
+    num_critical: int,
+    first_cutoff: float,
+    first_stopband: float,
+    last_stopband_rel: float,
+    margin: int,
+    channel_base: int,
+    channel_max: int,
+    img_channels: int,
+) -> dict[str, np.ndarray]:
     """Per layer 0..num_layers (the last is ToRGB): cut-off, stop-band, sampling rate, half-width
     of the transition band, canvas size and channels, as in the paper's fig. 4b."""
     last_cutoff = resolution / 2
@@ -98,8 +111,14 @@ def synthesis_schedule(resolution: int, num_layers: int, num_critical: int, firs
     sizes[-2:] = resolution
     channels = np.rint(np.minimum((channel_base / 2) / cutoffs, channel_max))
     channels[-1] = img_channels
-    return {"cutoffs": cutoffs, "stopbands": stopbands, "sampling_rates": sampling_rates,
-            "half_widths": half_widths, "sizes": sizes.astype(int), "channels": channels.astype(int)}
+    return {
+        "cutoffs": cutoffs,
+        "stopbands": stopbands,
+        "sampling_rates": sampling_rates,
+        "half_widths": half_widths,
+        "sizes": sizes.astype(int),
+        "channels": channels.astype(int),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,8 +158,10 @@ class SynthesisInput(nn.Module):
         amplitudes = (1 - (freqs.norm(dim=2) - self.bandwidth) / (self.sampling_rate / 2 - self.bandwidth)).clamp(0, 1)
 
         # sample positions of the canvas (size px covering size / sampling_rate units, centred)
-        theta = torch.tensor([[0.5 * self.size / self.sampling_rate, 0, 0],
-                              [0, 0.5 * self.size / self.sampling_rate, 0]], device=w.device)
+        theta = torch.tensor(
+            [[0.5 * self.size / self.sampling_rate, 0, 0], [0, 0.5 * self.size / self.sampling_rate, 0]],
+            device=w.device,
+        )
         grid = F.affine_grid(theta.unsqueeze(0), [1, 1, self.size, self.size], align_corners=False)  # (1,H,W,2)
         x = grid.unsqueeze(3) @ freqs.permute(0, 2, 1).unsqueeze(1).unsqueeze(2)  # (N,H,W,1,C)
         x = x.squeeze(3) + phases.unsqueeze(1).unsqueeze(2)
@@ -153,11 +174,27 @@ class SynthesisLayer(nn.Module):
     """Alias-free layer: magnitude-normalised modulated conv, then filtered leaky ReLU from the
     input sampling rate to the output one through 2x (or more) oversampling."""
 
-    def __init__(self, w_dim: int, is_torgb: bool, is_critically_sampled: bool, use_low_precision: bool,
-                 in_channels: int, out_channels: int, in_size: int, out_size: int, in_sampling_rate: float,
-                 out_sampling_rate: float, in_cutoff: float, out_cutoff: float, in_half_width: float,
-                 out_half_width: float, conv_kernel: int = 3, use_radial_filters: bool = False,
-                 conv_clamp: float | None = 256, magnitude_ema_beta: float = 0.999):
+    def __init__(
+        self,
+        w_dim: int,
+        is_torgb: bool,
+        is_critically_sampled: bool,
+        use_low_precision: bool,
+        in_channels: int,
+        out_channels: int,
+        in_size: int,
+        out_size: int,
+        in_sampling_rate: float,
+        out_sampling_rate: float,
+        in_cutoff: float,
+        out_cutoff: float,
+        in_half_width: float,
+        out_half_width: float,
+        conv_kernel: int = 3,
+        use_radial_filters: bool = False,
+        conv_clamp: float | None = 256,
+        magnitude_ema_beta: float = 0.999,
+    ):
         super().__init__()
         self.is_torgb, self.use_low_precision = is_torgb, use_low_precision
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -175,11 +212,19 @@ class SynthesisLayer(nn.Module):
         self.down_factor = int(np.rint(tmp_sampling_rate / out_sampling_rate))
         self.up_taps = FILTER_SIZE * self.up_factor if self.up_factor > 1 and not is_torgb else 1
         self.down_taps = FILTER_SIZE * self.down_factor if self.down_factor > 1 and not is_torgb else 1
-        self.register_buffer("up_filter", design_lowpass_filter(
-            self.up_taps, in_cutoff, in_half_width * 2, tmp_sampling_rate))
-        self.register_buffer("down_filter", design_lowpass_filter(
-            self.down_taps, out_cutoff, out_half_width * 2, tmp_sampling_rate,
-            radial=use_radial_filters and not is_critically_sampled))
+        self.register_buffer(
+            "up_filter", design_lowpass_filter(self.up_taps, in_cutoff, in_half_width * 2, tmp_sampling_rate)
+        )
+        self.register_buffer(
+            "down_filter",
+            design_lowpass_filter(
+                self.down_taps,
+                out_cutoff,
+                out_half_width * 2,
+                tmp_sampling_rate,
+                radial=use_radial_filters and not is_critically_sampled,
+            ),
+        )
 
         # padding of the upsampled signal so that the output has exactly out_size samples
         pad_total = (out_size - 1) * self.down_factor + 1
@@ -197,16 +242,27 @@ class SynthesisLayer(nn.Module):
 
         styles = self.affine(w.to(torch.float32))
         if self.is_torgb:
-            styles = styles * (1 / math.sqrt(self.in_channels * self.conv_kernel ** 2))
+            styles = styles * (1 / math.sqrt(self.in_channels * self.conv_kernel**2))
         x = modulated_conv_full(x, self.weight, styles, demodulate=not self.is_torgb, input_gain=input_gain)
         gain, slope = (1.0, 1.0) if self.is_torgb else (math.sqrt(2), 0.2)
-        return filtered_lrelu(x, fu=self.up_filter, fd=self.down_filter, b=self.bias.to(x.dtype), up=self.up_factor,
-                              down=self.down_factor, padding=self.padding, gain=gain, slope=slope,
-                              clamp=self.conv_clamp)
+        return filtered_lrelu(
+            x,
+            fu=self.up_filter,
+            fd=self.down_filter,
+            b=self.bias.to(x.dtype),
+            up=self.up_factor,
+            down=self.down_factor,
+            padding=self.padding,
+            gain=gain,
+            slope=slope,
+            clamp=self.conv_clamp,
+        )
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_channels}@{self.in_size}, out={self.out_channels}@{self.out_size}, "
-                f"up={self.up_factor}, down={self.down_factor}, torgb={self.is_torgb}")
+        return (
+            f"in={self.in_channels}@{self.in_size}, out={self.out_channels}@{self.out_size}, "
+            f"up={self.up_factor}, down={self.down_factor}, torgb={self.is_torgb}"
+        )
 
 
 def modulated_conv_full(x, weight, styles, demodulate: bool, input_gain: torch.Tensor) -> torch.Tensor:
@@ -222,37 +278,77 @@ def modulated_conv_full(x, weight, styles, demodulate: bool, input_gain: torch.T
     if demodulate:
         w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
     w = w * input_gain.reshape(1, 1, 1, 1, 1)
-    out = F.conv2d(x.reshape(1, n * cin, *x.shape[2:]), w.reshape(n * cout, cin, k, k).to(x.dtype),
-                   padding=k - 1, groups=n)
+    out = F.conv2d(
+        x.reshape(1, n * cin, *x.shape[2:]), w.reshape(n * cout, cin, k, k).to(x.dtype), padding=k - 1, groups=n
+    )
     return out.reshape(n, cout, *out.shape[2:])
 
 
 class SynthesisNetwork(nn.Module):
-    def __init__(self, w_dim: int, resolution: int, img_channels: int, channel_base: int, channel_max: int,
-                 num_layers: int, num_critical: int, first_cutoff: float, first_stopband: float,
-                 last_stopband_rel: float, margin: int, output_scale: float, conv_kernel: int,
-                 use_radial_filters: bool, num_fp16_res: int, conv_clamp: float | None, magnitude_ema_beta: float):
+    def __init__(
+        self,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        channel_base: int,
+        channel_max: int,
+        num_layers: int,
+        num_critical: int,
+        first_cutoff: float,
+        first_stopband: float,
+        last_stopband_rel: float,
+        margin: int,
+        output_scale: float,
+        conv_kernel: int,
+        use_radial_filters: bool,
+        num_fp16_res: int,
+        conv_clamp: float | None,
+        magnitude_ema_beta: float,
+    ):
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, resolution, img_channels
         self.num_ws, self.output_scale = num_layers + 2, output_scale
-        s = synthesis_schedule(resolution, num_layers, num_critical, first_cutoff, first_stopband,
-                               last_stopband_rel, margin, channel_base, channel_max, img_channels)
+        s = synthesis_schedule(
+            resolution,
+            num_layers,
+            num_critical,
+            first_cutoff,
+            first_stopband,
+            last_stopband_rel,
+            margin,
+            channel_base,
+            channel_max,
+            img_channels,
+        )
         self.schedule = s
-        self.input = SynthesisInput(w_dim, int(s["channels"][0]), int(s["sizes"][0]), float(s["sampling_rates"][0]),
-                                    float(s["cutoffs"][0]))
+        self.input = SynthesisInput(
+            w_dim, int(s["channels"][0]), int(s["sizes"][0]), float(s["sampling_rates"][0]), float(s["cutoffs"][0])
+        )
         self.layer_list = nn.ModuleList()
         for idx in range(num_layers + 1):
             prev = max(idx - 1, 0)
-            self.layer_list.append(SynthesisLayer(
-                w_dim, is_torgb=idx == num_layers, is_critically_sampled=idx >= num_layers - num_critical,
-                use_low_precision=bool(s["sampling_rates"][idx] * 2 ** num_fp16_res > resolution),
-                in_channels=int(s["channels"][prev]), out_channels=int(s["channels"][idx]),
-                in_size=int(s["sizes"][prev]), out_size=int(s["sizes"][idx]),
-                in_sampling_rate=float(s["sampling_rates"][prev]), out_sampling_rate=float(s["sampling_rates"][idx]),
-                in_cutoff=float(s["cutoffs"][prev]), out_cutoff=float(s["cutoffs"][idx]),
-                in_half_width=float(s["half_widths"][prev]), out_half_width=float(s["half_widths"][idx]),
-                conv_kernel=conv_kernel, use_radial_filters=use_radial_filters, conv_clamp=conv_clamp,
-                magnitude_ema_beta=magnitude_ema_beta))
+            self.layer_list.append(
+                SynthesisLayer(
+                    w_dim,
+                    is_torgb=idx == num_layers,
+                    is_critically_sampled=idx >= num_layers - num_critical,
+                    use_low_precision=bool(s["sampling_rates"][idx] * 2**num_fp16_res > resolution),
+                    in_channels=int(s["channels"][prev]),
+                    out_channels=int(s["channels"][idx]),
+                    in_size=int(s["sizes"][prev]),
+                    out_size=int(s["sizes"][idx]),
+                    in_sampling_rate=float(s["sampling_rates"][prev]),
+                    out_sampling_rate=float(s["sampling_rates"][idx]),
+                    in_cutoff=float(s["cutoffs"][prev]),
+                    out_cutoff=float(s["cutoffs"][idx]),
+                    in_half_width=float(s["half_widths"][prev]),
+                    out_half_width=float(s["half_widths"][idx]),
+                    conv_kernel=conv_kernel,
+                    use_radial_filters=use_radial_filters,
+                    conv_clamp=conv_clamp,
+                    magnitude_ema_beta=magnitude_ema_beta,
+                )
+            )
 
     def forward(self, ws: torch.Tensor) -> torch.Tensor:
         ws = ws.to(torch.float32).unbind(dim=1)
@@ -267,14 +363,25 @@ class SynthesisNetwork(nn.Module):
 
 
 class Generator(nn.Module):
-    def __init__(self, resolution: int, z_dim: int, w_dim: int, mapping_layers: int, mapping_lr_multiplier: float,
-                 mixing_prob: float, img_channels: int = 3, **synthesis_kwargs):
+    def __init__(
+        self,
+        resolution: int,
+        z_dim: int,
+        w_dim: int,
+        mapping_layers: int,
+        mapping_lr_multiplier: float,
+        mixing_prob: float,
+        img_channels: int = 3,
+        **synthesis_kwargs,
+    ):
         super().__init__()
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, resolution, img_channels
         self.mixing_prob = mixing_prob
         self.synthesis = SynthesisNetwork(w_dim, resolution, img_channels, **synthesis_kwargs)
         self.num_ws = self.synthesis.num_ws
-        self.mapping = layers.MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier)
+        self.mapping = layers.MappingNetwork(
+            z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta=W_AVG_BETA
+        )
 
     @property
     def w_avg(self) -> torch.Tensor:
@@ -290,13 +397,26 @@ class Generator(nn.Module):
 CONFIGS = ("t", "r")
 
 
-def build(resolution: int, config: str = "t", z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 2,
-          mapping_lr_multiplier: float = 0.01, channel_base: int = 32768, channel_max: int = 512,
-          mixing_prob: float = 0.0, num_layers: int = 14, num_critical: int = 2, first_cutoff: float = 2.0,
-          first_stopband: float = 2 ** 2.1, last_stopband_rel: float = 2 ** 0.3, margin: int = 10,
-          output_scale: float = 0.25, num_fp16_res: int = 4, conv_clamp: int = 256,
-          magnitude_ema_beta: float = 0.5 ** (32 / 20000), mbstd_group_size: int = 4,
-          img_channels: int = 3) -> tuple[nn.Module, nn.Module]:
+def build(
+    resolution: int,
+    config: str,
+    z_dim: int,
+    w_dim: int,
+    mapping_layers: int,
+    mapping_lr_multiplier: float,
+    channel_base: int,
+    channel_max: int,
+    mixing_prob: float,
+    num_layers: int,
+    num_critical: int,
+    margin: int,
+    output_scale: float,
+    num_fp16_res: int,
+    conv_clamp: int,
+    magnitude_ema_beta: float,
+    mbstd_group_size: int,
+    img_channels: int = 3,
+) -> tuple[nn.Module, nn.Module]:
     """(G, D) from models.stylegan3.arch. config 'r' doubles the G widths (not D's) and uses 1x1
     convs and radial filters. conv_clamp 0 disables the clamp. magnitude_ema_beta: the official
     code uses 0.5 ** (batch_size / 20k), i.e. a half-life of 20k images."""
@@ -307,16 +427,41 @@ def build(resolution: int, config: str = "t", z_dim: int = 512, w_dim: int = 512
     check_resolution("stylegan3", resolution, smallest=16)
     clamp = conv_clamp if conv_clamp > 0 else None
     scale = 2 if config == "r" else 1
-    G = Generator(resolution, z_dim, w_dim, mapping_layers, mapping_lr_multiplier, mixing_prob, img_channels,
-                  channel_base=channel_base * scale, channel_max=channel_max * scale, num_layers=num_layers,
-                  num_critical=num_critical, first_cutoff=first_cutoff, first_stopband=first_stopband,
-                  last_stopband_rel=last_stopband_rel, margin=margin, output_scale=output_scale,
-                  conv_kernel=1 if config == "r" else 3, use_radial_filters=config == "r",
-                  num_fp16_res=num_fp16_res, conv_clamp=clamp, magnitude_ema_beta=magnitude_ema_beta)
-    D = layers.ResidualDiscriminator(resolution, img_channels, channel_base, channel_max, mbstd_group_size,
-                                     conv_clamp=clamp, num_fp16_res=num_fp16_res)
+    G = Generator(
+        resolution,
+        z_dim,
+        w_dim,
+        mapping_layers,
+        mapping_lr_multiplier,
+        mixing_prob,
+        img_channels,
+        channel_base=channel_base * scale,
+        channel_max=channel_max * scale,
+        num_layers=num_layers,
+        num_critical=num_critical,
+        first_cutoff=FIRST_CUTOFF,
+        first_stopband=FIRST_STOPBAND,
+        last_stopband_rel=LAST_STOPBAND_REL,
+        margin=margin,
+        output_scale=output_scale,
+        conv_kernel=1 if config == "r" else 3,
+        use_radial_filters=config == "r",
+        num_fp16_res=num_fp16_res,
+        conv_clamp=clamp,
+        magnitude_ema_beta=magnitude_ema_beta,
+    )
+    D = layers.ResidualDiscriminator(
+        resolution, img_channels, channel_base, channel_max, mbstd_group_size, clamp, num_fp16_res
+    )
     return G, D
 
 
-register(ModelSpec(name="stylegan3", paper="Karras et al. 2021, Alias-Free Generative Adversarial Networks",
-                   build=build, style_based=True, progressive=False))
+register(
+    ModelSpec(
+        name="stylegan3",
+        paper="Karras et al. 2021, Alias-Free Generative Adversarial Networks",
+        build=build,
+        style_based=True,
+        progressive=False,
+    )
+)

@@ -20,16 +20,17 @@ Components of the paper and where they live:
   - bilinear up-sampling between stages (then LayerNorm + linear channel reduction)
                                                              -> BilinearUpsample
   - tRGB heads summed over resolutions (each stage's head reads its up-sampled output), the
-    running RGB skip up-sampled with the [1,3,3,1] FIR filter. As in the official code the tRGB is a plain 1x1 projection, not a modulated conv:
-    the paper's 40.86M generator parameters (Table 6) only add up without per-stage style
-    affines there (tests/test_styleswin.py checks the count)  -> ToRGB
+    running RGB skip up-sampled with the [1,3,3,1] FIR filter. As in the official code the tRGB
+    is a plain 1x1 projection, not a modulated conv: the paper's 40.86M generator parameters
+    (Table 6) only add up without per-stage style affines there (tests/test_styleswin.py checks
+    the count)                                               -> ToRGB
   - wavelet discriminator (the paper's fix for blocking artifacts, after SWAGAN, Gal et al.
-    2021): the image is split into Haar
-    sub-bands, each scale's fromRGB reads the sub-bands of the image down-sampled in the pixel
-    domain (inverse Haar -> FIR down-sampling -> Haar), added to a StyleGAN2-style conv trunk
-    (two 3x3 convs per scale, the second one strided, no residual branch - the official
-    discriminator has none), minibatch stddev, conv and two FC; spectral normalisation on every
-    layer, as the official training commands use (--D_sn)  -> WaveletDiscriminator, haar_dwt, haar_idwt
+    2021): the image is split into Haar sub-bands, each scale's fromRGB reads the sub-bands of the image
+    down-sampled in the pixel domain (inverse Haar -> FIR down-sampling -> Haar), added to a
+    StyleGAN2-style conv trunk (two 3x3 convs per scale, the second one strided, no residual branch
+    - the official discriminator has none), minibatch stddev, conv and two FC; spectral
+    normalisation on every layer, as the official training commands use (--D_sn)  ->
+    WaveletDiscriminator, haar_dwt, haar_idwt
   - losses and optimisers (non-saturating loss, R1 on reals every 16 steps, TTUR lr_g = lr_d / 4,
     Adam betas (0, 0.99), G EMA with a 10 kimg half-life)    -> params.yaml models.styleswin
 Left to the shared training loop / not reproduced: balanced consistency regularisation (bCR)
@@ -40,6 +41,7 @@ Channels per resolution r are min(channel_max, channel_base / r): channel_base 3
 channel_max 512 is the official 256x256 configuration (G_channel_multiplier 2), 16384 the
 1024x1024 one. Heads are max(channels / head_dim, min_heads), split evenly between the two halves.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,6 +53,8 @@ import torch.nn.functional as F
 from facegan.errors import UserError
 from facegan.ops import bias_act, downsample2d, setup_filter, upfirdn2d, upsample2d
 from models import ModelSpec, layers, register
+
+W_AVG_BETA = 0.998  # running mean of w for the truncation trick (StyleGAN2's mapping, which StyleSwin reuses)
 
 # ----------------------------------------------------------------------------------------------
 # Windows, masks and positional encodings
@@ -85,6 +89,7 @@ def shifted_window_regions(H: int, W: int, window: int, shift: int) -> torch.Ten
     After rolling by -shift, the last window row/column holds tokens from both image borders;
     the region id tells them apart: tokens attend to each other only within one region.
     """
+
     def axis_regions(size: int) -> torch.Tensor:
         pos = torch.arange(size)
         return (pos >= size - window).long() + (pos >= size - shift).long()  # 0, 1 or 2
@@ -135,13 +140,19 @@ def window_attention(q, k, v, bias: torch.Tensor, mask: torch.Tensor | None = No
     B, nW, heads, N, d = q.shape
     if mask is None:  # the bias broadcasts over batch and windows
         out = F.scaled_dot_product_attention(
-            q.reshape(B * nW, heads, N, d), k.reshape(B * nW, heads, N, d), v.reshape(B * nW, heads, N, d),
-            attn_mask=bias.to(q.dtype)[None])
+            q.reshape(B * nW, heads, N, d),
+            k.reshape(B * nW, heads, N, d),
+            v.reshape(B * nW, heads, N, d),
+            attn_mask=bias.to(q.dtype)[None],
+        )
     else:  # windows folded into the head axis so that one (1, nW*heads, N, N) mask broadcasts over batch
         attn_mask = (mask[:, None] + bias[None]).to(q.dtype).reshape(1, nW * heads, N, N)
         out = F.scaled_dot_product_attention(
-            q.reshape(B, nW * heads, N, d), k.reshape(B, nW * heads, N, d), v.reshape(B, nW * heads, N, d),
-            attn_mask=attn_mask)
+            q.reshape(B, nW * heads, N, d),
+            k.reshape(B, nW * heads, N, d),
+            v.reshape(B, nW * heads, N, d),
+            attn_mask=attn_mask,
+        )
     return out.reshape(B, nW, heads, N, d)
 
 
@@ -162,8 +173,10 @@ class DoubleWindowAttention(nn.Module):
     def __init__(self, dim: int, resolution: int, window: int, heads: int):
         super().__init__()
         if heads % 2 or dim % heads:
-            raise UserError(f"styleswin: {dim} channels cannot be split into {heads} heads (an even number "
-                            f"dividing the channels): change head_dim/min_heads in models.styleswin.arch")
+            raise UserError(
+                f"styleswin: {dim} channels cannot be split into {heads} heads (an even number "
+                f"dividing the channels): change head_dim/min_heads in models.styleswin.arch"
+            )
         self.dim, self.resolution, self.heads = dim, resolution, heads
         self.window = min(window, resolution)
         self.shift = window // 2 if resolution > window else 0
@@ -177,7 +190,7 @@ class DoubleWindowAttention(nn.Module):
         self._mask_cache: dict[tuple, torch.Tensor] = {}
 
     def relative_bias(self, half: int) -> torch.Tensor:
-        N = self.window ** 2
+        N = self.window**2
         return self.bias_tables[half][self.rel_index.flatten()].view(N, N, -1).permute(2, 0, 1)
 
     def shift_mask(self, device: torch.device) -> torch.Tensor | None:
@@ -185,8 +198,9 @@ class DoubleWindowAttention(nn.Module):
             return None
         key = (device.type, device.index)
         if key not in self._mask_cache:  # built on first use: at 1024 px it would be 268 MB per block
-            self._mask_cache = {key: shift_attention_mask(self.resolution, self.resolution, self.window,
-                                                          self.shift).to(device)}
+            self._mask_cache = {
+                key: shift_attention_mask(self.resolution, self.resolution, self.window, self.shift).to(device)
+            }
         return self._mask_cache[key]
 
     def attend(self, qkv: torch.Tensor, half: int, attention=window_attention) -> torch.Tensor:
@@ -259,8 +273,10 @@ class BilinearUpsample(nn.Module):
     def __init__(self, dim: int, out_dim: int, out_resolution: int):
         super().__init__()
         if out_dim % 4 or out_dim < 8:
-            raise UserError(f"styleswin: the sinusoidal encoding needs a multiple of 4 channels (>= 8), got "
-                            f"{out_dim}: raise channel_max/channel_base in models.styleswin.arch")
+            raise UserError(
+                f"styleswin: the sinusoidal encoding needs a multiple of 4 channels (>= 8), got "
+                f"{out_dim}: raise channel_max/channel_base in models.styleswin.arch"
+            )
         self.norm = nn.LayerNorm(dim)
         self.reduction = nn.Linear(dim, out_dim, bias=False)
         self.pos_scale = nn.Parameter(torch.zeros([]))
@@ -294,11 +310,22 @@ class StyleSwinSynthesis(nn.Module):
     every stage but the last ends with BilinearUpsample. As in the official code each stage's tRGB
     reads its output after that up-sampling, so the last two heads both work at full resolution."""
 
-    def __init__(self, resolution: int, w_dim: int, img_channels: int, channel_base: int, channel_max: int,
-                 window_size: int, blocks_per_stage: int, head_dim: int, min_heads: int, mlp_ratio: float):
+    def __init__(
+        self,
+        resolution: int,
+        w_dim: int,
+        img_channels: int,
+        channel_base: int,
+        channel_max: int,
+        window_size: int,
+        blocks_per_stage: int,
+        head_dim: int,
+        min_heads: int,
+        mlp_ratio: float,
+    ):
         super().__init__()
         self.resolution = resolution
-        stage_res = [2 ** i for i in range(2, int(math.log2(resolution)) + 1)]
+        stage_res = [2**i for i in range(2, int(math.log2(resolution)) + 1)]
         chans = [layers.channels_for(r, channel_base, channel_max) for r in stage_res]
         self.const = nn.Parameter(torch.randn(stage_res[0], stage_res[0], chans[0]))  # (H, W, C)
         self.stages = nn.ModuleList()
@@ -306,8 +333,11 @@ class StyleSwinSynthesis(nn.Module):
         self.to_rgbs = nn.ModuleList()
         for i, (res, dim) in enumerate(zip(stage_res, chans)):
             heads = max(dim // head_dim, min_heads)
-            self.stages.append(nn.ModuleList(
-                [StyleSwinBlock(dim, res, window_size, heads, mlp_ratio, w_dim) for _ in range(blocks_per_stage)]))
+            self.stages.append(
+                nn.ModuleList(
+                    [StyleSwinBlock(dim, res, window_size, heads, mlp_ratio, w_dim) for _ in range(blocks_per_stage)]
+                )
+            )
             last = i == len(stage_res) - 1
             out_dim = dim if last else chans[i + 1]
             self.upsamples.append(nn.Identity() if last else BilinearUpsample(dim, out_dim, 2 * res))
@@ -348,14 +378,28 @@ class StyleSwinGenerator(nn.Module):
     """mapping (z -> w, StyleGAN2's network) + StyleSwinSynthesis. One w per transformer block; the
     official model feeds the same w to all of them (no style mixing), and so does forward()."""
 
-    def __init__(self, resolution: int, z_dim: int, w_dim: int, mapping_layers: int, mapping_lr_multiplier: float,
-                 img_channels: int = 3, **synthesis_kwargs):
+    def __init__(
+        self,
+        resolution: int,
+        z_dim: int,
+        w_dim: int,
+        mapping_layers: int,
+        mapping_lr_multiplier: float,
+        img_channels: int = 3,
+        **synthesis_kwargs,
+    ):
         super().__init__()
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, resolution, img_channels
         self.synthesis = StyleSwinSynthesis(resolution, w_dim, img_channels, **synthesis_kwargs)
         self.num_ws = self.synthesis.num_ws
-        self.mapping = layers.MappingNetwork(z_dim=z_dim, w_dim=w_dim, num_ws=self.num_ws, num_layers=mapping_layers,
-                                             lr_multiplier=mapping_lr_multiplier)
+        self.mapping = layers.MappingNetwork(
+            z_dim=z_dim,
+            w_dim=w_dim,
+            num_ws=self.num_ws,
+            num_layers=mapping_layers,
+            lr_multiplier=mapping_lr_multiplier,
+            w_avg_beta=W_AVG_BETA,
+        )
 
     @property
     def w_avg(self) -> torch.Tensor:
@@ -402,8 +446,9 @@ class SpectralConvLayer(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel: int, down: bool = False):
         super().__init__()
         self.down = down
-        conv = nn.Conv2d(in_channels, out_channels, kernel, stride=2 if down else 1,
-                         padding=0 if down else kernel // 2, bias=False)
+        conv = nn.Conv2d(
+            in_channels, out_channels, kernel, stride=2 if down else 1, padding=0 if down else kernel // 2, bias=False
+        )
         self.conv = nn.utils.parametrizations.spectral_norm(conv)
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.pad = (4 - 2 + kernel - 1) // 2  # FIR taps - stride + kernel - 1, split evenly
@@ -441,18 +486,20 @@ class WaveletDiscriminator(nn.Module):
     with min(channel_max, channel_base / (r/2)) channels, and the first scale (resolution/2)
     starts at the width of `resolution`."""
 
-    def __init__(self, resolution: int, channel_base: int, channel_max: int, img_channels: int = 3,
-                 mbstd_group_size: int = 4):
+    def __init__(
+        self, resolution: int, channel_base: int, channel_max: int, img_channels: int = 3, mbstd_group_size: int = 4
+    ):
         super().__init__()
         width = lambda r: layers.channels_for(r, channel_base, channel_max)  # noqa: E731
-        scales = [2 ** i for i in range(int(math.log2(resolution)) - 1, 2, -1)]  # resolution/2 ... 8
+        scales = [2**i for i in range(int(math.log2(resolution)) - 1, 2, -1)]  # resolution/2 ... 8
         self.from_rgbs = nn.ModuleList()
         self.convs = nn.ModuleList()
         for i, r in enumerate(scales):
             c_in = width(2 * r) if i == 0 else width(r)
             self.from_rgbs.append(WaveletFromRGB(img_channels, c_in, down=i > 0))
-            self.convs.append(nn.Sequential(SpectralConvLayer(c_in, c_in, 3),
-                                            SpectralConvLayer(c_in, width(r // 2), 3, down=True)))
+            self.convs.append(
+                nn.Sequential(SpectralConvLayer(c_in, c_in, 3), SpectralConvLayer(c_in, width(r // 2), 3, down=True))
+            )
         self.from_rgb_4 = WaveletFromRGB(img_channels, width(4), down=True)
         self.mbstd = layers.MinibatchStdDev(group_size=mbstd_group_size, num_channels=1)
         self.final_conv = SpectralConvLayer(width(4) + 1, width(4), 3)
@@ -476,10 +523,23 @@ class WaveletDiscriminator(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-def build(resolution: int, z_dim: int, w_dim: int, mapping_layers: int, mapping_lr_multiplier: float,
-          window_size: int, blocks_per_stage: int, head_dim: int, min_heads: int, mlp_ratio: float,
-          g_channel_base: int, d_channel_base: int, channel_max: int):
+def build(
+    resolution: int,
+    z_dim: int,
+    w_dim: int,
+    mapping_layers: int,
+    mapping_lr_multiplier: float,
+    window_size: int,
+    blocks_per_stage: int,
+    head_dim: int,
+    min_heads: int,
+    mlp_ratio: float,
+    g_channel_base: int,
+    d_channel_base: int,
+    channel_max: int,
+):
     """(G, D) from models.styleswin.arch; see the module docstring for what each key sizes."""
+
     def power_of_two(v: int) -> bool:
         return v >= 1 and v & (v - 1) == 0
 
@@ -488,15 +548,25 @@ def build(resolution: int, z_dim: int, w_dim: int, mapping_layers: int, mapping_
     if not power_of_two(window_size) or window_size < 2:
         raise UserError(f"models.styleswin.arch.window_size = {window_size}: use a power of two >= 2")
     if blocks_per_stage < 1 or head_dim < 1 or min_heads < 2 or mlp_ratio <= 0:
-        raise UserError("models.styleswin.arch: blocks_per_stage and head_dim must be >= 1, min_heads >= 2 "
-                        "and mlp_ratio > 0")
-    G = StyleSwinGenerator(resolution, z_dim, w_dim, mapping_layers, mapping_lr_multiplier,
-                           channel_base=g_channel_base, channel_max=channel_max, window_size=window_size,
-                           blocks_per_stage=blocks_per_stage, head_dim=head_dim, min_heads=min_heads,
-                           mlp_ratio=mlp_ratio)
+        raise UserError(
+            "models.styleswin.arch: blocks_per_stage and head_dim must be >= 1, min_heads >= 2 and mlp_ratio > 0"
+        )
+    G = StyleSwinGenerator(
+        resolution,
+        z_dim,
+        w_dim,
+        mapping_layers,
+        mapping_lr_multiplier,
+        channel_base=g_channel_base,
+        channel_max=channel_max,
+        window_size=window_size,
+        blocks_per_stage=blocks_per_stage,
+        head_dim=head_dim,
+        min_heads=min_heads,
+        mlp_ratio=mlp_ratio,
+    )
     D = WaveletDiscriminator(resolution, d_channel_base, channel_max)
     return G, D
 
 
-SPEC = register(ModelSpec(name="styleswin", paper="Zhang et al. 2022 (CVPR), StyleSwin", build=build,
-                          style_based=True))
+SPEC = register(ModelSpec(name="styleswin", paper="Zhang et al. 2022 (CVPR), StyleSwin", build=build, style_based=True))

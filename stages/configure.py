@@ -1,10 +1,11 @@
 """Stage `configure`: merge params.yaml with its profile and write each stage's view of it.
 
-Writes runs/config/<view>.json for download, preprocess, reference_stats, evaluate and each
-model (facegan/stage_params.py says why). Every later stage depends on its own file instead of
-on params.yaml, so DVC re-runs only the stages whose effective params changed. Imports no
+Writes runs/config/<view>.json for download, preprocess, reference_stats, evaluate, report and
+each model (facegan/stage_params.py says why). Every later stage depends on its own file instead
+of on params.yaml, so DVC re-runs only the stages whose effective params changed. Imports no
 torch, so it starts in a second.
 """
+
 from __future__ import annotations
 
 from facegan import stage_params

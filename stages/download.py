@@ -5,20 +5,22 @@ folder (local folder read in place, or a local archive) or synthetic (drawn offl
 and partial downloads stay in data.download_dir, so a re-run reuses them. See
 facegan/data/download.py and docs/data.md.
 """
+
 from __future__ import annotations
 
 import logging
 
+from facegan import stage_params
 from facegan.data.download import prepare
 from facegan.errors import stage_main
-from facegan import stage_params
+from stages import start_stage
 
 
 @stage_main
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    params = stage_params.load("download")
-    record = prepare(params["data"], params["seed"])
+    start_stage()
+    view = stage_params.load("download")
+    record = prepare(view.data, view.seed)
     logging.info("data.source=%s: %d images under %s", record["source"], record["count"], record["image_root"])
 
 

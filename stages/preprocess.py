@@ -5,26 +5,27 @@ accepted faces in deterministic order, resumable (facegan/data/preprocess.py). S
 are drawn aligned, so they are only resized. Writes data/faces/{faces.npy, meta.json,
 manifest.csv, preview.png} and reports/preprocess.json.
 """
+
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from facegan import stage_params
 from facegan.data.preprocess import preprocess
 from facegan.errors import stage_main
-from facegan import stage_params
-from facegan.paths import CACHE_DIR, REPORTS_DIR
+from facegan.paths import CACHE_DIR, PREPROCESS_REPORT
+from stages import start_stage
 
 
 @stage_main
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    params = stage_params.load("preprocess")
-    data = params["data"]
-    report = preprocess(data, Path(data["raw_dir"]), CACHE_DIR, REPORTS_DIR / "preprocess.json")
-    logging.info("kept %d of %d images (%s), %.1f images/s", report["kept"], report["considered"],
-                 ", ".join(f"{k}: {v}" for k, v in report["rejected"].items()) or "none rejected",
-                 report["images_per_s"])
+    start_stage()
+    data = stage_params.load("preprocess").data
+    report = preprocess(data, Path(data["raw_dir"]), CACHE_DIR, PREPROCESS_REPORT)
+    rejected = ", ".join(f"{k}: {v}" for k, v in report["rejected"].items()) or "none rejected"
+    logging.info("kept %d of %d images (%s), %.1f images/s", report["kept"], report["considered"], rejected,
+                 report["images_per_s"])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Test-session setup shared by every test module."""
+
 import os
 
 # Triton reads TRITON_INTERPRET when it is first imported (torch can import it early), so the

@@ -5,6 +5,7 @@ landmarks must lie within 2 px of the template's eyes, for the astronaut photo a
 by 30 degrees, scaled down and up, mirrored and pasted into a larger canvas, and for frontal
 CelebA photos.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -84,8 +85,12 @@ def test_astronaut_eyes_land_on_the_template(aligner, variant):
 
 
 def test_faceless_and_small_face_and_mixed_sizes_in_one_call(aligner):
-    images = [skdata.coffee(), np.asarray(Image.fromarray(skdata.astronaut()).resize((256, 256))),
-              np.full((30, 30, 3), 128, np.uint8), skdata.chelsea()]
+    images = [
+        skdata.coffee(),
+        np.asarray(Image.fromarray(skdata.astronaut()).resize((256, 256))),
+        np.full((30, 30, 3), 128, np.uint8),
+        skdata.chelsea(),
+    ]
     reasons = [d.reason for d in aligner.detect(images)]
     assert reasons == ["no_face", "kept", "image_too_small", "no_face"]
 

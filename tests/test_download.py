@@ -1,6 +1,7 @@
 """The real download code against an HTTP server on 127.0.0.1 (no mocks): good archive, wrong
 checksum, truncated transfer, truncated archive, HTML pages (error, Drive quota, Drive confirm
 form), resume of a .part file, no network, never downloading twice; plus the folder source."""
+
 from __future__ import annotations
 
 import hashlib
@@ -41,12 +42,16 @@ GOOD = _zip_bytes()
 GOOD_SHA = hashlib.sha256(GOOD).hexdigest()
 GOOD_MD5 = hashlib.md5(GOOD).hexdigest()
 HTML_ERROR = b"<!DOCTYPE html><html><head><title>Error 404</title></head><body>Not found</body></html>"
-QUOTA = (b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>"
-         b"Too many users have viewed or downloaded this file recently.</body></html>")
-CONFIRM = (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
-           b"<form id=\"download-form\" action=\"/drive-file\" method=\"get\">"
-           b"<input type=\"hidden\" name=\"id\" value=\"abc\"><input type=\"hidden\" name=\"confirm\" value=\"t\">"
-           b"<input type=\"hidden\" name=\"uuid\" value=\"1234\"></form></body></html>")
+QUOTA = (
+    b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>"
+    b"Too many users have viewed or downloaded this file recently.</body></html>"
+)
+CONFIRM = (
+    b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
+    b'<form id="download-form" action="/drive-file" method="get">'
+    b'<input type="hidden" name="id" value="abc"><input type="hidden" name="confirm" value="t">'
+    b'<input type="hidden" name="uuid" value="1234"></form></body></html>'
+)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -182,7 +187,9 @@ def test_google_drive_quota_page_says_wait_or_supply_by_hand(server, tmp_path):
 
 def test_google_drive_confirm_form_is_followed_and_md5_checked(server, tmp_path):
     Handler.log.clear()
-    assert dl.fetch_gdrive("abc", tmp_path / "img.zip", GOOD_MD5, base_url=f"{server}/drive-confirm", **FAST) == GOOD_MD5
+    assert (
+        dl.fetch_gdrive("abc", tmp_path / "img.zip", GOOD_MD5, base_url=f"{server}/drive-confirm", **FAST) == GOOD_MD5
+    )
     assert [p for p, _ in Handler.log] == ["/drive-confirm", "/drive-file"]
     assert (tmp_path / "img.zip").read_bytes() == GOOD
 
@@ -199,8 +206,12 @@ def test_no_network_is_one_line_with_the_manual_route(tmp_path):
 
 def test_celeba_files_match_torchvision(tmp_path):
     names = [name for _, _, name in dl.CELEBA_FILES]
-    assert names == ["img_align_celeba.zip", "list_attr_celeba.txt", "list_eval_partition.txt",
-                     "list_landmarks_align_celeba.txt"]
+    assert names == [
+        "img_align_celeba.zip",
+        "list_attr_celeba.txt",
+        "list_eval_partition.txt",
+        "list_landmarks_align_celeba.txt",
+    ]
     assert all(len(md5) == 32 for _, md5, _ in dl.CELEBA_FILES)
 
 

@@ -1,4 +1,5 @@
 """Shared StyleGAN-family layers (models/layers.py): the properties the three models rely on."""
+
 from __future__ import annotations
 
 import math
@@ -77,7 +78,7 @@ def test_equalised_lr_scales_weights_at_runtime():
 
 
 def test_mapping_tracks_w_avg_in_training_only_and_truncates_to_it():
-    mapping = layers.MappingNetwork(z_dim=8, w_dim=8, num_ws=3, num_layers=2, w_avg_beta=0.5)
+    mapping = layers.MappingNetwork(z_dim=8, w_dim=8, num_ws=3, num_layers=2, lr_multiplier=0.01, w_avg_beta=0.5)
     z = torch.randn(64, 8)
     mapping.eval()
     mapping(z)
@@ -94,7 +95,9 @@ def test_mapping_tracks_w_avg_in_training_only_and_truncates_to_it():
 
 
 def test_mix_styles_swaps_a_suffix_of_ws():
-    mapping = layers.MappingNetwork(z_dim=8, w_dim=8, num_ws=6, num_layers=2).eval()
+    mapping = layers.MappingNetwork(
+        z_dim=8, w_dim=8, num_ws=6, num_layers=2, lr_multiplier=0.01, w_avg_beta=0.998
+    ).eval()
     z = torch.randn(4, 8)
     ws = mapping(z)
     assert layers.mix_styles(mapping, z, ws, prob=0.0) is ws
@@ -117,7 +120,9 @@ def test_minibatch_stddev_appends_group_std():
 
 
 def test_residual_discriminator_sizes_from_params():
-    D = layers.ResidualDiscriminator(32, channel_base=256, channel_max=16)
+    D = layers.ResidualDiscriminator(
+        32, 3, channel_base=256, channel_max=16, mbstd_group_size=4, conv_clamp=256, num_fp16_res=4
+    )
     assert [b.conv0.in_channels for b in D.blocks] == [8, 16, 16]  # 256/32, 256/16 -> capped 16, ...
     logits = D(torch.randn(4, 3, 32, 32))
     assert logits.shape == (4, 1)

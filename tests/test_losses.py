@@ -1,4 +1,5 @@
 """Each loss and regulariser of facegan/training against a value worked out by hand."""
+
 import math
 
 import pytest
@@ -82,7 +83,7 @@ def test_ema_half_life_and_ramp_up():
     assert ema_beta(params, 32, 1000) == pytest.approx(0.5 ** (32 / 10_000))
     ramped = {"ema_kimg": 10.0, "ema_rampup": 0.05}
     assert ema_beta(ramped, 32, 1000) == pytest.approx(0.5 ** (32 / 50))  # min(10k, 0.05 * 1000 images)
-    assert ema_beta(ramped, 32, 10 ** 7) == pytest.approx(0.5 ** (32 / 10_000))
+    assert ema_beta(ramped, 32, 10**7) == pytest.approx(0.5 ** (32 / 10_000))
     assert ema_beta({"ema_kimg": 0.0, "ema_rampup": 0.0}, 32, 1000) == 0.0
 
 

@@ -3,6 +3,7 @@ and b, second order where StyleGAN's R1/path-length penalties need it), and the 
 the upfirdn2d definition. Triton runs on CPU through its interpreter, so TRITON_INTERPRET must be
 set before the kernels module is first imported (it is imported lazily by the first Triton call).
 """
+
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
@@ -19,6 +20,7 @@ from scipy.signal import convolve2d  # noqa: E402
 from facegan import ops  # noqa: E402
 from facegan.errors import UserError  # noqa: E402
 from facegan.ops import _dispatch  # noqa: E402
+
 bias_act_module = importlib.import_module("facegan.ops.bias_act")  # the name facegan.ops.bias_act is the function
 
 needs_triton = pytest.mark.skipif(not _dispatch.triton_importable(), reason="the triton package is not installed")
@@ -61,6 +63,7 @@ def _compare(fn, inputs, dtype, grad_inputs, **kwargs):
 
 # ---------------------------------------------------------------------------------------- bias_act
 
+
 @needs_triton
 @pytest.mark.parametrize("act", ["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"])
 @pytest.mark.parametrize("clamp", [None, 0.7])
@@ -74,8 +77,9 @@ def test_bias_act_triton_matches_reference(act, clamp):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_bias_act_half_precision(dtype):
     gen = torch.Generator().manual_seed(0)
-    _compare(ops.bias_act, {"x": _rand(gen, 2, 6, 9, 11), "b": _rand(gen, 6)}, dtype, ["x", "b"],
-             act="lrelu", clamp=2.0)
+    _compare(
+        ops.bias_act, {"x": _rand(gen, 2, 6, 9, 11), "b": _rand(gen, 6)}, dtype, ["x", "b"], act="lrelu", clamp=2.0
+    )
 
 
 @needs_triton
@@ -115,6 +119,7 @@ def test_bias_act_second_order_gradients(act):
 
 # --------------------------------------------------------------------------------------- upfirdn2d
 
+
 def _filter(gen, shape):
     """Random positive, asymmetric filter so a wrong flip or axis swap changes the result."""
     return ops.setup_filter(torch.rand(shape, generator=gen) + 0.1, separable=len(shape) == 1)
@@ -137,16 +142,33 @@ UPFIRDN2D_CASES = [  # (up, down, padding, filter shape, flip_filter, gain)
 def test_upfirdn2d_triton_matches_reference(up, down, padding, fshape, flip, gain):
     gen = torch.Generator().manual_seed(0)
     x, f = _rand(gen, 1, 2, 7, 13), _filter(gen, fshape)
-    _compare(ops.upfirdn2d, {"x": x, "f": f}, torch.float32, ["x"], up=up, down=down, padding=padding,
-             flip_filter=flip, gain=gain)
+    _compare(
+        ops.upfirdn2d,
+        {"x": x, "f": f},
+        torch.float32,
+        ["x"],
+        up=up,
+        down=down,
+        padding=padding,
+        flip_filter=flip,
+        gain=gain,
+    )
 
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_upfirdn2d_half_precision(dtype):
     gen = torch.Generator().manual_seed(0)
-    _compare(ops.upfirdn2d, {"x": _rand(gen, 1, 2, 7, 13), "f": _filter(gen, (4, 4))}, dtype, ["x"],
-             up=2, down=1, padding=[2, 1, 1, 2], gain=4)
+    _compare(
+        ops.upfirdn2d,
+        {"x": _rand(gen, 1, 2, 7, 13), "f": _filter(gen, (4, 4))},
+        dtype,
+        ["x"],
+        up=2,
+        down=1,
+        padding=[2, 1, 1, 2],
+        gain=4,
+    )
 
 
 def _upfirdn2d_by_definition(x, f, up, down, padding, flip_filter, gain):
@@ -163,7 +185,7 @@ def _upfirdn2d_by_definition(x, f, up, down, padding, flip_filter, gain):
         z = np.zeros((h * upy, w * upx))
         z[::upy, ::upx] = plane
         z = np.pad(z, ((max(py0, 0), max(py1, 0)), (max(px0, 0), max(px1, 0))))
-        z = z[max(-py0, 0): z.shape[0] - max(-py1, 0), max(-px0, 0): z.shape[1] - max(-px1, 0)]
+        z = z[max(-py0, 0) : z.shape[0] - max(-py1, 0), max(-px0, 0) : z.shape[1] - max(-px1, 0)]
         out.append(convolve2d(z, f2, mode="valid")[::downy, ::downx])
     return torch.from_numpy(np.stack(out)).reshape(*x.shape[:2], *out[0].shape)
 
@@ -196,7 +218,9 @@ def test_resampling_helpers_keep_size_and_constants(helper, factor, taps):
     y = getattr(ops, helper)(x, f, impl="ref")
     assert y.shape == (1, 2, int(16 * factor), int(12 * factor))
     border = 8
-    torch.testing.assert_close(y[..., border:-border, border:-border], torch.full_like(y, 3.0)[..., border:-border, border:-border])
+    torch.testing.assert_close(
+        y[..., border:-border, border:-border], torch.full_like(y, 3.0)[..., border:-border, border:-border]
+    )
 
 
 @needs_triton
@@ -245,8 +269,19 @@ def test_filtered_lrelu_triton_matches_reference(up, down, padding, fu_shape, fd
     x, b = _rand(gen, 1, 2, 7, 13), _rand(gen, 2)
     fu = _filter(gen, fu_shape) if fu_shape else None
     fd = _filter(gen, fd_shape) if fd_shape else None
-    y_ref = _compare(ops.filtered_lrelu, {"x": x, "b": b}, torch.float32, ["x", "b"], fu=fu, fd=fd, up=up,
-                     down=down, padding=padding, clamp=clamp, flip_filter=flip)
+    y_ref = _compare(
+        ops.filtered_lrelu,
+        {"x": x, "b": b},
+        torch.float32,
+        ["x", "b"],
+        fu=fu,
+        fd=fd,
+        up=up,
+        down=down,
+        padding=padding,
+        clamp=clamp,
+        flip_filter=flip,
+    )
     if clamp is not None:
         assert y_ref.abs().max() > 0  # the clamp case must exercise non-trivial output
 
@@ -256,8 +291,18 @@ def test_filtered_lrelu_triton_matches_reference(up, down, padding, fu_shape, fd
 def test_filtered_lrelu_half_precision(dtype):
     gen = torch.Generator().manual_seed(0)
     fu, fd = _filter(gen, (8,)), _filter(gen, (8,))
-    _compare(ops.filtered_lrelu, {"x": _rand(gen, 1, 2, 7, 13), "b": _rand(gen, 2)}, dtype, ["x", "b"],
-             fu=fu, fd=fd, up=2, down=2, padding=[4, 4, 3, 5], clamp=1.0)
+    _compare(
+        ops.filtered_lrelu,
+        {"x": _rand(gen, 1, 2, 7, 13), "b": _rand(gen, 2)},
+        dtype,
+        ["x", "b"],
+        fu=fu,
+        fd=fd,
+        up=2,
+        down=2,
+        padding=[4, 4, 3, 5],
+        clamp=1.0,
+    )
 
 
 @needs_triton
@@ -278,6 +323,7 @@ def test_filtered_lrelu_second_order_gradients():
 
 
 # -------------------------------------------------------------------------------- impl selection
+
 
 @needs_triton
 def test_auto_uses_reference_on_cpu_and_reports_it():

@@ -1,12 +1,15 @@
 """Params validation: bad values stop a stage with one line naming the key and what is allowed."""
+
+import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from facegan.errors import UserError
 from facegan import stage_params
-from facegan.params import MODEL_NAMES, SCHEMA_PATH, load_params
+from facegan.errors import UserError
+from facegan.params import load_params, model_names
+
+MODEL_NAMES = model_names()
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,37 +36,46 @@ def test_demo_profile_overrides_only_what_it_names(tmp_path):
     assert demo["models"]["dcgan"]["kimg"] < study["models"]["dcgan"]["kimg"]
 
 
-def test_schema_and_params_have_the_same_keys():
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-
-    def keys(tree, prefix=""):
-        out = set()
-        for key, value in tree.items():
-            if isinstance(value, dict) and key != "profiles":
-                out |= keys(value, f"{prefix}{key}.")
-            else:
-                out.add(prefix + key)
-        return out
-
-    assert keys(schema) == keys(params)
-
-
-@pytest.mark.parametrize("overrides, message", [
-    ({"model": "biggan"}, "param 'model' = 'biggan' is invalid: must be one of all, dcgan"),
-    ({"data": {"resolution": 100}}, "param 'data.resolution' = 100 is invalid: must be a power of two from 32 to 512"),
-    ({"data": {"resolution": 1024}}, "must be a power of two from 32 to 512"),
-    ({"models": {"dcgan": {"kimg": 0}}}, "param 'models.dcgan.kimg' = 0 is invalid: must be a positive number of kimg"),
-    ({"models": {"pggan": {"kimg": -5.0}}}, "param 'models.pggan.kimg' = -5.0 is invalid"),
-    ({"models": {"dcgan": {"lr_g": "fast"}}}, "param 'models.dcgan.lr_g' must be a number"),
-    ({"models": {"dcgan": {"betas_g": [0.5, 1.5]}}}, "must be two Adam betas in [0, 1)"),
-    ({"models": {"dcgan": {"dropout": 0.1}}}, "unknown param 'models.dcgan.dropout'"),
-    ({"train": {"xflip": "yes"}}, "param 'train.xflip' must be true/false"),
-    ({"data": {"source": "imagenet"}}, "param 'data.source' = 'imagenet' is invalid: must be one of celeba, url, folder, synthetic"),
-    ({"profile": "fast"}, "param 'profile' = 'fast' is invalid: must be one of study, demo"),
-    ({"profiles": {"demo": {"data": {"resolution": 48}}}, "profile": "demo"}, "param 'data.resolution' = 48 is invalid"),
-    ({"profiles": {"demo": {"data": {"typo": 1}}}, "profile": "demo"}, "unknown param 'profiles.demo.data.typo'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model": "biggan"}, "param 'model' = 'biggan' is invalid: must be one of all, dcgan"),
+        (
+            {"data": {"resolution": 100}},
+            "param 'data.resolution' = 100 is invalid: must be a power of two from 32 to 512",
+        ),
+        ({"data": {"resolution": 1024}}, "must be a power of two from 32 to 512"),
+        (
+            {"models": {"dcgan": {"kimg": 0}}},
+            "param 'models.dcgan.kimg' = 0 is invalid: must be a positive number of kimg",
+        ),
+        ({"models": {"pggan": {"kimg": -5.0}}}, "param 'models.pggan.kimg' = -5.0 is invalid"),
+        ({"models": {"dcgan": {"lr_g": "fast"}}}, "param 'models.dcgan.lr_g' must be a number"),
+        ({"models": {"dcgan": {"betas_g": [0.5, 1.5]}}}, "must be two Adam betas in [0, 1)"),
+        ({"models": {"dcgan": {"dropout": 0.1}}}, "unknown param 'models.dcgan.dropout'"),
+        ({"train": {"xflip": "yes"}}, "param 'train.xflip' must be true/false"),
+        (
+            {"data": {"source": "imagenet"}},
+            "param 'data.source' = 'imagenet' is invalid: must be one of celeba, url, folder, synthetic",
+        ),
+        ({"profile": "fast"}, "param 'profile' = 'fast' is invalid: must be one of study, demo"),
+        (
+            {"profiles": {"demo": {"data": {"resolution": 48}}}, "profile": "demo"},
+            "param 'profiles.demo.data.resolution' = 48 is invalid",
+        ),
+        (
+            {"models": {"dcgan": {"kimg": float("inf")}}},
+            "param 'models.dcgan.kimg' = inf is invalid: must be a finite number",
+        ),
+        (
+            {"models": {"dcgan": {"arch": {"z_dim": 0}}}},
+            "param 'models.dcgan.arch.z_dim' = 0 is invalid: must be a positive",
+        ),
+        ({"models": {"stylegan3": {"arch": {"config": "x"}}}}, "param 'models.stylegan3.arch.config' = 'x' is invalid"),
+        ({"models": {"dcgan": {"batch_size": 16.0}}}, "param 'models.dcgan.batch_size' must be an integer"),
+        ({"profiles": {"demo": {"data": {"typo": 1}}}, "profile": "demo"}, "unknown param 'profiles.demo.data.typo'"),
+    ],
+)
 def test_bad_params_give_one_line_errors(tmp_path, overrides, message):
     with pytest.raises(UserError) as err:
         load(tmp_path, overrides)
@@ -77,10 +89,18 @@ def test_missing_params_file_names_the_fix(tmp_path):
         load_params(tmp_path / "params.yaml")
 
 
-def test_invalid_yaml_is_one_line(tmp_path):
+def test_invalid_yaml_is_one_line_with_its_line_and_column(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("data: [unclosed\n")
-    with pytest.raises(UserError, match="is not valid YAML"):
+    path.write_text("seed: 0\ndata: [unclosed\n")
+    with pytest.raises(UserError, match=r"is not valid YAML at line 3, column 1") as err:
+        load_params(path)
+    assert "\n" not in str(err.value)
+
+
+def test_duplicate_keys_are_refused_with_their_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("seed: 0\n", "seed: 0\nseed: 1\n", 1))
+    with pytest.raises(UserError, match=r"duplicate key 'seed' \(line \d+, column 1\)"):
         load_params(path)
 
 
@@ -97,16 +117,34 @@ def test_a_model_setting_changes_only_that_models_view(tmp_path):
 
 
 def test_seed_and_selection_leave_the_data_stages_alone(tmp_path):
-    assert _changed_views(tmp_path, {}, {"seed": 1}) == {"download", "evaluate", *MODEL_NAMES}
+    assert _changed_views(tmp_path, {}, {"seed": 1}) == {"download", "evaluate", "report", *MODEL_NAMES}
     # the chosen model keeps its view (DVC reuses its training); the others switch to skipped
-    assert _changed_views(tmp_path, {}, {"model": "styleswin"}) == set(MODEL_NAMES) - {"styleswin"}
+    assert _changed_views(tmp_path, {}, {"model": "styleswin"}) == set(MODEL_NAMES) - {"styleswin"} | {"report"}
 
 
 def test_stage_reads_back_what_configure_wrote(tmp_path):
     params = load(tmp_path, {"profile": "demo"})
     stage_params.write_views(params, tmp_path / "config")
-    view = stage_params.load("evaluate", "pggan", config_dir=tmp_path / "config")
-    assert view["models"]["pggan"] == params["models"]["pggan"] and view["evaluate"] == params["evaluate"]
-    assert view["selected"] is True and view["data"]["resolution"] == params["data"]["resolution"]
+    view = stage_params.load_model("pggan", config_dir=tmp_path / "config")
+    assert view.params == params["models"]["pggan"] and view.selected is True
+    assert view.resolution == params["data"]["resolution"]
+    assert stage_params.load("evaluate", config_dir=tmp_path / "config").evaluate == params["evaluate"]
     with pytest.raises(UserError, match="dvc repro configure"):
         stage_params.load("preprocess", config_dir=tmp_path / "nowhere")
+    with pytest.raises(UserError, match="unknown model 'biggan': the study's models are dcgan, pggan"):
+        stage_params.load_model("biggan", config_dir=tmp_path / "config")
+
+
+def test_a_view_with_another_shape_is_refused(tmp_path):
+    params = load(tmp_path, {"profile": "demo"})
+    stage_params.write_views(params, tmp_path / "config")
+    path = tmp_path / "config" / "dcgan.json"
+    view = json.loads(path.read_text())
+    view["resolution_reached"] = view.pop("resolution")
+    path.write_text(json.dumps(view))
+    with pytest.raises(
+        UserError,
+        match=r"dcgan.json does not have the shape of ModelView \(missing resolution; "
+        r"unknown resolution_reached\).*dvc repro configure",
+    ):
+        stage_params.load_model("dcgan", config_dir=tmp_path / "config")

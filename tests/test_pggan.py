@@ -1,4 +1,5 @@
 """PGGAN (models/pggan.py): the fade-in of new blocks in G and D, and the paper's components."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ def test_discriminator_fade_in_ends(nets, level):
     D.set_progress(level, 0.0)
     assert torch.allclose(D(img), lower, atol=1e-5), "alpha=0: the pooled image through the previous fromRGB"
     D.set_progress(level, 1.0)
-    pooled = F.avg_pool2d(img, 32 // (4 * 2 ** level)) if level < 3 else img
+    pooled = F.avg_pool2d(img, 32 // (4 * 2**level)) if level < 3 else img
     x = D.fromrgbs[level](pooled)
     for lv in range(level, 0, -1):
         x = D.blocks[lv](x)

@@ -1,6 +1,7 @@
 """The preprocess library end to end on a small folder of real photographs: kept faces in the
 cache, rejections with their reasons in the manifest (no face, corrupt header, truncated file),
 report counts, and a resumed run that equals an uninterrupted one. Also the fast synthetic path."""
+
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,5 @@
 """The comparison report: every number in its tables is the one in the metrics/stats files, labels are honest."""
+
 import json
 import re
 from pathlib import Path
@@ -7,79 +8,153 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facegan.params import MODEL_NAMES, load_params
+from facegan import handoff, stage_params
+from facegan.params import load_params, model_names
+from facegan.training.phases import D_ADVERSARIAL, G_ADVERSARIAL
 
+MODEL_NAMES = model_names()
 REPO = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def history(final_loss_d: float) -> list[dict]:
-    return [{"kimg": k, "step": i + 1, "train_seconds": 100.0 * (i + 1), "loss_D": ld, "loss_G": 1.0 + i, "r1": 0.0, "pl": 0.0}
-            for i, (k, ld) in enumerate([(2.0, 0.6), (4.0, 0.4), (6.0, final_loss_d)])]
+def history(final_loss_d: float) -> list[handoff.HistoryRow]:
+    return [
+        handoff.HistoryRow(
+            kimg=k,
+            step=i + 1,
+            train_seconds=100.0 * (i + 1),
+            img_per_s=5.0,
+            phase="train64",
+            level=4,
+            resolution=64,
+            alpha=1.0,
+            lr_g=0.002,
+            lr_d=0.002,
+            peak_memory_gib=None,
+            losses={D_ADVERSARIAL: ld, G_ADVERSARIAL: 1.0 + i},
+        )
+        for i, (k, ld) in enumerate([(2.0, 0.6), (4.0, 0.4), (6.0, final_loss_d)])
+    ]
 
 
-def stats(model: str, device: str, peak, final_loss_d: float) -> dict:
-    return {"status": "trained", "model": model, "resolution": 64, "kimg": 6.016, "steps": 188, "batch_size": 32,
-            "train_seconds": 1234.5, "img_per_s": 4.87, "device": device, "precision": "float32",
-            "peak_memory_bytes": peak, "params_G": 1_234_567, "params_D": 765_432, "history": history(final_loss_d)}
+def stats(model: str, device: str, peak, final_loss_d: float, resolutions=(64,)) -> handoff.TrainedRun:
+    return handoff.TrainedRun(
+        status="trained",
+        model=model,
+        paper="p",
+        resolution=64,
+        resolutions_reached=list(resolutions),
+        kimg=6.016,
+        steps=188,
+        batch_size=32,
+        world_size=1,
+        train_seconds=1234.5,
+        img_per_s=4.87,
+        device=device,
+        device_name="x",
+        precision="float32",
+        peak_memory_bytes=peak,
+        params_G=1_234_567,
+        params_D=765_432,
+        history=history(final_loss_d),
+        schedule=[],
+        phases={},
+        dvclive=False,
+        kernel_fallbacks={"filtered_lrelu": "RuntimeError: no kernel"} if model == "stylegan2" else {},
+    )
 
 
-def metrics(extractor: str, fid_seeds: int, recall: float, ppl_lpips: str, space: str) -> dict:
+def metrics(model: str, label_key: str, fid_seeds: int, recall: float, lpips: str, space: str) -> handoff.ModelMetrics:
     fids = [41.5 + 1.25 * i for i in range(fid_seeds)]
-    return {"status": "trained", "extractor": extractor, "label_key": extractor, "label": "x", "fid": float(np.mean(fids)),
-            "fid_std": float(np.std(fids, ddof=1)) if fid_seeds > 1 else 0.0, "fid_values": fids, "fid_seeds": fid_seeds,
-            "kid": 0.012345, "num_gen": 512, "num_ref": 500, "precision": 0.6789, "recall": recall, "pr_num": 500, "pr_k": 3,
-            "feature_spread_ratio": 0.8, "ppl": 123.456, "ppl_num": 64, "ppl_space": space, "ppl_sampling": "end",
-            "ppl_epsilon": 1e-4, "ppl_crop": True, "ppl_lpips": ppl_lpips, "ppl_label": "proxy PPL",
-            "seeds": {"fid": [1000 + i for i in range(fid_seeds)], "snapshots": 2000, "ppl": 3000, "pictures": 4000}}
+    return handoff.ModelMetrics(
+        status="trained",
+        model=model,
+        label_key=label_key,
+        fid=float(np.mean(fids)),
+        fid_std=float(np.std(fids, ddof=1)) if fid_seeds > 1 else 0.0,
+        fid_values=fids,
+        fid_seeds=fid_seeds,
+        kid=0.012345,
+        num_gen=512,
+        num_ref=500,
+        precision=0.6789,
+        recall=recall,
+        pr_num=500,
+        pr_k=3,
+        feature_spread_ratio=0.8,
+        ppl=123.456,
+        ppl_num=64,
+        ppl_space=space,
+        ppl_sampling="end",
+        ppl_epsilon=1e-4,
+        ppl_crop=True,
+        ppl_label_key=f"lpips_{lpips}",
+        eval_seconds={},
+        seeds={"fid": [1000 + i for i in range(fid_seeds)]},
+    )
 
 
-def curve(fids: list[float], num_gen: int) -> list[dict]:
-    return [{"kimg": 2.0 * (i + 1), "train_hours": 0.03 * (i + 1), "fid": f, "num_gen": num_gen, "extractor": "proxy"}
-            for i, f in enumerate(fids)]
-
-
-def write(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
+def curve(fids: list[float], num_gen: int) -> list[handoff.FidPoint]:
+    return [
+        handoff.FidPoint(
+            kimg=2.0 * (i + 1), train_hours=0.03 * (i + 1), fid=f, num_gen=num_gen, label_key="proxy", resolution=64
+        )
+        for i, f in enumerate(fids)
+    ]
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """dcgan trained on CPU (healthy), stylegan2 on GPU with 3 FID seeds and a collapse, pggan not implemented,
-    stylegan skipped, stylegan3 never run, styleswin evaluated with a rising FID curve."""
+    """dcgan trained on CPU (healthy), stylegan2 on GPU with 3 FID seeds, a collapse and a kernel fallback,
+    stylegan skipped, stylegan3 never run, pggan trained but not evaluated, styleswin evaluated with a rising
+    FID curve after growing through two resolutions."""
     monkeypatch.chdir(tmp_path)
-    runs = {"dcgan": stats("dcgan", "cpu", None, 0.5), "stylegan2": stats("stylegan2", "cuda:0", 3 * 2**30 + 123, 0.01),
-            "styleswin": stats("styleswin", "cpu", None, 0.4),
-            "pggan": {"status": "not_implemented", "reason": "model 'pggan' is not implemented yet"},
-            "stylegan": {"status": "skipped", "reason": "params model=dcgan"}}
-    evals = {"dcgan": (metrics("proxy", 1, 0.55, "proxy", "z"), curve([80.0, 60.0, 50.0], 256)),
-             "stylegan2": (metrics("proxy", 3, 0.02, "proxy", "w"), curve([70.0, 65.0], 256)),
-             "styleswin": (metrics("proxy", 1, 0.4, "proxy", "w"), curve([50.0, 30.0, 45.0], 128))}
+    runs = {
+        "dcgan": stats("dcgan", "cpu", None, 0.5),
+        "stylegan2": stats("stylegan2", "cuda:0", 3 * 2**30 + 123, 0.01),
+        "styleswin": stats("styleswin", "cpu", None, 0.4, resolutions=(32, 64)),
+        "pggan": stats("pggan", "cpu", None, 0.5),
+        "stylegan": handoff.SkippedRun(status="skipped", model="stylegan", reason="params model=dcgan"),
+    }
+    evals = {
+        "dcgan": (metrics("dcgan", "proxy", 1, 0.55, "proxy", "z"), curve([80.0, 60.0, 50.0], 256)),
+        "stylegan2": (metrics("stylegan2", "proxy", 3, 0.02, "proxy", "w"), curve([70.0, 65.0], 256)),
+        "styleswin": (metrics("styleswin", "proxy", 1, 0.4, "proxy", "w"), curve([50.0, 30.0, 45.0], 128)),
+    }
     for name, st in runs.items():
-        write(Path("runs", name, "train_stats.json"), st)
+        st.write(Path("runs", name, "train_stats.json"))
         if name in evals:
             m, c = evals[name]
-            write(Path("metrics", f"{name}.json"), m)
-            write(Path("evals", name, "fid_vs_kimg.json"), c)
+            m.write(Path("metrics", f"{name}.json"))
+            handoff.write_list(Path("evals", name, "fid_vs_kimg.json"), c)
             for pic in ("samples", "interpolation") + (("truncation",) if name != "dcgan" else ()):
                 Image.new("RGB", (16, 16), (10, 20, 30)).save(Path("evals", name, f"{pic}.png"))
-        else:
-            write(Path("metrics", f"{name}.json"), {"status": st["status"], "reason": st["reason"]})
+        elif isinstance(st, handoff.SkippedRun):
+            handoff.SkippedMetrics(status="skipped", model=name, reason=st.reason).write(
+                Path("metrics", f"{name}.json")
+            )
     Image.new("RGB", (8, 8)).save(Path("evals", "styleswin", "res8.png"))
     Image.new("RGB", (8, 8)).save(Path("evals", "styleswin", "res16.png"))
-    meta = {"extractor": "proxy", "label_key": "proxy", "label": "proxy FID (random Inception, not comparable)",
-            "count": 500, "cache_count": 512, "source": "synthetic", "synthetic": True, "resolution": 64, "agreement": None}
+    meta = handoff.ReferenceMeta(
+        extractor="proxy",
+        label_key="proxy",
+        agreement=None,
+        count=500,
+        cache_count=512,
+        source="synthetic",
+        synthetic=True,
+        resolution=64,
+    )
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    params = load_params(tmp_path / "params.yaml", overrides={"profile": "demo"})
-    return tmp_path, params, meta
+    view = stage_params.views(load_params(tmp_path / "params.yaml", overrides={"profile": "demo"}))["report"]
+    return tmp_path, view, meta
 
 
 def render(project) -> str:
     from facegan.report.render import render as render_report
 
-    _, params, meta = project
-    return render_report(params, meta, Path("reports"))
+    _, view, meta = project
+    return render_report(view, meta, Path("reports"))
 
 
 def table(text: str, first_column: str) -> list[dict]:
@@ -88,7 +163,7 @@ def table(text: str, first_column: str) -> list[dict]:
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append(dict(zip(header, [c.strip() for c in line.strip("|").split("|")])))
@@ -97,11 +172,18 @@ def table(text: str, first_column: str) -> list[dict]:
 
 def expected_result_numbers(s: dict, m: dict) -> dict[str, list[float]]:
     return {
-        "resolution": [s["resolution"]], "params G / D": [s["params_G"] / 1e6, s["params_D"] / 1e6], "kimg": [s["kimg"]],
-        "train time": [s["train_seconds"] / 3600], "img/s": [s["img_per_s"]],
+        "resolution": s["resolutions_reached"],
+        "params G / D": [s["params_G"] / 1e6, s["params_D"] / 1e6],
+        "kimg": [s["kimg"]],
+        "train time": [s["train_seconds"] / 3600],
+        "img/s": [s["img_per_s"]],
         "peak memory": [] if s["peak_memory_bytes"] is None else [s["peak_memory_bytes"] / 2**30],
-        "FID": [m["fid"]] + ([m["fid_std"]] if m["fid_seeds"] > 1 else []), "KID ×10³": [m["kid"] * 1e3],
-        "PPL": [m["ppl"]], "precision": [m["precision"]], "recall": [m["recall"]], "stability notes": [],
+        "FID": [m["fid"]] + ([m["fid_std"]] if m["fid_seeds"] > 1 else []),
+        "KID ×10³": [m["kid"] * 1e3],
+        "PPL": [m["ppl"]],
+        "precision": [m["precision"]],
+        "recall": [m["recall"]],
+        "stability notes": [],
     }
 
 
@@ -110,7 +192,7 @@ def assert_numbers_match(cell: str, expected: list[float], where: str) -> None:
     assert len(printed) == len(expected), f"{where}: {cell!r} vs {expected}"
     for text, value in zip(printed, expected):
         decimals = len(text.split(".")[1]) if "." in text else 0
-        assert abs(float(text) - value) <= 0.5 * 10 ** -decimals + 1e-9, f"{where}: printed {text}, file says {value}"
+        assert abs(float(text) - value) <= 0.5 * 10**-decimals + 1e-9, f"{where}: printed {text}, file says {value}"
 
 
 def test_every_number_in_the_results_table_is_in_the_files(project):
@@ -126,20 +208,49 @@ def test_every_number_in_the_results_table_is_in_the_files(project):
         for column, expected in expected_result_numbers(s, m).items():
             assert_numbers_match(row[column], expected, f"{name}/{column}")
             checked += len(expected)
-    assert checked == 3 * 11 + 2  # three trained models, plus stylegan2's FID std and GPU memory
+    # three trained models, plus stylegan2's FID std and GPU memory and styleswin's second resolution
+    assert checked == 3 * 11 + 3
+    assert rows["styleswin"]["resolution"] == "32 → 64"
+
+
+def test_kernel_fallbacks_are_shown(project):
+    text = render(project)
+    assert "**kernel fallback** in stylegan2: `filtered_lrelu` ran on the PyTorch reference" in text
+
+
+def test_a_stats_file_of_another_shape_stops_the_report(project):
+    """The bug declared shapes exist for: a renamed key must fail, not fall back to a default."""
+    from facegan.errors import UserError
+
+    path = Path("runs", "dcgan", "train_stats.json")
+    stats_dict = json.loads(path.read_text())
+    stats_dict["resolution_reached"] = stats_dict.pop("resolutions_reached")
+    path.write_text(json.dumps(stats_dict))
+    with pytest.raises(
+        UserError,
+        match=r"train_stats.json does not have the shape of TrainedRun \(missing "
+        r"resolutions_reached; unknown resolution_reached\)",
+    ):
+        render(project)
 
 
 def test_every_sample_count_is_in_the_files(project):
     text = render(project)
     rows = table(text, "model")  # the results table comes first; the counts table is the next one
-    counts = table(text[text.index("### Sample counts"):], "model")
+    counts = table(text[text.index("### Sample counts") :], "model")
     assert {r["model"] for r in counts} == {"dcgan", "stylegan2", "styleswin"} and len(rows) == 6
     for row in counts:
         m = json.loads(Path("metrics", f"{row['model']}.json").read_text())
         c = json.loads(Path("evals", row["model"], "fid_vs_kimg.json").read_text())
-        expected = {"generated (FID/KID)": [m["num_gen"]], "generated sets": [m["fid_seeds"]], "reference": [m["num_ref"]],
-                    "P&R per set": [m["pr_num"]], "PPL pairs": [m["ppl_num"]], "FID-vs-kimg points": [len(c)],
-                    "images per point": sorted({p["num_gen"] for p in c})}
+        expected = {
+            "generated (FID/KID)": [m["num_gen"]],
+            "generated sets": [m["fid_seeds"]],
+            "reference": [m["num_ref"]],
+            "P&R per set": [m["pr_num"]],
+            "PPL pairs": [m["ppl_num"]],
+            "FID-vs-kimg points": [len(c)],
+            "images per point": sorted({p["num_gen"] for p in c}),
+        }
         for column, values in expected.items():
             assert_numbers_match(row[column], values, f"{row['model']}/{column}")
 
@@ -157,16 +268,19 @@ def test_proxy_numbers_are_labelled_in_every_cell_and_plot_title(project):
 
 def test_rows_for_models_without_results_say_why(project):
     rows = {r["model"]: r for r in table(render(project), "model")}
-    assert rows["pggan"]["status"].startswith("not implemented yet")
-    assert rows["stylegan"]["status"].startswith("skipped")
-    assert rows["stylegan3"]["status"].startswith("not run")
+    assert rows["pggan"]["status"] == "not run: evaluate stage not run"
+    assert rows["stylegan"]["status"] == "skipped: params model=dcgan"
+    assert rows["stylegan3"]["status"] == "not run: train stage not run"
     assert all(rows["pggan"][c] == "–" for c in ("FID", "PPL", "kimg"))
 
 
 def test_stability_notes_flag_collapse_and_late_divergence_only_where_present(project):
     rows = {r["model"]: r for r in table(render(project), "model")}
     assert rows["dcgan"]["stability notes"] == "none detected"
-    assert "mode collapse" in rows["stylegan2"]["stability notes"] and "D overpowers G" in rows["stylegan2"]["stability notes"]
+    assert (
+        "mode collapse" in rows["stylegan2"]["stability notes"]
+        and "D overpowers G" in rows["stylegan2"]["stability notes"]
+    )
     assert "FID worsened" in rows["styleswin"]["stability notes"]
 
 
@@ -182,11 +296,18 @@ def test_report_shows_plots_and_each_models_pictures(project):
 
 
 def test_growing_model_is_judged_on_its_final_resolution_snapshots():
-    from facegan.report.render import stability_notes
+    from facegan.report.render import Row, stability_notes
 
     def row(points):
-        return {"stats": {"history": []}, "metrics": {},
-                "curve": [{"kimg": i, "fid": f, "resolution": r} for i, (r, f) in enumerate(points)]}
+        return Row(
+            "pggan",
+            None,
+            None,
+            [
+                handoff.FidPoint(kimg=i, train_hours=None, fid=f, num_gen=8, label_key="proxy", resolution=r)
+                for i, (r, f) in enumerate(points)
+            ],
+        )
 
     # low-resolution snapshots score low on a coarse extractor; they are no "best" a 64x64 run fell from
     growing = [(4, 5.0), (8, 9.0), (16, 20.0), (64, 40.0), (64, 35.0), (64, 36.0)]

@@ -1,4 +1,5 @@
 """Each stage script on tiny inputs, in the order DVC runs them, in a scratch project folder."""
+
 import json
 import sys
 from pathlib import Path
@@ -12,9 +13,22 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"source": "synthetic", "num_faces": 48, "resolution": 32, "synthetic_images": 48},
     "train": {"checkpoint_kimg": 0.064, "snapshot_kimg": 0.064, "sample_kimg": 0.064, "grid_size": 2, "num_workers": 0},
-    "evaluate": {"extractor": "proxy", "lpips": "proxy", "ppl_samples": 8, "num_gen": 40, "num_ref": 48,
-                 "snapshot_num_gen": 24, "batch_size": 24},
-    "models": {"dcgan": {"kimg": 0.128, "batch_size": 16, "arch": {"z_dim": 16, "g_channels": 8, "d_channels": 8, "max_channels": 16}}},
+    "evaluate": {
+        "extractor": "proxy",
+        "lpips": "proxy",
+        "ppl_samples": 8,
+        "num_gen": 40,
+        "num_ref": 48,
+        "snapshot_num_gen": 24,
+        "batch_size": 24,
+    },
+    "models": {
+        "dcgan": {
+            "kimg": 0.128,
+            "batch_size": 16,
+            "arch": {"z_dim": 16, "g_channels": 8, "d_channels": 8, "max_channels": 16},
+        }
+    },
 }
 
 
@@ -43,8 +57,17 @@ def pipeline(project):
     """Run configure -> download -> preprocess -> train -> reference_stats -> evaluate -> report once."""
     mp = pytest.MonkeyPatch()
     try:
-        for stage, *args in [("configure",), ("download",), ("preprocess",), ("train", "dcgan"), ("train", "pggan"),
-                             ("reference_stats",), ("evaluate", "dcgan"), ("evaluate", "pggan"), ("report",)]:
+        for stage, *args in [
+            ("configure",),
+            ("download",),
+            ("preprocess",),
+            ("train", "dcgan"),
+            ("train", "pggan"),
+            ("reference_stats",),
+            ("evaluate", "dcgan"),
+            ("evaluate", "pggan"),
+            ("report",),
+        ]:
             run_stage(project, mp, stage, *args)
     finally:
         mp.undo()
@@ -81,7 +104,7 @@ def test_training_writes_weights_samples_snapshots_and_stats(pipeline):
 
 def test_evaluate_writes_labelled_metrics(pipeline):
     metrics = json.loads((pipeline / "metrics/dcgan.json").read_text())
-    assert metrics["extractor"] == "proxy" and "proxy" in metrics["label"]
+    assert metrics["label_key"] == "proxy"
     assert metrics["fid"] > 0 and np.isfinite(metrics["fid"])
     assert metrics["num_gen"] == 40 and metrics["num_ref"] == 48
     curve = json.loads((pipeline / "evals/dcgan/fid_vs_kimg.json").read_text())
@@ -122,20 +145,20 @@ def test_evaluate_without_inception_weights_names_the_fix(pipeline, monkeypatch,
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(project, tmp_path, monkeypatch):
-    from facegan.params import load_params
+    from facegan import stage_params
     from facegan.training import checkpoint
     from facegan.training.loop import RunConfig, train
 
     monkeypatch.chdir(project)
-    params = load_params()
-    cfg = RunConfig(model="dcgan", model_params=params["models"]["dcgan"], train=params["train"],
-                    seed=params["seed"], resolution=32)
+    run_stage(project, monkeypatch, "configure")
+    view = stage_params.load_model("dcgan")
+    cfg = RunConfig(model="dcgan", model_params=view.params, train=view.train, seed=view.seed, resolution=32)
     ckpt_root = tmp_path / "checkpoints"
     first = train(cfg, project / "data/faces", tmp_path / "run", ckpt_root, stop_after_kimg=0.064)
-    assert first["status"] == "interrupted" and first["step"] == 4
+    assert first is None
     saved = checkpoint.load(checkpoint.checkpoint_dir("dcgan", cfg.identity(), ckpt_root) / "last.pt")
     assert saved["step"] == 4
     stats = train(cfg, project / "data/faces", tmp_path / "run", ckpt_root)
-    assert stats["status"] == "trained" and stats["steps"] == 8
+    assert stats.steps == 8
     # the first half's log entry survives: the run continued rather than starting over
-    assert stats["history"][0]["step"] == 4 and stats["history"][-1]["step"] == 8
+    assert stats.history[0].step == 4 and stats.history[-1].step == 8

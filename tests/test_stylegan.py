@@ -1,5 +1,6 @@
 """StyleGAN, StyleGAN2 and StyleGAN3 (models/stylegan*.py): the model contract, truncation, style
 mixing, progressive growing, and parameter counts against the published figures."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 import models
 from facegan.errors import UserError
 from models import count_params
+from tests.helpers import study_arch
 
 TINY = {
     "stylegan": dict(z_dim=32, w_dim=32, mapping_layers=2, fmap_base=128, fmap_max=16),
@@ -23,7 +25,7 @@ def _seed():
 
 
 def build(name, resolution=32, **overrides):
-    return models.build(name, {**TINY[name], **overrides}, resolution)
+    return models.build(name, study_arch(name, **TINY[name], **overrides), resolution)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -46,8 +48,9 @@ def test_forward_backward_32px(name):
     for net in (G, D):
         missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
         if name == "stylegan":  # at the final level the lower levels' RGB converters are idle
-            missing = [n for n in missing if not n.startswith(("synthesis.torgbs.", "fromrgbs."))
-                       or n.split(".")[-2] == "3"]
+            missing = [
+                n for n in missing if not n.startswith(("synthesis.torgbs.", "fromrgbs.")) or n.split(".")[-2] == "3"
+            ]
         assert not missing, f"{name}: no/invalid gradient for {missing[:5]}"
 
 
@@ -128,8 +131,9 @@ def test_stylegan_fade_in_at_alpha_zero_is_the_upsampled_previous_level():
         torch.testing.assert_close(fading, previous)
         # the lower level is blocky: nearest-upsampled to 32x32
         block = 32 // (4 * 2 ** (level - 1))
-        torch.testing.assert_close(previous, previous[..., ::block, ::block].repeat_interleave(block, 2)
-                                   .repeat_interleave(block, 3))
+        torch.testing.assert_close(
+            previous, previous[..., ::block, ::block].repeat_interleave(block, 2).repeat_interleave(block, 3)
+        )
     G.set_progress(3, 0.5)
     half = G(z, noise_mode="const")
     G.set_progress(3, 1.0)
@@ -166,7 +170,7 @@ def test_stylegan_trains_at_every_level():
 def test_stylegan_parameter_counts_match_the_paper():
     # Karras et al. 2019, sec. 2: "the style-based generator has 26.2M trainable parameters";
     # its discriminator is PGGAN's (Karras et al. 2018, table 2: 23.1M at 1024x1024).
-    G, D = models.build("stylegan", {"fmap_base": 8192, "fmap_max": 512}, 1024)
+    G, D = models.build("stylegan", study_arch("stylegan", fmap_base=8192, fmap_max=512), 1024)
     assert count_params(G) == pytest.approx(26.2e6, rel=0.01)
     assert count_params(D) == pytest.approx(23.1e6, rel=0.01)
     assert count_params(G.mapping) == 8 * (512 * 512 + 512)
@@ -180,10 +184,10 @@ def test_stylegan2_config_f_parameter_counts_match_official():
     # synthesis.b4.torgb 264,195, b1024.conv0 51,297, mapping.fc0 262,656. Config F has 8 mapping
     # layers: 28,794,124 + 6 * 262,656 = 30,370,060 (the paper's ~30M).
     arch = {"channel_base": 32768, "channel_max": 512}
-    G2, D = models.build("stylegan2", {**arch, "mapping_layers": 2}, 1024)
+    G2, D = models.build("stylegan2", study_arch("stylegan2", **arch, mapping_layers=2), 1024)
     assert count_params(G2) == 28_794_124
     assert count_params(D) == 29_012_513
-    G, _ = models.build("stylegan2", {**arch, "mapping_layers": 8}, 1024)
+    G, _ = models.build("stylegan2", study_arch("stylegan2", **arch, mapping_layers=8), 1024)
     assert count_params(G) == pytest.approx(30.37e6, rel=0.01)
     blocks = G.synthesis.blocks
     assert count_params(blocks[0].conv1) == 2_622_465 and count_params(blocks[0].torgb) == 264_195
@@ -195,7 +199,7 @@ def test_stylegan3_r_layer_counts_match_official():
     # Official stylegan3 module summary for StyleGAN3-R at 1024x1024 (NVlabs/stylegan3 issue #49):
     # synthesis.input.affine 2,052, synthesis.input 1,048,576 (+ the affine), L0_36_1024.affine
     # 525,312, L0_36_1024 1,049,600, canvases 36, 36, 52, 52, 84 for L0..L4; mapping.fc0 262,656.
-    G, D = models.build("stylegan3", {"config": "r", "channel_base": 32768, "channel_max": 512}, 1024)
+    G, D = models.build("stylegan3", study_arch("stylegan3", config="r", channel_base=32768, channel_max=512), 1024)
     syn = G.synthesis
     assert count_params(syn.input.affine) == 2_052
     assert count_params(syn.input) - count_params(syn.input.affine) == 1_048_576

@@ -1,5 +1,6 @@
 """StyleGAN3's alias-free machinery: filter design, the cut-off schedule and translation
 equivariance (EQ-T, Karras et al. 2021 sec. 4 / appendix E) of an untrained network."""
+
 from __future__ import annotations
 
 import math
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 import models
 from models import stylegan3
+from tests.helpers import study_arch
 
 # EQ-T of the untrained 32x32 network below, measured on this code: ~80 dB (translation by
 # 1.25 px), ~30-36 dB with the anti-aliasing filters replaced by nearest-neighbour upsampling and
@@ -54,8 +56,11 @@ def eq_t_psnr(G, ws: torch.Tensor, shift_px: float) -> float:
 
 
 def small_t(resolution: int = 32):
-    G, _ = models.build("stylegan3", dict(config="t", z_dim=32, w_dim=32, channel_base=2048, channel_max=32,
-                                          num_layers=6), resolution)
+    G, _ = models.build(
+        "stylegan3",
+        study_arch("stylegan3", config="t", z_dim=32, w_dim=32, channel_base=2048, channel_max=32, num_layers=6),
+        resolution,
+    )
     return G.eval()
 
 
@@ -66,7 +71,7 @@ def without_antialiasing(G) -> None:
         if layer.up_filter is not None:
             n = layer.up_filter.numel()
             nearest = torch.zeros(n)
-            nearest[n // 2 - 1: n // 2 + 1] = 0.5
+            nearest[n // 2 - 1 : n // 2 + 1] = 0.5
             layer.up_filter.copy_(nearest)
         if layer.down_filter is not None:
             n = layer.down_filter.shape[-1]
@@ -115,18 +120,20 @@ def test_radial_filter_is_radially_symmetric_and_2d():
 def test_schedule_follows_the_paper_at_1024():
     # fig. 4b: f_c from 2 to 512 over the first 12 layers, sampling rates 16 .. 1024, canvases
     # with 10-px margins, the final two layers at the output size.
-    s = stylegan3.synthesis_schedule(1024, 14, 2, 2.0, 2 ** 2.1, 2 ** 0.3, 10, 32768, 512, 3)
+    s = stylegan3.synthesis_schedule(1024, 14, 2, 2.0, 2**2.1, 2**0.3, 10, 32768, 512, 3)
     assert s["cutoffs"][0] == 2 and s["cutoffs"][12:].tolist() == [512] * 3
-    assert s["sampling_rates"].tolist() == [16, 16, 32, 32, 64, 128, 128, 256, 256, 512, 1024, 1024, 1024, 1024,
-                                            1024]
+    assert s["sampling_rates"].tolist() == [16, 16, 32, 32, 64, 128, 128, 256, 256, 512, 1024, 1024, 1024, 1024, 1024]
     assert s["sizes"].tolist() == [36, 36, 52, 52, 84, 148, 148, 276, 276, 532, 1044, 1044, 1044, 1024, 1024]
     assert s["channels"][0] == 512 and s["channels"][-1] == 3
     assert np.all(np.diff(s["cutoffs"]) >= 0) and np.all(s["stopbands"] > s["cutoffs"])
 
 
 def test_config_r_uses_1x1_convs_and_radial_filters():
-    G, _ = models.build("stylegan3", dict(config="r", z_dim=32, w_dim=32, channel_base=512, channel_max=16,
-                                          num_layers=4), 32)
+    G, _ = models.build(
+        "stylegan3",
+        study_arch("stylegan3", config="r", z_dim=32, w_dim=32, channel_base=512, channel_max=16, num_layers=4),
+        32,
+    )
     layers_ = G.synthesis.layer_list
     assert all(layer.weight.shape[-1] == 1 for layer in layers_)
     assert any(layer.down_filter is not None and layer.down_filter.ndim == 2 for layer in layers_)
@@ -148,4 +155,4 @@ def test_bad_config_is_a_user_error():
     from facegan.errors import UserError
 
     with pytest.raises(UserError, match="config"):
-        models.build("stylegan3", dict(config="x"), 32)
+        models.build("stylegan3", study_arch("stylegan3", config="x"), 32)

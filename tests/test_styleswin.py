@@ -1,5 +1,6 @@
 """StyleSwin (models/styleswin.py): window attention against a naive reference, the shift mask,
 positional encodings, the Haar wavelets, G/D forward and backward, and the published size."""
+
 from __future__ import annotations
 
 import inspect
@@ -16,9 +17,20 @@ from models import styleswin as ss
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
-TINY_ARCH = dict(z_dim=32, w_dim=32, mapping_layers=2, mapping_lr_multiplier=0.01, window_size=4,
-                 blocks_per_stage=2, head_dim=8, min_heads=2, mlp_ratio=2.0, g_channel_base=512,
-                 d_channel_base=512, channel_max=32)
+TINY_ARCH = dict(
+    z_dim=32,
+    w_dim=32,
+    mapping_layers=2,
+    mapping_lr_multiplier=0.01,
+    window_size=4,
+    blocks_per_stage=2,
+    head_dim=8,
+    min_heads=2,
+    mlp_ratio=2.0,
+    g_channel_base=512,
+    d_channel_base=512,
+    channel_max=32,
+)
 
 
 def naive_double_attention(module: ss.DoubleWindowAttention, x: torch.Tensor) -> torch.Tensor:
@@ -38,15 +50,25 @@ def naive_double_attention(module: ss.DoubleWindowAttention, x: torch.Tensor) ->
         for i in range(H):
             for j in range(W):
                 si, sj = (i - shift) % H, (j - shift) % W  # position in the shifted grid
-                keys = [(a, b) for a in range(H) for b in range(W)
-                        if ((a - shift) % H) // w == si // w and ((b - shift) % W) // w == sj // w
-                        and (si - (a - shift) % H) == i - a and (sj - (b - shift) % W) == j - b]
+                keys = [
+                    (a, b)
+                    for a in range(H)
+                    for b in range(W)
+                    if ((a - shift) % H) // w == si // w
+                    and ((b - shift) % W) // w == sj // w
+                    and (si - (a - shift) % H) == i - a
+                    and (sj - (b - shift) % W) == j - b
+                ]
                 for h in range(heads):
                     ch = slice(channels.start + h * d, channels.start + (h + 1) * d)
-                    scores = torch.stack([
-                        (q[:, i, j, ch] * k[:, a, b, ch]).sum(-1) / math.sqrt(d)
-                        + table[(i - a + w - 1) * (2 * w - 1) + (j - b + w - 1), h]
-                        for a, b in keys], -1)
+                    scores = torch.stack(
+                        [
+                            (q[:, i, j, ch] * k[:, a, b, ch]).sum(-1) / math.sqrt(d)
+                            + table[(i - a + w - 1) * (2 * w - 1) + (j - b + w - 1), h]
+                            for a, b in keys
+                        ],
+                        -1,
+                    )
                     weights = scores.softmax(-1)
                     values = torch.stack([v[:, a, b, ch] for a, b in keys], 1)
                     out[:, i, j, ch] = (weights[:, :, None] * values).sum(1)
@@ -80,7 +102,12 @@ def test_shift_mask_values():
     assert set(mask.unique().tolist()) == {0.0, float("-inf")}
     assert (mask[0] == 0).all()  # top-left window: nothing wrapped
     # right column window: two regions of 8x4 tokens; bottom row: two of 4x8; last: four of 4x4
-    assert [int(m.isinf().sum()) for m in mask] == [0, 64 * 64 - 2 * 32 * 32, 64 * 64 - 2 * 32 * 32, 64 * 64 - 4 * 16 * 16]
+    assert [int(m.isinf().sum()) for m in mask] == [
+        0,
+        64 * 64 - 2 * 32 * 32,
+        64 * 64 - 2 * 32 * 32,
+        64 * 64 - 4 * 16 * 16,
+    ]
     # last window, token (0,0) came from image pixel (12,12), token (7,7) from (3,3): blocked;
     # token (3,3) came from (15,15), on the same side of the border as (12,12): allowed
     assert mask[3, 0, 7 * 8 + 7] == float("-inf") and mask[3, 7 * 8 + 7, 0] == float("-inf")
@@ -215,7 +242,18 @@ def test_generator_size_matches_the_paper():
     (arXiv 2112.10762; figure quoted by the authors' repository, github.com/microsoft/StyleSwin
     issue #39). Official 1024 configuration: G_channel_multiplier 1 (channel_base 16384),
     window 8, two blocks per stage, 32-channel heads (at least 4), MLP ratio 4, 8 mapping layers."""
-    G = ss.StyleSwinGenerator(resolution=1024, z_dim=512, w_dim=512, mapping_layers=8, mapping_lr_multiplier=0.01,
-                              channel_base=16384, channel_max=512, window_size=8, blocks_per_stage=2,
-                              head_dim=32, min_heads=4, mlp_ratio=4.0)
+    G = ss.StyleSwinGenerator(
+        resolution=1024,
+        z_dim=512,
+        w_dim=512,
+        mapping_layers=8,
+        mapping_lr_multiplier=0.01,
+        channel_base=16384,
+        channel_max=512,
+        window_size=8,
+        blocks_per_stage=2,
+        head_dim=32,
+        min_heads=4,
+        mlp_ratio=4.0,
+    )
     assert models.count_params(G) == pytest.approx(40.86e6, rel=0.02)

@@ -1,4 +1,5 @@
 """The embedded synthetic source: deterministic, seeded, and actually varied."""
+
 import numpy as np
 
 from facegan.data.synthetic import render_face

@@ -1,4 +1,5 @@
 """The shared training loop: growing schedule, resume, data-parallel equivalence, NaN stop."""
+
 import copy
 import os
 import socket
@@ -8,6 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import models
 from facegan.data.cache import CacheWriter
 from facegan.data.synthetic import render_face
 from facegan.device import resolve_precision
@@ -16,18 +18,43 @@ from facegan.metrics.fid import frechet_distance
 from facegan.training import checkpoint, losses
 from facegan.training.loop import NonFiniteError, RunConfig, prepare_reals, train
 from facegan.training.progressive import Schedule
-import models
 
 torch.set_num_threads(1)  # tiny nets: one thread is fastest, and the suite shares 2 cores
 
-TRAIN = {"device": "cpu", "precision": "auto", "checkpoint_kimg": 0.032, "snapshot_kimg": 0.064, "sample_kimg": 0.064,
-         "grid_size": 2, "xflip": True, "num_workers": 0, "deterministic": True, "log_kimg": 0.016}
-PGGAN = {"kimg": 0.192, "batch_size": 8, "lr_g": 0.001, "lr_d": 0.001, "betas_g": [0.0, 0.99], "betas_d": [0.0, 0.99],
-         "ema_kimg": 0.01, "ema_rampup": 0.0, "grad_clip": 0.0,
-         "loss": {"type": "wgan_gp", "r1_gamma": 0.0, "r1_every": 1, "pl_weight": 0.0, "pl_every": 4,
-                  "gp_weight": 10.0, "drift": 0.001},
-         "arch": {"z_dim": 8, "fmap_base": 32, "fmap_max": 8, "mbstd_group_size": 4},
-         "progressive": {"stable_kimg": [0.032], "fade_kimg": [0.032], "batch_sizes": [], "reset_optimizer": True}}
+TRAIN = {
+    "device": "cpu",
+    "precision": "auto",
+    "checkpoint_kimg": 0.032,
+    "snapshot_kimg": 0.064,
+    "sample_kimg": 0.064,
+    "grid_size": 2,
+    "xflip": True,
+    "num_workers": 0,
+    "deterministic": True,
+    "log_kimg": 0.016,
+}
+PGGAN = {
+    "kimg": 0.192,
+    "batch_size": 8,
+    "lr_g": 0.001,
+    "lr_d": 0.001,
+    "betas_g": [0.0, 0.99],
+    "betas_d": [0.0, 0.99],
+    "ema_kimg": 0.01,
+    "ema_rampup": 0.0,
+    "grad_clip": 0.0,
+    "loss": {
+        "type": "wgan_gp",
+        "r1_gamma": 0.0,
+        "r1_every": 1,
+        "pl_weight": 0.0,
+        "pl_every": 4,
+        "gp_weight": 10.0,
+        "drift": 0.001,
+    },
+    "arch": {"z_dim": 8, "fmap_base": 32, "fmap_max": 8, "mbstd_group_size": 4},
+    "progressive": {"stable_kimg": [0.032], "fade_kimg": [0.032], "batch_sizes": [], "reset_optimizer": True},
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +77,37 @@ def g_ema(run_dir):
 
 
 def test_schedule_visits_every_resolution_with_fade_ins():
-    sched = Schedule.progressive("pggan", 16.0, 16, 4, {"stable_kimg": [1.0, 2.0], "fade_kimg": [1.5],
-                                                        "batch_sizes": [64, 32], "reset_optimizer": True})
-    assert [p.name for p in sched.phases] == ["train4", "fade8", "train8", "fade16", "train16", "fade32", "train32",
-                                              "fade64", "train64"]
+    sched = Schedule.progressive(
+        "pggan",
+        16.0,
+        16,
+        4,
+        {"stable_kimg": [1.0, 2.0], "fade_kimg": [1.5], "batch_sizes": [64, 32], "reset_optimizer": True},
+    )
+    assert [p.name for p in sched.phases] == [
+        "train4",
+        "fade8",
+        "train8",
+        "fade16",
+        "train16",
+        "fade32",
+        "train32",
+        "fade64",
+        "train64",
+    ]
     assert [p.batch_size for p in sched.phases] == [64] + [32] * 8
     assert sched.phases[0].end_nimg == 1000 and sched.phases[2].end_nimg - sched.phases[2].start_nimg == 2000
     fade = sched.phases[1]
     assert fade.alpha(fade.start_nimg) == 0 and fade.alpha((fade.start_nimg + fade.end_nimg) // 2) == 0.5
-    assert sched.total_nimg == 16_000 and sched.phase_at(15_999).name == "train64" and sched.phases[-1].start_nimg == 13_000
+    assert (
+        sched.total_nimg == 16_000
+        and sched.phase_at(15_999).name == "train64"
+        and sched.phases[-1].start_nimg == 13_000
+    )
     with pytest.raises(UserError, match="raise kimg"):
-        Schedule.progressive("pggan", 5.0, 16, 4, {"stable_kimg": [1.0], "fade_kimg": [1.0], "batch_sizes": [],
-                                                   "reset_optimizer": True})
+        Schedule.progressive(
+            "pggan", 5.0, 16, 4, {"stable_kimg": [1.0], "fade_kimg": [1.0], "batch_sizes": [], "reset_optimizer": True}
+        )
 
 
 def test_reals_are_pooled_and_faded_like_the_generator():
@@ -83,26 +129,28 @@ def test_precision_choice():
 
 def test_grows_through_every_resolution_and_resumes_to_identical_weights(cache_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # dvclive looks for a DVC repo from the working directory: none here
-    straight = train(config(), cache_dir, tmp_path / "a" / "run", tmp_path / "a" / "ckpt",
-                     live_dir=tmp_path / "a" / "live")
-    assert straight["status"] == "trained"
-    assert [p["phase"] for p in straight["schedule"]] == ["train4", "fade8", "train8", "fade16", "train16"]
-    assert set(straight["phases"]) == {"train4", "fade8", "train8", "fade16", "train16"}
+    straight = train(
+        config(), cache_dir, tmp_path / "a" / "run", tmp_path / "a" / "ckpt", live_dir=tmp_path / "a" / "live"
+    )
+    assert straight is not None
+    assert [p.phase for p in straight.schedule] == ["train4", "fade8", "train8", "fade16", "train16"]
+    assert set(straight.phases) == {"train4", "fade8", "train8", "fade16", "train16"}
     grids = sorted(p.name for p in (tmp_path / "a" / "run" / "samples").glob("*.png"))
     assert {g[:7] for g in grids} == {"res0004", "res0008", "res0016"}, grids
-    alphas = [h["alpha"] for h in straight["history"] if h["phase"] == "fade16"]
+    alphas = [h.alpha for h in straight.history if h.phase == "fade16"]
     assert alphas == sorted(alphas) and 0 < alphas[0] < 1
     live = tmp_path / "a" / "live" / "plots" / "metrics"
-    assert {"loss_D.tsv", "loss_G.tsv", "alpha.tsv", "level.tsv", "img_per_s.tsv", "kimg.tsv"} <= {
-        p.name for p in live.iterdir()}
+    assert {"D/adversarial.tsv", "G/adversarial.tsv", "alpha.tsv", "level.tsv", "img_per_s.tsv", "kimg.tsv"} <= {
+        str(p.relative_to(live)) for p in live.rglob("*.tsv")
+    }
 
     # interrupted in the middle of the 16x16 fade-in, then resumed
     stopped = train(config(), cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt", stop_after_kimg=0.112)
-    assert stopped["status"] == "interrupted" and not (tmp_path / "b" / "run").exists()
+    assert stopped is None and not (tmp_path / "b" / "run").exists()
     state = checkpoint.load(next((tmp_path / "b" / "ckpt").rglob("last.pt")))
     assert state["phase"] == "fade16" and 0 < float(state["alpha"]) < 1
     resumed = train(config(), cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt")
-    assert resumed["status"] == "trained" and resumed["steps"] == straight["steps"]
+    assert resumed is not None and resumed.steps == straight.steps
     a, b = g_ema(tmp_path / "a" / "run"), g_ema(tmp_path / "b" / "run")
     assert a.keys() == b.keys()
     for key in a:
@@ -116,15 +164,19 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank, world, port, cfg, cache_dir, root):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     train(cfg, cache_dir, root / "run", root / "ckpt")
 
 
 def test_two_process_gloo_run_matches_one_process(cache_dir, tmp_path):
-    cfg = config(resolution=16, kimg=0.064, progressive={"stable_kimg": [0.008], "fade_kimg": [0.008],
-                                                         "batch_sizes": [], "reset_optimizer": True})
+    cfg = config(
+        resolution=16,
+        kimg=0.064,
+        progressive={"stable_kimg": [0.008], "fade_kimg": [0.008], "batch_sizes": [], "reset_optimizer": True},
+    )
     train(cfg, cache_dir, tmp_path / "one" / "run", tmp_path / "one" / "ckpt")
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, cache_dir, tmp_path / "two"), nprocs=2, join=True)
     one, two = g_ema(tmp_path / "one" / "run"), g_ema(tmp_path / "two" / "run")
@@ -143,7 +195,9 @@ def test_a_nan_loss_stops_with_step_and_last_good_checkpoint(cache_dir, tmp_path
         return value * float("nan") if calls["n"] > 6 else value
 
     monkeypatch.setattr(losses, "d_adversarial", poisoned)
-    with pytest.raises(NonFiniteError, match=r"D loss is not finite at step 6 \(last good checkpoint: .*last\.pt\)"):
+    with pytest.raises(
+        NonFiniteError, match=r"D/adversarial is not finite at step 6 \(last good checkpoint: .*last\.pt\)"
+    ):
         train(config(), cache_dir, tmp_path / "run", tmp_path / "ckpt")
     state = checkpoint.load(next((tmp_path / "ckpt").rglob("last.pt")))
     assert state["step"] == 4  # checkpoint_kimg 0.032 = every 4 steps of 8
@@ -156,7 +210,9 @@ def _pixel_frechet(images: np.ndarray, G, z_dim: int) -> float:
     """Frechet distance between Gaussians fitted to real and generated 4x4x3 pixel vectors."""
     with torch.no_grad():
         fake = G(torch.randn(1024, z_dim, generator=torch.Generator().manual_seed(0))).flatten(1).numpy()
-    return float(frechet_distance(images.mean(0), np.cov(images, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False)))
+    return float(
+        frechet_distance(images.mean(0), np.cov(images, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False))
+    )
 
 
 def test_pggan_learns_the_4x4_faces(tmp_path, monkeypatch):
@@ -167,14 +223,28 @@ def test_pggan_learns_the_4x4_faces(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     writer = CacheWriter(tmp_path / "faces", 4, 256)
     for i in range(256):
-        writer.add(np.round(render_face(0, i, 16).astype(np.float32).reshape(4, 4, 4, 4, 3).mean((1, 3))).astype(np.uint8))
+        writer.add(
+            np.round(render_face(0, i, 16).astype(np.float32).reshape(4, 4, 4, 4, 3).mean((1, 3))).astype(np.uint8)
+        )
     cache = writer.finish({"source": "synthetic", "synthetic": True})
     params = copy.deepcopy(PGGAN)
-    params.update(kimg=6.4, batch_size=16, lr_g=0.005, lr_d=0.005, ema_kimg=0.2,
-                  arch={"z_dim": 32, "fmap_base": 64, "fmap_max": 32, "mbstd_group_size": 4})
-    run = RunConfig(model="pggan", model_params=params, seed=3, resolution=4,
-                    train=dict(TRAIN, checkpoint_kimg=100.0, snapshot_kimg=100.0, sample_kimg=100.0, log_kimg=1.0,
-                               deterministic=False))
+    params.update(
+        kimg=6.4,
+        batch_size=16,
+        lr_g=0.005,
+        lr_d=0.005,
+        ema_kimg=0.2,
+        arch={"z_dim": 32, "fmap_base": 64, "fmap_max": 32, "mbstd_group_size": 4},
+    )
+    run = RunConfig(
+        model="pggan",
+        model_params=params,
+        seed=3,
+        resolution=4,
+        train=dict(
+            TRAIN, checkpoint_kimg=100.0, snapshot_kimg=100.0, sample_kimg=100.0, log_kimg=1.0, deterministic=False
+        ),
+    )
     train(run, cache, tmp_path / "run", tmp_path / "ckpt")
     reals = (np.load(cache / "faces.npy").transpose(0, 3, 1, 2) / 127.5 - 1).reshape(256, -1)
     torch.manual_seed(0)

@@ -19,6 +19,7 @@ resized with an anti-aliased bicubic filter to the study resolution, so small fa
 Coordinates: continuous pixel space (pixel i covers [i, i+1)); MTCNN reports pixel indices,
 hence the half-pixel shift in `detect`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,13 +42,16 @@ def template_points(resolution: int, eye_distance: float, eye_height: float) -> 
     """The five canonical landmarks (left eye, right eye, nose, mouth left, mouth right) in pixels."""
     iod = eye_distance * resolution
     cx, ey = 0.5 * resolution, eye_height * resolution
-    return np.array([
-        (cx - iod / 2, ey),
-        (cx + iod / 2, ey),
-        (cx + NOSE_OFFSET[0] * iod, ey + NOSE_OFFSET[1] * iod),
-        (cx - MOUTH_OFFSET[0] * iod, ey + MOUTH_OFFSET[1] * iod),
-        (cx + MOUTH_OFFSET[0] * iod, ey + MOUTH_OFFSET[1] * iod),
-    ], dtype=np.float64)
+    return np.array(
+        [
+            (cx - iod / 2, ey),
+            (cx + iod / 2, ey),
+            (cx + NOSE_OFFSET[0] * iod, ey + NOSE_OFFSET[1] * iod),
+            (cx - MOUTH_OFFSET[0] * iod, ey + MOUTH_OFFSET[1] * iod),
+            (cx + MOUTH_OFFSET[0] * iod, ey + MOUTH_OFFSET[1] * iod),
+        ],
+        dtype=np.float64,
+    )
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray, weights=None) -> np.ndarray:
@@ -61,7 +65,7 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray, weights=None) -> np.n
     u, sig, vt = np.linalg.svd(cov)
     sign = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
     rot = u @ sign @ vt
-    var_s = float(w @ (s0 ** 2).sum(1))
+    var_s = float(w @ (s0**2).sum(1))
     scale = float(np.trace(np.diag(sig) @ sign)) / var_s
     return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
 
@@ -89,8 +93,9 @@ def warp_face(image: np.ndarray, matrix: np.ndarray, resolution: int) -> np.ndar
     grid[..., 0] = src[..., 0] / w * 2 - 1  # align_corners=False normalisation
     grid[..., 1] = src[..., 1] / h * 2 - 1
     tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float()
-    out = F.grid_sample(tensor, torch.from_numpy(grid)[None].float(), mode="bicubic",
-                        padding_mode="reflection", align_corners=False)
+    out = F.grid_sample(
+        tensor, torch.from_numpy(grid)[None].float(), mode="bicubic", padding_mode="reflection", align_corners=False
+    )
     if k > 1:
         out = F.interpolate(out, size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False)
     return out[0].clamp_(0, 255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -109,8 +114,15 @@ class Detection:
     all_probabilities: list = field(default_factory=list)
 
 
-REJECTION_REASONS = ("unreadable", "image_too_small", "no_face", "low_confidence", "face_too_small",
-                     "multiple_faces", "detector_error")
+REJECTION_REASONS = (
+    "unreadable",
+    "image_too_small",
+    "no_face",
+    "low_confidence",
+    "face_too_small",
+    "multiple_faces",
+    "detector_error",
+)
 
 
 class FaceAligner:
@@ -130,8 +142,9 @@ class FaceAligner:
         self.template = template_points(self.resolution, al["eye_distance"], al["eye_height"])
         self.weights = np.asarray(al["landmark_weights"], np.float64)
         # keep_all: MTCNN's own face selection fails on a batch that holds a face-less image
-        self.mtcnn = MTCNN(min_face_size=int(self.min_face_size), keep_all=True, select_largest=False,
-                           device=device).eval()
+        self.mtcnn = MTCNN(
+            min_face_size=int(self.min_face_size), keep_all=True, select_largest=False, device=device
+        ).eval()
 
     # -- detection --------------------------------------------------------------------------
     def detect(self, images: list[np.ndarray]) -> list[Detection]:
@@ -167,7 +180,7 @@ class FaceAligner:
                 return [Detection("detector_error", detail=f"{type(err).__name__}: {err}")]
             log.warning("MTCNN failed on a batch (%s); retrying its %d images one by one", err, len(images))
             return [d for image in images for d in self._detect_same_size([image])]
-        return [self._choose(b, p, l, factor_xy) for b, p, l in zip(boxes, probs, points)]
+        return [self._choose(b, p, marks, factor_xy) for b, p, marks in zip(boxes, probs, points)]
 
     def _run_mtcnn(self, batch: torch.Tensor):
         previous = torch.get_num_threads()
@@ -196,17 +209,38 @@ class FaceAligner:
         rounded = [round(float(p), 4) for p in probs]
         if not confident.any():
             best = int(np.argmax(probs))
-            return Detection("low_confidence", float(probs[best]), boxes[best], points[best], found,
-                             f"best probability {probs[best]:.3f} < {self.min_confidence}", rounded)
+            return Detection(
+                "low_confidence",
+                float(probs[best]),
+                boxes[best],
+                points[best],
+                found,
+                f"best probability {probs[best]:.3f} < {self.min_confidence}",
+                rounded,
+            )
         passing = np.flatnonzero(confident & (sides >= self.min_face_size))
         if len(passing) == 0:
             best = int(np.flatnonzero(confident)[np.argmax(sides[confident])])
-            return Detection("face_too_small", float(probs[best]), boxes[best], points[best], found,
-                             f"face side {sides[best]:.0f} px < {self.min_face_size:.0f}", rounded)
+            return Detection(
+                "face_too_small",
+                float(probs[best]),
+                boxes[best],
+                points[best],
+                found,
+                f"face side {sides[best]:.0f} px < {self.min_face_size:.0f}",
+                rounded,
+            )
         if len(passing) > 1 and self.multi_face == "reject":
             best = int(passing[np.argmax(sides[passing])])
-            return Detection("multiple_faces", float(probs[best]), boxes[best], points[best], found,
-                             f"{len(passing)} confident faces", rounded)
+            return Detection(
+                "multiple_faces",
+                float(probs[best]),
+                boxes[best],
+                points[best],
+                found,
+                f"{len(passing)} confident faces",
+                rounded,
+            )
         best = int(passing[np.argmax(sides[passing])])
         return Detection("kept", float(probs[best]), boxes[best], points[best], found, "", rounded)
 
@@ -219,6 +253,5 @@ class FaceAligner:
 
     def process(self, images: list[np.ndarray]) -> tuple[list[Detection], list[np.ndarray | None]]:
         detections = self.detect(images)
-        faces = [self.align(image, d.landmarks) if d.reason == "kept" else None
-                 for image, d in zip(images, detections)]
+        faces = [self.align(image, d.landmarks) if d.reason == "kept" else None for image, d in zip(images, detections)]
         return detections, faces

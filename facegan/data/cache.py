@@ -11,6 +11,7 @@ Why a single uint8 array rather than a PNG folder: training memory-maps it (no d
 a PNG folder would, so clean-fid statistics computed from it through clean-fid's own resizer equal
 those of the folder (`export_png` writes that folder when someone wants one).
 """
+
 from __future__ import annotations
 
 import json
@@ -102,7 +103,9 @@ class FaceCache:
         try:
             self.faces = np.load(root / FACES_FILE, mmap_mode="r")
         except ValueError as err:
-            raise UserError(f"{root / FACES_FILE} is corrupt ({err}); delete {root} and run `dvc repro preprocess`") from err
+            raise UserError(
+                f"{root / FACES_FILE} is corrupt ({err}); delete {root} and run `dvc repro preprocess`"
+            ) from err
 
     def __len__(self) -> int:
         return self.faces.shape[0]
@@ -134,7 +137,7 @@ def make_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     grid = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
     for i, image in enumerate(images):
         r, col = divmod(i, columns)
-        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
+        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = image
     return grid
 
 

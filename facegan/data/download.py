@@ -18,6 +18,7 @@ the target only when complete. Every failure is one UserError line naming what h
 to supply the files by hand (data.source=folder). The only credential, FACEGAN_HTTP_TOKEN (a
 bearer token for data.url's host), comes from the environment.
 """
+
 from __future__ import annotations
 
 import errno
@@ -101,24 +102,33 @@ def _stamp_matches(path: Path, algorithm: str, expected: str | None) -> str | No
 
 def _write_stamp(path: Path, algorithm: str, digest: str) -> None:
     info = path.stat()
-    write_json(_stamp_path(path), {"size": info.st_size, "mtime_ns": info.st_mtime_ns,
-                                   "algorithm": algorithm, "digest": digest})
+    write_json(
+        _stamp_path(path),
+        {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "algorithm": algorithm, "digest": digest},
+    )
 
 
 def _looks_like_html(head: bytes, content_type: str) -> bool:
     start = head.lstrip()[:64].lower()
-    return start.startswith((b"<!doctype html", b"<html")) or (
-        "text/html" in content_type and start.startswith(b"<"))
+    return start.startswith((b"<!doctype html", b"<html")) or ("text/html" in content_type and start.startswith(b"<"))
 
 
 def _progress(total: int | None, initial: int, name: str):
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=name, leave=False,
-                disable=None)
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=name, leave=False, disable=None)
 
 
-def fetch(url: str, dest: str | Path, *, digest: str | None = None, algorithm: str = "sha256",
-          retries: int = 3, backoff_s: float = 2.0, timeout_s: float = 60.0, headers: dict | None = None,
-          params: dict | None = None) -> str:
+def fetch(
+    url: str,
+    dest: str | Path,
+    *,
+    digest: str | None = None,
+    algorithm: str = "sha256",
+    retries: int = 3,
+    backoff_s: float = 2.0,
+    timeout_s: float = 60.0,
+    headers: dict | None = None,
+    params: dict | None = None,
+) -> str:
     """Download `url` to `dest` (resumable, verified); return the file's digest.
 
     Never downloads again when `dest` is there and verified. A partial `dest.part` is resumed
@@ -153,17 +163,24 @@ def fetch(url: str, dest: str | Path, *, digest: str | None = None, algorithm: s
         if offset:
             request_headers["Range"] = f"bytes={offset}-"
         try:
-            with requests.get(url, params=params, headers=request_headers, stream=True, timeout=(15, timeout_s)) as response:
+            with requests.get(
+                url, params=params, headers=request_headers, stream=True, timeout=(15, timeout_s)
+            ) as response:
                 if response.status_code == 416 and offset:
                     break  # the part already holds the whole file
                 if response.status_code >= 400:
                     if response.status_code in (429, 500, 502, 503, 504) and attempt < retries:
                         last_problem = f"HTTP {response.status_code}"
                         continue
-                    raise UserError(f"{host} answered HTTP {response.status_code} {response.reason} for {name}: "
-                                    f"check the address, or {BY_HAND}")
-                resumed = offset and response.status_code == 206 and \
-                    response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+                    raise UserError(
+                        f"{host} answered HTTP {response.status_code} {response.reason} for {name}: "
+                        f"check the address, or {BY_HAND}"
+                    )
+                resumed = (
+                    offset
+                    and response.status_code == 206
+                    and response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+                )
                 if offset and not resumed:
                     log.warning("%s ignored the resume request for %s: starting it again", host, name)
                     offset = 0
@@ -173,8 +190,11 @@ def fetch(url: str, dest: str | Path, *, digest: str | None = None, algorithm: s
                 first = next(chunks, b"")
                 if offset == 0 and _looks_like_html(first, response.headers.get("Content-Type", "")):
                     page = first + b"".join(c for _, c in zip(range(4), chunks))
-                    raise HtmlPageError(f"{host} sent a web page instead of {name} (quota, login or error page): "
-                                        f"{BY_HAND}", page.decode("utf-8", "replace"), response.url)
+                    raise HtmlPageError(
+                        f"{host} sent a web page instead of {name} (quota, login or error page): {BY_HAND}",
+                        page.decode("utf-8", "replace"),
+                        response.url,
+                    )
                 with open(part, "ab" if offset else "wb") as handle, _progress(total, offset, name) as bar:
                     handle.write(first)
                     bar.update(len(first))
@@ -204,14 +224,18 @@ def fetch(url: str, dest: str | Path, *, digest: str | None = None, algorithm: s
             raise UserError(f"cannot reach {host} to download {name} (no network?): {BY_HAND}")
         if got == 0:
             raise UserError(f"cannot download {name} from {host} ({last_problem}): {BY_HAND}")
-        raise UserError(f"download of {name} from {host} broke off {retries + 1} times ({last_problem}); "
-                        f"{got:,} bytes kept in {part}: re-run to resume, or {BY_HAND}")
+        raise UserError(
+            f"download of {name} from {host} broke off {retries + 1} times ({last_problem}); "
+            f"{got:,} bytes kept in {part}: re-run to resume, or {BY_HAND}"
+        )
     actual = file_digest(part, algorithm)
     if digest and actual != digest:
         size = part.stat().st_size
         part.unlink()
-        raise UserError(f"{name} from {host} has the wrong {algorithm} ({actual[:12]}..., expected {digest[:12]}...; "
-                        f"{size:,} bytes, truncated or a different file): deleted it; re-run, or {BY_HAND}")
+        raise UserError(
+            f"{name} from {host} has the wrong {algorithm} ({actual[:12]}..., expected {digest[:12]}...; "
+            f"{size:,} bytes, truncated or a different file): deleted it; re-run, or {BY_HAND}"
+        )
     os.replace(part, dest)
     _write_stamp(dest, algorithm, actual)
     return actual
@@ -244,11 +268,19 @@ def _is_quota_page(page: str) -> bool:
 def fetch_gdrive(file_id: str, dest: str | Path, md5: str, base_url: str = GDRIVE_DOWNLOAD, **kwargs) -> str:
     """Fetch a public Google Drive file, following its 'virus scan warning' form once."""
     dest = Path(dest)
-    hint = (f"Google Drive refuses {dest.name} for now (its download quota is exhausted; it resets within about a "
-            f"day): try later, or {BY_HAND}")
+    hint = (
+        f"Google Drive refuses {dest.name} for now (its download quota is exhausted; it resets within about a "
+        f"day): try later, or {BY_HAND}"
+    )
     try:
-        return fetch(base_url, dest, digest=md5, algorithm="md5",
-                     params={"id": file_id, "export": "download", "confirm": "t"}, **kwargs)
+        return fetch(
+            base_url,
+            dest,
+            digest=md5,
+            algorithm="md5",
+            params={"id": file_id, "export": "download", "confirm": "t"},
+            **kwargs,
+        )
     except HtmlPageError as page:
         if _is_quota_page(page.page):
             raise UserError(hint) from None
@@ -289,7 +321,9 @@ def extract_archive(archive: Path, target: Path, digest: str) -> Path:
                     members = [m for m in zf.infolist() if not m.is_dir()]
                     unsafe = [m.filename for m in members if not _safe_member(m.filename)]
                     if unsafe:
-                        raise UserError(f"{archive.name} holds unsafe paths such as {unsafe[0]!r}: refusing to extract it")
+                        raise UserError(
+                            f"{archive.name} holds unsafe paths such as {unsafe[0]!r}: refusing to extract it"
+                        )
                     for member in tqdm(members, desc=f"extracting {archive.name}", leave=False, disable=None):
                         zf.extract(member, tmp)  # raises BadZipFile on a CRC mismatch
             elif tarfile.is_tarfile(archive):
@@ -323,10 +357,13 @@ def find_partition_file(root: Path, explicit: str = "") -> Path | None:
     if explicit:
         path = Path(explicit)
         if not path.is_file():
-            raise UserError(f"data.partition_file={explicit} does not exist: fix the path or set it to \"\"")
+            raise UserError(f'data.partition_file={explicit} does not exist: fix the path or set it to ""')
         return path
-    for candidate in [root / "list_eval_partition.txt", root.parent / "list_eval_partition.txt",
-                      *sorted(root.glob("*/list_eval_partition.txt"))]:
+    for candidate in [
+        root / "list_eval_partition.txt",
+        root.parent / "list_eval_partition.txt",
+        *sorted(root.glob("*/list_eval_partition.txt")),
+    ]:
         if candidate.is_file():
             return candidate
     return None
@@ -345,8 +382,10 @@ def _image_root(extracted: Path) -> Path:
 
 def _write_source(raw_dir: Path, record: dict, files: list[str]) -> dict:
     if not files:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {record['image_root']}: "
-                        f"point data.folder or data.url at a folder or archive of images")
+        raise UserError(
+            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {record['image_root']}: "
+            f"point data.folder or data.url at a folder or archive of images"
+        )
     raw_dir.mkdir(parents=True, exist_ok=True)
     root = Path(record["image_root"])
     listing = "".join(f"{name}\t{(root / name).stat().st_size}\n" for name in files)
@@ -371,13 +410,21 @@ def prepare_celeba(raw_dir: Path, download_dir: Path, base_url: str = GDRIVE_DOW
     files = list_images(image_root)
     if len(files) != CELEBA_IMAGES:
         log.warning("img_align_celeba.zip holds %d images, not %d", len(files), CELEBA_IMAGES)
-    return _write_source(raw_dir, {"source": "celeba", "image_root": str(image_root),
-                                   "partition_file": str(target / "list_eval_partition.txt"),
-                                   "md5": digests}, files)
+    return _write_source(
+        raw_dir,
+        {
+            "source": "celeba",
+            "image_root": str(image_root),
+            "partition_file": str(target / "list_eval_partition.txt"),
+            "md5": digests,
+        },
+        files,
+    )
 
 
-def prepare_url(raw_dir: Path, download_dir: Path, url: str, sha256: str = "", partition_file: str = "",
-                **fetch_kwargs) -> dict:
+def prepare_url(
+    raw_dir: Path, download_dir: Path, url: str, sha256: str = "", partition_file: str = "", **fetch_kwargs
+) -> dict:
     if not url:
         raise UserError("data.source=url needs data.url (a zip or tar archive of images)")
     name = Path(urlparse(url).path).name or "archive"
@@ -385,16 +432,28 @@ def prepare_url(raw_dir: Path, download_dir: Path, url: str, sha256: str = "", p
     token = os.environ.get(TOKEN_ENV)
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    digest = fetch(url, download_dir / "url" / name, digest=sha256 or None, algorithm="sha256", headers=headers,
-                   **fetch_kwargs)
+    digest = fetch(
+        url, download_dir / "url" / name, digest=sha256 or None, algorithm="sha256", headers=headers, **fetch_kwargs
+    )
     if not sha256:
-        logging.warning("data.sha256 is empty: %s was not verified; its sha256 is %s (put it in params.yaml)", name, digest)
+        logging.warning(
+            "data.sha256 is empty: %s was not verified; its sha256 is %s (put it in params.yaml)", name, digest
+        )
     target = extract_archive(download_dir / "url" / name, raw_dir / "url", digest)
     image_root = _image_root(target)
     partition = find_partition_file(target, partition_file)
-    return _write_source(raw_dir, {"source": "url", "url": url, "sha256": digest, "verified": bool(sha256),
-                                   "image_root": str(image_root),
-                                   "partition_file": str(partition) if partition else ""}, list_images(image_root))
+    return _write_source(
+        raw_dir,
+        {
+            "source": "url",
+            "url": url,
+            "sha256": digest,
+            "verified": bool(sha256),
+            "image_root": str(image_root),
+            "partition_file": str(partition) if partition else "",
+        },
+        list_images(image_root),
+    )
 
 
 def prepare_folder(raw_dir: Path, folder: str, partition_file: str = "") -> dict:
@@ -410,9 +469,17 @@ def prepare_folder(raw_dir: Path, folder: str, partition_file: str = "") -> dict
     else:
         image_root, extra = path.resolve(), {}
     partition = find_partition_file(image_root, partition_file)
-    return _write_source(raw_dir, {"source": "folder", "folder": folder, "image_root": str(image_root),
-                                   "partition_file": str(partition) if partition else "", **extra},
-                         list_images(image_root))
+    return _write_source(
+        raw_dir,
+        {
+            "source": "folder",
+            "folder": folder,
+            "image_root": str(image_root),
+            "partition_file": str(partition) if partition else "",
+            **extra,
+        },
+        list_images(image_root),
+    )
 
 
 def prepare_synthetic(raw_dir: Path, count: int, size: int, seed: int) -> dict:
@@ -423,8 +490,14 @@ def prepare_synthetic(raw_dir: Path, count: int, size: int, seed: int) -> dict:
     with atomic_dir(raw_dir / "synthetic") as tmp:
         for index in tqdm(range(count), desc="drawing synthetic faces", disable=None):
             Image.fromarray(render_face(seed, index, size)).save(tmp / f"{index:06d}.png")
-    record = {"source": "synthetic", "count": count, "size": size, "seed": seed,
-              "image_root": str(raw_dir / "synthetic"), "partition_file": ""}
+    record = {
+        "source": "synthetic",
+        "count": count,
+        "size": size,
+        "seed": seed,
+        "image_root": str(raw_dir / "synthetic"),
+        "partition_file": "",
+    }
     write_json(raw_dir / SOURCE_FILE, record)
     return record
 

@@ -9,6 +9,7 @@ manifest written so far and the position are saved, so an interrupted run resume
 with other params or another file list starts over). Synthetic faces are drawn aligned, so they
 are only resized (no MTCNN: the demo stays fast).
 """
+
 from __future__ import annotations
 
 import csv
@@ -90,7 +91,7 @@ class _Manifest:
         else:
             with open(path, "r+b") as handle:
                 handle.truncate(resume_bytes)
-        self.handle = open(path, "a", newline="")
+        self.handle = open(path, "a", newline="")  # noqa: SIM115 - closed by close(), kept open across batches
         self.writer = csv.DictWriter(self.handle, fieldnames=MANIFEST_FIELDS)
 
     def add(self, row: dict) -> None:
@@ -116,7 +117,9 @@ class _Manifest:
 def _fingerprint(data: dict, files: list[str], source: dict) -> str:
     relevant = {key: data[key] for key in ("resolution", "num_faces", "mtcnn", "align")}
     relevant["mtcnn"] = {k: v for k, v in relevant["mtcnn"].items() if k not in ("batch_size", "device", "cpu_threads")}
-    digest = hashlib.sha256(json.dumps([relevant, source.get("image_root"), source.get("source")], sort_keys=True).encode())
+    digest = hashlib.sha256(
+        json.dumps([relevant, source.get("image_root"), source.get("source")], sort_keys=True).encode()
+    )
     digest.update("\n".join(files).encode())
     return digest.hexdigest()[:16]
 
@@ -132,23 +135,38 @@ def preprocess_synthetic(data: dict, source: dict, files: list[str], cache_dir: 
         if image.size != (size, size):
             image = image.resize((size, size), Image.LANCZOS)
         index = writer.add(np.asarray(image))
-        rows.append({"source_file": name, "status": "kept", "reason": "kept",
-                     "detail": "synthetic: drawn aligned, MTCNN not run", "cache_index": index})
+        rows.append(
+            {
+                "source_file": name,
+                "status": "kept",
+                "reason": "kept",
+                "detail": "synthetic: drawn aligned, MTCNN not run",
+                "cache_index": index,
+            }
+        )
     with atomic_path(cache_dir / "manifest.csv") as tmp, open(tmp, "w", newline="") as handle:
         out = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
         out.writeheader()
         out.writerows(rows)
     writer.finish({"source": "synthetic", "synthetic": True})
     elapsed = time.time() - start
-    report = {"source": "synthetic", "device": "cpu", "considered": len(rows), "kept": len(rows), "rejected": {},
-              "images_per_s": round(len(rows) / max(elapsed, 1e-9), 1), "elapsed_s": round(elapsed, 2),
-              "mtcnn": False}
+    report = {
+        "source": "synthetic",
+        "device": "cpu",
+        "considered": len(rows),
+        "kept": len(rows),
+        "rejected": {},
+        "images_per_s": round(len(rows) / max(elapsed, 1e-9), 1),
+        "elapsed_s": round(elapsed, 2),
+        "mtcnn": False,
+    }
     write_json(report_path, report)
     return report
 
 
-def preprocess(data: dict, raw_dir: Path, cache_dir: Path, report_path: Path, device=None,
-               stop_after: int | None = None) -> dict:
+def preprocess(
+    data: dict, raw_dir: Path, cache_dir: Path, report_path: Path, device=None, stop_after: int | None = None
+) -> dict:
     """Build the face cache from data/raw (see the module docstring). Returns the report.
 
     `stop_after` (tests, benchmarks) stops after that many source images without publishing,
@@ -156,7 +174,9 @@ def preprocess(data: dict, raw_dir: Path, cache_dir: Path, report_path: Path, de
     """
     source = read_json(raw_dir / "SOURCE.json")
     if source["source"] != data["source"]:
-        raise UserError(f"{raw_dir} holds {source['source']} but data.source={data['source']}: run `dvc repro download`")
+        raise UserError(
+            f"{raw_dir} holds {source['source']} but data.source={data['source']}: run `dvc repro download`"
+        )
     files = ordered_files(raw_dir, source)
     if not files:
         raise UserError(f"{raw_dir} lists no images: run `dvc repro download`")
@@ -186,13 +206,15 @@ def preprocess(data: dict, raw_dir: Path, cache_dir: Path, report_path: Path, de
     start, processed, since_checkpoint = time.time(), 0, 0
 
     def checkpoint():
-        writer.checkpoint(position=position, manifest_bytes=manifest.flush(),
-                          elapsed_s=elapsed_before + time.time() - start)
+        writer.checkpoint(
+            position=position, manifest_bytes=manifest.flush(), elapsed_s=elapsed_before + time.time() - start
+        )
 
     workers = max(1, min(8, os.cpu_count() or 1))
-    chunks = [files[i:i + batch] for i in range(position, len(files), batch)]
+    chunks = [files[i : i + batch] for i in range(position, len(files), batch)]
     bar = tqdm(total=len(files), initial=position, desc=f"aligning faces ({device})", unit="img", disable=None)
     with ThreadPoolExecutor(workers) as pool:
+
         def submit(names):  # decode a batch on the worker threads while the previous one is detected
             return [pool.submit(load_rgb, root / name) for name in names]
 
@@ -213,9 +235,13 @@ def preprocess(data: dict, raw_dir: Path, cache_dir: Path, report_path: Path, de
                     row.update(reason="unreadable", detail=loaded[i][1])
                 else:
                     detection, face = outcome[i]
-                    row.update(reason=detection.reason, detail=detection.detail,
-                               probability="" if detection.probability is None else f"{detection.probability:.4f}",
-                               box=_fmt(detection.box), landmarks=_fmt(detection.landmarks, 2))
+                    row.update(
+                        reason=detection.reason,
+                        detail=detection.detail,
+                        probability="" if detection.probability is None else f"{detection.probability:.4f}",
+                        box=_fmt(detection.box),
+                        landmarks=_fmt(detection.landmarks, 2),
+                    )
                     if face is not None:
                         row.update(status="kept", cache_index=writer.add(face))
                 manifest.add(row)
@@ -238,11 +264,18 @@ def preprocess(data: dict, raw_dir: Path, cache_dir: Path, report_path: Path, de
     counts = manifest.counts()
     kept = counts.pop("kept", 0)
     report = {
-        "source": source["source"], "device": str(device), "resolution": resolution,
-        "num_faces_requested": data["num_faces"], "considered": kept + sum(counts.values()), "kept": kept,
-        "rejected": dict(sorted(counts.items())), "source_images": len(files),
-        "images_per_s": round(processed / max(elapsed, 1e-9), 2), "elapsed_s": round(elapsed, 1),
-        "elapsed_total_s": round(elapsed_before + elapsed, 1), "resumed_from": int(state.get("position", 0)),
+        "source": source["source"],
+        "device": str(device),
+        "resolution": resolution,
+        "num_faces_requested": data["num_faces"],
+        "considered": kept + sum(counts.values()),
+        "kept": kept,
+        "rejected": dict(sorted(counts.items())),
+        "source_images": len(files),
+        "images_per_s": round(processed / max(elapsed, 1e-9), 2),
+        "elapsed_s": round(elapsed, 1),
+        "elapsed_total_s": round(elapsed_before + elapsed, 1),
+        "resumed_from": int(state.get("position", 0)),
         "mtcnn": True,
     }
     if kept < data["num_faces"]:
@@ -250,7 +283,14 @@ def preprocess(data: dict, raw_dir: Path, cache_dir: Path, report_path: Path, de
         report["short_of_num_faces"] = True
     manifest.close()
     manifest.publish(cache_dir / "manifest.csv")
-    writer.finish({"source": source["source"], "synthetic": False, "image_root": source["image_root"],
-                   "align": data["align"], "mtcnn": {k: v for k, v in data["mtcnn"].items() if k != "device"}})
+    writer.finish(
+        {
+            "source": source["source"],
+            "synthetic": False,
+            "image_root": source["image_root"],
+            "align": data["align"],
+            "mtcnn": {k: v for k, v in data["mtcnn"].items() if k != "device"},
+        }
+    )
     write_json(report_path, report)
     return report

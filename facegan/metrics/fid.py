@@ -4,6 +4,7 @@
 computed by our own path (our image reading, clean-fid's resizer, our extractor wrapper); the tests
 check the two agree.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,11 @@ def kid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0) -
 def spread(values: list[float]) -> dict:
     """Mean and sample std of FIDs over several generated sets (std 0 for a single set)."""
     arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "values": [float(v) for v in arr]}
+    return {
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+        "values": [float(v) for v in arr],
+    }
 
 
 def folder_batches(folder: str | Path, batch_size: int):
@@ -44,11 +49,13 @@ def folder_batches(folder: str | Path, batch_size: int):
     if not files:
         raise UserError(f"no images in {folder}: point at a folder of PNG/JPEG files")
     for start in range(0, len(files), batch_size):
-        yield np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[start:start + batch_size]])
+        yield np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[start : start + batch_size]])
 
 
 def fid_of_folders(folder_a: str | Path, folder_b: str | Path, extractor, batch_size: int = 32) -> float:
     from facegan.metrics.features import extract
 
-    return fid_from_features(extract(folder_batches(folder_a, batch_size), extractor),
-                             extract(folder_batches(folder_b, batch_size), extractor))
+    return fid_from_features(
+        extract(folder_batches(folder_a, batch_size), extractor),
+        extract(folder_batches(folder_b, batch_size), extractor),
+    )

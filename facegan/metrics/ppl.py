@@ -18,6 +18,7 @@ LPIPS backbone: torchvision's ImageNet VGG16 from `evaluate.lpips_weights` (down
 verified, when absent and online); `evaluate.lpips=proxy` uses a seeded random backbone
 (`pnet_rand=True`) instead, offline, and every number it gives is labelled "proxy PPL".
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,10 +37,6 @@ MAX_LPIPS_RES = 256
 class LpipsDistance:
     def __init__(self, net: torch.nn.Module, kind: str):
         self.net, self.kind = net, kind
-
-    @property
-    def label(self) -> str:
-        return "proxy PPL (random LPIPS backbone, not comparable)" if self.kind == "proxy" else "PPL (LPIPS VGG16)"
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.net(a, b).reshape(-1)
@@ -84,7 +81,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def lpips_view(images: torch.Tensor, crop: bool) -> torch.Tensor:
     if crop:  # the papers' face crop of aligned faces: rows 3/8..7/8, columns 2/8..6/8
         c = images.shape[2] // 8
-        images = images[:, :, c * 3: c * 7, c * 2: c * 6]
+        images = images[:, :, c * 3 : c * 7, c * 2 : c * 6]
     factor = images.shape[2] // MAX_LPIPS_RES
     if factor > 1:
         images = torch.nn.functional.avg_pool2d(images, factor)
@@ -105,8 +102,18 @@ def trimmed_mean(dist: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def path_length(G, distance: LpipsDistance, space: str, sampling: str, num_samples: int, epsilon: float,
-                batch_size: int, seed: int, crop: bool, device: torch.device) -> dict:
+def path_length(
+    G,
+    distance: LpipsDistance,
+    space: str,
+    sampling: str,
+    num_samples: int,
+    epsilon: float,
+    batch_size: int,
+    seed: int,
+    crop: bool,
+    device: torch.device,
+) -> dict:
     """PPL of G over `num_samples` latent pairs; returns the trimmed mean and the raw distances' count."""
     if space not in ("z", "w") or sampling not in ("full", "end"):
         raise ValueError(f"space must be z or w and sampling full or end, got {space}, {sampling}")
@@ -126,7 +133,13 @@ def path_length(G, distance: LpipsDistance, space: str, sampling: str, num_sampl
             fn = G
         noise_seed = seed + 1 + start
         img_a, img_b = (lpips_view(generate_same_noise(fn, latents, noise_seed), crop) for latents in pair)
-        dists.append((distance(img_a, img_b) / epsilon ** 2).double().cpu().numpy())
+        dists.append((distance(img_a, img_b) / epsilon**2).double().cpu().numpy())
     dist = np.concatenate(dists)
-    return {"ppl": trimmed_mean(dist), "num": int(len(dist)), "space": space, "sampling": sampling, "epsilon": epsilon,
-            "lpips": distance.kind, "label": distance.label}
+    return {
+        "ppl": trimmed_mean(dist),
+        "num": int(len(dist)),
+        "space": space,
+        "sampling": sampling,
+        "epsilon": epsilon,
+        "lpips": distance.kind,
+    }

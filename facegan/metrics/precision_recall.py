@@ -7,6 +7,7 @@ fraction of generated samples inside the real manifold, recall the fraction of r
 the generated one. The paper uses VGG16 features; the study uses the Inception features it already
 has for FID, as the issue asks, and equal-sized sets (the smaller of the two counts).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,16 +18,18 @@ def knn_radii(feats: torch.Tensor, k: int, rows_per_batch: int = 1024) -> torch.
     """Distance from each vector to its k-th nearest neighbour in the same set (itself excluded)."""
     radii = []
     for start in range(0, len(feats), rows_per_batch):
-        dist = torch.cdist(feats[start:start + rows_per_batch], feats)
+        dist = torch.cdist(feats[start : start + rows_per_batch], feats)
         radii.append(dist.kthvalue(k + 1, dim=1).values)  # the smallest distance is the vector itself
     return torch.cat(radii)
 
 
-def inside_manifold(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, rows_per_batch: int = 1024) -> torch.Tensor:
+def inside_manifold(
+    queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, rows_per_batch: int = 1024
+) -> torch.Tensor:
     """For each query, whether it lies within some support vector's hypersphere."""
     inside = []
     for start in range(0, len(queries), rows_per_batch):
-        dist = torch.cdist(queries[start:start + rows_per_batch], support)
+        dist = torch.cdist(queries[start : start + rows_per_batch], support)
         inside.append((dist <= radii.unsqueeze(0)).any(dim=1))
     return torch.cat(inside)
 

@@ -3,6 +3,7 @@
 All latents come from fixed seeds, and each image is generated under a fixed random state, so
 noise inputs of the style-based models do not flicker along a sweep or a strip.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,7 @@ def sample_grid(G, size: int, seed: int, device: torch.device) -> np.ndarray:
 def truncation_sweep(G, psis: list[float], rows: int, seed: int, device: torch.device) -> np.ndarray:
     """One row per latent, one column per psi: w_avg + psi * (w - w_avg) (StyleGAN sec. 3.3 / App. B)."""
     z = _latents(G, rows, seed, device)
-    columns = [to_uint8(generate_same_noise(lambda zz: G(zz, truncation_psi=psi), z, seed)) for psi in psis]
+    columns = [to_uint8(generate_same_noise(lambda zz, psi=psi: G(zz, truncation_psi=psi), z, seed)) for psi in psis]
     return make_grid(np.stack(columns, axis=1).reshape(rows * len(psis), *columns[0].shape[1:]), len(psis))
 
 
@@ -44,4 +45,4 @@ def interpolation_strips(G, style_based: bool, steps: int, seed: int, device: to
 
 def _frames(fn, latents: torch.Tensor, seed: int) -> np.ndarray:
     """One image per latent, each under the same random state: the noise stays put along the strip."""
-    return np.concatenate([to_uint8(generate_same_noise(fn, latents[i:i + 1], seed)) for i in range(len(latents))])
+    return np.concatenate([to_uint8(generate_same_noise(fn, latents[i : i + 1], seed)) for i in range(len(latents))])

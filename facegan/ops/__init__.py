@@ -13,15 +13,35 @@ op's latest call took; if a Triton kernel fails under 'auto' the op logs one war
 reference from then on and lists the failure in `fallbacks()`. Speed and memory of the three
 options (triton, reference, torch.compile of the reference): benchmarks/bench_ops.py.
 """
+
 from facegan.ops._dispatch import fallbacks, last_impl
 from facegan.ops.bias_act import ACTIVATIONS, bias_act, bias_act_ref, bias_act_triton
 from facegan.ops.filtered_lrelu import filtered_lrelu, filtered_lrelu_ref, filtered_lrelu_triton
-from facegan.ops.upfirdn2d import (downsample2d, filter2d, setup_filter, upfirdn2d, upfirdn2d_ref, upfirdn2d_triton,
-                                   upsample2d)
+from facegan.ops.upfirdn2d import (
+    downsample2d,
+    filter2d,
+    setup_filter,
+    upfirdn2d,
+    upfirdn2d_ref,
+    upfirdn2d_triton,
+    upsample2d,
+)
 
 __all__ = [
-    "ACTIVATIONS", "bias_act", "bias_act_ref", "bias_act_triton",
-    "upfirdn2d", "upfirdn2d_ref", "upfirdn2d_triton", "setup_filter", "upsample2d", "downsample2d", "filter2d",
-    "filtered_lrelu", "filtered_lrelu_ref", "filtered_lrelu_triton",
-    "last_impl", "fallbacks",
+    "ACTIVATIONS",
+    "bias_act",
+    "bias_act_ref",
+    "bias_act_triton",
+    "upfirdn2d",
+    "upfirdn2d_ref",
+    "upfirdn2d_triton",
+    "setup_filter",
+    "upsample2d",
+    "downsample2d",
+    "filter2d",
+    "filtered_lrelu",
+    "filtered_lrelu_ref",
+    "filtered_lrelu_triton",
+    "last_impl",
+    "fallbacks",
 ]

@@ -10,12 +10,13 @@ Rules (shared by bias_act, upfirdn2d, filtered_lrelu):
                 then on; an explicit impl='triton' raises instead.
 `last_impl(op)` says which path the op's most recent call took.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -64,8 +65,9 @@ def _choose(op: str, impl: str, x: torch.Tensor) -> str:
     return "ref"
 
 
-def dispatch(op: str, impl: str, x: torch.Tensor, fast: Callable[[], torch.Tensor],
-             ref: Callable[[], torch.Tensor]) -> torch.Tensor:
+def dispatch(
+    op: str, impl: str, x: torch.Tensor, fast: Callable[[], torch.Tensor], ref: Callable[[], torch.Tensor]
+) -> torch.Tensor:
     """Run `fast` or `ref` by the rules above and remember which one ran."""
     chosen = _choose(op, impl, x)
     if chosen == "ref":
@@ -77,8 +79,11 @@ def dispatch(op: str, impl: str, x: torch.Tensor, fast: Callable[[], torch.Tenso
             if impl == "triton":
                 raise
             _fallbacks[op] = f"{type(err).__name__}: {err}"
-            log.warning("%s: Triton kernel failed (%s); using the PyTorch reference from now on",
-                        op, _fallbacks[op].splitlines()[0])
+            log.warning(
+                "%s: Triton kernel failed (%s); using the PyTorch reference from now on",
+                op,
+                _fallbacks[op].splitlines()[0],
+            )
             chosen, out = "ref", ref()
     _last_impl[op] = chosen
     return out

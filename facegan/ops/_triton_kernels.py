@@ -4,6 +4,7 @@ Imported only on the first Triton call: triton.jit decides between compiled and 
 kernels when a kernel is defined, so importing this module lazily lets TRITON_INTERPRET=1 (CI on
 CPU) be set any time before that first call. Kernels accumulate in float32 and store x's dtype.
 """
+
 from __future__ import annotations
 
 import torch
@@ -74,9 +75,23 @@ def _activate_slope(z, alpha, ACT: tl.constexpr):
 
 
 @triton.jit
-def _bias_act_kernel(x_ptr, b_ptr, dy_ptr, out_ptr, numel, channels, inner, alpha, gain, clamp,
-                     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-                     GRAD: tl.constexpr, BLOCK: tl.constexpr):
+def _bias_act_kernel(
+    x_ptr,
+    b_ptr,
+    dy_ptr,
+    out_ptr,
+    numel,
+    channels,
+    inner,
+    alpha,
+    gain,
+    clamp,
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
+    GRAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """GRAD=False: out = clamp(act(x + b) * gain). GRAD=True: out = dy * d(that)/dx."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
@@ -103,15 +118,27 @@ def _bias_act_launch(x, b, dy, dim, act_code, alpha, gain, clamp, grad):
     if numel == 0:
         return out
     inner = 1
-    for size in x.shape[dim + 1:]:
+    for size in x.shape[dim + 1 :]:
         inner *= size
     channels = x.shape[dim] if b is not None else 1
     grid = (triton.cdiv(numel, ELEMENTWISE_BLOCK),)
     _bias_act_kernel[grid](
-        x, b if b is not None else x, dy if dy is not None else x, out, numel, channels, inner,
-        float(alpha), float(gain), float(clamp if clamp is not None else 0.0),
-        ACT=act_code, HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None, GRAD=grad,
-        BLOCK=ELEMENTWISE_BLOCK)
+        x,
+        b if b is not None else x,
+        dy if dy is not None else x,
+        out,
+        numel,
+        channels,
+        inner,
+        float(alpha),
+        float(gain),
+        float(clamp if clamp is not None else 0.0),
+        ACT=act_code,
+        HAS_BIAS=b is not None,
+        HAS_CLAMP=clamp is not None,
+        GRAD=grad,
+        BLOCK=ELEMENTWISE_BLOCK,
+    )
     return out
 
 
@@ -124,12 +151,38 @@ def bias_act_backward(dy, x, b, dim, act_code, alpha, gain, clamp):
 
 
 @triton.jit
-def _upfirdn2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr,
-                      channels, in_h, in_w, out_h, out_w, pad_x0, pad_y0, taps_y, taps_x,
-                      phase_taps_y, phase_taps_x, shift_y, shift_x, slope, gain, clamp,
-                      UP_X: tl.constexpr, UP_Y: tl.constexpr, DOWN_X: tl.constexpr, DOWN_Y: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, LRELU: tl.constexpr, HAS_CLAMP: tl.constexpr,
-                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+def _upfirdn2d_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    code_ptr,
+    channels,
+    in_h,
+    in_w,
+    out_h,
+    out_w,
+    pad_x0,
+    pad_y0,
+    taps_y,
+    taps_x,
+    phase_taps_y,
+    phase_taps_x,
+    shift_y,
+    shift_x,
+    slope,
+    gain,
+    clamp,
+    UP_X: tl.constexpr,
+    UP_Y: tl.constexpr,
+    DOWN_X: tl.constexpr,
+    DOWN_Y: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    LRELU: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     """Direct FIR over one output tile of one image plane, visiting only the non-zero taps.
 
     Per axis, output o correlates tap t with position u = o*DOWN + t - pad0 of the zero-inserted
@@ -191,12 +244,35 @@ def upfirdn2d_pass(x, w, up, down, padding, bias=None, lrelu=None):
     grid = (n * c, triton.cdiv(out_h, TILE_H), triton.cdiv(out_w, TILE_W))
     if y.numel() > 0:
         _upfirdn2d_kernel[grid](
-            x, w.to(device=x.device, dtype=torch.float32).contiguous(),
-            bias.contiguous() if bias is not None else w, y, code,
-            c, in_h, in_w, out_h, out_w, px0, py0, taps_y, taps_x,
-            triton.cdiv(taps_y, up_y), triton.cdiv(taps_x, up_x),
-            max(0, triton.cdiv(py0, up_y)), max(0, triton.cdiv(px0, up_x)), float(slope), float(gain), float(clamp if clamp is not None else 0.0),
-            UP_X=up_x, UP_Y=up_y, DOWN_X=down_x, DOWN_Y=down_y,
-            HAS_BIAS=bias is not None, LRELU=lrelu is not None, HAS_CLAMP=clamp is not None,
-            BLOCK_H=TILE_H, BLOCK_W=TILE_W)
+            x,
+            w.to(device=x.device, dtype=torch.float32).contiguous(),
+            bias.contiguous() if bias is not None else w,
+            y,
+            code,
+            c,
+            in_h,
+            in_w,
+            out_h,
+            out_w,
+            px0,
+            py0,
+            taps_y,
+            taps_x,
+            triton.cdiv(taps_y, up_y),
+            triton.cdiv(taps_x, up_x),
+            max(0, triton.cdiv(py0, up_y)),
+            max(0, triton.cdiv(px0, up_x)),
+            float(slope),
+            float(gain),
+            float(clamp if clamp is not None else 0.0),
+            UP_X=up_x,
+            UP_Y=up_y,
+            DOWN_X=down_x,
+            DOWN_Y=down_y,
+            HAS_BIAS=bias is not None,
+            LRELU=lrelu is not None,
+            HAS_CLAMP=clamp is not None,
+            BLOCK_H=TILE_H,
+            BLOCK_W=TILE_W,
+        )
     return (y, code) if lrelu is not None else y

@@ -5,6 +5,7 @@ Fast path: one elementwise Triton kernel forward and one backward (`_triton_kern
 autograd Functions that also give second-order gradients (R1 and path-length regularisation
 differentiate through the discriminator/generator twice). Reference: plain PyTorch ops.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,9 @@ def _parse(x, b, dim, act, alpha, gain, clamp) -> tuple[Activation, float, float
         if not 0 <= dim < x.ndim:
             raise UserError(f"bias_act: dim={dim} is outside x's {x.ndim} dimensions")
         if b.ndim != 1 or b.shape[0] != x.shape[dim]:
-            raise UserError(f"bias_act: b has shape {tuple(b.shape)}, expected ({x.shape[dim]},) to match x.shape[{dim}]")
+            raise UserError(
+                f"bias_act: b has shape {tuple(b.shape)}, expected ({x.shape[dim]},) to match x.shape[{dim}]"
+            )
     spec = ACTIVATIONS[act]
     alpha = float(spec.default_alpha if alpha is None else alpha)
     gain = float(spec.default_gain if gain is None else gain)
@@ -80,8 +83,8 @@ def _activate_torch(z: torch.Tensor, act: str, alpha: float) -> torch.Tensor:
     return torch.nn.functional.silu(z)  # swish / silu
 
 
-def bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, impl="ref"):
-    """Reference path: plain PyTorch ops, autograd for gradients. `impl` is accepted and ignored.
+def bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None):
+    """Reference path: plain PyTorch ops, autograd for gradients.
     Like the fast path, b is cast to x's dtype so both paths return x's dtype."""
     _, alpha, gain, clamp = _parse(x, b, dim, act, alpha, gain, clamp)
     if b is not None:
@@ -166,8 +169,8 @@ class _BiasActGradTriton(torch.autograd.Function):
         return d_dy, d_x, d_b, None, None, None, None, None
 
 
-def bias_act_triton(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, impl="triton"):
-    """Fast path: Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1). `impl` is ignored."""
+def bias_act_triton(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None):
+    """Fast path: Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1)."""
     _, alpha, gain, clamp = _parse(x, b, dim, act, alpha, gain, clamp)
     if b is not None and b.dtype != x.dtype:
         b = b.to(x.dtype)

@@ -10,6 +10,7 @@ then the down-pass(es). Backward: adjoint FIR passes around a multiply by the sa
 from differentiable pieces, so second-order gradients work. Reference: bias_act_ref +
 upfirdn2d_ref composed with PyTorch autograd.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,12 +40,13 @@ def _check(x, fu, fd, b, up, down, padding, clamp):
             raise UserError(f"filtered_lrelu: {name} must be a 1-D or 2-D filter, got shape {tuple(f.shape)}")
 
 
-def filtered_lrelu_ref(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=math.sqrt(2), slope=0.2,
-                       clamp=None, flip_filter=False, impl="ref"):
+def filtered_lrelu_ref(
+    x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=math.sqrt(2), slope=0.2, clamp=None, flip_filter=False
+):
     """Reference path: bias_act_ref and upfirdn2d_ref composed, PyTorch autograd."""
     _check(x, fu, fd, b, up, down, padding, clamp)
     x = bias_act_ref(x, b)
-    x = upfirdn2d_ref(x, fu, up=up, padding=padding, flip_filter=flip_filter, gain=up ** 2)
+    x = upfirdn2d_ref(x, fu, up=up, padding=padding, flip_filter=flip_filter, gain=up**2)
     x = bias_act_ref(x, act="lrelu", alpha=slope, gain=gain, clamp=clamp)
     return upfirdn2d_ref(x, fd, down=down, flip_filter=flip_filter)
 
@@ -54,8 +56,10 @@ def _passes(w, up, down, padding):
     px0, px1, py0, py1 = padding
     if w.ndim == 2:
         return [(w, (up, up), (down, down), (px0, px1, py0, py1))]
-    return [(w.reshape(1, -1), (up, 1), (down, 1), (px0, px1, 0, 0)),
-            (w.reshape(-1, 1), (1, up), (1, down), (0, 0, py0, py1))]
+    return [
+        (w.reshape(1, -1), (up, 1), (down, 1), (px0, px1, 0, 0)),
+        (w.reshape(-1, 1), (1, up), (1, down), (0, 0, py0, py1)),
+    ]
 
 
 class _FilteredLReluTriton(torch.autograd.Function):
@@ -85,37 +89,53 @@ class _FilteredLReluTriton(torch.autograd.Function):
         up_passes, down_passes, in_shapes, slope, gain, _, has_bias = ctx.plan
         passes = list(zip(up_passes + down_passes, in_shapes))
         g = dy
-        for (w, up, down, pad), in_shape in reversed(passes[len(up_passes):]):
+        for (w, up, down, pad), in_shape in reversed(passes[len(up_passes) :]):
             g = fir_adjoint(g, w, in_shape, up, down, pad)
         slopes = torch.tensor([gain, gain * slope, 0.0], dtype=g.dtype, device=g.device)
         g = g * slopes[code.int()]
-        for (w, up, down, pad), in_shape in reversed(passes[:len(up_passes)]):
+        for (w, up, down, pad), in_shape in reversed(passes[: len(up_passes)]):
             g = fir_adjoint(g, w, in_shape, up, down, pad)
         db = g.sum([0, 2, 3]) if has_bias and ctx.needs_input_grad[1] else None
         return g, db, None, None, None, None, None
 
 
-def filtered_lrelu_triton(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=math.sqrt(2), slope=0.2,
-                          clamp=None, flip_filter=False, impl="triton"):
+def filtered_lrelu_triton(
+    x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=math.sqrt(2), slope=0.2, clamp=None, flip_filter=False
+):
     """Fast path: fused upfirdn2d Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1)."""
     _check(x, fu, fd, b, up, down, padding, clamp)
     _, _, padding = check_upfirdn2d(x, fu, up, 1, padding)  # same size errors as the reference
-    mid_h, mid_w = (x.shape[2] * up + padding[2] + padding[3] - _filter_size(fu)[1] + 1,
-                    x.shape[3] * up + padding[0] + padding[1] - _filter_size(fu)[0] + 1)
+    mid_h, mid_w = (
+        x.shape[2] * up + padding[2] + padding[3] - _filter_size(fu)[1] + 1,
+        x.shape[3] * up + padding[0] + padding[1] - _filter_size(fu)[0] + 1,
+    )
     check_upfirdn2d(x.new_empty([0, 0, mid_h, mid_w]), fd, 1, down, 0)
     identity = torch.ones([1, 1])
-    wu = correlation_weight(identity if fu is None else fu.detach(), flip_filter, up ** 2, x.device)
+    wu = correlation_weight(identity if fu is None else fu.detach(), flip_filter, up**2, x.device)
     wd = correlation_weight(identity if fd is None else fd.detach(), flip_filter, 1, x.device)
     up_passes = _passes(wu, up, 1, padding)
     down_passes = [] if fd is None and down == 1 else _passes(wd, 1, down, (0, 0, 0, 0))  # skip identity
     if b is not None and b.dtype != x.dtype:
         b = b.to(x.dtype)
-    return _FilteredLReluTriton.apply(x, b, up_passes, down_passes, float(slope), float(gain),
-                                      None if clamp is None else float(clamp))
+    return _FilteredLReluTriton.apply(
+        x, b, up_passes, down_passes, float(slope), float(gain), None if clamp is None else float(clamp)
+    )
 
 
-def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=math.sqrt(2), slope=0.2, clamp=None,
-                   flip_filter=False, impl="auto"):
+def filtered_lrelu(
+    x,
+    fu=None,
+    fd=None,
+    b=None,
+    up=1,
+    down=1,
+    padding=0,
+    gain=math.sqrt(2),
+    slope=0.2,
+    clamp=None,
+    flip_filter=False,
+    impl="auto",
+):
     """Bias, upsample by `up` with fu (padding as in upfirdn2d), leaky ReLU (slope) * gain, clamp to
     [-clamp, clamp], filter with fd and downsample by `down`. Filters from setup_filter, None =
     identity. impl: 'auto' | 'ref' | 'triton', see facegan.ops."""
@@ -127,4 +147,3 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=ma
 def last_impl() -> str | None:
     """'triton' or 'ref': the path the most recent filtered_lrelu call took."""
     return _dispatch.last_impl(OP)
-

@@ -11,6 +11,7 @@ same kernel run as the adjoint upfirdn2d (up and down swapped, filter reversed),
 gradients work. Reference: zero-insert + pad + grouped conv2d in PyTorch. Filters get no gradient
 on the fast path (they are fixed buffers in every StyleGAN model).
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,8 +67,10 @@ def _check(x, f, up, down, padding):
     out_w = (x.shape[3] * upx + px0 + px1 - fw) // downx + 1
     out_h = (x.shape[2] * upy + py0 + py1 - fh) // downy + 1
     if out_w < 1 or out_h < 1:
-        raise UserError(f"upfirdn2d: input {tuple(x.shape[2:])} with padding {padding} and a {fh}x{fw} filter "
-                        "leaves no output pixels; pad more or use a smaller filter")
+        raise UserError(
+            f"upfirdn2d: input {tuple(x.shape[2:])} with padding {padding} and a {fh}x{fw} filter "
+            "leaves no output pixels; pad more or use a smaller filter"
+        )
     return (upx, upy), (downx, downy), (px0, px1, py0, py1)
 
 
@@ -94,7 +97,7 @@ def setup_filter(f, normalize=True, flip_filter=False, gain=1, separable=None, d
     return f.to(device) if device is not None else f
 
 
-def upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="ref"):
+def upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     """Reference path: zero insertion, F.pad + slicing, grouped conv2d, strided slice."""
     (upx, upy), (downx, downy), (px0, px1, py0, py1) = _check(x, f, up, down, padding)
     if f is None:
@@ -103,7 +106,7 @@ def upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl
 
     x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, upx - 1, 0, 0, 0, upy - 1]).reshape(n, c, h * upy, w * upx)
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
 
     # conv2d correlates; flipping first makes it a true convolution, as upfirdn2d defines.
     f = f.to(device=x.device, dtype=x.dtype) * (gain ** (f.ndim / 2))
@@ -139,8 +142,12 @@ def adjoint_padding(in_shape, out_shape, w_shape, up, down, padding):
     """Padding that makes upfirdn2d(dy, reversed w, up=down, down=up) the exact adjoint (x-gradient)."""
     (upx, upy), (downx, downy), (px0, _, py0, _) = up, down, padding
     fh, fw = w_shape
-    return (fw - px0 - 1, in_shape[3] * upx - out_shape[3] * downx + px0 - upx + 1,
-            fh - py0 - 1, in_shape[2] * upy - out_shape[2] * downy + py0 - upy + 1)
+    return (
+        fw - px0 - 1,
+        in_shape[3] * upx - out_shape[3] * downx + px0 - upx + 1,
+        fh - py0 - 1,
+        in_shape[2] * upy - out_shape[2] * downy + py0 - upy + 1,
+    )
 
 
 def fir_adjoint(dy, w, in_shape, up, down, padding):
@@ -154,7 +161,7 @@ def correlation_weight(f, flip_filter, gain, device, dtype=torch.float32):
     return (w if flip_filter else w.flip(list(range(w.ndim)))).contiguous()
 
 
-def upfirdn2d_triton(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="triton"):
+def upfirdn2d_triton(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     """Fast path: Triton direct-FIR kernel (CUDA, or CPU under TRITON_INTERPRET=1)."""
     up, down, (px0, px1, py0, py1) = _check(x, f, up, down, padding)
     if f is None:

@@ -1,16 +1,17 @@
 """Render reports/comparison.md from the metrics, evals and training-stats files alone (no GPU needed).
 
 Every number in the results tables comes from one field of metrics/<model>.json or
-runs/<model>/train_stats.json through the formatting in `result_cells` / `count_cells`
-(tests/test_report.py checks each one against the files). Numbers from stand-in networks carry
-their label in every table cell and plot: "(proxy)" for the random Inception / random LPIPS
-backbone, "(fid-helper, unverified)" for fid-helper's Inception before its agreement check passed.
+runs/<model>/train_stats.json (read through their declared shapes, facegan.handoff) via the
+formatting in `result_cells` / `count_cells` (tests/test_report.py checks each one against the
+files). Numbers from stand-in networks carry their label in every table cell and plot; labels
+come from facegan.metrics.labels, keyed by the label key each metrics file records.
 """
+
 from __future__ import annotations
 
-import json
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -18,41 +19,62 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from facegan import paths  # noqa: E402
+from facegan import handoff, paths  # noqa: E402
 from facegan.io import atomic_path, write_text  # noqa: E402
-from facegan.metrics.features import LABELS, TABLE_SUFFIX  # noqa: E402
-from facegan.params import MODEL_NAMES  # noqa: E402
+from facegan.metrics.labels import label  # noqa: E402
 
-STATUS_TEXT = {
-    "skipped": "skipped",
-    "not_implemented": "not implemented yet",
-    "missing": "not run",
-}
 RESULT_COLUMNS = ("model", "status", "resolution", "params G / D", "kimg", "train time", "img/s", "peak memory",
-                  "FID", "KID ×10³", "PPL", "precision", "recall", "stability notes")
+                  "FID", "KID ×10³", "PPL", "precision", "recall", "stability notes")  # fmt: skip
 COUNT_COLUMNS = ("model", "generated (FID/KID)", "generated sets", "reference", "P&R per set", "PPL pairs",
-                 "FID-vs-kimg points", "images per point")
+                 "FID-vs-kimg points", "images per point")  # fmt: skip
 # Stability heuristics (stated under the table): thresholds on what the files hold
 D_WINS_LOSS = 0.1  # non-saturating / hinge D loss below this at the end of training
 FID_WORSENED = 1.25  # final snapshot FID above this multiple of the best snapshot FID
 LOW_RECALL = 0.1
 LOW_SPREAD = 0.25  # generated features' total variance / the real features'
 PICTURES = (("samples", "samples"), ("truncation", "truncation sweep (ψ per column)"),
-            ("interpolation", "interpolation: slerp in Z (top), linear in W (bottom, style-based only)"))
+            ("interpolation", "interpolation: slerp in Z (top), linear in W (bottom, style-based only)"))  # fmt: skip
 
 
-def _load(path: Path) -> dict | list | None:
-    return json.loads(path.read_text()) if path.exists() else None
+@dataclass
+class Row:
+    """What the files say about one model; `stats`/`metrics` are None when their stage has not run."""
+
+    model: str
+    stats: handoff.TrainedRun | handoff.SkippedRun | None
+    metrics: handoff.ModelMetrics | handoff.SkippedMetrics | None
+    curve: list[handoff.FidPoint] = field(default_factory=list)
+
+    @property
+    def trained(self) -> bool:
+        return isinstance(self.stats, handoff.TrainedRun) and isinstance(self.metrics, handoff.ModelMetrics)
+
+    @property
+    def status(self) -> str:
+        """Why a row has no results: the skip reason, or which stage has not run."""
+        if self.stats is None:
+            return "not run: train stage not run"
+        if isinstance(self.stats, handoff.SkippedRun):
+            return f"skipped: {self.stats.reason}"
+        if self.metrics is None:
+            return "not run: evaluate stage not run"
+        if isinstance(self.metrics, handoff.SkippedMetrics):
+            return f"skipped: {self.metrics.reason}"
+        return "trained"
 
 
-def collect(models: tuple[str, ...] = MODEL_NAMES) -> list[dict]:
-    """One record per model: its train stats, metrics and FID curve."""
+def collect(models: list[str]) -> list[Row]:
+    """One record per model: its train stats, metrics and FID curve, each read through its declared shape."""
     rows = []
     for name in models:
-        stats = _load(paths.run_dir(name) / "train_stats.json") or {"status": "missing", "reason": "train stage not run"}
-        metrics = _load(paths.metrics_file(name)) or {"status": "missing", "reason": "evaluate stage not run"}
-        curve = _load(paths.eval_dir(name) / "fid_vs_kimg.json") or []
-        rows.append({"model": name, "stats": stats, "metrics": metrics, "curve": curve})
+        stats_file, metrics_file = paths.run_dir(name) / "train_stats.json", paths.metrics_file(name)
+        curve_file = paths.eval_dir(name) / "fid_vs_kimg.json"
+        rows.append(Row(
+            model=name,
+            stats=handoff.read_train_stats(stats_file) if stats_file.exists() else None,
+            metrics=handoff.read_metrics(metrics_file) if metrics_file.exists() else None,
+            curve=handoff.read_list(handoff.FidPoint, curve_file) if curve_file.exists() else [],
+        ))  # fmt: skip
     return rows
 
 
@@ -73,74 +95,66 @@ def millions(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e6:.2f}M"
 
 
-def device_kind(stats: dict) -> str:
-    return "GPU" if str(stats.get("device", "cpu")).startswith("cuda") else "CPU"
+def device_kind(stats: handoff.TrainedRun) -> str:
+    return "GPU" if stats.device.startswith("cuda") else "CPU"
 
 
-def hours_label(stats: dict) -> str:
-    if stats.get("train_seconds") is None:
-        return "–"
-    return f"{stats['train_seconds'] / 3600:.3f} {device_kind(stats)}-h"
+def hours_label(stats: handoff.TrainedRun) -> str:
+    return f"{stats.train_seconds / 3600:.3f} {device_kind(stats)}-h"
 
 
-def memory_label(stats: dict) -> str:
-    if stats.get("peak_memory_bytes") is None:
+def memory_label(stats: handoff.TrainedRun) -> str:
+    if stats.peak_memory_bytes is None:
         return "n/a (CPU)" if device_kind(stats) == "CPU" else "–"
-    return f"{stats['peak_memory_bytes'] / 2**30:.2f} GiB"
+    return f"{stats.peak_memory_bytes / 2**30:.2f} GiB"
 
 
-def feature_suffix(m: dict) -> str:
-    return TABLE_SUFFIX.get(m.get("label_key", m.get("extractor")), " (?)")
-
-
-def stability_notes(row: dict, loss_type: str) -> str:
+def stability_notes(row: Row, loss_type: str) -> str:
     """Divergence / collapse signs in the history and metrics; the thresholds are stated in the report."""
-    s, m, curve = row["stats"], row["metrics"], row["curve"]
+    from facegan.training.phases import D_ADVERSARIAL
+
     notes = []
-    hist = s.get("history") or []
-    if any(not all(isinstance(h.get(k), (int, float)) and abs(h[k]) != float("inf") and h[k] == h[k]
-                   for k in ("loss_D", "loss_G")) for h in hist):
+    hist = row.stats.history if isinstance(row.stats, handoff.TrainedRun) else []
+    if any(not all(handoff.is_finite_number(v) for v in h.losses.values()) for h in hist):
         notes.append("non-finite loss (diverged)")
-    if hist and loss_type in ("ns", "hinge") and hist[-1]["loss_D"] < D_WINS_LOSS:
+    if hist and loss_type in ("ns", "hinge") and hist[-1].losses[D_ADVERSARIAL] < D_WINS_LOSS:
         notes.append("D overpowers G (D loss near zero)")
     # a growing model's earlier levels are not candidates for "best": only the final resolution's
-    final_res = max((p.get("resolution", 0) for p in curve), default=0)
-    final_curve = [p for p in curve if p.get("resolution", 0) == final_res]
-    if len(final_curve) >= 3:
-        fids = [p["fid"] for p in final_curve]
+    final_res = max((p.resolution for p in row.curve), default=0)
+    fids = [p.fid for p in row.curve if p.resolution == final_res]
+    if len(fids) >= 3:
         best = min(fids)
         if fids[-1] > FID_WORSENED * best and fids.index(best) < len(fids) - 1:
             notes.append("FID worsened after its best snapshot")
-    if m.get("recall") is not None and m["recall"] < LOW_RECALL:
-        notes.append("low recall (possible mode collapse)")
-    if m.get("feature_spread_ratio") is not None and m["feature_spread_ratio"] < LOW_SPREAD:
-        notes.append("low feature spread (possible mode collapse)")
+    m = row.metrics
+    if isinstance(m, handoff.ModelMetrics):
+        if m.recall < LOW_RECALL:
+            notes.append("low recall (possible mode collapse)")
+        if m.feature_spread_ratio < LOW_SPREAD:
+            notes.append("low feature spread (possible mode collapse)")
     return "; ".join(notes) or "none detected"
 
 
-def result_cells(row: dict, loss_type: str) -> list[str]:
-    s, m = row["stats"], row["metrics"]
-    if s["status"] != "trained" or m.get("status") != "trained":
-        failed = s if s["status"] != "trained" else m
-        status = STATUS_TEXT.get(failed["status"], failed["status"])
-        return [row["model"], f"{status}: {failed.get('reason', '')}"] + ["–"] * (len(RESULT_COLUMNS) - 2)
-    suffix = feature_suffix(m)
-    fid = metric(m["fid"]) + (f" ± {metric(m['fid_std'])}" if m.get("fid_seeds", 1) > 1 else "") + suffix
-    ppl = "–" if m.get("ppl") is None else (f"{metric(m['ppl'])} in {m['ppl_space'].upper()}"
-                                             + (" (proxy)" if m.get("ppl_lpips") == "proxy" else ""))
-    return [row["model"], "trained", str(s.get("resolution_reached", s["resolution"])),
-            f"{millions(s['params_G'])} / {millions(s['params_D'])}", fmt(s["kimg"]), hours_label(s), fmt(s["img_per_s"], 1),
-            memory_label(s), fid, f"{metric(m['kid'] * 1e3)}{suffix}",
-            ppl, fmt(m.get("precision"), 3) + suffix, fmt(m.get("recall"), 3) + suffix, stability_notes(row, loss_type)]
+def result_cells(row: Row, loss_type: str) -> list[str]:
+    if not row.trained:
+        return [row.model, row.status] + ["–"] * (len(RESULT_COLUMNS) - 2)
+    s, m = row.stats, row.metrics
+    suffix = label(m.label_key).suffix
+    fid = metric(m.fid) + (f" ± {metric(m.fid_std)}" if m.fid_seeds > 1 else "") + suffix
+    ppl = f"{metric(m.ppl)} in {m.ppl_space.upper()}{label(m.ppl_label_key).suffix}"
+    resolutions = " → ".join(map(str, s.resolutions_reached)) if len(s.resolutions_reached) > 1 else str(s.resolution)
+    return [row.model, "trained", resolutions, f"{millions(s.params_G)} / {millions(s.params_D)}", fmt(s.kimg),
+            hours_label(s), fmt(s.img_per_s, 1), memory_label(s), fid, f"{metric(m.kid * 1e3)}{suffix}", ppl,
+            fmt(m.precision, 3) + suffix, fmt(m.recall, 3) + suffix, stability_notes(row, loss_type)]  # fmt: skip
 
 
-def count_cells(row: dict) -> list[str] | None:
-    m, curve = row["metrics"], row["curve"]
-    if m.get("status") != "trained":
+def count_cells(row: Row) -> list[str] | None:
+    if not isinstance(row.metrics, handoff.ModelMetrics):
         return None
-    per_point = sorted({p["num_gen"] for p in curve})
-    return [row["model"], str(m["num_gen"]), str(m.get("fid_seeds", 1)), str(m["num_ref"]), str(m.get("pr_num", "–")),
-            str(m.get("ppl_num", "–")), str(len(curve)), ", ".join(map(str, per_point)) or "–"]
+    m = row.metrics
+    per_point = sorted({p.num_gen for p in row.curve})
+    return [row.model, str(m.num_gen), str(m.fid_seeds), str(m.num_ref), str(m.pr_num), str(m.ppl_num),
+            str(len(row.curve)), ", ".join(map(str, per_point)) or "–"]  # fmt: skip
 
 
 def markdown_table(columns, rows) -> str:
@@ -156,124 +170,128 @@ def _save(fig, out: Path) -> None:
     plt.close(fig)
 
 
-def plot_fid_curves(rows: list[dict], out: Path, label: str, x_key: str = "kimg") -> bool:
-    curves = [r for r in rows if r["curve"] and all(p.get(x_key) is not None for p in r["curve"])]
+def plot_fid_curves(rows: list[Row], out: Path, axis: str, x_key: str = "kimg") -> bool:
+    curves = [r for r in rows if r.curve and all(getattr(p, x_key) is not None for p in r.curve)]
     if not curves:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in curves:
-        name = row["model"] if x_key == "kimg" else f"{row['model']} ({device_kind(row['stats'])})"
-        ax.plot([p[x_key] for p in row["curve"]], [p["fid"] for p in row["curve"]], marker="o", label=name)
-    ax.set_xlabel("kimg (thousands of real images shown to D)" if x_key == "kimg" else "training hours (device in legend)")
-    ax.set_ylabel(label)
-    ax.set_title(f"{label} vs {'images seen' if x_key == 'kimg' else 'training time'}", fontsize=10)
+        name = row.model if x_key == "kimg" else f"{row.model} ({device_kind(row.stats)})"
+        ax.plot([getattr(p, x_key) for p in row.curve], [p.fid for p in row.curve], marker="o", label=name)
+    by_kimg = x_key == "kimg"
+    ax.set_xlabel("kimg (thousands of real images shown to D)" if by_kimg else "training hours (device in legend)")
+    ax.set_ylabel(axis)
+    ax.set_title(f"{axis} vs {'images seen' if by_kimg else 'training time'}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, out)
     return True
 
 
-def plot_losses(rows: list[dict], out: Path) -> bool:
-    trained = [r for r in rows if r["stats"].get("history")]
+def plot_losses(rows: list[Row], out: Path) -> bool:
+    from facegan.training.phases import D_ADVERSARIAL, G_ADVERSARIAL
+
+    trained = [r for r in rows if isinstance(r.stats, handoff.TrainedRun) and r.stats.history]
     if not trained:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for row in trained:
-        hist = row["stats"]["history"]
-        for ax, key in zip(axes, ("loss_D", "loss_G")):
-            ax.plot([h["kimg"] for h in hist], [h[key] for h in hist], marker=".", label=row["model"])
+        hist = row.stats.history
+        for ax, key in zip(axes, (D_ADVERSARIAL, G_ADVERSARIAL)):
+            ax.plot([h.kimg for h in hist], [h.losses[key] for h in hist], marker=".", label=row.model)
     for ax, key in zip(axes, ("D loss", "G loss")):
         ax.set_xlabel("kimg")
-        ax.set_title(f"{key} (mean per sample interval; loss types differ per model)", fontsize=9)
+        ax.set_title(f"{key} (mean per log interval; loss types differ per model)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend()
     _save(fig, out)
     return True
 
 
-def settings_section(params: dict, reference_meta: dict, rows: list[dict]) -> str:
-    data, ev = params["data"], params["evaluate"]
-    trained = [r["metrics"] for r in rows if r["metrics"].get("status") == "trained"]
-    first = trained[0] if trained else {}
-    ppl_spaces = ", ".join(f"{r['model']}: {r['metrics']['ppl_space'].upper()}" for r in rows
-                           if r["metrics"].get("status") == "trained" and r["metrics"].get("ppl_space"))
+def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows: list[Row]) -> str:
+    data, ev = view.data, view.evaluate
+    trained = [r.metrics for r in rows if r.trained]
     lines = [
-        f"- profile `{params['profile']}`, model selection `{params['model']}`, training seed {params['seed']}",
-        f"- data: source `{reference_meta.get('source', data['source'])}`, {reference_meta.get('cache_count', '?')} faces "
-        f"in the cache ({data['num_faces']} requested), {reference_meta.get('resolution', data['resolution'])}x"
-        f"{reference_meta.get('resolution', data['resolution'])}",
-        f"- features: {reference_meta.get('label', '?')}; reference statistics from {reference_meta.get('count', '?')} real faces",
+        f"- profile `{view.profile}`, model selection `{view.model}`, training seed {view.seed}",
+        f"- data: source `{meta.source}`, {meta.cache_count} faces in the cache ({data['num_faces']} requested), "
+        f"{meta.resolution}x{meta.resolution}",
+        f"- features: {label(meta.label_key).description}; reference statistics from {meta.count} real faces",
     ]
-    agreement = reference_meta.get("agreement")
-    if agreement:
+    if meta.agreement:
+        agreement = meta.agreement
         lines.append("- fid-helper vs clean-fid Inception: " + (
-            f"checked on {agreement['images']} faces, largest relative feature difference {agreement['max_rel_diff']:.1e}"
-            if agreement.get("checked") else f"not checked ({agreement.get('reason', '')})"))
-    if first:
+            f"checked on {agreement['images']} faces, largest relative feature difference "
+            f"{agreement['max_rel_diff']:.1e}" if agreement.get("checked")
+            else f"not checked ({agreement.get('reason', '')})"))  # fmt: skip
+    if trained:
+        first = trained[0]
+        spaces = ", ".join(f"{r.model}: {r.metrics.ppl_space.upper()}" for r in rows if r.trained)
         lines += [
             f"- FID/KID: clean-fid `clean` mode formulas; KID from 100 subsets of up to 1000; FID spread over "
-            f"{first.get('fid_seeds', 1)} generated set(s), seeds {first.get('seeds', {}).get('fid')}",
-            f"- precision/recall: Kynkaanniemi et al. 2019, k={first.get('pr_k')}, on the same features",
-            f"- PPL: {first.get('ppl_label')}, ε={first.get('ppl_epsilon')}, `{first.get('ppl_sampling')}` sampling, "
-            f"face crop {'on' if first.get('ppl_crop') else 'off'}, 1%/99% trimmed mean; space per model: {ppl_spaces}",
-            f"- evaluation seeds: FID-vs-kimg {first.get('seeds', {}).get('snapshots')}, PPL {first.get('seeds', {}).get('ppl')}, "
-            f"pictures {first.get('seeds', {}).get('pictures')}",
+            f"{first.fid_seeds} generated set(s), seeds {first.seeds.get('fid')}",
+            f"- precision/recall: Kynkaanniemi et al. 2019, k={first.pr_k}, on the same features",
+            f"- PPL: {label(first.ppl_label_key).description}, ε={first.ppl_epsilon}, `{first.ppl_sampling}` "
+            f"sampling, face crop {'on' if first.ppl_crop else 'off'}, 1%/99% trimmed mean; space per model: {spaces}",
+            f"- evaluation seeds: FID-vs-kimg {first.seeds.get('snapshots')}, PPL {first.seeds.get('ppl')}, "
+            f"pictures {first.seeds.get('pictures')}",
         ]
-    lines.append(f"- evaluate params: num_gen {ev['num_gen']}, num_ref {ev['num_ref']}, snapshot_num_gen {ev['snapshot_num_gen']}, "
-                 f"ppl_samples {ev['ppl_samples']}, extractor `{ev['extractor']}`, lpips `{ev['lpips']}`")
+    lines.append(f"- evaluate params: num_gen {ev['num_gen']}, num_ref {ev['num_ref']}, snapshot_num_gen "
+                 f"{ev['snapshot_num_gen']}, ppl_samples {ev['ppl_samples']}, extractor `{ev['extractor']}`, "
+                 f"lpips `{ev['lpips']}`")  # fmt: skip
+    fallbacks = {r.model: r.stats.kernel_fallbacks for r in rows
+                 if isinstance(r.stats, handoff.TrainedRun) and r.stats.kernel_fallbacks}  # fmt: skip
+    for model, ops in fallbacks.items():
+        for op, error in ops.items():
+            lines.append(f"- **kernel fallback** in {model}: `{op}` ran on the PyTorch reference after its Triton "
+                         f"kernel failed ({error.splitlines()[0][:120]})")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def render(params: dict, reference_meta: dict, out_dir: Path = paths.REPORTS_DIR) -> str:
-    rows = collect()
+def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path = paths.REPORTS_DIR) -> str:
+    rows = collect(view.models)
     figures = out_dir / "figures"
     if figures.exists():
         shutil.rmtree(figures)  # figures of models no longer evaluated must not linger
     figures.mkdir(parents=True)
-    label_key = reference_meta.get("label_key", reference_meta.get("extractor"))
-    fid_label = {"proxy": "proxy FID (random Inception, not FID)", "fid_helper_unverified": "FID* (fid-helper, unverified)"}.get(
-        label_key, "FID")
-    proxy_ppl = any(r["metrics"].get("ppl_lpips") == "proxy" for r in rows)
+    features = label(meta.label_key)
     parts = ["# facegan-study: comparison\n\n"]
-    if reference_meta.get("synthetic") or params["data"]["source"] == "synthetic":
+    if meta.synthetic:
         parts.append("> **Data: synthetic stand-in faces** (the embedded demo source), not CelebA. "
-                     "Numbers here say nothing about CelebA.\n\n")
-    if label_key == "proxy":
-        parts.append("> **FID/KID/precision/recall use the PROXY extractor** (a seeded random Inception-v3, offline "
-                     "stand-in): values marked (proxy) are not comparable with published FID.\n\n")
-    elif label_key == "fid_helper_unverified":
-        parts.append(f"> **{LABELS['fid_helper_unverified']}**: marked (fid-helper, unverified).\n\n")
-    if proxy_ppl:
-        parts.append("> **PPL uses the PROXY LPIPS** (random VGG16 backbone, `pnet_rand`): PPL marked (proxy) is not "
-                     "comparable with published PPL.\n\n")
-    parts += ["## Settings\n\n", settings_section(params, reference_meta, rows)]
-    loss_types = {name: params["models"][name]["loss"]["type"] for name in MODEL_NAMES}
-    parts += ["\n## Results\n\n", markdown_table(RESULT_COLUMNS, [result_cells(r, loss_types[r["model"]]) for r in rows])]
-    parts.append(f"\nStability notes are heuristics on the files: final D loss below {D_WINS_LOSS} (non-saturating/hinge "
-                 f"losses); final snapshot FID above {FID_WORSENED}x the best one (3+ snapshots at the final resolution); recall below {LOW_RECALL}; "
-                 f"generated-feature variance below {LOW_SPREAD}x the real one; non-finite losses.\n")
+                     "Numbers here say nothing about CelebA.\n\n")  # fmt: skip
+    banners = [features.banner] + sorted({label(r.metrics.ppl_label_key).banner for r in rows if r.trained})
+    parts += [f"> {banner}\n\n" for banner in banners if banner]
+    parts += ["## Settings\n\n", settings_section(view, meta, rows)]
+    table = [result_cells(r, view.loss_types[r.model]) for r in rows]
+    parts += ["\n## Results\n\n", markdown_table(RESULT_COLUMNS, table)]
+    parts.append(f"\nStability notes are heuristics on the files: final D loss below {D_WINS_LOSS} (non-saturating/"
+                 f"hinge losses); final snapshot FID above {FID_WORSENED}x the best one (3+ snapshots at the final "
+                 f"resolution); recall below {LOW_RECALL}; generated-feature variance below {LOW_SPREAD}x the real "
+                 "one; non-finite losses; kernel fallbacks are listed under Settings.\n")  # fmt: skip
     parts += ["\n### Sample counts\n\n", markdown_table(COUNT_COLUMNS, [c for c in map(count_cells, rows) if c])]
-    plots = [("fid_vs_kimg", f"{fid_label} vs kimg", lambda out: plot_fid_curves(rows, out, fid_label)),
-             ("fid_vs_time", f"{fid_label} vs training time", lambda out: plot_fid_curves(rows, out, fid_label, "train_hours")),
-             ("losses", "Losses", lambda out: plot_losses(rows, out))]
+    plots = [
+        ("fid_vs_kimg", f"{features.axis} vs kimg", lambda out: plot_fid_curves(rows, out, features.axis)),
+        ("fid_vs_time", f"{features.axis} vs training time",
+         lambda out: plot_fid_curves(rows, out, features.axis, "train_hours")),
+        ("losses", "Losses", lambda out: plot_losses(rows, out)),
+    ]  # fmt: skip
     for name, title, draw in plots:
         if draw(figures / f"{name}.png"):
             parts.append(f"\n## {title}\n\n![{title}](figures/{name}.png)\n")
     parts.append("\n## Pictures\n")
     for row in rows:
-        parts.append(f"\n### {row['model']}\n\n")
-        if row["metrics"].get("status") != "trained":
-            parts.append(f"{STATUS_TEXT.get(row['metrics'].get('status'), row['metrics'].get('status'))}\n")
+        parts.append(f"\n### {row.model}\n\n")
+        if not row.trained:
+            parts.append(f"{row.status}\n")
             continue
-        evals = paths.eval_dir(row["model"])
+        evals = paths.eval_dir(row.model)
         for name, caption in PICTURES:
             if (evals / f"{name}.png").exists():
-                shutil.copy(evals / f"{name}.png", figures / f"{row['model']}_{name}.png")
-                parts.append(f"{caption}:\n\n![{row['model']} {name}](figures/{row['model']}_{name}.png)\n\n")
+                shutil.copy(evals / f"{name}.png", figures / f"{row.model}_{name}.png")
+                parts.append(f"{caption}:\n\n![{row.model} {name}](figures/{row.model}_{name}.png)\n\n")
         for grid in sorted(evals.glob("res*.png"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0)):
-            shutil.copy(grid, figures / f"{row['model']}_{grid.name}")
+            shutil.copy(grid, figures / f"{row.model}_{grid.name}")
             parts.append(f"training grid at {grid.stem[3:]}x{grid.stem[3:]}:\n\n"
-                         f"![{row['model']} {grid.stem}](figures/{row['model']}_{grid.name})\n\n")
+                         f"![{row.model} {grid.stem}](figures/{row.model}_{grid.name})\n\n")  # fmt: skip
     text = "".join(parts)
     write_text(out_dir / "comparison.md", text)
     return text

@@ -5,6 +5,7 @@ outside them, in `checkpoints/<model>/<run key>/`, where the run key hashes ever
 defines the run: an interrupted `dvc repro` finds its checkpoint again, a changed param starts
 afresh. Files hold tensors and plain containers only, so `torch.load(weights_only=True)` reads them.
 """
+
 from __future__ import annotations
 
 import hashlib

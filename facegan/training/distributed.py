@@ -9,6 +9,7 @@ at low resolutions and the gradient penalties need double backward, both of whic
 handles only with find_unused_parameters and extra passes; averaging the gradients by hand is
 exactly what it would compute. Only rank 0 writes files. NCCL on CUDA, gloo on CPU (tests).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -37,7 +38,7 @@ class World:
 
     def shard(self, tensor: torch.Tensor) -> torch.Tensor:
         """This rank's samples of a global batch: every size-th one from rank."""
-        return tensor[self.rank::self.size] if self.active else tensor
+        return tensor[self.rank :: self.size] if self.active else tensor
 
     def all_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         if not self.active:
@@ -58,7 +59,7 @@ class World:
         flat /= self.size
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
@@ -84,8 +85,10 @@ def init_from_env(device_param: str) -> World:
         raise UserError("device=cuda but no CUDA GPU is visible: set the device param to auto or cpu")
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"rank {rank} wants GPU {local_rank} but only {torch.cuda.device_count()} are visible: "
-                            f"lower torchrun --nproc_per_node")
+            raise UserError(
+                f"rank {rank} wants GPU {local_rank} but only {torch.cuda.device_count()} are visible: "
+                f"lower torchrun --nproc_per_node"
+            )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))

@@ -6,6 +6,7 @@ scripts that run without it (benchmarks on a bare GPU box): without it, or when 
 the logger says so with logging.warning, train_stats.json records `dvclive: false`, and the run's
 own train_stats.json history is unaffected.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,16 +23,22 @@ class LiveLog:
         try:
             from dvclive import Live
         except ImportError:
-            log.warning("dvclive is not installed: training metrics are not logged to %s (pip install dvclive)",
-                        directory)
+            log.warning(
+                "dvclive is not installed: training metrics are not logged to %s (pip install dvclive)", directory
+            )
             return
         # dvcyaml=None: the stage's dvc.yaml already declares these outputs; save_dvc_exp=False:
         # the run is a stage of `dvc repro`/`dvc exp run`, which records the experiment itself.
         try:
             self.live = Live(dir=str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None)
         except Exception as err:  # dvclive 3.49 raises from an empty git repo (no commit yet)
-            log.warning("dvclive could not start (%s: %s): training metrics are not logged to %s; "
-                        "train_stats.json still has them", type(err).__name__, err, directory)
+            log.warning(
+                "dvclive could not start (%s: %s): training metrics are not logged to %s; "
+                "train_stats.json still has them",
+                type(err).__name__,
+                err,
+                directory,
+            )
 
     @property
     def enabled(self) -> bool:

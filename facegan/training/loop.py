@@ -17,6 +17,7 @@ from a generator seeded by (seed, step), and the global RNGs are re-seeded the s
 models' own noise, so a resumed run repeats the uninterrupted one, and N data-parallel ranks
 see the same global batch as one process (facegan/training/distributed.py).
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,6 +25,7 @@ import json
 import logging
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +36,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import models
+from facegan import handoff
 from facegan.data.cache import FaceCache, save_grid, to_uint8
 from facegan.device import resolve_device, resolve_precision
 from facegan.errors import UserError
-from facegan.io import atomic_dir, write_json
+from facegan.io import atomic_dir
 from facegan.training import checkpoint, distributed, losses
 from facegan.training.live import LiveLog
+from facegan.training.phases import D_ADVERSARIAL, D_GRADIENT_PENALTY, D_R1, G_ADVERSARIAL, G_PATH_LENGTH
 from facegan.training.progressive import Phase, Schedule
 
 log = logging.getLogger(__name__)
@@ -55,8 +59,14 @@ class RunConfig:
 
     def identity(self) -> dict:
         """The params that define this run (what the checkpoint key hashes)."""
-        return {"model": self.model, "params": self.model_params, "seed": self.seed, "resolution": self.resolution,
-                "precision": self.train["precision"], "xflip": self.train["xflip"]}
+        return {
+            "model": self.model,
+            "params": self.model_params,
+            "seed": self.seed,
+            "resolution": self.resolution,
+            "precision": self.train["precision"],
+            "xflip": self.train["xflip"],
+        }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -84,7 +94,7 @@ def update_ema(G_ema, G, beta: float) -> None:
 def lazy_adam(params, lr: float, betas, interval: int) -> torch.optim.Adam:
     """Adam for a network with a regulariser applied every `interval` steps (StyleGAN2 App. B)."""
     ratio = interval / (interval + 1) if interval > 1 else 1.0
-    return torch.optim.Adam(params, lr=lr * ratio, betas=tuple(b ** ratio for b in betas), eps=1e-8)
+    return torch.optim.Adam(params, lr=lr * ratio, betas=tuple(b**ratio for b in betas), eps=1e-8)
 
 
 def to_resolution(images: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -110,8 +120,10 @@ class NonFiniteError(UserError):
 def non_finite_error(what: str, step: int, ckpt_dir: Path) -> NonFiniteError:
     last = checkpoint.latest(ckpt_dir)
     where = f"last good checkpoint: {last}" if last else "no checkpoint written yet"
-    return NonFiniteError(f"{what} is not finite at step {step} ({where}); lower the learning rate or use "
-                          f"train.precision=fp32, then re-run to resume from that checkpoint")
+    return NonFiniteError(
+        f"{what} is not finite at step {step} ({where}); lower the learning rate or use "
+        f"train.precision=fp32, then re-run to resume from that checkpoint"
+    )
 
 
 def first_non_finite(named: dict[str, torch.nn.Module]) -> str | None:
@@ -124,8 +136,11 @@ def first_non_finite(named: dict[str, torch.nn.Module]) -> str | None:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": torch.tensor(np.random.get_state()[1].astype(np.int64)),
-             "python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.tensor(np.random.get_state()[1].astype(np.int64)),
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -140,17 +155,28 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def kernel_fallbacks() -> dict[str, str]:
+    """Custom ops whose Triton kernel failed in this process and fell back to the reference path.
+
+    Read through sys.modules: a model that never loads facegan.ops (DCGAN) has none, and its
+    training does not depend on the ops' code."""
+    ops = sys.modules.get("facegan.ops")
+    return ops.fallbacks() if ops is not None else {}
+
+
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
-    return (seed * 1_000_003 + step * 65_537 + rank) % (2 ** 62)
+    return (seed * 1_000_003 + step * 65_537 + rank) % (2**62)
 
 
 def step_draws(seed: int, step: int, batch: int, dataset_size: int, z_dim: int, xflip: bool) -> dict:
     """Every random input of one step for the global batch, from a (seed, step) generator."""
     gen = torch.Generator().manual_seed(step_seed(seed, step))
-    draws = {"idx": torch.randint(dataset_size, (batch,), generator=gen),
-             "flips": torch.rand(batch, generator=gen) < 0.5,
-             "z": torch.randn(batch, z_dim, generator=gen),
-             "gp_eps": torch.rand(batch, generator=gen)}
+    draws = {
+        "idx": torch.randint(dataset_size, (batch,), generator=gen),
+        "flips": torch.rand(batch, generator=gen) < 0.5,
+        "z": torch.randn(batch, z_dim, generator=gen),
+        "gp_eps": torch.rand(batch, generator=gen),
+    }
     if not xflip:
         draws["flips"] = None
     return draws
@@ -159,13 +185,20 @@ def step_draws(seed: int, step: int, batch: int, dataset_size: int, z_dim: int, 
 # ------------------------------------------------------------------------------------------------
 
 
-def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = checkpoint.CHECKPOINT_ROOT,
-          stop_after_kimg: float | None = None, live_dir: Path | None = None) -> dict:
+def train(
+    cfg: RunConfig,
+    cache_dir: Path,
+    run_dir: Path,
+    ckpt_root: Path = checkpoint.CHECKPOINT_ROOT,
+    stop_after_kimg: float | None = None,
+    live_dir: Path | None = None,
+) -> handoff.TrainedRun | None:
     """Train cfg.model on the face cache; return the stats written to run_dir/train_stats.json.
 
     `stop_after_kimg` ends the run early without finishing it (tests use it to simulate an
     interruption); the next call resumes from the checkpoint. `live_dir` receives dvclive logs
-    (None: none). Under torchrun every rank calls this; only rank 0 writes.
+    (None: none). Under torchrun every rank calls this; only rank 0 writes. Returns the stats
+    written to train_stats.json, or None when the run stopped before its budget.
     """
     mp, tp = cfg.model_params, cfg.train
     world = distributed.init_from_env(tp["device"])
@@ -182,7 +215,9 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
 
     cache = FaceCache(cache_dir)
     if cache.resolution != cfg.resolution:
-        raise UserError(f"face cache is {cache.resolution}px but data.resolution={cfg.resolution}: run `dvc repro preprocess`")
+        raise UserError(
+            f"face cache is {cache.resolution}px but data.resolution={cfg.resolution}: run `dvc repro preprocess`"
+        )
     spec = models.get_spec(cfg.model)
     G, D = models.build(cfg.model, mp["arch"], cfg.resolution)
     G, D = G.to(device).train(), D.to(device).train()
@@ -192,8 +227,10 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
     schedule = Schedule.for_model(cfg.model, mp, final_level, spec.progressive)
     for phase in schedule.phases:
         if phase.batch_size % world.size:
-            raise UserError(f"batch size {phase.batch_size} of phase {phase.name} does not split over {world.size} "
-                            f"processes: make models.{cfg.model} batch sizes multiples of {world.size}")
+            raise UserError(
+                f"batch size {phase.batch_size} of phase {phase.name} does not split over {world.size} "
+                f"processes: make models.{cfg.model} batch sizes multiples of {world.size}"
+            )
     reset_optimizer = spec.progressive and mp["progressive"]["reset_optimizer"]
 
     loss_cfg = mp["loss"]
@@ -202,8 +239,11 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
     opt_G = lazy_adam(G.parameters(), mp["lr_g"], mp["betas_g"], pl_every)
     opt_D = lazy_adam(D.parameters(), mp["lr_d"], mp["betas_d"], r1_every)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    path_length = (losses.PathLengthRegularizer(loss_cfg["pl_weight"], all_mean=world.all_mean)
-                   if loss_cfg["pl_weight"] > 0 else None)
+    path_length = (
+        losses.PathLengthRegularizer(loss_cfg["pl_weight"], all_mean=world.all_mean)
+        if loss_cfg["pl_weight"] > 0
+        else None
+    )
     if path_length is not None and not spec.style_based:
         raise UserError(f"models.{cfg.model}.loss.pl_weight needs a style-based generator: set it to 0")
     grid_z = torch.randn(tp["grid_size"] ** 2, G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
@@ -216,7 +256,11 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
     if resume is not None:
         state = checkpoint.load(resume)
         G.load_state_dict(state["G"]), D.load_state_dict(state["D"]), G_ema.load_state_dict(state["G_ema"])
-        opt_G.load_state_dict(state["opt_G"]), opt_D.load_state_dict(state["opt_D"]), scaler.load_state_dict(state["scaler"])
+        (
+            opt_G.load_state_dict(state["opt_G"]),
+            opt_D.load_state_dict(state["opt_D"]),
+            scaler.load_state_dict(state["scaler"]),
+        )
         set_rng_state(state["rng"])
         if path_length is not None:
             path_length.mean = state["pl_mean"].to(device)
@@ -224,8 +268,14 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
         train_seconds = float(state["train_seconds"])
         history, phase_stats = json.loads(state["history"]), json.loads(state["phase_stats"])
         if world.is_main:
-            log.info("resuming %s from %s at %.2f kimg (%s, alpha %.3f)", cfg.model, resume, nimg / 1000,
-                     state["phase"], float(state["alpha"]))
+            log.info(
+                "resuming %s from %s at %.2f kimg (%s, alpha %.3f)",
+                cfg.model,
+                resume,
+                nimg / 1000,
+                state["phase"],
+                float(state["alpha"]),
+            )
     live = LiveLog(live_dir if world.is_main else None, resume=resume is not None)
 
     nets = {"G": G, "D": D, "G_ema": G_ema}
@@ -236,11 +286,25 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
         if bad is not None:  # never write a checkpoint that cannot be resumed from
             raise non_finite_error(f"weight {bad}", step, ckpt_dir)
         phase = state_now["phase"]
-        state = {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
-                 "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(), "step": step,
-                 "nimg": nimg, "kimg": nimg / 1000, "phase_index": phase_index, "phase": phase.name,
-                 "level": phase.level, "alpha": state_now["alpha"], "train_seconds": train_seconds,
-                 "history": json.dumps(history), "phase_stats": json.dumps(phase_stats)}
+        state = {
+            "G": G.state_dict(),
+            "D": D.state_dict(),
+            "G_ema": G_ema.state_dict(),
+            "opt_G": opt_G.state_dict(),
+            "opt_D": opt_D.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+            "step": step,
+            "nimg": nimg,
+            "kimg": nimg / 1000,
+            "phase_index": phase_index,
+            "phase": phase.name,
+            "level": phase.level,
+            "alpha": state_now["alpha"],
+            "train_seconds": train_seconds,
+            "history": json.dumps(history),
+            "phase_stats": json.dumps(phase_stats),
+        }
         if path_length is not None:
             state["pl_mean"] = path_length.mean.detach().cpu()
         checkpoint.save(ckpt_dir / "last.pt", state)
@@ -248,8 +312,11 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
     def write_grid(phase: Phase) -> None:
         with torch.no_grad():
             images = to_resolution(G_ema(grid_z.to(device)).float(), phase.resolution)
-        save_grid(to_uint8(images), ckpt_dir / "samples" / f"res{phase.resolution:04d}_kimg{nimg / 1000:08.2f}.png",
-                  tp["grid_size"])
+        save_grid(
+            to_uint8(images),
+            ckpt_dir / "samples" / f"res{phase.resolution:04d}_kimg{nimg / 1000:08.2f}.png",
+            tp["grid_size"],
+        )
 
     def crossed(before: int, after: int, every_kimg: float) -> bool:
         return int(after / (every_kimg * 1000)) > int(before / (every_kimg * 1000))
@@ -260,15 +327,31 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
                 net.set_progress(level, alpha)
 
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    stop_nimg = schedule.total_nimg if stop_after_kimg is None else min(schedule.total_nimg, round(stop_after_kimg * 1000))
+    stop_nimg = (
+        schedule.total_nimg if stop_after_kimg is None else min(schedule.total_nimg, round(stop_after_kimg * 1000))
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bar = tqdm(total=schedule.total_nimg / 1000, initial=nimg / 1000, desc=f"train {cfg.model}", unit="kimg",
-               mininterval=10, disable=not world.is_main, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}{postfix}]")
-    tick = {"loss_D": 0.0, "loss_G": 0.0, "gp": 0.0, "r1": 0.0, "pl": 0.0, "n": 0, "seconds": 0.0, "nimg": 0}
+    bar = tqdm(
+        total=schedule.total_nimg / 1000,
+        initial=nimg / 1000,
+        desc=f"train {cfg.model}",
+        unit="kimg",
+        mininterval=10,
+        disable=not world.is_main,
+        bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}{postfix}]",
+    )
+    term_names = (D_ADVERSARIAL, G_ADVERSARIAL, D_GRADIENT_PENALTY, D_R1, G_PATH_LENGTH)
+    tick = {"n": 0, "seconds": 0.0, "nimg": 0, **{name: 0.0 for name in term_names}}
     if world.is_main:
-        log.info("%s schedule: %s", cfg.model, ", ".join(f"{p['phase']} {p['start_kimg']:g}-{p['end_kimg']:g} kimg "
-                                                         f"(batch {p['batch_size']})" for p in schedule.summary()))
+        log.info(
+            "%s schedule: %s",
+            cfg.model,
+            ", ".join(
+                f"{p['phase']} {p['start_kimg']:g}-{p['end_kimg']:g} kimg (batch {p['batch_size']})"
+                for p in schedule.summary()
+            ),
+        )
     while nimg < stop_nimg:
         t0 = time.perf_counter()
         phase = schedule.phase_at(nimg)
@@ -334,8 +417,7 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
         # one sync per step: the terms of all ranks, so every rank sees a NaN and stops together
         terms = world.all_mean(terms).cpu()
         if not torch.isfinite(terms).all():
-            names = ["D loss", "G loss", "gradient penalty", "R1", "path length"]
-            raise non_finite_error(names[int((~torch.isfinite(terms)).nonzero()[0])], step, ckpt_dir)
+            raise non_finite_error(term_names[int((~torch.isfinite(terms)).nonzero()[0])], step, ckpt_dir)
         scaler.step(opt_G)
         scaler.update()
         nimg_before, nimg = nimg, nimg + batch
@@ -349,7 +431,7 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
         stats["steps"] += 1
         if device.type == "cuda":
             stats["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
-        for i, key in enumerate(("loss_D", "loss_G", "gp", "r1", "pl")):
+        for i, key in enumerate(term_names):
             tick[key] += float(terms[i])
         tick["n"] += 1
         tick["seconds"] += seconds
@@ -361,59 +443,104 @@ def train(cfg: RunConfig, cache_dir: Path, run_dir: Path, ckpt_root: Path = chec
         if crossed(nimg_before, nimg, tp["log_kimg"]) or nimg >= stop_nimg or level_done:
             n = max(tick["n"], 1)
             peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-            row = {"kimg": round(nimg / 1000, 3), "step": step, "train_seconds": round(train_seconds, 2),
-                   **{k: tick[k] / n for k in ("loss_D", "loss_G", "gp", "r1", "pl")},
-                   "img_per_s": tick["nimg"] / max(tick["seconds"], 1e-9), "phase": phase.name,
-                   "level": phase.level, "resolution": phase.resolution, "alpha": round(alpha, 4),
-                   "lr_g": opt_G.param_groups[0]["lr"], "lr_d": opt_D.param_groups[0]["lr"],
-                   "peak_memory_gib": None if peak is None else peak / 2 ** 30}
+            row = {
+                "kimg": round(nimg / 1000, 3),
+                "step": step,
+                "train_seconds": round(train_seconds, 2),
+                "losses": {k: tick[k] / n for k in term_names},
+                "img_per_s": tick["nimg"] / max(tick["seconds"], 1e-9),
+                "phase": phase.name,
+                "level": phase.level,
+                "resolution": phase.resolution,
+                "alpha": round(alpha, 4),
+                "lr_g": opt_G.param_groups[0]["lr"],
+                "lr_d": opt_D.param_groups[0]["lr"],
+                "peak_memory_gib": None if peak is None else peak / 2**30,
+            }
             history.append(row)
-            live.log(len(history) - 1, {k: v for k, v in row.items() if k not in ("phase", "step")})
+            live.log(
+                len(history) - 1,
+                {**{k: v for k, v in row.items() if k not in ("phase", "step", "losses")}, **row["losses"]},
+            )
             tick = {k: 0 if k in ("n", "nimg") else 0.0 for k in tick}
             bad = first_non_finite(nets)
             if bad is not None:
                 raise non_finite_error(f"weight {bad}", step, ckpt_dir)
             if world.is_main:
-                bar.set_postfix(phase=phase.name, alpha=f"{alpha:.2f}", loss_D=f"{row['loss_D']:.3f}",
-                                loss_G=f"{row['loss_G']:.3f}")
+                bar.set_postfix(
+                    phase=phase.name,
+                    alpha=f"{alpha:.2f}",
+                    loss_D=f"{row['losses'][D_ADVERSARIAL]:.3f}",
+                    loss_G=f"{row['losses'][G_ADVERSARIAL]:.3f}",
+                )
         if world.is_main:
             if crossed(nimg_before, nimg, tp["sample_kimg"]) or level_done:
                 write_grid(phase)
             # a snapshot at the end of every resolution too: FID per resolution for growing models
             if crossed(nimg_before, nimg, tp["snapshot_kimg"]) or level_done:
-                checkpoint.save(ckpt_dir / "snapshots" / f"kimg{nimg / 1000:08.2f}.pt",
-                                {"G_ema": G_ema.state_dict(), "kimg": nimg / 1000, "level": phase.level, "alpha": alpha})
+                checkpoint.save(
+                    ckpt_dir / "snapshots" / f"kimg{nimg / 1000:08.2f}.pt",
+                    {"G_ema": G_ema.state_dict(), "kimg": nimg / 1000, "level": phase.level, "alpha": alpha},
+                )
             if crossed(nimg_before, nimg, tp["checkpoint_kimg"]) or nimg >= stop_nimg:
                 save_checkpoint()
     bar.close()
     world.barrier()
     if nimg < schedule.total_nimg:
         live.close()
-        return {"status": "interrupted", "step": step, "kimg": nimg / 1000}
+        return None
 
     peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    for stats in phase_stats.values():
-        stats["img_per_s"] = round(stats["nimg"] / max(stats["seconds"], 1e-9), 2)
     final = schedule.phases[-1]
-    stats = {
-        "status": "trained", "model": cfg.model, "paper": spec.paper, "resolution": cfg.resolution,
-        "kimg": round(nimg / 1000, 3), "steps": step, "batch_size": final.batch_size, "world_size": world.size,
-        "train_seconds": round(train_seconds, 2), "img_per_s": round(nimg / max(train_seconds, 1e-9), 2),
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": str(dtype).replace("torch.", ""), "peak_memory_bytes": peak_mem,
-        "params_G": models.count_params(G), "params_D": models.count_params(D), "history": history,
-        "schedule": schedule.summary(), "phases": phase_stats, "dvclive": live.enabled,
-        "resolutions_reached": sorted({4 * 2 ** p.level for p in schedule.phases}),
-    }
-    live.summary({"kimg": stats["kimg"], "img_per_s": stats["img_per_s"], "train_seconds": stats["train_seconds"],
-                  "peak_memory_gib": None if peak_mem is None else peak_mem / 2 ** 30})
+    stats = handoff.TrainedRun(
+        status="trained",
+        model=cfg.model,
+        paper=spec.paper,
+        resolution=cfg.resolution,
+        resolutions_reached=sorted({p.resolution for p in schedule.phases}),
+        kimg=round(nimg / 1000, 3),
+        steps=step,
+        batch_size=final.batch_size,
+        world_size=world.size,
+        train_seconds=round(train_seconds, 2),
+        img_per_s=round(nimg / max(train_seconds, 1e-9), 2),
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        precision=str(dtype).replace("torch.", ""),
+        peak_memory_bytes=peak_mem,
+        params_G=models.count_params(G),
+        params_D=models.count_params(D),
+        history=[handoff.HistoryRow(**row) for row in history],
+        schedule=[handoff.ScheduleEntry(**entry) for entry in schedule.summary()],
+        phases={
+            name: handoff.PhaseStats(
+                **p,
+                img_per_s=round(p["nimg"] / max(p["seconds"], 1e-9), 2),
+                peak_memory_bytes=p.get("peak_memory_bytes"),
+            )
+            for name, p in (
+                (n, {k: v for k, v in p.items() if k != "peak_memory_bytes"}) for n, p in phase_stats.items()
+            )
+        },
+        dvclive=live.enabled,
+        kernel_fallbacks=kernel_fallbacks(),
+    )
+    live.summary(
+        {
+            "kimg": stats.kimg,
+            "img_per_s": stats.img_per_s,
+            "train_seconds": stats.train_seconds,
+            "peak_memory_gib": None if peak_mem is None else peak_mem / 2**30,
+        }
+    )
     live.close()
     if not world.is_main:
         distributed.shutdown(world)
         return stats
-    checkpoint.save(ckpt_dir / "G_ema.pt", {"G_ema": G_ema.state_dict(), "kimg": nimg / 1000,
-                                            "level": final.level, "alpha": 1.0})
-    write_json(ckpt_dir / "train_stats.json", stats)
+    checkpoint.save(
+        ckpt_dir / "G_ema.pt", {"G_ema": G_ema.state_dict(), "kimg": nimg / 1000, "level": final.level, "alpha": 1.0}
+    )
+    stats.write(ckpt_dir / "train_stats.json")
     with atomic_dir(run_dir) as out:
         for name in ("samples", "snapshots", "G_ema.pt", "train_stats.json"):
             shutil.move(str(ckpt_dir / name), str(out / name))

@@ -11,6 +11,7 @@ Regularisers:
   gradient_penalty       (||grad D(mix)|| - 1)^2 on real/fake interpolates (WGAN-GP)
   PathLengthRegularizer  (||J_w^T y|| - a)^2 with a an EMA of the lengths (Karras et al. 2020)
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,9 @@ def r1_penalty(D, real: torch.Tensor, gamma: float) -> torch.Tensor:
     return 0.5 * gamma * grad.square().flatten(1).sum(1).mean()
 
 
-def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, weight: float,
-                     eps: torch.Tensor | None = None) -> torch.Tensor:
+def gradient_penalty(
+    D, real: torch.Tensor, fake: torch.Tensor, weight: float, eps: torch.Tensor | None = None
+) -> torch.Tensor:
     """weight * E(||grad D(x_hat)|| - 1)^2 with x_hat = eps real + (1 - eps) fake, eps ~ U(0, 1)
     per sample (the loop passes eps in so that a data-parallel run draws the same ones)."""
     if eps is None:

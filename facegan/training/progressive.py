@@ -15,6 +15,7 @@ The last level's train phase runs until the model's `kimg` budget is spent. Non-
 models get one phase at the final level. Position in the schedule is a count of images shown, so
 a run resumed from a checkpoint lands at the same phase and alpha (mid-phase included).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class Phase:
 
     @property
     def resolution(self) -> int:
-        return 4 * 2 ** self.level
+        return 4 * 2**self.level
 
     @property
     def name(self) -> str:
@@ -82,8 +83,9 @@ class Schedule:
                     if length <= 0:
                         raise UserError(
                             f"models.{model}.kimg={kimg} ends before the growing schedule reaches "
-                            f"{4 * 2 ** final_level}x{4 * 2 ** final_level} ({nimg / 1000:g} kimg): raise kimg or "
-                            f"shorten models.{model}.progressive.stable_kimg/fade_kimg")
+                            f"{4 * 2**final_level}x{4 * 2**final_level} ({nimg / 1000:g} kimg): raise kimg or "
+                            f"shorten models.{model}.progressive.stable_kimg/fade_kimg"
+                        )
                 else:
                     source = cfg["fade_kimg"] if kind == "fade" else cfg["stable_kimg"]
                     length = round(_per_level(source, level - 1 if kind == "fade" else level, 0.0) * 1000)
@@ -98,10 +100,13 @@ class Schedule:
         if not progressive:
             return cls.flat(model_params["kimg"], model_params["batch_size"], final_level)
         if "progressive" not in model_params:
-            raise UserError(f"models.{model} needs a `progressive` block (stable_kimg, fade_kimg, batch_sizes, "
-                            f"reset_optimizer): add it to params.yaml, see models.pggan")
-        return cls.progressive(model, model_params["kimg"], model_params["batch_size"], final_level,
-                               model_params["progressive"])
+            raise UserError(
+                f"models.{model} needs a `progressive` block (stable_kimg, fade_kimg, batch_sizes, "
+                f"reset_optimizer): add it to params.yaml, see models.pggan"
+            )
+        return cls.progressive(
+            model, model_params["kimg"], model_params["batch_size"], final_level, model_params["progressive"]
+        )
 
     def phase_at(self, nimg: int) -> Phase:
         for phase in self.phases:
@@ -109,9 +114,15 @@ class Schedule:
                 return phase
         return self.phases[-1]
 
-    def levels(self) -> list[int]:
-        return sorted({p.level for p in self.phases})
-
     def summary(self) -> list[dict]:
-        return [{"phase": p.name, "level": p.level, "resolution": p.resolution, "start_kimg": p.start_nimg / 1000,
-                 "end_kimg": p.end_nimg / 1000, "batch_size": p.batch_size} for p in self.phases]
+        return [
+            {
+                "phase": p.name,
+                "level": p.level,
+                "resolution": p.resolution,
+                "start_kimg": p.start_nimg / 1000,
+                "end_kimg": p.end_nimg / 1000,
+                "batch_size": p.batch_size,
+            }
+            for p in self.phases
+        ]

@@ -1,0 +1,378 @@
+"""The JSON files stages hand to each other, as declared shapes.
+
+Each file a stage writes for another stage to read is a dataclass here; it is written with
+`write()` and read with `read()`, never as a bare dict. Reading checks the file against the
+declared shape: a missing key, an unknown key or a value of another type is a one-line
+`HandoffError` naming the file, the keys and the stage to re-run, instead of a silent `.get()`
+default further down (the bug this module exists to prevent: the report read
+`resolution_reached` while the loop wrote `resolutions_reached`).
+
+  file                                  shape                        written by     read by
+  runs/config/<view>.json               DownloadView ... ReportView  configure      every stage
+  runs/<model>/train_stats.json         TrainedRun | SkippedRun      train@         evaluate@, report
+  metrics/<model>.json                  ModelMetrics | SkippedMetrics evaluate@     report, dvc metrics
+  evals/<model>/fid_vs_kimg.json        list[FidPoint]               evaluate@      report, dvc plots
+  evals/<model>/losses.json             list[LossPoint]              evaluate@      dvc plots
+  data/reference/meta.json              ReferenceMeta                reference_stats evaluate@, report
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar, Union
+
+from facegan.errors import UserError
+from facegan.io import read_json, write_json
+
+T = TypeVar("T", bound="Handoff")
+
+
+class HandoffError(UserError):
+    """A hand-off file does not have its declared shape (written by other code, or edited)."""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _matches(value: Any, tp) -> bool:
+    """Whether a JSON value fits the annotation `tp` (nested hand-offs are checked by their own reader)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:  # JSON has one number type; NaN/inf are written by Python's json as NaN/Infinity
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is list or tp is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict or tp is dict:
+        _, item = typing.get_args(tp) or (str, Any)
+        return isinstance(value, dict) and all(_matches(v, item) for v in value.values())
+    if isinstance(tp, type) and issubclass(tp, Handoff):
+        return isinstance(value, dict)
+    raise TypeError(f"handoff field type {tp} is not supported")
+
+
+@dataclasses.dataclass(frozen=True)
+class Handoff:
+    """Base of every hand-off shape: exact keys on read, plain JSON on write."""
+
+    writer: ClassVar[str] = "its stage"  # the `dvc repro` target that writes this file
+
+    @classmethod
+    def from_dict(cls: type[T], data: Any, source: str | Path) -> T:
+        if not isinstance(data, dict):
+            raise HandoffError(f"{source} is not a {cls.__name__} (a JSON object): re-run `dvc repro {cls.writer}`")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing, unknown = sorted(fields - set(data)), sorted(set(data) - fields)
+        if missing or unknown:
+            detail = "; ".join(
+                part
+                for part in (
+                    f"missing {', '.join(missing)}" if missing else "",
+                    f"unknown {', '.join(unknown)}" if unknown else "",
+                )
+                if part
+            )
+            raise HandoffError(
+                f"{source} does not have the shape of {cls.__name__} ({detail}): "
+                f"it was written by other code; re-run `dvc repro {cls.writer}`"
+            )
+        values = {}
+        for name in fields:
+            tp, value = hints[name], data[name]
+            if not _matches(value, tp):
+                raise HandoffError(
+                    f"{source}: {cls.__name__}.{name} should be {_type_name(tp)}, got {value!r:.60}: "
+                    f"re-run `dvc repro {cls.writer}`"
+                )
+            values[name] = _nested(value, tp, f"{source}:{name}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def write(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def read(cls: type[T], path: str | Path) -> T:
+        return cls.from_dict(read_json(path), path)
+
+
+def _nested(value: Any, tp, source: str) -> Any:
+    """Turn nested dicts/lists of hand-offs into their dataclasses."""
+    origin = typing.get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, Handoff):
+        return tp.from_dict(value, source)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(item, type) and issubclass(item, Handoff):
+            return [item.from_dict(v, f"{source}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if isinstance(item, type) and issubclass(item, Handoff):
+            return {k: item.from_dict(v, f"{source}.{k}") for k, v in value.items()}
+    return value
+
+
+def write_list(path: str | Path, items: list[Handoff]) -> None:
+    write_json(path, [item.to_dict() for item in items])
+
+
+def read_list(cls: type[T], path: str | Path) -> list[T]:
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise HandoffError(f"{path} is not a list of {cls.__name__}: re-run `dvc repro {cls.writer}`")
+    return [cls.from_dict(item, f"{path}[{i}]") for i, item in enumerate(data)]
+
+
+# ------------------------------------------------------------------------------------------------
+# runs/config/<view>.json: each stage's effective params, written by `configure`
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadView(Handoff):
+    writer: ClassVar[str] = "configure"
+    seed: int
+    data: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessView(Handoff):
+    writer: ClassVar[str] = "configure"
+    data: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceView(Handoff):
+    writer: ClassVar[str] = "configure"
+    resolution: int  # data.resolution: the cache the statistics must come from
+    evaluate: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateView(Handoff):
+    writer: ClassVar[str] = "configure"
+    seed: int
+    evaluate: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelView(Handoff):
+    """One model's training params; `selected` says whether this experiment trains it."""
+
+    writer: ClassVar[str] = "configure"
+    model: str
+    selected: bool
+    skip_reason: str
+    seed: int
+    resolution: int
+    train: dict
+    params: dict  # the model's section of params.yaml (models.<model>), profile applied
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportView(Handoff):
+    writer: ClassVar[str] = "configure"
+    profile: str
+    model: str  # the selection (`all` or one name)
+    models: list[str]  # every model of the study, in report order
+    seed: int
+    data: dict
+    evaluate: dict
+    loss_types: dict[str, str]  # models.<name>.loss.type: the stability heuristics depend on it
+
+
+# ------------------------------------------------------------------------------------------------
+# runs/<model>/train_stats.json
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryRow(Handoff):
+    """Training metrics averaged over one `train.log_kimg` interval."""
+
+    writer: ClassVar[str] = "train@<model>"
+    kimg: float
+    step: int
+    train_seconds: float
+    img_per_s: float
+    phase: str  # the schedule phase (train64, fade128, ...)
+    level: int
+    resolution: int
+    alpha: float
+    lr_g: float
+    lr_d: float
+    peak_memory_gib: float | None
+    losses: dict[str, float]  # loss terms by name, e.g. "Dmain/adversarial", "Dreg/r1" (facegan.training.phases)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseStats(Handoff):
+    writer: ClassVar[str] = "train@<model>"
+    seconds: float
+    nimg: int
+    steps: int
+    batch_size: int
+    img_per_s: float
+    peak_memory_bytes: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleEntry(Handoff):
+    writer: ClassVar[str] = "train@<model>"
+    phase: str
+    level: int
+    resolution: int
+    start_kimg: float
+    end_kimg: float
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedRun(Handoff):
+    writer: ClassVar[str] = "train@<model>"
+    status: Literal["skipped"]
+    model: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun(Handoff):
+    writer: ClassVar[str] = "train@<model>"
+    status: Literal["trained"]
+    model: str
+    paper: str
+    resolution: int
+    resolutions_reached: list[int]  # every level the schedule trained at (one for non-growing models)
+    kimg: float
+    steps: int
+    batch_size: int  # of the final phase
+    world_size: int
+    train_seconds: float
+    img_per_s: float
+    device: str
+    device_name: str
+    precision: str
+    peak_memory_bytes: int | None
+    params_G: int
+    params_D: int
+    history: list[HistoryRow]
+    schedule: list[ScheduleEntry]
+    phases: dict[str, PhaseStats]
+    dvclive: bool
+    kernel_fallbacks: dict[str, str]  # op -> the error that sent it from Triton to the reference path
+
+
+def read_train_stats(path: str | Path) -> TrainedRun | SkippedRun:
+    data = read_json(path)
+    shape = SkippedRun if isinstance(data, dict) and data.get("status") == "skipped" else TrainedRun
+    return shape.from_dict(data, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics/<model>.json and evals/<model>/*.json
+
+
+@dataclasses.dataclass(frozen=True)
+class FidPoint(Handoff):
+    """FID of one training snapshot (FID vs kimg)."""
+
+    writer: ClassVar[str] = "evaluate@<model>"
+    kimg: float
+    train_hours: float | None
+    fid: float
+    num_gen: int
+    label_key: str  # facegan.metrics.labels key of the extractor
+    resolution: int  # the level the snapshot generated at (below the final one for a growing model)
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedMetrics(Handoff):
+    writer: ClassVar[str] = "evaluate@<model>"
+    status: Literal["skipped"]
+    model: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMetrics(Handoff):
+    writer: ClassVar[str] = "evaluate@<model>"
+    status: Literal["trained"]
+    model: str
+    label_key: str  # facegan.metrics.labels key: how FID/KID/P&R are labelled wherever shown
+    fid: float  # mean over fid_seeds generated sets
+    fid_std: float
+    fid_values: list[float]
+    fid_seeds: int
+    kid: float
+    num_gen: int
+    num_ref: int
+    precision: float
+    recall: float
+    pr_num: int
+    pr_k: int
+    feature_spread_ratio: float  # generated features' total variance / the real ones': far below 1 hints collapse
+    ppl: float
+    ppl_num: int
+    ppl_space: str
+    ppl_sampling: str
+    ppl_epsilon: float
+    ppl_crop: bool
+    ppl_label_key: str  # facegan.metrics.labels key of the LPIPS network
+    eval_seconds: dict[str, float]
+    seeds: dict[str, Any]
+
+
+def read_metrics(path: str | Path) -> ModelMetrics | SkippedMetrics:
+    data = read_json(path)
+    shape = SkippedMetrics if isinstance(data, dict) and data.get("status") == "skipped" else ModelMetrics
+    return shape.from_dict(data, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossPoint(Handoff):
+    """One row of evals/<model>/losses.json: flat, so that `dvc plots` can draw each term."""
+
+    writer: ClassVar[str] = "evaluate@<model>"
+    kimg: float
+    loss_D: float  # the adversarial terms under fixed names, so one plot definition serves every model
+    loss_G: float
+
+
+# ------------------------------------------------------------------------------------------------
+# data/reference/meta.json
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceMeta(Handoff):
+    writer: ClassVar[str] = "reference_stats"
+    extractor: str  # inception | fid_helper | proxy
+    label_key: str  # facegan.metrics.labels key (fid_helper_unverified until its check passed)
+    agreement: dict | None  # fid-helper vs clean-fid feature check, when one was possible
+    count: int  # real faces the statistics come from
+    cache_count: int
+    source: str
+    synthetic: bool
+    resolution: int
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,221 @@
+"""Every metric of a trained generator, its FID along the training snapshots, and its pictures.
+
+`evaluate_run` is what the `evaluate@<model>` stage calls: from the run folder written by
+training, the reference statistics and the params views it returns an `Evaluation` (the metrics
+file's content, the FID-vs-kimg curve, the loss curve for `dvc plots` and the report's pictures);
+the stage writes it. Numbers: FID (mean/std over `evaluate.fid_seeds` generated sets), KID,
+precision/recall (on the first set's features), PPL, each with its sample count and the label
+key of the network that produced it (facegan.metrics.labels).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import models
+from facegan import handoff
+from facegan.data.cache import to_uint8
+from facegan.device import resolve_device
+from facegan.errors import UserError
+from facegan.metrics import labels, visuals
+from facegan.metrics.features import build_extractor, extract
+from facegan.metrics.fid import fid_from_features, kid_from_features, spread
+from facegan.metrics.ppl import build_lpips, path_length
+from facegan.metrics.precision_recall import precision_recall
+from facegan.metrics.reference import load_features
+from facegan.training import checkpoint
+
+log = logging.getLogger(__name__)
+PROGRESSIVE_GRID = re.compile(r"res(\d+)_.*\.png")
+
+
+@dataclass
+class Evaluation:
+    metrics: handoff.ModelMetrics | handoff.SkippedMetrics
+    curve: list[handoff.FidPoint] = field(default_factory=list)
+    losses: list[handoff.LossPoint] = field(default_factory=list)
+    pictures: dict[str, np.ndarray] = field(default_factory=dict)  # file stem -> RGB uint8 image
+    copied: dict[str, Path] = field(default_factory=dict)  # file name -> a training grid to copy as it is
+
+
+def seeds_for(seed: int, fid_seeds: int) -> dict:
+    """Every random draw of the evaluation, derived from params `seed` (disjoint from training's)."""
+    return {
+        "fid": [seed + 1000 + i for i in range(fid_seeds)],
+        "snapshots": seed + 2000,
+        "ppl": seed + 3000,
+        "pictures": seed + 4000,
+        "kid_subsets": seed,
+    }
+
+
+def generated_batches(G, count: int, batch_size: int, seed: int, device: torch.device):
+    """uint8 (B, H, W, 3) batches of `count` images from seeded latents."""
+    gen = torch.Generator().manual_seed(seed)
+    for start in range(0, count, batch_size):
+        z = torch.randn(min(batch_size, count - start), G.z_dim, generator=gen)
+        with torch.no_grad():
+            yield to_uint8(G(z.to(device)))
+
+
+def train_hours_at(kimg: float, history: list[handoff.HistoryRow]) -> float | None:
+    """Training time when a snapshot was taken, from the history's (kimg, train_seconds) points."""
+    if not history:
+        return None
+    return float(np.interp(kimg, [h.kimg for h in history], [h.train_seconds for h in history])) / 3600
+
+
+def ppl_space(ev: dict, style_based: bool, model: str) -> str:
+    if ev["ppl_space"] == "auto":
+        return "w" if style_based else "z"
+    if ev["ppl_space"] == "w" and not style_based:
+        raise UserError(f"evaluate.ppl_space=w needs a style-based generator and {model} is not: use auto or z")
+    return ev["ppl_space"]
+
+
+def loss_curve(history: list[handoff.HistoryRow]) -> list[handoff.LossPoint]:
+    """The adversarial terms of every model under fixed names, for the shared `dvc plots` definition."""
+    from facegan.training.phases import D_ADVERSARIAL, G_ADVERSARIAL
+
+    return [
+        handoff.LossPoint(kimg=h.kimg, loss_D=h.losses[D_ADVERSARIAL], loss_G=h.losses[G_ADVERSARIAL]) for h in history
+    ]
+
+
+def evaluate_run(
+    view: handoff.ModelView,
+    ev_view: handoff.EvaluateView,
+    run_dir: Path,
+    reference_dir: Path,
+) -> Evaluation:
+    model, ev = view.model, ev_view.evaluate
+    stats = handoff.read_train_stats(run_dir / "train_stats.json")
+    if isinstance(stats, handoff.SkippedRun):
+        return Evaluation(handoff.SkippedMetrics(status="skipped", model=model, reason=stats.reason))
+
+    device = resolve_device(ev["device"])
+    meta = handoff.ReferenceMeta.read(reference_dir / "meta.json")
+    extractor = build_extractor(ev["extractor"], ev, device)
+    if meta.extractor != extractor.kind:
+        raise UserError(
+            f"reference features use {meta.extractor} but evaluate.extractor={extractor.kind}: "
+            "run `dvc repro reference_stats`"
+        )
+    if meta.resolution != view.resolution:
+        raise UserError(
+            f"reference statistics were computed at {meta.resolution}px but data.resolution={view.resolution}: "
+            "run `dvc repro reference_stats`"
+        )
+    reference = load_features(reference_dir)
+    spec = models.get_spec(model)
+    arch = view.params["arch"]
+    G = models.from_snapshot(model, arch, view.resolution, checkpoint.load(run_dir / "G_ema.pt")).to(device)
+    seeds = seeds_for(ev_view.seed, ev["fid_seeds"])
+    timings = {}
+
+    t0 = time.perf_counter()
+    fids, first = [], None
+    for seed in seeds["fid"]:
+        feats = extract(generated_batches(G, ev["num_gen"], ev["batch_size"], seed, device), extractor)
+        fids.append(fid_from_features(feats, reference))
+        first = feats if first is None else first
+    fid = spread(fids)
+    pr = precision_recall(reference, first, ev["pr_k"], device)
+    kid = kid_from_features(first, reference, seeds["kid_subsets"])
+    spread_ratio = float(np.trace(np.cov(first, rowvar=False)) / np.trace(np.cov(reference, rowvar=False)))
+    timings["fid_kid_pr"] = time.perf_counter() - t0
+    log.info(
+        "%s: %s %.3f (std %.3f over %d sets of %d), precision %.3f, recall %.3f",
+        model, extractor.kind, fid["mean"], fid["std"], len(fids), len(first), pr["precision"], pr["recall"],
+    )  # fmt: skip
+
+    t0 = time.perf_counter()
+    space = ppl_space(ev, spec.style_based, model)
+    lpips_net = build_lpips(ev["lpips"], ev["lpips_weights"], device)
+    ppl = path_length(
+        G, lpips_net, space, ev["ppl_sampling"], ev["ppl_samples"], ev["ppl_epsilon"], ev["batch_size"],
+        seeds["ppl"], ev["ppl_crop"], device,
+    )  # fmt: skip
+    timings["ppl"] = time.perf_counter() - t0
+    log.info("%s: PPL in %s (%s, %s LPIPS) %.2f over %d pairs", model, space.upper(), ev["ppl_sampling"],
+             ev["lpips"], ppl["ppl"], ppl["num"])  # fmt: skip
+
+    t0 = time.perf_counter()
+    curve = []
+    for snap in sorted((run_dir / "snapshots").glob("*.pt")):
+        weights = checkpoint.load(snap)
+        G_snap = models.from_snapshot(model, arch, view.resolution, weights).to(device)
+        batches = generated_batches(G_snap, ev["snapshot_num_gen"], ev["batch_size"], seeds["snapshots"], device)
+        snap_feats = extract(batches, extractor)
+        kimg = float(weights["kimg"])
+        level = int(weights["level"])  # a growing model's snapshot shows its level, upsampled to full size
+        curve.append(
+            handoff.FidPoint(
+                kimg=kimg,
+                train_hours=train_hours_at(kimg, stats.history),
+                fid=fid_from_features(snap_feats, reference),
+                num_gen=int(len(snap_feats)),
+                label_key=meta.label_key,
+                resolution=4 * 2**level,
+            )
+        )
+        log.info("%s at %.2f kimg (%dpx): %s %.4g", model, kimg, 4 * 2**level, extractor.kind, curve[-1].fid)
+    timings["snapshots"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pic_seed = seeds["pictures"]
+    pictures = {
+        "samples": visuals.sample_grid(G, ev["grid_size"], pic_seed, device),
+        "interpolation": visuals.interpolation_strips(G, spec.style_based, ev["interpolation_steps"], pic_seed, device),
+    }
+    if spec.style_based:
+        pictures["truncation"] = visuals.truncation_sweep(
+            G, ev["truncation_psis"], ev["truncation_rows"], pic_seed, device
+        )
+    last_per_res = {}
+    for grid in sorted((run_dir / "samples").glob("res*_*.png")):
+        match = PROGRESSIVE_GRID.fullmatch(grid.name)
+        if match:
+            last_per_res[int(match.group(1))] = grid
+    timings["pictures"] = time.perf_counter() - t0
+
+    metrics = handoff.ModelMetrics(
+        status="trained",
+        model=model,
+        label_key=meta.label_key,
+        fid=fid["mean"],
+        fid_std=fid["std"],
+        fid_values=fid["values"],
+        fid_seeds=len(fids),
+        kid=kid,
+        num_gen=int(len(first)),
+        num_ref=int(len(reference)),
+        precision=pr["precision"],
+        recall=pr["recall"],
+        pr_num=pr["num"],
+        pr_k=pr["k"],
+        feature_spread_ratio=spread_ratio,
+        ppl=ppl["ppl"],
+        ppl_num=ppl["num"],
+        ppl_space=ppl["space"],
+        ppl_sampling=ppl["sampling"],
+        ppl_epsilon=ppl["epsilon"],
+        ppl_crop=ev["ppl_crop"],
+        ppl_label_key=labels.lpips_label_key(ev["lpips"]),
+        eval_seconds={k: round(v, 2) for k, v in timings.items()},
+        seeds={k: v for k, v in seeds.items() if k != "kid_subsets"},
+    )
+    return Evaluation(
+        metrics=metrics,
+        curve=curve,
+        losses=loss_curve(stats.history),
+        pictures=pictures,
+        copied={f"res{res}.png": grid for res, grid in sorted(last_per_res.items())},
+    )
