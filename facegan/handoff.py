@@ -214,18 +214,18 @@ class HistoryRow(Handoff):
     step: int
     train_seconds: float
     img_per_s: float
-    phase: str  # the schedule phase (train64, fade128, ...)
+    segment: str  # the schedule segment (train64, fade128, ...; facegan.training.progressive)
     level: int
     resolution: int
     alpha: float
     lr_g: float
     lr_d: float
     peak_memory_gib: float | None
-    losses: dict[str, float]  # loss terms by name, e.g. "Dmain/adversarial", "Dreg/r1" (facegan.training.phases)
+    losses: dict[str, float]  # loss terms by name, e.g. "D/adversarial", "D/r1" (facegan.training.phases)
 
 
 @dataclasses.dataclass(frozen=True)
-class PhaseStats(Handoff):
+class SegmentStats(Handoff):
     writer: ClassVar[str] = "train@<model>"
     seconds: float
     nimg: int
@@ -238,7 +238,7 @@ class PhaseStats(Handoff):
 @dataclasses.dataclass(frozen=True)
 class ScheduleEntry(Handoff):
     writer: ClassVar[str] = "train@<model>"
-    phase: str
+    segment: str
     level: int
     resolution: int
     start_kimg: float
@@ -276,7 +276,8 @@ class TrainedRun(Handoff):
     params_D: int
     history: list[HistoryRow]
     schedule: list[ScheduleEntry]
-    phases: dict[str, PhaseStats]
+    segments: dict[str, SegmentStats]  # time, images, steps and memory per schedule segment
+    training_phases: list[str]  # the step's phases in order, e.g. ["Gmain", "Greg", "Dmain", "Dreg"]
     dvclive: bool
     kernel_fallbacks: dict[str, str]  # op -> the error that sent it from Triton to the reference path
 

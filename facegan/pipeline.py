@@ -155,24 +155,42 @@ def stages(models: list[str]) -> list[Stage]:
     data_views = ("download", "preprocess", "reference_stats", "evaluate", "report")
     raw, cache, reference = str(paths.RAW_DIR), str(paths.CACHE_DIR), str(paths.REFERENCE_DIR)
     return [
-        Stage("configure", params=("model", "seed", "data", "train", "evaluate", "models", "profile", "profiles"),
-              outs=tuple(config(v) for v in (*data_views, *models)),
-              comment="each stage's effective params (profile applied); the only stage that reads params.yaml"),
+        Stage(
+            "configure",
+            params=("model", "seed", "data", "train", "evaluate", "models", "profile", "profiles"),
+            outs=tuple(config(v) for v in (*data_views, *models)),
+            comment="each stage's effective params (profile applied); the only stage that reads params.yaml",
+        ),
         Stage("download", reads=(config("download"),), outs=(raw,)),
         Stage("preprocess", reads=(raw, config("preprocess")), outs=(cache,), metrics=(str(paths.PREPROCESS_REPORT),)),
         Stage("reference_stats", reads=(cache, config("reference_stats")), outs=(reference,)),
-        Stage("train", per_model=True, reads=(cache, config("{model}")), outs=(str(paths.run_dir("{model}")),),
-              metrics=(str(paths.live_dir("{model}") / "metrics.json"),),
-              plots=(str(paths.live_dir("{model}") / "plots" / "metrics"),),
-              comment="dvclive: kimg, img/s, train time, peak memory (metrics); losses, lr, alpha (plots)"),
-        Stage("evaluate", per_model=True,
-              reads=(str(paths.run_dir("{model}")), reference, config("evaluate"), config("{model}")),
-              outs=(str(paths.eval_dir("{model}")),), metrics=(str(paths.metrics_file("{model}")),)),
-        Stage("report", reads=(config("report"), reference),
-              every_model=(str(paths.run_dir("{model}")), str(paths.eval_dir("{model}")),
-                           str(paths.metrics_file("{model}"))),
-              outs=(str(paths.REPORTS_DIR / "comparison.md"), str(paths.REPORTS_DIR / "figures"))),
-    ]  # fmt: skip
+        Stage(
+            "train",
+            per_model=True,
+            reads=(cache, config("{model}")),
+            outs=(str(paths.run_dir("{model}")),),
+            metrics=(str(paths.live_dir("{model}") / "metrics.json"),),
+            plots=(str(paths.live_dir("{model}") / "plots" / "metrics"),),
+            comment="dvclive: kimg, img/s, train time, peak memory (metrics); losses, lr, alpha (plots)",
+        ),
+        Stage(
+            "evaluate",
+            per_model=True,
+            reads=(str(paths.run_dir("{model}")), reference, config("evaluate"), config("{model}")),
+            outs=(str(paths.eval_dir("{model}")),),
+            metrics=(str(paths.metrics_file("{model}")),),
+        ),
+        Stage(
+            "report",
+            reads=(config("report"), reference),
+            every_model=(
+                str(paths.run_dir("{model}")),
+                str(paths.eval_dir("{model}")),
+                str(paths.metrics_file("{model}")),
+            ),
+            outs=(str(paths.REPORTS_DIR / "comparison.md"), str(paths.REPORTS_DIR / "figures")),
+        ),
+    ]
 
 
 def code_deps(stage: Stage, model: str | None = None, root: Path = ROOT) -> list[str]:
@@ -223,16 +241,26 @@ def top_level_plots(models: list[str]) -> list:
         return {str(paths.eval_dir(m) / file): field for m in models}
 
     return [
-        {"FID vs kimg (the FidPoint label_key says proxy, FID* or FID)":
-            {"template": "linear", "x": "kimg", "y_label": "FID (see label_key)",
-             "y": per_model("fid_vs_kimg.json", "fid")}},
-        {"FID vs training time (hours on each model's own device)":
-            {"template": "linear", "x": "train_hours", "y_label": "FID (see label_key)",
-             "y": per_model("fid_vs_kimg.json", "fid")}},
+        {
+            "FID vs kimg (the FidPoint label_key says proxy, FID* or FID)": {
+                "template": "linear",
+                "x": "kimg",
+                "y_label": "FID (see label_key)",
+                "y": per_model("fid_vs_kimg.json", "fid"),
+            }
+        },
+        {
+            "FID vs training time (hours on each model's own device)": {
+                "template": "linear",
+                "x": "train_hours",
+                "y_label": "FID (see label_key)",
+                "y": per_model("fid_vs_kimg.json", "fid"),
+            }
+        },
         {"D loss": {"template": "linear", "x": "kimg", "y": per_model("losses.json", "loss_D")}},
         {"G loss": {"template": "linear", "x": "kimg", "y": per_model("losses.json", "loss_G")}},
         str(paths.REPORTS_DIR / "figures"),
-    ]  # fmt: skip
+    ]
 
 
 @dataclass

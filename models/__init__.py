@@ -5,9 +5,13 @@ Contract every model follows (the training loop, metrics and report rely on it):
 Generator `G` (nn.Module)
   - attributes `z_dim`, `img_resolution`, `img_channels`
   - `G(z, truncation_psi=1.0) -> images` (N, C, R, R), roughly in [-1, 1]
-  - style-based generators also have `G.mapping(z, truncation_psi=1.0) -> ws` (N, num_ws, w_dim),
-    `G.synthesis(ws) -> images`, a buffer `G.w_avg` and `G.w_dim`; style mixing, when the
-    model uses it, happens inside `G.forward` while `G.training` is true
+  - style-based generators also have `G.mapping(z, truncation_psi=1.0, update_emas=False) -> ws`
+    (N, num_ws, w_dim), `G.synthesis(ws, update_emas=False) -> images`, a buffer `G.w_avg`,
+    `G.w_dim` and `G.num_ws`; `update_emas=True` updates the running statistics the networks keep
+    (w_avg, StyleGAN3's magnitude EMAs), which the training loop asks for once per step, in the
+    pass that makes D's fakes, as the official code does. G itself never mixes styles: style
+    mixing is the training loop's (facegan/training/phases.py), as in the official loss. A
+    growing style-based G also has `num_active_ws`, the ws its current level reads
 Discriminator `D` (nn.Module)
   - `D(images) -> logits` (N,) or (N, 1)
 Progressive models (PGGAN, StyleGAN) also give both G and D `set_progress(level, alpha)`:

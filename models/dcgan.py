@@ -11,6 +11,9 @@ Components of the paper and where they live:
   - Adam lr 2e-4, beta1 0.5, non-saturating loss                    -> params.yaml models.dcgan
 The paper's 64x64 network generalises to any power-of-two resolution by adding blocks; widths
 double per block towards 4x4, capped at `max_channels`.
+Training (as PyTorch's DCGAN example): a D step on reals and fakes, then a G step. Deviation kept:
+the study evaluates an EMA of G (10-kimg half-life) as it does for every model, which the paper
+does not have.
 """
 
 from __future__ import annotations

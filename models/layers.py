@@ -7,7 +7,8 @@ Components and the papers they come from:
   - pixelwise feature normalisation (PGGAN sec. 4.2) -> `PixelNorm`, `normalize_2nd_moment`
   - mapping network z -> w, normalised z, N FC layers with lr multiplier 0.01, running mean of w
     for the truncation trick (Karras et al. 2019, "A Style-Based Generator Architecture", sec. 2
-    and 3.3 / appendix B) -> `MappingNetwork`; style-mixing regularisation (sec. 3.1) -> `mix_styles`
+    and 3.3 / appendix B) -> `MappingNetwork` (style mixing is the training loop's, as in the official
+    code: facegan/training/phases.py)
   - minibatch standard deviation (PGGAN sec. 3) -> `MinibatchStdDev`
   - weight modulation / demodulation, run as one grouped convolution over the batch (Karras et al.
     2020, "Analyzing and Improving the Image Quality of StyleGAN", sec. 2.2), FIR up-sampling
@@ -197,7 +198,7 @@ def bias_act_default_gain(activation: str) -> float:
 class MappingNetwork(nn.Module):
     """z (N, z_dim) -> ws (N, num_ws, w_dim): optional z normalisation, `num_layers` equalised FC
     layers with leaky ReLU at lr_multiplier (0.01 in StyleGAN/2/3), a running average of w
-    (`w_avg`, decay w_avg_beta, updated in training mode) and the truncation trick
+    (`w_avg`, decay w_avg_beta, updated when the caller passes update_emas) and the truncation trick
     w' = w_avg + psi (w - w_avg) on the first `truncation_cutoff` ws (all when None)."""
 
     def __init__(
@@ -227,13 +228,13 @@ class MappingNetwork(nn.Module):
         z: torch.Tensor,
         truncation_psi: float = 1.0,
         truncation_cutoff: int | None = None,
-        update_w_avg: bool | None = None,
+        update_emas: bool = False,
     ) -> torch.Tensor:
         with block_precision(False, z.device)[1]:  # the mapping always runs in fp32
             x = normalize_2nd_moment(z.to(torch.float32)) if self.normalize_z else z.to(torch.float32)
             for layer in self.layers:
                 x = layer(x)
-        if self.training if update_w_avg is None else update_w_avg:
+        if update_emas:  # once per training step, in the pass that makes D's fakes (official update_emas)
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         if self.num_ws is None:
@@ -244,19 +245,6 @@ class MappingNetwork(nn.Module):
             ws = ws.clone()
             ws[:, :cutoff] = self.w_avg.lerp(ws[:, :cutoff], truncation_psi)
         return ws
-
-
-def mix_styles(mapping: MappingNetwork, z: torch.Tensor, ws: torch.Tensor, prob: float) -> torch.Tensor:
-    """Style-mixing regularisation (StyleGAN sec. 3.1): with probability `prob`, the ws from a
-    crossover index on (uniform in 1..num_ws-1, one per batch as in the official code) come from
-    a second latent. Callers use it only while training."""
-    if prob <= 0 or ws.shape[1] < 2:
-        return ws
-    if torch.rand([]).item() >= prob:
-        return ws
-    cutoff = int(torch.randint(1, ws.shape[1], []).item())
-    ws2 = mapping(torch.randn_like(z), update_w_avg=False)
-    return torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -538,7 +526,6 @@ __all__ = [
     "Conv2dLayer",
     "conv2d_resample",
     "MappingNetwork",
-    "mix_styles",
     "modulated_conv2d",
     "ModulatedConv2d",
     "NoiseInjection",

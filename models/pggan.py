@@ -25,6 +25,14 @@ Leaky-ReLU layers carry their sqrt(2) He gain as an activation gain (layers.Conv
 equals the paper's weight-side gain up to the scale of the bias.
 `level` and `alpha` also live in a buffer, so a snapshot loaded with load_state_dict comes back
 at the level it was trained at.
+
+Training schedule (tkarras/progressive_growing_of_gans, its 1-GPU preset) run by
+facegan/training: phases Dmain (WGAN-GP every step, drift 0.001) then Gmain, growing from 4x4 with
+a batch of 128/128/128/64/32/16 at 4..128 px and lr 0.001. Deviations kept, with their reason:
+  - 800 kimg per segment (the paper's text and the v1 preset) rather than the 600 of the v2 preset;
+  - the G average is a 10-kimg half-life in images, while the official code decays by 0.999 per
+    step whatever the batch size (a half-life of 11 kimg at batch 16 and 89 kimg at batch 128):
+    one rule for every model of the study.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ Components and where they live:
   - per-pixel noise inputs with learned per-channel strengths (sec. 2, fig. 1b) -> layers.NoiseInjection
   - 3x3 conv after 2x up-sampling, then the [1,2,1] blur (bilinear-like FIR, sec. 2 / appendix C)
                                                         -> StyleLayer
-  - style-mixing regularisation, crossover inside G.forward while training (sec. 3.1, 90%)
-                                                        -> layers.mix_styles, Generator.forward
+  - style-mixing regularisation (sec. 3.1, 90%), crossover drawn among the layers active at the
+    current level as the official code does      -> the training loop (facegan/training/phases.py),
+                                                        Generator.num_active_ws
   - truncation trick in W (sec. 3.3)                    -> layers.MappingNetwork
   - progressive growing (PGGAN): `set_progress(level, alpha)` on G and D; G fades the new block's
     RGB in over the nearest-upsampled RGB of the previous level, always returning full-resolution
@@ -22,6 +23,17 @@ Components and where they live:
   - mixed precision for the `num_fp16_res` highest resolutions (off by default: the official
     StyleGAN ran in fp32)                                -> layers.block_precision
 Widths: fmap_base / 2**(log2(res) - 1) capped at fmap_max (8192 / 512 in the paper).
+
+Training schedule (NVlabs/stylegan train.py and training/training_loop.py, the 1-GPU minibatch
+table), run by facegan/training: growing from 8x8 (lod_initial_resolution), 600 kimg per train
+and fade-in segment, batch 128/128/128/64/32/16 at 4..128 px, lr 0.001 below 128 px and 0.0015 at
+128 (G_lrate_dict), Adam (0, 0.99) reset at each new level, non-saturating loss with R1 gamma 10
+every step (one Dboth phase: no lazy regularisation in StyleGAN), D's step before G's, style
+mixing 0.9 with the crossover drawn among the layers of the current level, G EMA with a 10 kimg
+half-life and no ramp-up. Deviations kept: the official schedule refreshes lod, lr and batch every
+4 minibatches (minibatch_repeats) and this one every step (a difference of at most 3 steps per
+segment boundary); conv layers are plain 3x3 after nearest up-sampling rather than the official
+fused transposed conv at >= 128 px (the same function, computed the long way).
 """
 
 from __future__ import annotations
@@ -110,14 +122,12 @@ class Generator(nn.Module):
         mapping_lr_multiplier: float,
         fmap_base: int,
         fmap_max: int,
-        mixing_prob: float,
         num_fp16_res: int,
         conv_clamp: float | None,
         img_channels: int = 3,
     ):
         super().__init__()
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, resolution, img_channels
-        self.mixing_prob = mixing_prob
         self.max_level = int(math.log2(resolution)) - 2
         self.num_ws = 2 * (self.max_level + 1)
         self.synthesis = SynthesisNetwork(
@@ -134,10 +144,14 @@ class Generator(nn.Module):
     def set_progress(self, level: int, alpha: float) -> None:
         self.synthesis.set_progress(level, alpha)
 
+    @property
+    def num_active_ws(self) -> int:
+        """ws the current level reads (two per level, the fading-in level included): style mixing
+        draws its crossover among these (official: cur_layers = num_layers - 2 * int(lod))."""
+        return 2 * (self.synthesis.level + 1)
+
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "random") -> torch.Tensor:
         ws = self.mapping(z, truncation_psi=truncation_psi)
-        if self.training:
-            ws = layers.mix_styles(self.mapping, z, ws, self.mixing_prob)
         return self.synthesis(ws, noise_mode)
 
 
@@ -186,7 +200,8 @@ class SynthesisNetwork(nn.Module):
         check_progress(level, alpha, self.max_level)
         self.level, self.alpha = int(level), float(alpha)
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", update_emas: bool = False) -> torch.Tensor:
+        """update_emas: part of the style-based contract; this network keeps no running statistics."""
         n = ws.shape[0]
         x = self.const.unsqueeze(0).expand(n, -1, -1, -1)
         img = None
@@ -288,7 +303,6 @@ def build(
     mapping_lr_multiplier: float,
     fmap_base: int,
     fmap_max: int,
-    mixing_prob: float,
     num_fp16_res: int,
     conv_clamp: int,
     mbstd_group_size: int,
@@ -305,7 +319,6 @@ def build(
         mapping_lr_multiplier,
         fmap_base,
         fmap_max,
-        mixing_prob,
         num_fp16_res=num_fp16_res,
         conv_clamp=clamp,
         img_channels=img_channels,

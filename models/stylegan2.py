@@ -5,7 +5,8 @@ residual discriminator, without progressive growing.
 Components and where they live:
   - mapping network z -> w (8 FC layers, lr multiplier 0.01, w_avg for truncation, sec. 2 of the
     StyleGAN paper)                                           -> layers.MappingNetwork
-  - style-mixing regularisation while training (prob `mixing_prob`) -> layers.mix_styles, Generator
+  - style-mixing regularisation while training (`loss.style_mixing_prob`, 0.9 in config F)
+                                                              -> the training loop (facegan/training/phases.py)
   - learned constant 4x4 input                                -> SynthesisBlock.const
   - modulation / demodulation (sec. 2.2), up-sampling conv with the [1,3,3,1] FIR filter
                                                               -> layers.ModulatedConv2d, SynthesisLayer
@@ -17,8 +18,19 @@ Components and where they live:
   - truncation trick (psi)                                    -> layers.MappingNetwork
   - mixed precision in the `num_fp16_res` highest resolutions with activations clamped to
     +-conv_clamp (StyleGAN2-ADA appendix)                     -> layers.block_precision
-Lazy R1 and path-length regularisation are training-loop work (the `loss` section); G exposes
-`mapping` and `synthesis` so the loop can compute the path-length penalty.
+Training schedule (NVlabs stylegan3 repo, --cfg=stylegan2, training/loss.py and training_loop.py),
+run by facegan/training/phases.py from params.yaml models.stylegan2: phases Gmain, Greg (path
+length, weight 2, every 4 steps on half the batch, through style mixing), Dmain, Dreg (R1 every
+16 steps), each its own Adam step with lr and betas rescaled by k/(k+1); style mixing 0.9; the
+running w average updated once per step on D's fakes; G EMA with a 10 kimg half-life ramped up
+over 5% of the images seen before the step. Deviations kept, with their reason:
+  - mixed precision: bf16 autocast where the GPU has it, with the official fp16 layers and clamps;
+    the official code runs fp16 without a loss scaler and replaces non-finite gradients by zero,
+    while this loop stops with an error naming the last good checkpoint (a silent repair would hide
+    a diverging run);
+  - the path-length target is averaged over data-parallel ranks (official: one per GPU), so that N
+    processes train exactly like one;
+  - no `pl_no_weight_grad` (it only skips unused weight gradients; the result is the same).
 Widths: channel_base / resolution capped at channel_max (config F: 32768 and 512 at 1024x1024).
 """
 
@@ -147,7 +159,8 @@ class SynthesisNetwork(nn.Module):
             self.num_ws += block.num_conv
         self.num_ws += 1  # the last tRGB has its own w
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", update_emas: bool = False) -> torch.Tensor:
+        """update_emas: part of the style-based contract; this network keeps no running statistics."""
         x = img = None
         w_idx = 0
         for block in self.blocks:
@@ -166,14 +179,12 @@ class Generator(nn.Module):
         mapping_lr_multiplier: float,
         channel_base: int,
         channel_max: int,
-        mixing_prob: float,
         num_fp16_res: int,
         conv_clamp: float | None,
         img_channels: int = 3,
     ):
         super().__init__()
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, resolution, img_channels
-        self.mixing_prob = mixing_prob
         self.synthesis = SynthesisNetwork(
             w_dim, resolution, img_channels, channel_base, channel_max, num_fp16_res, conv_clamp
         )
@@ -188,8 +199,6 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "random") -> torch.Tensor:
         ws = self.mapping(z, truncation_psi=truncation_psi)
-        if self.training:
-            ws = layers.mix_styles(self.mapping, z, ws, self.mixing_prob)
         return self.synthesis(ws, noise_mode)
 
 
@@ -206,7 +215,6 @@ def build(
     mapping_lr_multiplier: float,
     channel_base: int,
     channel_max: int,
-    mixing_prob: float,
     num_fp16_res: int,
     conv_clamp: int,
     mbstd_group_size: int,
@@ -223,7 +231,6 @@ def build(
         mapping_lr_multiplier,
         channel_base,
         channel_max,
-        mixing_prob,
         num_fp16_res,
         clamp,
         img_channels,

@@ -4,7 +4,8 @@
 Components and where they live:
   - mapping network (2 FC layers, lr multiplier 0.01, w_avg for truncation; appendix F)
                                                       -> layers.MappingNetwork
-  - style mixing while training (prob `mixing_prob`)  -> layers.mix_styles, Generator.forward
+  - style mixing while training (`loss.style_mixing_prob`; 0 in the official StyleGAN3 configs)
+                                                      -> the training loop (facegan/training/phases.py)
   - Fourier-feature input: random frequencies inside a disc of radius `bandwidth` (the first
     cut-off), phases, sin(); an affine map from w gives a rotation angle and a translation that
     are applied to the features (sec. 3.1 / appendix F), followed by a learned 1x1 mix; the user
@@ -26,6 +27,14 @@ Components and where they live:
     conv_clamp (official code)                         -> layers.block_precision
 Config R doubles channel_base and channel_max (as the paper does); the arch section's values
 are the T config's.
+
+Training schedule (NVlabs stylegan3 train.py and training/loss.py), run by
+facegan/training/phases.py: phases Gmain, Dmain, Dreg (R1 every 16; no path length, no style
+mixing), G before D; every layer's magnitude EMA (ToRGB included) and w_avg updated once per step
+in the pass that makes D's fakes; config R blurs every image D sees (reals, fakes, and the reals
+of R1) with a Gaussian of `loss.blur_init_sigma` = 10 px fading to 0 over `blur_fade_kimg` =
+batch * 200 / 32 kimg (set both when choosing config r; the loop warns when they are missing).
+Deviations kept: the same mixed-precision and data-parallel ones as models/stylegan2.py.
 """
 
 from __future__ import annotations
@@ -190,10 +199,10 @@ class SynthesisLayer(nn.Module):
         out_cutoff: float,
         in_half_width: float,
         out_half_width: float,
-        conv_kernel: int = 3,
-        use_radial_filters: bool = False,
-        conv_clamp: float | None = 256,
-        magnitude_ema_beta: float = 0.999,
+        conv_kernel: int,
+        use_radial_filters: bool,
+        conv_clamp: float | None,
+        magnitude_ema_beta: float,
     ):
         super().__init__()
         self.is_torgb, self.use_low_precision = is_torgb, use_low_precision
@@ -233,8 +242,8 @@ class SynthesisLayer(nn.Module):
         pad_lo = (pad_total + self.up_factor) // 2
         self.padding = [int(pad_lo), int(pad_total - pad_lo)] * 2
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if self.training and not self.is_torgb:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
+        if update_emas:  # every layer, ToRGB included, as the official layer does
             with torch.no_grad():
                 magnitude = x.detach().to(torch.float32).square().mean()
                 self.magnitude_ema.copy_(magnitude.lerp(self.magnitude_ema, self.magnitude_ema_beta))
@@ -350,14 +359,15 @@ class SynthesisNetwork(nn.Module):
                 )
             )
 
-    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
+        """update_emas: update every layer's magnitude EMA (once per training step, on D's fakes)."""
         ws = ws.to(torch.float32).unbind(dim=1)
         with layers.block_precision(False, ws[0].device)[1]:
             x = self.input(ws[0])
         for layer, w in zip(self.layer_list, ws[1:]):
             dtype, ctx = layers.block_precision(layer.use_low_precision, w.device)
             with ctx:
-                x = layer(x.to(dtype), w)
+                x = layer(x.to(dtype), w, update_emas)
         x = x.to(torch.float32) * self.output_scale
         return x
 
@@ -370,13 +380,11 @@ class Generator(nn.Module):
         w_dim: int,
         mapping_layers: int,
         mapping_lr_multiplier: float,
-        mixing_prob: float,
         img_channels: int = 3,
         **synthesis_kwargs,
     ):
         super().__init__()
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, resolution, img_channels
-        self.mixing_prob = mixing_prob
         self.synthesis = SynthesisNetwork(w_dim, resolution, img_channels, **synthesis_kwargs)
         self.num_ws = self.synthesis.num_ws
         self.mapping = layers.MappingNetwork(
@@ -389,8 +397,6 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
         ws = self.mapping(z, truncation_psi=truncation_psi)
-        if self.training:
-            ws = layers.mix_styles(self.mapping, z, ws, self.mixing_prob)
         return self.synthesis(ws)
 
 
@@ -406,7 +412,6 @@ def build(
     mapping_lr_multiplier: float,
     channel_base: int,
     channel_max: int,
-    mixing_prob: float,
     num_layers: int,
     num_critical: int,
     margin: int,
@@ -433,7 +438,6 @@ def build(
         w_dim,
         mapping_layers,
         mapping_lr_multiplier,
-        mixing_prob,
         img_channels,
         channel_base=channel_base * scale,
         channel_max=channel_max * scale,

@@ -33,9 +33,19 @@ Components of the paper and where they live:
     WaveletDiscriminator, haar_dwt, haar_idwt
   - losses and optimisers (non-saturating loss, R1 on reals every 16 steps, TTUR lr_g = lr_d / 4,
     Adam betas (0, 0.99), G EMA with a 10 kimg half-life)    -> params.yaml models.styleswin
-Left to the shared training loop / not reproduced: balanced consistency regularisation (bCR)
-and the linear lr decay of the official FFHQ/CelebA-HQ 256 runs, and the official D-only gradient
-clipping at norm 5 (the loop clips both networks when grad_clip > 0).
+  - the official CelebA-HQ 256 schedule (train_styleswin.py and its README command): D step first
+    with its gradient norm clipped at 5, R1 as its own step every 16, then G (phase_order DG,
+    grad_clip_d 5); bCR with weights 10/10 and StyleSwin's CR_DiffAug (flip, 1/8 translation,
+    colour, half-size cutout); a linear lr decay to 0 over the last 37.5% of the run
+                                                             -> facegan/training/phases.py, augment.py
+Deviations kept, with their reason:
+  - the lr decay covers the last 37.5% of *this* budget (`lr_decay_kimg`, 3750 of 10,000 kimg):
+    the official run decays from step 500k of 800k x 32 images (25.6M), longer than the study's
+    budget, so its absolute start would never be reached;
+  - when the lr decays, D keeps its lazy-R1 ratio 16/17 (the official decay writes the raw D lr
+    and drops it, a 6% jump at the start of the decay that we take to be unintended);
+  - G's EMA also copies buffers (the official accumulate() averages parameters only; StyleSwin's
+    G has no buffers that change while training, so the results agree).
 
 Channels per resolution r are min(channel_max, channel_base / r): channel_base 32768 with
 channel_max 512 is the official 256x256 configuration (G_channel_multiplier 2), 16384 the
@@ -345,7 +355,8 @@ class StyleSwinSynthesis(nn.Module):
         self.num_ws = blocks_per_stage * len(stage_res)
         self.apply(init_transformer_weights)
 
-    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
+        """update_emas: part of the style-based contract; this network keeps no running statistics."""
         x = self.const[None].expand(ws.shape[0], -1, -1, -1)
         ws_iter = iter(ws.unbind(1))
         rgb = None

@@ -24,8 +24,13 @@ def main() -> None:
     data = stage_params.load("preprocess").data
     report = preprocess(data, Path(data["raw_dir"]), CACHE_DIR, PREPROCESS_REPORT)
     rejected = ", ".join(f"{k}: {v}" for k, v in report["rejected"].items()) or "none rejected"
-    logging.info("kept %d of %d images (%s), %.1f images/s", report["kept"], report["considered"], rejected,
-                 report["images_per_s"])  # fmt: skip
+    logging.info(
+        "kept %d of %d images (%s), %.1f images/s",
+        report["kept"],
+        report["considered"],
+        rejected,
+        report["images_per_s"],
+    )
 
 
 if __name__ == "__main__":

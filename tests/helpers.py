@@ -16,3 +16,12 @@ def study_params() -> dict:
 def study_arch(model: str, **changes) -> dict:
     """models.<model>.arch of the study, with `changes` applied."""
     return deep_merge(study_params()["models"][model]["arch"], changes)
+
+
+def study_model(model: str, **changes) -> dict:
+    """models.<model> of the study, with `changes` deep-merged (nested dicts are merged, not replaced)."""
+    return deep_merge(study_params()["models"][model], changes)
+
+
+def study_train(**changes) -> dict:
+    return deep_merge(study_params()["train"], changes)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from facegan.training import losses
-from facegan.training.loop import ema_beta, lazy_adam, update_ema
+from facegan.training.loop import ema_beta, lazy_adam, lazy_ratio, update_ema
 
 REAL = torch.tensor([0.0, 1.0])
 FAKE = torch.tensor([0.0, -1.0])
@@ -43,8 +43,8 @@ def test_unknown_loss_is_refused():
 def test_r1_of_a_linear_critic_is_half_gamma_times_squared_weight_norm():
     w = torch.tensor([1.0, -2.0, 2.0, 0.0]).view(1, 1, 2, 2)
     D = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731  grad_x D = w everywhere
-    real = torch.randn(3, 1, 2, 2)
-    assert losses.r1_penalty(D, real, gamma=10.0).item() == pytest.approx(0.5 * 10.0 * 9.0)
+    real = torch.randn(3, 1, 2, 2).requires_grad_(True)
+    assert losses.r1_penalty(D(real), real, gamma=10.0).item() == pytest.approx(0.5 * 10.0 * 9.0)
 
 
 def test_gradient_penalty_on_a_quadratic_critic_at_known_interpolates():
@@ -55,27 +55,18 @@ def test_gradient_penalty_on_a_quadratic_critic_at_known_interpolates():
     assert gp.item() == pytest.approx(10.0 * (2.5 - 1.0) ** 2)  # x_hat = (1.5, 2), |x_hat| = 2.5
 
 
-class LinearStyleG:
-    """mapping: ws = z (one w); synthesis: a 2x2 image = 3 * w, so J^T y = 3 y."""
-
-    def mapping(self, z):
-        return z.unsqueeze(1).requires_grad_(True)
-
-    def synthesis(self, ws):
-        return 3 * ws[:, 0].view(-1, 1, 2, 2)
-
-
 def test_path_length_penalty_and_its_running_mean():
-    reg = losses.PathLengthRegularizer(weight=2.0, decay=0.01, batch_shrink=2)
-    z = torch.randn(4, 4)
+    """images = 3 * ws (one w of 4 values as a 2x2 image), so J^T y = 3 y."""
+    ws = torch.randn(2, 1, 4).requires_grad_(True)
+    images = 3 * ws[:, 0].view(-1, 1, 2, 2)
     torch.manual_seed(7)
-    noise = torch.randn(2, 1, 2, 2) / 2  # what the regulariser draws: randn / sqrt(H * W)
+    noise = torch.randn(2, 1, 2, 2) / 2  # what the penalty draws: randn / sqrt(H * W)
     lengths = 3 * noise.flatten(1).norm(dim=1)
     torch.manual_seed(7)
-    value = reg(LinearStyleG(), z)
-    mean = 0.01 * lengths.mean()
-    assert reg.mean.item() == pytest.approx(mean.item(), rel=1e-5)
-    assert value.item() == pytest.approx((2.0 * (lengths - mean).square().mean()).item(), rel=1e-5)
+    value, target = losses.path_length(images, ws, torch.zeros([]), all_mean=lambda t: t)
+    mean = losses.PL_DECAY * lengths.mean()
+    assert target.item() == pytest.approx(mean.item(), rel=1e-5)
+    assert value.item() == pytest.approx((lengths - mean).square().mean().item(), rel=1e-5)
 
 
 def test_ema_half_life_and_ramp_up():
@@ -84,6 +75,7 @@ def test_ema_half_life_and_ramp_up():
     ramped = {"ema_kimg": 10.0, "ema_rampup": 0.05}
     assert ema_beta(ramped, 32, 1000) == pytest.approx(0.5 ** (32 / 50))  # min(10k, 0.05 * 1000 images)
     assert ema_beta(ramped, 32, 10**7) == pytest.approx(0.5 ** (32 / 10_000))
+    assert ema_beta(ramped, 32, 0) == 0.0  # the first step copies G (official: cur_nimg before the step)
     assert ema_beta({"ema_kimg": 0.0, "ema_rampup": 0.0}, 32, 1000) == 0.0
 
 
@@ -95,9 +87,8 @@ def test_ema_update_moves_towards_the_generator():
 
 
 def test_per_network_adam_with_lazy_regularisation():
-    opt = lazy_adam([torch.nn.Parameter(torch.zeros(1))], lr=0.002, betas=(0.0, 0.99), interval=16)
-    group = opt.param_groups[0]
-    assert group["lr"] == pytest.approx(0.002 * 16 / 17)
-    assert group["betas"] == pytest.approx((0.0, 0.99 ** (16 / 17)))
-    plain = lazy_adam([torch.nn.Parameter(torch.zeros(1))], lr=0.001, betas=(0.5, 0.999), interval=1)
-    assert plain.param_groups[0]["lr"] == 0.001 and plain.param_groups[0]["betas"] == (0.5, 0.999)
+    opt = lazy_adam([torch.nn.Parameter(torch.zeros(1))], betas=(0.0, 0.99), interval=16)
+    assert lazy_ratio(16) == pytest.approx(16 / 17) and lazy_ratio(1) == 1.0
+    assert opt.param_groups[0]["betas"] == pytest.approx((0.0, 0.99 ** (16 / 17)))
+    plain = lazy_adam([torch.nn.Parameter(torch.zeros(1))], betas=(0.5, 0.999), interval=1)
+    assert plain.param_groups[0]["betas"] == (0.5, 0.999)

@@ -68,8 +68,13 @@ def test_every_module_a_stage_loads_at_run_time_is_among_its_dependencies():
     """Independent of the generator's static walk: import each stage (and model) and list what Python loaded."""
     jobs = [(s, None) for s in ("configure", "download", "preprocess", "reference_stats", "report")]
     jobs += [(s, m) for s in ("train", "evaluate") for m in MODELS]
-    out = subprocess.run([sys.executable, "-c", RUNTIME_PROBE, str(REPO), json.dumps(jobs)], cwd=REPO,
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", RUNTIME_PROBE, str(REPO), json.dumps(jobs)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     for stage, model in jobs:
         missing = set(loaded[f"{stage}@{model}"]) - declared_code(stage, model)
@@ -81,8 +86,13 @@ def test_each_model_depends_on_its_own_code_only():
     assert not {"models/layers.py", "models/stylegan3.py", "facegan/ops/upfirdn2d.py"} & declared_code("train", "dcgan")
     for stage in ("train", "evaluate"):
         # StyleGAN and StyleGAN3 build on StyleGAN2's module; every style model on the shared layers and kernels
-        assert {"models/stylegan.py", "models/stylegan2.py", "models/layers.py", "facegan/ops/filtered_lrelu.py",
-                "facegan/ops/_triton_kernels.py"} <= declared_code(stage, "stylegan")  # fmt: skip
+        assert {
+            "models/stylegan.py",
+            "models/stylegan2.py",
+            "models/layers.py",
+            "facegan/ops/filtered_lrelu.py",
+            "facegan/ops/_triton_kernels.py",
+        } <= declared_code(stage, "stylegan")
         assert "models/stylegan3.py" not in declared_code(stage, "stylegan2")
     assert {"models/styleswin.py", "facegan/data/cache.py", "facegan/metrics/features.py"} <= declared_code(
         "evaluate", "styleswin"
@@ -93,8 +103,9 @@ def test_each_model_depends_on_its_own_code_only():
 
 def dvc(project: Path, *args: str) -> str:
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True,
-                          check=True).stdout  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True, check=True
+    ).stdout
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ def history(final_loss_d: float) -> list[handoff.HistoryRow]:
             step=i + 1,
             train_seconds=100.0 * (i + 1),
             img_per_s=5.0,
-            phase="train64",
+            segment="train64",
             level=4,
             resolution=64,
             alpha=1.0,
@@ -58,7 +58,8 @@ def stats(model: str, device: str, peak, final_loss_d: float, resolutions=(64,))
         params_D=765_432,
         history=history(final_loss_d),
         schedule=[],
-        phases={},
+        segments={},
+        training_phases=["Dmain", "Gmain"],
         dvclive=False,
         kernel_fallbacks={"filtered_lrelu": "RuntimeError: no kernel"} if model == "stylegan2" else {},
     )

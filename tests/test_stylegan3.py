@@ -140,15 +140,16 @@ def test_config_r_uses_1x1_convs_and_radial_filters():
     assert G(torch.randn(2, 32)).shape == (2, 3, 32, 32)
 
 
-def test_magnitude_ema_updates_only_in_training():
-    G = small_t()
-    layer = G.synthesis.layer_list[0]
+def test_every_layer_updates_its_magnitude_ema_only_when_asked_torgb_included():
+    """Official SynthesisLayer: `if update_emas:` for every layer, ToRGB too; never from training mode alone."""
+    G = small_t().train()
     ws = G.mapping(torch.randn(2, 32))
     G.synthesis(ws)
-    assert layer.magnitude_ema.item() == 1.0
-    G.train()
-    G.synthesis(ws)
-    assert layer.magnitude_ema.item() != 1.0
+    assert all(layer.magnitude_ema.item() == 1.0 for layer in G.synthesis.layer_list)
+    G.synthesis(ws, update_emas=True)
+    torgb = G.synthesis.layer_list[-1]
+    assert torgb.is_torgb
+    assert all(layer.magnitude_ema.item() != 1.0 for layer in G.synthesis.layer_list)
 
 
 def test_bad_config_is_a_user_error():

@@ -1,6 +1,5 @@
 """The shared training loop: growing schedule, resume, data-parallel equivalence, NaN stop."""
 
-import copy
 import os
 import socket
 
@@ -16,45 +15,30 @@ from facegan.device import resolve_precision
 from facegan.errors import UserError
 from facegan.metrics.fid import frechet_distance
 from facegan.training import checkpoint, losses
-from facegan.training.loop import NonFiniteError, RunConfig, prepare_reals, train
-from facegan.training.progressive import Schedule
+from facegan.training.loop import NonFiniteError, RunConfig, train
+from facegan.training.progressive import Schedule, growing_kimg, prepare_reals
+from tests.helpers import study_model, study_train
 
 torch.set_num_threads(1)  # tiny nets: one thread is fastest, and the suite shares 2 cores
 
-TRAIN = {
-    "device": "cpu",
-    "precision": "auto",
-    "checkpoint_kimg": 0.032,
-    "snapshot_kimg": 0.064,
-    "sample_kimg": 0.064,
-    "grid_size": 2,
-    "xflip": True,
-    "num_workers": 0,
-    "deterministic": True,
-    "log_kimg": 0.016,
-}
-PGGAN = {
-    "kimg": 0.192,
-    "batch_size": 8,
-    "lr_g": 0.001,
-    "lr_d": 0.001,
-    "betas_g": [0.0, 0.99],
-    "betas_d": [0.0, 0.99],
-    "ema_kimg": 0.01,
-    "ema_rampup": 0.0,
-    "grad_clip": 0.0,
-    "loss": {
-        "type": "wgan_gp",
-        "r1_gamma": 0.0,
-        "r1_every": 1,
-        "pl_weight": 0.0,
-        "pl_every": 4,
-        "gp_weight": 10.0,
-        "drift": 0.001,
-    },
-    "arch": {"z_dim": 8, "fmap_base": 32, "fmap_max": 8, "mbstd_group_size": 4},
-    "progressive": {"stable_kimg": [0.032], "fade_kimg": [0.032], "batch_sizes": [], "reset_optimizer": True},
-}
+TRAIN = study_train(
+    device="cpu",
+    checkpoint_kimg=0.032,
+    snapshot_kimg=0.064,
+    sample_kimg=0.064,
+    grid_size=2,
+    num_workers=0,
+    deterministic=True,
+    log_kimg=0.016,
+)
+PGGAN = study_model(
+    "pggan",
+    kimg=0.192,
+    batch_size=8,
+    ema_kimg=0.01,
+    arch={"z_dim": 8, "fmap_base": 32, "fmap_max": 8},
+    progressive={"stable_kimg": [0.032], "fade_kimg": [0.032], "batch_sizes": []},
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,47 +51,47 @@ def cache_dir(tmp_path_factory):
 
 
 def config(resolution=16, **changes) -> RunConfig:
-    params = copy.deepcopy(PGGAN)
-    params.update(changes)
-    return RunConfig(model="pggan", model_params=params, train=dict(TRAIN), seed=3, resolution=resolution)
+    from facegan.params import deep_merge
+
+    return RunConfig(
+        model="pggan", model_params=deep_merge(PGGAN, changes), train=dict(TRAIN), seed=3, resolution=resolution
+    )
 
 
 def g_ema(run_dir):
     return checkpoint.load(run_dir / "G_ema.pt")["G_ema"]
 
 
+def growing(kimg: float, batch_size: int = 16, **progressive) -> dict:
+    return study_model("pggan", kimg=kimg, batch_size=batch_size, progressive=progressive)
+
+
 def test_schedule_visits_every_resolution_with_fade_ins():
-    sched = Schedule.progressive(
-        "pggan",
-        16.0,
-        16,
-        4,
-        {"stable_kimg": [1.0, 2.0], "fade_kimg": [1.5], "batch_sizes": [64, 32], "reset_optimizer": True},
-    )
-    assert [p.name for p in sched.phases] == [
-        "train4",
-        "fade8",
-        "train8",
-        "fade16",
-        "train16",
-        "fade32",
-        "train32",
-        "fade64",
-        "train64",
-    ]
-    assert [p.batch_size for p in sched.phases] == [64] + [32] * 8
-    assert sched.phases[0].end_nimg == 1000 and sched.phases[2].end_nimg - sched.phases[2].start_nimg == 2000
-    fade = sched.phases[1]
+    params = growing(16.0, stable_kimg=[1.0, 2.0], fade_kimg=[1.5], batch_sizes=[64, 32])
+    sched = Schedule.progressive("pggan", params, 4)
+    names = ["train4", "fade8", "train8", "fade16", "train16", "fade32", "train32", "fade64", "train64"]
+    assert [s.name for s in sched.segments] == names
+    assert [s.batch_size for s in sched.segments] == [64] + [32] * 8
+    assert sched.segments[0].end_nimg == 1000 and sched.segments[2].end_nimg - sched.segments[2].start_nimg == 2000
+    fade = sched.segments[1]
     assert fade.alpha(fade.start_nimg) == 0 and fade.alpha((fade.start_nimg + fade.end_nimg) // 2) == 0.5
-    assert (
-        sched.total_nimg == 16_000
-        and sched.phase_at(15_999).name == "train64"
-        and sched.phases[-1].start_nimg == 13_000
-    )
+    assert sched.total_nimg == 16_000 and sched.segment_at(15_999).name == "train64"
+    assert sched.segments[-1].start_nimg == 13_000
     with pytest.raises(UserError, match="raise kimg"):
-        Schedule.progressive(
-            "pggan", 5.0, 16, 4, {"stable_kimg": [1.0], "fade_kimg": [1.0], "batch_sizes": [], "reset_optimizer": True}
-        )
+        Schedule.progressive("pggan", growing(5.0, stable_kimg=[1.0], fade_kimg=[1.0], batch_sizes=[]), 4)
+
+
+def test_stylegan_schedule_starts_at_8x8_with_the_official_per_resolution_learning_rates():
+    """Official StyleGAN: lod_initial_resolution 8, G/D_lrate_dict {128: 0.0015}, base 0.001; the batch
+    size and lr of a fade-in are those of the level fading in."""
+    params = study_model("stylegan", kimg=20.0, progressive={"stable_kimg": [1.0], "fade_kimg": [1.0]})
+    sched = Schedule.progressive("stylegan", params, 5)  # 128x128
+    assert sched.segments[0].name == "train8" and sched.segments[0].batch_size == 128
+    by_name = {s.name: s for s in sched.segments}
+    assert by_name["train64"].lr_g == by_name["train64"].lr_d == 0.001
+    assert by_name["fade128"].lr_g == by_name["train128"].lr_d == 0.0015
+    assert by_name["fade128"].batch_size == by_name["train128"].batch_size == 16
+    assert growing_kimg(params["progressive"], 5) == 4 * 1.0 + 4 * 1.0  # train 8..64, fade into 16..128
 
 
 def test_reals_are_pooled_and_faded_like_the_generator():
@@ -133,11 +117,12 @@ def test_grows_through_every_resolution_and_resumes_to_identical_weights(cache_d
         config(), cache_dir, tmp_path / "a" / "run", tmp_path / "a" / "ckpt", live_dir=tmp_path / "a" / "live"
     )
     assert straight is not None
-    assert [p.phase for p in straight.schedule] == ["train4", "fade8", "train8", "fade16", "train16"]
-    assert set(straight.phases) == {"train4", "fade8", "train8", "fade16", "train16"}
+    assert [p.segment for p in straight.schedule] == ["train4", "fade8", "train8", "fade16", "train16"]
+    assert set(straight.segments) == {"train4", "fade8", "train8", "fade16", "train16"}
+    assert straight.training_phases == ["Dmain", "Gmain"]  # WGAN-GP is not lazy; official PGGAN: D first
     grids = sorted(p.name for p in (tmp_path / "a" / "run" / "samples").glob("*.png"))
     assert {g[:7] for g in grids} == {"res0004", "res0008", "res0016"}, grids
-    alphas = [h.alpha for h in straight.history if h.phase == "fade16"]
+    alphas = [h.alpha for h in straight.history if h.segment == "fade16"]
     assert alphas == sorted(alphas) and 0 < alphas[0] < 1
     live = tmp_path / "a" / "live" / "plots" / "metrics"
     assert {"D/adversarial.tsv", "G/adversarial.tsv", "alpha.tsv", "level.tsv", "img_per_s.tsv", "kimg.tsv"} <= {
@@ -148,7 +133,7 @@ def test_grows_through_every_resolution_and_resumes_to_identical_weights(cache_d
     stopped = train(config(), cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt", stop_after_kimg=0.112)
     assert stopped is None and not (tmp_path / "b" / "run").exists()
     state = checkpoint.load(next((tmp_path / "b" / "ckpt").rglob("last.pt")))
-    assert state["phase"] == "fade16" and 0 < float(state["alpha"]) < 1
+    assert state["segment"] == "fade16" and 0 < float(state["alpha"]) < 1
     resumed = train(config(), cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt")
     assert resumed is not None and resumed.steps == straight.steps
     a, b = g_ema(tmp_path / "a" / "run"), g_ema(tmp_path / "b" / "run")
@@ -227,14 +212,18 @@ def test_pggan_learns_the_4x4_faces(tmp_path, monkeypatch):
             np.round(render_face(0, i, 16).astype(np.float32).reshape(4, 4, 4, 4, 3).mean((1, 3))).astype(np.uint8)
         )
     cache = writer.finish({"source": "synthetic", "synthetic": True})
-    params = copy.deepcopy(PGGAN)
-    params.update(
-        kimg=6.4,
-        batch_size=16,
-        lr_g=0.005,
-        lr_d=0.005,
-        ema_kimg=0.2,
-        arch={"z_dim": 32, "fmap_base": 64, "fmap_max": 32, "mbstd_group_size": 4},
+    from facegan.params import deep_merge
+
+    params = deep_merge(
+        PGGAN,
+        dict(
+            kimg=6.4,
+            batch_size=16,
+            lr_g=0.005,
+            lr_d=0.005,
+            ema_kimg=0.2,
+            arch={"z_dim": 32, "fmap_base": 64, "fmap_max": 32, "mbstd_group_size": 4},
+        ),
     )
     run = RunConfig(
         model="pggan",
@@ -255,10 +244,8 @@ def test_pggan_learns_the_4x4_faces(tmp_path, monkeypatch):
     assert after < 0.15 * before and after < 4.0, (before, after)
 
 
-def test_growing_kimg_is_where_the_last_train_phase_starts():
-    from facegan.training.progressive import growing_kimg
-
-    cfg = {"stable_kimg": [16, 4, 2], "fade_kimg": [2, 1], "batch_sizes": [], "reset_optimizer": True}
-    schedule = Schedule.progressive("pggan", 40.0, 8, 4, cfg)
-    assert schedule.phases[-1].name == "train64"
-    assert schedule.phases[-1].start_nimg == round(growing_kimg(cfg, 4) * 1000) == 29000  # train 16+4+2+2, fade 2+1+1+1
+def test_growing_kimg_is_where_the_last_train_segment_starts():
+    params = growing(40.0, 8, stable_kimg=[16, 4, 2], fade_kimg=[2, 1], batch_sizes=[])
+    schedule = Schedule.progressive("pggan", params, 4)
+    assert schedule.segments[-1].name == "train64"
+    assert schedule.segments[-1].start_nimg == round(growing_kimg(params["progressive"], 4) * 1000) == 29000

@@ -133,19 +133,41 @@ def evaluate_run(
     timings["fid_kid_pr"] = time.perf_counter() - t0
     log.info(
         "%s: %s %.3f (std %.3f over %d sets of %d), precision %.3f, recall %.3f",
-        model, extractor.kind, fid["mean"], fid["std"], len(fids), len(first), pr["precision"], pr["recall"],
-    )  # fmt: skip
+        model,
+        extractor.kind,
+        fid["mean"],
+        fid["std"],
+        len(fids),
+        len(first),
+        pr["precision"],
+        pr["recall"],
+    )
 
     t0 = time.perf_counter()
     space = ppl_space(ev, spec.style_based, model)
     lpips_net = build_lpips(ev["lpips"], ev["lpips_weights"], device)
     ppl = path_length(
-        G, lpips_net, space, ev["ppl_sampling"], ev["ppl_samples"], ev["ppl_epsilon"], ev["batch_size"],
-        seeds["ppl"], ev["ppl_crop"], device,
-    )  # fmt: skip
+        G,
+        lpips_net,
+        space,
+        ev["ppl_sampling"],
+        ev["ppl_samples"],
+        ev["ppl_epsilon"],
+        ev["batch_size"],
+        seeds["ppl"],
+        ev["ppl_crop"],
+        device,
+    )
     timings["ppl"] = time.perf_counter() - t0
-    log.info("%s: PPL in %s (%s, %s LPIPS) %.2f over %d pairs", model, space.upper(), ev["ppl_sampling"],
-             ev["lpips"], ppl["ppl"], ppl["num"])  # fmt: skip
+    log.info(
+        "%s: PPL in %s (%s, %s LPIPS) %.2f over %d pairs",
+        model,
+        space.upper(),
+        ev["ppl_sampling"],
+        ev["lpips"],
+        ppl["ppl"],
+        ppl["num"],
+    )
 
     t0 = time.perf_counter()
     curve = []

@@ -28,16 +28,19 @@ def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[
     ev = view.evaluate
     cache = FaceCache(cache_dir)
     if cache.resolution != view.resolution:
-        raise UserError(f"the face cache is {cache.resolution}px but data.resolution={view.resolution}: "
-                        "run `dvc repro preprocess`")  # fmt: skip
+        raise UserError(
+            f"the face cache is {cache.resolution}px but data.resolution={view.resolution}: run `dvc repro preprocess`"
+        )
     device = resolve_device(ev["device"])
     extractor = build_extractor(ev["extractor"], ev, device)
     agreement = None
     if extractor.kind == "fid_helper":
         agreement = check_agreement(np.asarray(cache.faces[:AGREEMENT_FACES]), ev, device)
         if not agreement["checked"]:
-            log.warning("fid-helper features not verified against clean-fid's (%s): numbers are labelled FID*",
-                        agreement["reason"])  # fmt: skip
+            log.warning(
+                "fid-helper features not verified against clean-fid's (%s): numbers are labelled FID*",
+                agreement["reason"],
+            )
     count = min(ev["num_ref"], len(cache))
     if count < ev["num_ref"]:
         log.warning("evaluate.num_ref=%d but the cache holds %d faces: using %d", ev["num_ref"], len(cache), count)

@@ -6,8 +6,10 @@ Rules (shared by bias_act, upfirdn2d, filtered_lrelu):
                 environment before the kernels are first used (that is how CI runs them).
   impl='auto'   Triton on CUDA tensors when the triton package imports, the reference otherwise.
                 If the Triton forward fails (e.g. the kernel does not compile on this GPU), the op
-                logs one warning, records the failure in `fallbacks()` and uses the reference from
-                then on; an explicit impl='triton' raises instead.
+                logs one warning, records the failure in `fallbacks()` (the training loop copies it
+                into train_stats.json and the report shows it) and uses the reference from then
+                on; an explicit impl='triton' raises instead. Out of memory is raised, never a
+                reason to fall back.
 `last_impl(op)` says which path the op's most recent call took.
 """
 
@@ -75,6 +77,8 @@ def dispatch(
     else:
         try:
             out = fast()
+        except torch.OutOfMemoryError:
+            raise  # out of memory is the run's problem, not the kernel's: the reference would need more
         except Exception as err:  # compile/launch failures inside Triton; arguments were checked before
             if impl == "triton":
                 raise

@@ -1,0 +1,1 @@
+"""The comparison report, rendered from the metrics files alone."""

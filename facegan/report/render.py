@@ -23,17 +23,42 @@ from facegan import handoff, paths  # noqa: E402
 from facegan.io import atomic_path, write_text  # noqa: E402
 from facegan.metrics.labels import label  # noqa: E402
 
-RESULT_COLUMNS = ("model", "status", "resolution", "params G / D", "kimg", "train time", "img/s", "peak memory",
-                  "FID", "KID ×10³", "PPL", "precision", "recall", "stability notes")  # fmt: skip
-COUNT_COLUMNS = ("model", "generated (FID/KID)", "generated sets", "reference", "P&R per set", "PPL pairs",
-                 "FID-vs-kimg points", "images per point")  # fmt: skip
+RESULT_COLUMNS = (
+    "model",
+    "status",
+    "resolution",
+    "params G / D",
+    "kimg",
+    "train time",
+    "img/s",
+    "peak memory",
+    "FID",
+    "KID ×10³",
+    "PPL",
+    "precision",
+    "recall",
+    "stability notes",
+)
+COUNT_COLUMNS = (
+    "model",
+    "generated (FID/KID)",
+    "generated sets",
+    "reference",
+    "P&R per set",
+    "PPL pairs",
+    "FID-vs-kimg points",
+    "images per point",
+)
 # Stability heuristics (stated under the table): thresholds on what the files hold
 D_WINS_LOSS = 0.1  # non-saturating / hinge D loss below this at the end of training
 FID_WORSENED = 1.25  # final snapshot FID above this multiple of the best snapshot FID
 LOW_RECALL = 0.1
 LOW_SPREAD = 0.25  # generated features' total variance / the real features'
-PICTURES = (("samples", "samples"), ("truncation", "truncation sweep (ψ per column)"),
-            ("interpolation", "interpolation: slerp in Z (top), linear in W (bottom, style-based only)"))  # fmt: skip
+PICTURES = (
+    ("samples", "samples"),
+    ("truncation", "truncation sweep (ψ per column)"),
+    ("interpolation", "interpolation: slerp in Z (top), linear in W (bottom, style-based only)"),
+)
 
 
 @dataclass
@@ -69,12 +94,14 @@ def collect(models: list[str]) -> list[Row]:
     for name in models:
         stats_file, metrics_file = paths.run_dir(name) / "train_stats.json", paths.metrics_file(name)
         curve_file = paths.eval_dir(name) / "fid_vs_kimg.json"
-        rows.append(Row(
-            model=name,
-            stats=handoff.read_train_stats(stats_file) if stats_file.exists() else None,
-            metrics=handoff.read_metrics(metrics_file) if metrics_file.exists() else None,
-            curve=handoff.read_list(handoff.FidPoint, curve_file) if curve_file.exists() else [],
-        ))  # fmt: skip
+        rows.append(
+            Row(
+                model=name,
+                stats=handoff.read_train_stats(stats_file) if stats_file.exists() else None,
+                metrics=handoff.read_metrics(metrics_file) if metrics_file.exists() else None,
+                curve=handoff.read_list(handoff.FidPoint, curve_file) if curve_file.exists() else [],
+            )
+        )
     return rows
 
 
@@ -143,9 +170,22 @@ def result_cells(row: Row, loss_type: str) -> list[str]:
     fid = metric(m.fid) + (f" ± {metric(m.fid_std)}" if m.fid_seeds > 1 else "") + suffix
     ppl = f"{metric(m.ppl)} in {m.ppl_space.upper()}{label(m.ppl_label_key).suffix}"
     resolutions = " → ".join(map(str, s.resolutions_reached)) if len(s.resolutions_reached) > 1 else str(s.resolution)
-    return [row.model, "trained", resolutions, f"{millions(s.params_G)} / {millions(s.params_D)}", fmt(s.kimg),
-            hours_label(s), fmt(s.img_per_s, 1), memory_label(s), fid, f"{metric(m.kid * 1e3)}{suffix}", ppl,
-            fmt(m.precision, 3) + suffix, fmt(m.recall, 3) + suffix, stability_notes(row, loss_type)]  # fmt: skip
+    return [
+        row.model,
+        "trained",
+        resolutions,
+        f"{millions(s.params_G)} / {millions(s.params_D)}",
+        fmt(s.kimg),
+        hours_label(s),
+        fmt(s.img_per_s, 1),
+        memory_label(s),
+        fid,
+        f"{metric(m.kid * 1e3)}{suffix}",
+        ppl,
+        fmt(m.precision, 3) + suffix,
+        fmt(m.recall, 3) + suffix,
+        stability_notes(row, loss_type),
+    ]
 
 
 def count_cells(row: Row) -> list[str] | None:
@@ -153,8 +193,16 @@ def count_cells(row: Row) -> list[str] | None:
         return None
     m = row.metrics
     per_point = sorted({p.num_gen for p in row.curve})
-    return [row.model, str(m.num_gen), str(m.fid_seeds), str(m.num_ref), str(m.pr_num), str(m.ppl_num),
-            str(len(row.curve)), ", ".join(map(str, per_point)) or "–"]  # fmt: skip
+    return [
+        row.model,
+        str(m.num_gen),
+        str(m.fid_seeds),
+        str(m.num_ref),
+        str(m.pr_num),
+        str(m.ppl_num),
+        str(len(row.curve)),
+        ", ".join(map(str, per_point)) or "–",
+    ]
 
 
 def markdown_table(columns, rows) -> str:
@@ -219,10 +267,15 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
     ]
     if meta.agreement:
         agreement = meta.agreement
-        lines.append("- fid-helper vs clean-fid Inception: " + (
-            f"checked on {agreement['images']} faces, largest relative feature difference "
-            f"{agreement['max_rel_diff']:.1e}" if agreement.get("checked")
-            else f"not checked ({agreement.get('reason', '')})"))  # fmt: skip
+        lines.append(
+            "- fid-helper vs clean-fid Inception: "
+            + (
+                f"checked on {agreement['images']} faces, largest relative feature difference "
+                f"{agreement['max_rel_diff']:.1e}"
+                if agreement.get("checked")
+                else f"not checked ({agreement.get('reason', '')})"
+            )
+        )
     if trained:
         first = trained[0]
         spaces = ", ".join(f"{r.model}: {r.metrics.ppl_space.upper()}" for r in rows if r.trained)
@@ -235,15 +288,22 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
             f"- evaluation seeds: FID-vs-kimg {first.seeds.get('snapshots')}, PPL {first.seeds.get('ppl')}, "
             f"pictures {first.seeds.get('pictures')}",
         ]
-    lines.append(f"- evaluate params: num_gen {ev['num_gen']}, num_ref {ev['num_ref']}, snapshot_num_gen "
-                 f"{ev['snapshot_num_gen']}, ppl_samples {ev['ppl_samples']}, extractor `{ev['extractor']}`, "
-                 f"lpips `{ev['lpips']}`")  # fmt: skip
-    fallbacks = {r.model: r.stats.kernel_fallbacks for r in rows
-                 if isinstance(r.stats, handoff.TrainedRun) and r.stats.kernel_fallbacks}  # fmt: skip
+    lines.append(
+        f"- evaluate params: num_gen {ev['num_gen']}, num_ref {ev['num_ref']}, snapshot_num_gen "
+        f"{ev['snapshot_num_gen']}, ppl_samples {ev['ppl_samples']}, extractor `{ev['extractor']}`, "
+        f"lpips `{ev['lpips']}`"
+    )
+    fallbacks = {
+        r.model: r.stats.kernel_fallbacks
+        for r in rows
+        if isinstance(r.stats, handoff.TrainedRun) and r.stats.kernel_fallbacks
+    }
     for model, ops in fallbacks.items():
         for op, error in ops.items():
-            lines.append(f"- **kernel fallback** in {model}: `{op}` ran on the PyTorch reference after its Triton "
-                         f"kernel failed ({error.splitlines()[0][:120]})")  # fmt: skip
+            lines.append(
+                f"- **kernel fallback** in {model}: `{op}` ran on the PyTorch reference after its Triton "
+                f"kernel failed ({error.splitlines()[0][:120]})"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -256,24 +316,31 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
     features = label(meta.label_key)
     parts = ["# facegan-study: comparison\n\n"]
     if meta.synthetic:
-        parts.append("> **Data: synthetic stand-in faces** (the embedded demo source), not CelebA. "
-                     "Numbers here say nothing about CelebA.\n\n")  # fmt: skip
+        parts.append(
+            "> **Data: synthetic stand-in faces** (the embedded demo source), not CelebA. "
+            "Numbers here say nothing about CelebA.\n\n"
+        )
     banners = [features.banner] + sorted({label(r.metrics.ppl_label_key).banner for r in rows if r.trained})
     parts += [f"> {banner}\n\n" for banner in banners if banner]
     parts += ["## Settings\n\n", settings_section(view, meta, rows)]
     table = [result_cells(r, view.loss_types[r.model]) for r in rows]
     parts += ["\n## Results\n\n", markdown_table(RESULT_COLUMNS, table)]
-    parts.append(f"\nStability notes are heuristics on the files: final D loss below {D_WINS_LOSS} (non-saturating/"
-                 f"hinge losses); final snapshot FID above {FID_WORSENED}x the best one (3+ snapshots at the final "
-                 f"resolution); recall below {LOW_RECALL}; generated-feature variance below {LOW_SPREAD}x the real "
-                 "one; non-finite losses; kernel fallbacks are listed under Settings.\n")  # fmt: skip
+    parts.append(
+        f"\nStability notes are heuristics on the files: final D loss below {D_WINS_LOSS} (non-saturating/"
+        f"hinge losses); final snapshot FID above {FID_WORSENED}x the best one (3+ snapshots at the final "
+        f"resolution); recall below {LOW_RECALL}; generated-feature variance below {LOW_SPREAD}x the real "
+        "one; non-finite losses; kernel fallbacks are listed under Settings.\n"
+    )
     parts += ["\n### Sample counts\n\n", markdown_table(COUNT_COLUMNS, [c for c in map(count_cells, rows) if c])]
     plots = [
         ("fid_vs_kimg", f"{features.axis} vs kimg", lambda out: plot_fid_curves(rows, out, features.axis)),
-        ("fid_vs_time", f"{features.axis} vs training time",
-         lambda out: plot_fid_curves(rows, out, features.axis, "train_hours")),
+        (
+            "fid_vs_time",
+            f"{features.axis} vs training time",
+            lambda out: plot_fid_curves(rows, out, features.axis, "train_hours"),
+        ),
         ("losses", "Losses", lambda out: plot_losses(rows, out)),
-    ]  # fmt: skip
+    ]
     for name, title, draw in plots:
         if draw(figures / f"{name}.png"):
             parts.append(f"\n## {title}\n\n![{title}](figures/{name}.png)\n")
@@ -290,8 +357,10 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
                 parts.append(f"{caption}:\n\n![{row.model} {name}](figures/{row.model}_{name}.png)\n\n")
         for grid in sorted(evals.glob("res*.png"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0)):
             shutil.copy(grid, figures / f"{row.model}_{grid.name}")
-            parts.append(f"training grid at {grid.stem[3:]}x{grid.stem[3:]}:\n\n"
-                         f"![{row.model} {grid.stem}](figures/{row.model}_{grid.name})\n\n")  # fmt: skip
+            parts.append(
+                f"training grid at {grid.stem[3:]}x{grid.stem[3:]}:\n\n"
+                f"![{row.model} {grid.stem}](figures/{row.model}_{grid.name})\n\n"
+            )
     text = "".join(parts)
     write_text(out_dir / "comparison.md", text)
     return text

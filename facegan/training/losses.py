@@ -1,4 +1,4 @@
-"""GAN losses and regularisers as named, composable pieces.
+"""GAN losses and regularisers as named, composable pieces (the phases in phases.py combine them).
 
 Adversarial losses (selected by `loss.type` in a model's params):
   ns       non-saturating logistic (Goodfellow et al. 2014): D: softplus(-real) + softplus(fake),
@@ -7,17 +7,23 @@ Adversarial losses (selected by `loss.type` in a model's params):
            and PGGAN's epsilon drift term  drift * real**2  (Karras et al. 2018)
   hinge    D: relu(1 - real) + relu(1 + fake), G: -fake (Lim & Ye 2017; Miyato et al. 2018)
 Regularisers:
-  r1_penalty             gamma/2 * ||grad_x D(x)||^2 on reals (Mescheder et al. 2018), lazy every k
-  gradient_penalty       (||grad D(mix)|| - 1)^2 on real/fake interpolates (WGAN-GP)
-  PathLengthRegularizer  (||J_w^T y|| - a)^2 with a an EMA of the lengths (Karras et al. 2020)
+  r1_penalty        gamma/2 * ||grad_x D(x)||^2 on reals (Mescheder et al. 2018), from D's logits
+                    of inputs that require grad, as the official StyleGAN2-ADA/3 loss computes it
+  gradient_penalty  (||grad D(mix)|| - 1)^2 on real/fake interpolates (WGAN-GP)
+  path_length       (||J_w^T y|| - a)^2 with a an EMA of the lengths (Karras et al. 2020)
+  consistency       ||D(aug(x)) - D(x)||^2 for reals and fakes (bCR, Zhao et al. 2021, as StyleSwin uses it)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+PL_BATCH_SHRINK = 2  # the path-length batch is this fraction of the G batch (official pl_batch_shrink)
+PL_DECAY = 0.01  # EMA decay of the path-length target a (official pl_decay)
 
 
 def d_adversarial(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -42,42 +48,44 @@ def drift_penalty(real_logits: torch.Tensor, weight: float) -> torch.Tensor:
     return weight * real_logits.square().mean()
 
 
-def r1_penalty(D, real: torch.Tensor, gamma: float) -> torch.Tensor:
-    """gamma/2 * E||grad_x D(x)||^2 over real images."""
-    real = real.detach().requires_grad_(True)
-    logits = D(real)
-    (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-    return 0.5 * gamma * grad.square().flatten(1).sum(1).mean()
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor, gamma: float) -> torch.Tensor:
+    """gamma/2 * E||grad_x D(x)||^2; `real` must require grad and `real_logits` be D(real)."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+    return 0.5 * gamma * grad.float().square().flatten(1).sum(1).mean()
 
 
 def gradient_penalty(
-    D, real: torch.Tensor, fake: torch.Tensor, weight: float, eps: torch.Tensor | None = None
+    run_D: Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    weight: float,
+    eps: torch.Tensor,
 ) -> torch.Tensor:
-    """weight * E(||grad D(x_hat)|| - 1)^2 with x_hat = eps real + (1 - eps) fake, eps ~ U(0, 1)
-    per sample (the loop passes eps in so that a data-parallel run draws the same ones)."""
-    if eps is None:
-        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    """weight * E(||grad D(x_hat)|| - 1)^2 with x_hat = eps real + (1 - eps) fake, eps ~ U(0, 1) per
+    sample (the loop draws eps, so that a data-parallel run uses the same ones as one process)."""
     eps = eps.to(real.device, real.dtype).view(-1, 1, 1, 1)
     mixed = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
-    (grad,) = torch.autograd.grad(D(mixed).sum(), mixed, create_graph=True)
-    return weight * (grad.flatten(1).norm(dim=1) - 1).square().mean()
+    (grad,) = torch.autograd.grad(run_D(mixed).float().sum(), mixed, create_graph=True)
+    return weight * (grad.float().flatten(1).norm(dim=1) - 1).square().mean()
 
 
-class PathLengthRegularizer:
-    """StyleGAN2's path-length penalty; `mean` is the running target a, kept in checkpoints."""
+def path_length(
+    images: torch.Tensor, ws: torch.Tensor, pl_mean: torch.Tensor, all_mean: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penalty E(|J_w^T y| - a)^2, the updated target a): y is Gaussian noise scaled by 1/sqrt(H W),
+    a the EMA of the mean length (averaged over data-parallel ranks so that N ranks keep one a)."""
+    noise = torch.randn_like(images) / math.sqrt(images.shape[2] * images.shape[3])
+    (grad,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)
+    lengths = grad.float().square().sum(2).mean(1).sqrt()
+    target = pl_mean.to(lengths.device).lerp(all_mean(lengths.mean().detach()), PL_DECAY)
+    return (lengths - target).square().mean(), target
 
-    def __init__(self, weight: float, decay: float = 0.01, batch_shrink: int = 2, all_mean=None):
-        self.weight, self.decay, self.batch_shrink = weight, decay, batch_shrink
-        self.all_mean = all_mean or (lambda t: t)  # averages over data-parallel ranks
-        self.mean = torch.zeros([])
 
-    def __call__(self, G, z: torch.Tensor) -> torch.Tensor:
-        z = z[: max(1, z.shape[0] // self.batch_shrink)]
-        ws = G.mapping(z)
-        images = G.synthesis(ws)
-        noise = torch.randn_like(images) / math.sqrt(images.shape[2] * images.shape[3])
-        (grad,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)
-        lengths = grad.square().sum(2).mean(1).sqrt()
-        self.mean = self.mean.to(lengths.device)
-        self.mean = self.mean.lerp(self.all_mean(lengths.mean().detach()), self.decay)
-        return self.weight * (lengths - self.mean).square().mean()
+def consistency(
+    run_D: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    logits: torch.Tensor,
+    augment: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Mean squared difference of D's logits on augmented and plain images (one side of bCR)."""
+    return F.mse_loss(run_D(augment(images)).float(), logits.float())

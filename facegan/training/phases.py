@@ -1,7 +1,192 @@
-"""Names of the loss terms the training phases report (logged by name in train_stats.json and dvclive)."""
+"""One training step as data: the phases Gmain, Greg, Dmain, Dreg of the official StyleGAN2-ADA /
+StyleGAN3 loop (training/training_loop.py and training/loss.py there), generalised to every model.
 
+Each phase updates one network with its own optimizer step:
+  Gmain  G's adversarial loss on fakes of fresh latents
+  Greg   the path-length penalty (StyleGAN2), every `pl_every` steps, its loss times the interval
+  Dmain  D's adversarial loss on reals and fakes (+ drift, WGAN-GP, bCR where the model has them);
+         the generator pass that makes these fakes is the only one that updates G's running
+         statistics (w_avg, StyleGAN3's magnitude EMAs), once per step as the official update_emas
+  Dreg   R1 on reals, every `r1_every` steps, its loss times the interval
+A regulariser that runs every step (StyleGAN's R1) is folded into its main phase instead: Gboth /
+Dboth, one optimizer step. The order of G and D phases is the model's official one
+(`loss.phase_order`). Each phase draws its own latents (official: one z per phase).
+
+`GanLoss.phase_terms` returns each phase's loss terms by name (the names below are what
+train_stats.json and dvclive log); the loop backpropagates their sum, lazy terms times the
+interval, and steps the phase's optimizer.
+
+Also here, as in the official loss: style mixing in `run_G` (a crossover among the layers the
+generator's current level uses, so StyleGAN's growing phases mix only active layers), and
+StyleGAN3-R's Gaussian blur of every image D sees, fading out over `blur_fade_kimg`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from facegan.training import augment, losses
+from facegan.training.progressive import to_resolution
+
+# Loss terms, by the names they are logged under
 G_ADVERSARIAL = "G/adversarial"
-D_ADVERSARIAL = "D/adversarial"
-D_GRADIENT_PENALTY = "D/gradient_penalty"
-D_R1 = "D/r1"
 G_PATH_LENGTH = "G/path_length"
+D_ADVERSARIAL = "D/adversarial"
+D_DRIFT = "D/drift"
+D_GRADIENT_PENALTY = "D/gradient_penalty"
+D_CONSISTENCY = "D/consistency"
+D_R1 = "D/r1"
+LAZY_TERMS = (G_PATH_LENGTH, D_R1)  # scaled by their phase's interval when the phase is lazy
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # Gmain | Greg | Gboth | Dmain | Dreg | Dboth
+    net: str  # "G" | "D": the network this phase updates
+    interval: int  # runs on the steps where step % interval == 0
+    main: bool  # computes the adversarial terms
+    reg: bool  # computes the regulariser
+
+    def runs_at(self, step: int) -> bool:
+        return step % self.interval == 0
+
+
+def _net_phases(net: str, regularised: bool, every: int) -> list[Phase]:
+    if not regularised:
+        return [Phase(f"{net}main", net, 1, True, False)]
+    if every == 1:
+        return [Phase(f"{net}both", net, 1, True, True)]
+    return [Phase(f"{net}main", net, 1, True, False), Phase(f"{net}reg", net, every, False, True)]
+
+
+def build_phases(loss: dict) -> list[Phase]:
+    """The phases of a model's `loss` params, in its official order."""
+    g = _net_phases("G", loss["pl_weight"] > 0, loss["pl_every"])
+    d = _net_phases("D", loss["r1_gamma"] > 0, loss["r1_every"])
+    return g + d if loss["phase_order"] == "GD" else d + g
+
+
+def lazy_interval(phases: list[Phase], net: str) -> int:
+    """The lazy regulariser's interval of `net` (1 when it has none): its Adam is rescaled by it."""
+    return max((p.interval for p in phases if p.net == net and not p.main), default=1)
+
+
+def blur_sigma(loss: dict, nimg: int) -> float:
+    """StyleGAN3-R's D blur: blur_init_sigma px at the start, linearly to 0 at blur_fade_kimg."""
+    if loss["blur_fade_kimg"] <= 0:
+        return 0.0
+    return max(1 - nimg / (loss["blur_fade_kimg"] * 1000), 0.0) * loss["blur_init_sigma"]
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable blur with taps exp2(-(x/sigma)^2) for |x| <= floor(3 sigma), normalised, zero padding
+    (the official filter2d of the StyleGAN3 loss); sigma below 1/3 px leaves the images as they are."""
+    size = math.floor(sigma * 3)
+    if size <= 0:
+        return images
+    taps = torch.arange(-size, size + 1, device=images.device, dtype=torch.float32).div(sigma).square().neg().exp2()
+    taps = (taps / taps.sum()).to(images.dtype)
+    n, c, h, w = images.shape
+    x = images.reshape(n * c, 1, h, w)
+    x = F.conv2d(x, taps.view(1, 1, -1, 1), padding=(size, 0))
+    x = F.conv2d(x, taps.view(1, 1, 1, -1), padding=(0, size))
+    return x.reshape(n, c, h, w)
+
+
+def mixing_cutoff(num_active: int, num_ws: int, prob: float) -> int:
+    """Style-mixing crossover: with probability `prob` a layer index in [1, num_active), else num_ws
+    (no mixing). Drawn from torch's global generator, which the loop seeds per step."""
+    if prob <= 0 or num_active < 2 or torch.rand([]).item() >= prob:
+        return num_ws
+    return int(torch.randint(1, num_active, []).item())
+
+
+@dataclass
+class StepContext:
+    """What a phase needs to know about where training is."""
+
+    resolution: int  # the current level's (growing models) or the final resolution
+    blur_sigma: float
+    gp_eps: torch.Tensor | None  # WGAN-GP mixing weights of this rank's samples
+
+
+class GanLoss:
+    """One model's G and D passes and phase losses (the official StyleGAN2Loss, for every model)."""
+
+    def __init__(
+        self, G, D, style_based: bool, progressive: bool, loss: dict, all_mean: Callable[[torch.Tensor], torch.Tensor]
+    ):
+        self.G, self.D, self.loss = G, D, loss
+        self.style_based, self.progressive = style_based, progressive
+        self.all_mean = all_mean  # mean over data-parallel ranks (identity in one process)
+        self.pl_mean = torch.zeros([])  # path-length target a (checkpointed)
+
+    def run_G(self, z: torch.Tensor, ctx: StepContext, update_emas: bool = False, return_ws: bool = False):
+        """Fakes at the current resolution (and the ws they came from, for the path length)."""
+        ws = None
+        if self.style_based:
+            ws = self.G.mapping(z, update_emas=update_emas)
+            num_active = self.G.num_active_ws if self.progressive else ws.shape[1]
+            cutoff = mixing_cutoff(num_active, ws.shape[1], self.loss["style_mixing_prob"])
+            if cutoff < ws.shape[1]:
+                ws = ws.clone()
+                ws[:, cutoff:] = self.G.mapping(torch.randn_like(z), update_emas=False)[:, cutoff:]
+            images = self.G.synthesis(ws, update_emas=update_emas)
+        else:
+            images = self.G(z)
+        images = to_resolution(images, ctx.resolution)
+        return (images, ws) if return_ws else images
+
+    def run_D(self, images: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return self.D(gaussian_blur(images, ctx.blur_sigma)).float()
+
+    def phase_terms(
+        self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext
+    ) -> dict[str, torch.Tensor]:
+        """The named loss terms of `phase` (scalars of this rank's samples)."""
+        return (self._g_terms if phase.net == "G" else self._d_terms)(phase, z, real, ctx)
+
+    def _g_terms(self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext) -> dict:
+        terms = {}
+        if phase.main:
+            terms[G_ADVERSARIAL] = losses.g_adversarial(self.loss["type"], self.run_D(self.run_G(z, ctx), ctx))
+        if phase.reg:
+            n = max(1, z.shape[0] // losses.PL_BATCH_SHRINK)
+            images, ws = self.run_G(z[:n], ctx, return_ws=True)
+            penalty, self.pl_mean = losses.path_length(images, ws, self.pl_mean, self.all_mean)
+            self.pl_mean = self.pl_mean.detach()
+            terms[G_PATH_LENGTH] = penalty * self.loss["pl_weight"]
+        return terms
+
+    def _d_terms(self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext) -> dict:
+        cfg, terms = self.loss, {}
+        real = real.detach().requires_grad_(phase.reg)
+        real_logits = self.run_D(real, ctx)
+        if phase.main:
+            fake = self.run_G(z, ctx, update_emas=True).detach()
+            fake_logits = self.run_D(fake, ctx)
+            terms[D_ADVERSARIAL] = losses.d_adversarial(cfg["type"], real_logits, fake_logits)
+            if cfg["drift"] > 0:
+                terms[D_DRIFT] = losses.drift_penalty(real_logits, cfg["drift"])
+            if cfg["gp_weight"] > 0:
+                run_D = lambda images: self.run_D(images, ctx)
+                terms[D_GRADIENT_PENALTY] = losses.gradient_penalty(run_D, real, fake, cfg["gp_weight"], ctx.gp_eps)
+            if cfg["bcr_real_lambda"] > 0 or cfg["bcr_fake_lambda"] > 0:
+                run_D = lambda images: self.run_D(images, ctx)
+                aug = augment.consistency_augment
+                terms[D_CONSISTENCY] = cfg["bcr_real_lambda"] * losses.consistency(
+                    run_D, real.detach(), real_logits, aug
+                ) + cfg["bcr_fake_lambda"] * losses.consistency(run_D, fake, fake_logits, aug)
+        if phase.reg:
+            terms[D_R1] = losses.r1_penalty(real_logits, real, cfg["r1_gamma"])
+        return terms
+
+
+def phase_loss(phase: Phase, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What the phase backpropagates: the sum of its terms, lazy regularisers times the interval."""
+    return sum(value * (phase.interval if name in LAZY_TERMS else 1) for name, value in terms.items())

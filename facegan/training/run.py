@@ -20,6 +20,7 @@ def write_skipped(model: str, reason: str, run_dir: Path, live_dir: Path) -> Non
 
 def train_model(view: handoff.ModelView, cache_dir: Path, run_dir: Path, live_dir: Path) -> handoff.TrainedRun | None:
     """Train the view's model to its budget; None when the run stopped early (it resumes next time)."""
-    cfg = RunConfig(model=view.model, model_params=view.params, train=view.train, seed=view.seed,
-                    resolution=view.resolution)  # fmt: skip
+    cfg = RunConfig(
+        model=view.model, model_params=view.params, train=view.train, seed=view.seed, resolution=view.resolution
+    )
     return train(cfg, cache_dir, run_dir, live_dir=live_dir)

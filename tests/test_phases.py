@@ -1,0 +1,332 @@
+"""The training step against the official schedules: phases, lazy regularisation, EMAs, style mixing,
+StyleGAN3-R's blur, StyleSwin's clipping, lr decay and bCR, and the G EMA's arithmetic."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+from facegan.data.cache import CacheWriter
+from facegan.data.synthetic import render_face
+from facegan.ops import _dispatch
+from facegan.params import deep_merge
+from facegan.training import augment, loop, losses, phases
+from facegan.training.loop import RunConfig, ema_beta, learning_rates, step_draws, train
+from facegan.training.phases import D_CONSISTENCY, D_R1, G_PATH_LENGTH, GanLoss, StepContext, build_phases
+from facegan.training.progressive import Schedule
+from models.layers import MappingNetwork
+from tests.helpers import study_model, study_params, study_train
+
+torch.set_num_threads(1)
+
+TRAIN = study_train(
+    device="cpu",
+    checkpoint_kimg=100.0,
+    snapshot_kimg=100.0,
+    sample_kimg=100.0,
+    grid_size=2,
+    num_workers=0,
+    deterministic=True,
+    log_kimg=0.016,
+)
+TINY_ARCH = {
+    "stylegan2": {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "channel_base": 128, "channel_max": 16},
+    "styleswin": {
+        "z_dim": 16,
+        "w_dim": 16,
+        "mapping_layers": 2,
+        "window_size": 4,
+        "head_dim": 8,
+        "min_heads": 2,
+        "mlp_ratio": 2.0,
+        "g_channel_base": 128,
+        "d_channel_base": 128,
+        "channel_max": 16,
+    },
+    "stylegan": {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 64, "fmap_max": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    writer = CacheWriter(root / "faces", 16, 24)
+    for i in range(24):
+        writer.add(render_face(0, i, 16))
+    return writer.finish({"source": "synthetic", "synthetic": True})
+
+
+def tiny(model: str, steps: int = 8, batch: int = 8, **changes) -> RunConfig:
+    params = deep_merge(
+        study_model(model, kimg=steps * batch / 1000, batch_size=batch, ema_kimg=0.02, arch=TINY_ARCH[model]), changes
+    )
+    return RunConfig(model=model, model_params=params, train=dict(TRAIN), seed=5, resolution=16)
+
+
+def test_each_model_gets_its_official_phases_in_the_official_order():
+    expected = {
+        "dcgan": ["Dmain", "Gmain"],
+        "pggan": ["Dmain", "Gmain"],  # WGAN-GP every step is part of Dmain
+        "stylegan": ["Dboth", "Gmain"],  # R1 every step: folded into D's step
+        "stylegan2": ["Gmain", "Greg", "Dmain", "Dreg"],
+        "stylegan3": ["Gmain", "Dmain", "Dreg"],  # no path length
+        "styleswin": ["Dmain", "Dreg", "Gmain"],
+    }
+    for model, names in expected.items():
+        assert [p.name for p in build_phases(study_params()["models"][model]["loss"])] == names, model
+
+
+class Recorder:
+    """Spies on the loop: which phase ran at which step, what it backpropagated, and each optimizer step."""
+
+    def __init__(self, monkeypatch):
+        self.ran, self.losses, self.opt_steps = [], [], {}
+        run_phase, phase_loss = loop.run_phase, phases.phase_loss
+
+        def spy_run(state, phase, *args, **kwargs):
+            self.ran.append((state.step, phase.name))
+            return run_phase(state, phase, *args, **kwargs)
+
+        def spy_loss(phase, terms):
+            value = phase_loss(phase, terms)
+            self.losses.append((phase.name, {k: v.item() for k, v in terms.items()}, value.item()))
+            return value
+
+        step = torch.optim.Adam.step
+
+        def spy_step(opt, *args, **kwargs):
+            self.opt_steps[id(opt)] = self.opt_steps.get(id(opt), 0) + 1
+            return step(opt, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "run_phase", spy_run)
+        monkeypatch.setattr(loop, "phase_loss", spy_loss)
+        monkeypatch.setattr(phases, "phase_loss", spy_loss)
+        monkeypatch.setattr(torch.optim.Adam, "step", spy_step)
+
+    def steps_of(self, name: str) -> list[int]:
+        return [step for step, phase in self.ran if phase == name]
+
+
+def test_lazy_regularisers_run_as_their_own_phases_on_the_right_steps_scaled_by_the_interval(
+    cache_dir, tmp_path, monkeypatch
+):
+    """StyleGAN2 with r1_every=4 and pl_every=4: R1 and path length on steps 0 and 4 only, each its
+    own optimizer step, its loss times 4 (official Greg/Dreg with gain = interval)."""
+    record = Recorder(monkeypatch)
+    cfg = tiny("stylegan2", loss={"r1_gamma": 1.0, "r1_every": 4, "pl_weight": 2.0, "pl_every": 4})
+    stats = train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
+    assert record.steps_of("Gmain") == record.steps_of("Dmain") == list(range(8))
+    assert record.steps_of("Greg") == record.steps_of("Dreg") == [0, 4]
+    for name, terms, value in record.losses:
+        if name == "Dreg":
+            assert set(terms) == {D_R1} and value == pytest.approx(4 * terms[D_R1])
+        if name == "Greg":
+            assert set(terms) == {G_PATH_LENGTH} and value == pytest.approx(4 * terms[G_PATH_LENGTH])
+        if name in ("Gmain", "Dmain"):
+            assert not {D_R1, G_PATH_LENGTH} & set(terms) and value == pytest.approx(sum(terms.values()))
+    assert sorted(record.opt_steps.values()) == [8 + 2, 8 + 2]  # main every step + the two lazy steps
+    assert stats.training_phases == ["Gmain", "Greg", "Dmain", "Dreg"]
+    assert {D_R1, G_PATH_LENGTH} <= set(stats.history[0].losses)
+
+
+def test_g_ema_is_the_lerp_of_its_last_value_towards_g_by_the_official_beta(cache_dir, tmp_path, monkeypatch):
+    cfg = tiny("stylegan2", ema_kimg=0.05, ema_rampup=0.5)
+    checked = []
+    update = loop.update_ema
+
+    def check(G_ema, G, beta):
+        before = [p.detach().clone() for p in G_ema.parameters()]
+        nimg = 8 * len(checked)  # images before this step
+        half_life = min(50.0, nimg * 0.5)
+        assert beta == pytest.approx(0.5 ** (8 / max(half_life, 1e-8)))
+        update(G_ema, G, beta)
+        for old, new, p in zip(before, G_ema.parameters(), G.parameters()):
+            torch.testing.assert_close(new, p.detach().lerp(old, beta))
+        checked.append(beta)
+
+    monkeypatch.setattr(loop, "update_ema", check)
+    train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
+    assert len(checked) == 8 and checked[0] == 0.0 and all(0 < b < 1 for b in checked[1:])
+
+
+def test_running_statistics_update_once_per_step_in_the_pass_that_makes_ds_fakes(cache_dir, tmp_path, monkeypatch):
+    """w_avg moves once per step (official update_emas on Dgen only), not in every training-mode forward."""
+    updates = []
+    forward = MappingNetwork.forward
+
+    def spy(self, z, *args, update_emas=False, **kwargs):
+        if update_emas:
+            updates.append(z.shape[0])
+        return forward(self, z, *args, update_emas=update_emas, **kwargs)
+
+    monkeypatch.setattr(MappingNetwork, "forward", spy)
+    train(tiny("stylegan2", loss={"pl_every": 2}), cache_dir, tmp_path / "run", tmp_path / "ckpt")
+    assert updates == [8] * 8
+
+
+def test_path_length_batch_goes_through_style_mixing(cache_dir, tmp_path, monkeypatch):
+    seen = []
+    path_length = losses.path_length
+
+    def spy(images, ws, *args, **kwargs):
+        seen.append(ws.detach().clone())
+        return path_length(images, ws, *args, **kwargs)
+
+    monkeypatch.setattr(losses, "path_length", spy)
+    train(tiny("stylegan2", loss={"style_mixing_prob": 1.0, "pl_every": 4}), cache_dir, tmp_path / "r", tmp_path / "c")
+    assert len(seen) == 2 and seen[0].shape[0] == 4  # half the batch (official pl_batch_shrink 2)
+    for ws in seen:
+        assert not torch.equal(ws[:, 0], ws[:, -1]), "with mixing probability 1 the path-length ws are mixed"
+
+
+def test_every_phase_draws_its_own_latents():
+    draws = step_draws(0, 3, 8, 100, 16, True, build_phases(study_params()["models"]["stylegan2"]["loss"]))
+    z = draws["z"]
+    assert set(z) == {"Gmain", "Greg", "Dmain", "Dreg"}
+    assert not torch.equal(z["Gmain"], z["Dmain"]) and not torch.equal(z["Gmain"], z["Greg"])
+
+
+def test_stylegan_mixes_styles_only_among_the_layers_of_the_current_level():
+    torch.manual_seed(0)
+    cutoffs = {phases.mixing_cutoff(num_active=4, num_ws=10, prob=1.0) for _ in range(200)}
+    assert cutoffs == {1, 2, 3}
+    assert phases.mixing_cutoff(num_active=4, num_ws=10, prob=0.0) == 10
+
+    arch = deep_merge(study_params()["models"]["stylegan"]["arch"], TINY_ARCH["stylegan"])
+    G, D = models.build("stylegan", arch, 32)  # 8 ws: two per level 4..32
+    G.set_progress(1, 1.0)  # 8x8: four ws in use
+    assert G.num_active_ws == 4
+    gan = GanLoss(G, D, style_based=True, progressive=True, loss={"style_mixing_prob": 1.0}, all_mean=lambda t: t)
+    seen = []
+    synthesis = G.synthesis.forward
+    G.synthesis.forward = lambda ws, **kw: seen.append(ws.detach().clone()) or synthesis(ws, **kw)
+    torch.manual_seed(1)
+    for _ in range(20):
+        gan.run_G(torch.randn(2, 16), StepContext(8, 0.0, None))
+    for ws in seen:
+        first_other = next(i for i in range(8) if not torch.equal(ws[:, i], ws[:, 0]))
+        assert 1 <= first_other < 4
+
+
+def test_stylegan3_r_blurs_every_image_d_sees_fading_over_blur_fade_kimg():
+    loss = {"blur_init_sigma": 10.0, "blur_fade_kimg": 200.0}
+    assert phases.blur_sigma(loss, 0) == 10.0 and phases.blur_sigma(loss, 100_000) == pytest.approx(5.0)
+    assert phases.blur_sigma(loss, 200_000) == 0.0 and phases.blur_sigma({**loss, "blur_fade_kimg": 0.0}, 0) == 0.0
+    # the official filter: exp2(-(x / sigma)^2) for |x| <= floor(3 sigma), normalised, separable, zero padded
+    img = torch.randn(2, 3, 24, 24, dtype=torch.float64)
+    sigma, size = 2.5, 7
+    taps = torch.exp2(-((torch.arange(-size, size + 1, dtype=torch.float64) / sigma) ** 2))
+    kernel = torch.outer(taps, taps) / taps.sum() ** 2
+    expected = F.conv2d(img.reshape(6, 1, 24, 24), kernel[None, None], padding=size).reshape(2, 3, 24, 24)
+    torch.testing.assert_close(phases.gaussian_blur(img, sigma), expected)
+    assert torch.equal(phases.gaussian_blur(img, 0.3), img)  # below 1/3 px: no blur, as official
+
+    seen = []
+    D = lambda x: seen.append(x.detach().clone()) or x.flatten(1).mean(1)  # noqa: E731
+    G = lambda z: z.view(-1, 1, 4, 4).repeat(1, 3, 1, 1)  # noqa: E731
+    cfg = study_params()["models"]["stylegan3"]["loss"] | {"r1_gamma": 0.0}
+    gan = GanLoss(G, D, style_based=False, progressive=False, loss=cfg, all_mean=lambda t: t)
+    real, z = torch.randn(2, 3, 4, 4), torch.randn(2, 16)
+    ctx = StepContext(4, 1.0, None)
+    gan.phase_terms(phases.Phase("Dmain", "D", 1, True, False), z, real, ctx)
+    gan.phase_terms(phases.Phase("Gmain", "G", 1, True, False), z, real, ctx)
+    assert len(seen) == 3  # D saw reals, fakes (Dmain) and fakes (Gmain): each one blurred
+    torch.testing.assert_close(seen[0], phases.gaussian_blur(real, 1.0))
+    torch.testing.assert_close(seen[1], phases.gaussian_blur(G(z), 1.0))
+    torch.testing.assert_close(seen[2], phases.gaussian_blur(G(z), 1.0))
+
+
+def test_styleswin_clips_only_ds_main_step_at_norm_5(cache_dir, tmp_path, monkeypatch):
+    calls = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        calls.append((len(parameters), max_norm))
+        return clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    cfg = tiny("styleswin", steps=4, loss={"bcr_real_lambda": 0.0, "bcr_fake_lambda": 0.0})
+    stats = train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
+    n_d = stats.params_D and len(list(models.build("styleswin", cfg.model_params["arch"], 16)[1].parameters()))
+    assert calls == [(n_d, 5.0)] * 4  # once per Dmain, D's parameters only; not Dreg, not G
+
+
+def test_linear_lr_decay_reaches_zero_at_the_end_of_the_budget():
+    params = study_model("styleswin", kimg=10.0, lr_decay_kimg=4.0)
+    segment = Schedule.flat(params, 4).segments[0]
+    assert learning_rates(segment, params, 0, 10_000) == (params["lr_g"], params["lr_d"])
+    assert learning_rates(segment, params, 6_000, 10_000) == (params["lr_g"], params["lr_d"])
+    lr_g, lr_d = learning_rates(segment, params, 8_000, 10_000)
+    assert lr_g == pytest.approx(params["lr_g"] / 2) and lr_d == pytest.approx(params["lr_d"] / 2)
+    assert learning_rates(segment, params, 10_000, 10_000) == (0.0, 0.0)
+    plain = study_model("stylegan2")
+    assert learning_rates(Schedule.flat(plain, 4).segments[0], plain, 9_999_000, 10_000_000)[0] == 0.0025  # off
+
+
+def test_bcr_adds_the_consistency_term_and_vanishes_for_an_identity_augmentation(monkeypatch):
+    torch.manual_seed(0)
+    arch = deep_merge(study_params()["models"]["styleswin"]["arch"], TINY_ARCH["styleswin"])
+    G, D = models.build("styleswin", arch, 16)
+    D.eval()  # spectral norm's power iteration would move D between the two passes
+    cfg = study_params()["models"]["styleswin"]["loss"]
+    gan = GanLoss(G, D, style_based=True, progressive=False, loss=cfg, all_mean=lambda t: t)
+    dmain = phases.Phase("Dmain", "D", 1, True, False)
+    real, z, ctx = torch.randn(4, 3, 16, 16), torch.randn(4, 16), StepContext(16, 0.0, None)
+    assert gan.phase_terms(dmain, z, real, ctx)[D_CONSISTENCY] > 0
+    monkeypatch.setattr(augment, "consistency_augment", lambda x: x)
+    assert gan.phase_terms(dmain, z, real, ctx)[D_CONSISTENCY].abs() < 1e-10
+
+
+def test_consistency_augmentation_keeps_shape_and_changes_images():
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    y = augment.consistency_augment(x)
+    assert y.shape == x.shape and not torch.allclose(x, y)
+    cut = augment.cutout(torch.ones(4, 3, 16, 16))
+    assert ((cut == 0).flatten(1).float().mean(1) > 0).all() and (cut.flatten(1).mean(1) < 1).all()
+    moved = augment.translation(torch.ones(4, 1, 16, 16))
+    assert moved.max() == 1.0 and moved.min() >= 0.0
+
+
+def test_an_out_of_memory_error_is_raised_not_taken_as_a_kernel_failure(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_fallbacks", {})
+    monkeypatch.setattr(_dispatch, "on_gpu", lambda x: True)
+    monkeypatch.setattr(_dispatch, "triton_importable", lambda: True)
+
+    def oom():
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        _dispatch.dispatch("bias_act", "auto", torch.zeros(1), oom, lambda: torch.zeros(1))
+    assert _dispatch.fallbacks() == {}
+    _dispatch.dispatch("bias_act", "auto", torch.zeros(1), lambda: 1 / 0, lambda: torch.zeros(1))
+    assert "ZeroDivisionError" in _dispatch.fallbacks()["bias_act"]
+
+
+def test_kernel_fallbacks_are_recorded_in_the_run_stats(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(_dispatch, "_fallbacks", {"filtered_lrelu": "RuntimeError: PTX too new"})
+    stats = train(tiny("stylegan2", steps=2), cache_dir, tmp_path / "run", tmp_path / "ckpt")
+    assert stats.kernel_fallbacks == {"filtered_lrelu": "RuntimeError: PTX too new"}
+
+
+def test_path_length_target_survives_resume(cache_dir, tmp_path):
+    """The phases' state (path-length target) is part of TrainState's checkpoint: a resumed run equals the
+    straight one bit for bit, lazy phases included."""
+    cfg = tiny("stylegan2", steps=8, loss={"r1_every": 4, "pl_every": 4, "style_mixing_prob": 0.5})
+    straight = train(cfg, cache_dir, tmp_path / "a" / "run", tmp_path / "a" / "ckpt")
+    cfg.train = dict(TRAIN, checkpoint_kimg=0.024)
+    train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt", stop_after_kimg=0.024)
+    resumed = train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt")
+    assert resumed.steps == straight.steps
+    a = torch.load(tmp_path / "a" / "run" / "G_ema.pt", weights_only=True)["G_ema"]
+    b = torch.load(tmp_path / "b" / "run" / "G_ema.pt", weights_only=True)["G_ema"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert math.isfinite(straight.history[0].losses[G_PATH_LENGTH])
+
+
+def test_ema_beta_is_zero_for_no_ema():
+    assert ema_beta({"ema_kimg": 0.0, "ema_rampup": 0.05}, 8, 800) == 0.0
