@@ -323,6 +323,9 @@ class ModelMetrics(Handoff):
     fid_std: float
     fid_values: list[float]
     fid_seeds: int
+    fid_start: float | None  # FID of the untrained generator (the kimg-0 snapshot), at snapshot_num_gen
+    fid_start_n: int | None
+    floor: Floor  # real-vs-real FID/KID at num_gen: the best this n can show
     kid: float
     num_gen: int
     num_ref: int
@@ -363,11 +366,24 @@ class LossPoint(Handoff):
 
 
 @dataclasses.dataclass(frozen=True)
+class Floor(Handoff):
+    """The real-vs-real noise floor at n: FID and KID between two disjoint sets of n cached faces."""
+
+    writer: ClassVar[str] = "reference_stats"
+    n: int
+    fid: float
+    kid: float
+
+
+@dataclasses.dataclass(frozen=True)
 class ReferenceMeta(Handoff):
     writer: ClassVar[str] = "reference_stats"
-    extractor: str  # inception | fid_helper | proxy
+    extractor: str  # the network used: inception | fid_helper | proxy (`auto` resolved)
+    weights: str  # the file it came from ("" for the proxy)
+    choice: str  # why evaluate.extractor=auto chose it ("" when it was asked for by name)
     label_key: str  # facegan.metrics.labels key (fid_helper_unverified until its check passed)
     agreement: dict | None  # fid-helper vs clean-fid feature check, when one was possible
+    floors: dict[str, Floor]  # by the n of a metric (str(n)): what a perfect generator scores at that n
     count: int  # real faces the statistics come from
     cache_count: int
     source: str

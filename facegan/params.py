@@ -191,7 +191,11 @@ def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool
         ("train.*_kimg", _positive, "a positive number of kimg"),
         ("train.grid_size", _positive, "a positive integer"),
         ("train.num_workers", _non_negative, "0 or more"),
-        ("evaluate.extractor", _one_of("inception", "fid_helper", "proxy"), "inception, fid_helper or proxy"),
+        (
+            "evaluate.extractor",
+            _one_of("auto", "inception", "fid_helper", "proxy"),
+            "auto, inception, fid_helper or proxy",
+        ),
         ("evaluate.pr_k", _positive, "a positive number of neighbours"),
         ("evaluate.ppl_samples", _positive, "a positive number of latent pairs"),
         ("evaluate.ppl_space", _one_of("auto", "z", "w"), "auto, z or w"),

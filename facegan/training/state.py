@@ -88,6 +88,19 @@ class TrainState:
         self.segment_index, self.train_seconds = int(state["segment_index"]), float(state["train_seconds"])
         self.history, self.segment_stats = json.loads(state["history"]), json.loads(state["segment_stats"])
 
+    def account(self, segment: str, batch: int, seconds: float, device: torch.device) -> None:
+        """Count a finished step: images, steps and time, overall and in its schedule segment."""
+        self.nimg += batch
+        self.step += 1
+        self.train_seconds += seconds
+        empty = {"seconds": 0.0, "nimg": 0, "steps": 0, "batch_size": batch, "peak_memory_bytes": None}
+        stats = self.segment_stats.setdefault(segment, empty)
+        stats["seconds"] += seconds
+        stats["nimg"] += batch
+        stats["steps"] += 1
+        if device.type == "cuda":
+            stats["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+
     def first_non_finite(self) -> str | None:
         """Name of the first parameter or buffer holding a NaN/inf, or None."""
         for net_name, net in self.networks().items():
