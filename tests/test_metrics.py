@@ -300,3 +300,15 @@ def test_the_noise_floor_is_fid_and_kid_between_two_disjoint_real_sets_of_that_s
     assert floor.kid == pytest.approx(kid_from_features(features[:30], features[30:60], seed=3))
     assert floor.fid > fid_from_features(features[:50], features[50:100])  # FID's bias shrinks with n
     assert noise_floor(features, 80, seed=3).n == 50  # not enough faces for 2 x 80: half of them, said so
+
+
+def test_low_rank_fid_equals_cleanfids_sqrtm_formula():
+    """Fewer samples than dimensions: the n x n singular-value form is clean-fid's frechet_distance exactly."""
+    from cleanfid.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 64)), rng.normal(0.3, 1.2, size=(50, 64))
+    ours = fid_from_features(a, b)
+    theirs = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert ours > 1 and ours == pytest.approx(float(theirs), rel=1e-6)
+    assert fid_from_features(rng.normal(size=(2000, 8)), rng.normal(size=(3000, 8))) < 0.05  # full rank: sqrtm path

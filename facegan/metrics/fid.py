@@ -3,6 +3,13 @@
 `fid_of_folders` is the folder-to-folder FID of clean-fid's `compute_fid(fdir1, fdir2, mode="clean")`
 computed by our own path (our image reading, clean-fid's resizer, our extractor wrapper); the tests
 check the two agree.
+
+FID = |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^1/2). With fewer samples than feature
+dimensions (the CPU demo: 200 images, 2048 features) the covariances have rank below n, and the
+last trace equals the sum of the singular values of X_a X_b^T / sqrt((n_a - 1)(n_b - 1)) (X the
+centred features): the eigenvalues of S_a S_b are those of (X_a X_b^T)(X_b X_a^T) up to zeros.
+That n x n computation is exact and takes milliseconds, where clean-fid's 2048 x 2048 `sqrtm`
+takes ~10 s on 2 cores; with more samples than dimensions clean-fid's own `frechet_distance` runs.
 """
 
 from __future__ import annotations
@@ -19,8 +26,14 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    mu_a, sigma_a = feats_a.mean(0), np.cov(feats_a, rowvar=False)
-    mu_b, sigma_b = feats_b.mean(0), np.cov(feats_b, rowvar=False)
+    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
+    n_a, n_b = len(feats_a), len(feats_b)
+    if min(n_a, n_b) <= feats_a.shape[1]:
+        x_a, x_b = feats_a - mu_a, feats_b - mu_b
+        tr_sqrt = np.linalg.svd(x_a @ x_b.T, compute_uv=False).sum() / np.sqrt((n_a - 1) * (n_b - 1))
+        traces = np.square(x_a).sum() / (n_a - 1) + np.square(x_b).sum() / (n_b - 1)
+        return float(np.square(mu_a - mu_b).sum() + traces - 2 * tr_sqrt)
+    sigma_a, sigma_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
     return float(frechet_distance(mu_a, sigma_a, mu_b, sigma_b))
 
 
