@@ -199,6 +199,7 @@ class ReportView(Handoff):
     data: dict
     evaluate: dict
     loss_types: dict[str, str]  # models.<name>.loss.type: the stability heuristics depend on it
+    notes: list[str]  # warnings about the params, e.g. an edit the profile overrides
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,6 +281,7 @@ class TrainedRun(Handoff):
     training_phases: list[str]  # the step's phases in order, e.g. ["Gmain", "Greg", "Dmain", "Dreg"]
     dvclive: bool
     kernel_fallbacks: dict[str, str]  # op -> the error that sent it from Triton to the reference path
+    cache_fingerprint: str  # the face cache trained on (facegan.data.cache.fingerprint_of)
 
 
 def read_train_stats(path: str | Path) -> TrainedRun | SkippedRun:
@@ -386,6 +388,7 @@ class ReferenceMeta(Handoff):
     floors: dict[str, Floor]  # by the n of a metric (str(n)): what a perfect generator scores at that n
     count: int  # real faces the statistics come from
     cache_count: int
+    cache_fingerprint: str  # evaluate refuses to compare a model with statistics of another cache
     source: str
     synthetic: bool
     resolution: int

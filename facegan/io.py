@@ -1,4 +1,14 @@
-"""Atomic file writes: outputs appear whole or not at all, so an interrupted stage loses nothing."""
+"""Atomic file writes: outputs appear whole or not at all, so an interrupted stage loses nothing.
+
+`atomic_path` / `atomic_dir` write beside the target under a hidden `.<name>.*.tmp` name and rename
+over it only when the block succeeds; on any failure the old file stays as it was and the
+temporary one is removed. A temporary file left by a killed process (SIGKILL cannot be caught)
+is found and removed by `remove_stale_temporaries` when its owner is known to be dead.
+
+A full disk is recognised whichever way it surfaces: an OSError with errno ENOSPC (or EDQUOT), or
+numpy's `tofile`/`save`, which reports "N requested and M written" without an errno; the
+user sees one line naming the folder and what to free.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +22,44 @@ from pathlib import Path
 
 from facegan.errors import UserError
 
+TEMP_SUFFIX = ".tmp"
+
+
+def gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(err, OSError) and err.errno is None and " requested and " in str(err) and "written" in str(err)
+
+
+def disk_full_error(path: str | os.PathLike, needed_bytes: int | None = None) -> UserError:
+    folder = Path(path).parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    need = f"it needs {gib(needed_bytes)}, " if needed_bytes else ""
+    return UserError(
+        f"disk full while writing {path}: {need}{gib(free)} free on {existing}; free space there and re-run"
+    )
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise UserError(f"disk full while writing {path}: free space on {path.parent} and re-run") from err
+        if is_disk_full(err):
+            raise disk_full_error(path) from err
         raise
     finally:
         if os.path.exists(tmp):
@@ -37,15 +71,38 @@ def atomic_dir(path: str | os.PathLike):
     """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
     try:
         yield tmp
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            old = path.with_name(f".{path.name}.old{TEMP_SUFFIX}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)  # two renames: the old folder is gone only once the new one is in place
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(path / "x") from err
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the `.*.tmp` files and folders atomic writes left under `folder` (the caller holds the
+    folder's lock, so their writers are dead). Returns what was removed."""
+    removed = []
+    for tmp in sorted(Path(folder).rglob(f".*{TEMP_SUFFIX}")):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

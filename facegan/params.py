@@ -326,6 +326,37 @@ def validate(params: dict, profile_keys: frozenset[str] = frozenset(), profile: 
     return params
 
 
+def shadowed_edits(path: str | Path, committed: dict | None) -> list[str]:
+    """Values edited in params.yaml (against its committed version) that the active profile overrides, so
+    that the edit has no effect: one sentence each, naming where to make the change instead."""
+    if committed is None:
+        return []
+    raw = read_yaml(path)
+    profile = raw.get("profile", "study")
+    override = flatten((raw.get("profiles") or {}).get(profile) or {})
+    current, before = flatten({k: v for k, v in raw.items() if k != "profiles"}), flatten(committed)
+    return [
+        f"params.yaml sets {key}={current[key]!r} (committed: {before.get(key)!r}), but profile '{profile}' sets "
+        f"profiles.{profile}.{key}={override[key]!r}, which wins: change that, or use profile: study"
+        for key in sorted(override)
+        if key in current and key in before and current[key] != before[key] and current[key] != override[key]
+    ]
+
+
+def committed_params(path: str | Path = DEFAULT_PATH) -> dict | None:
+    """params.yaml as git's HEAD has it, or None outside a git checkout (nothing to compare with)."""
+    import subprocess
+
+    try:
+        text = subprocess.run(
+            ["git", "show", f"HEAD:{Path(path).as_posix()}"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    data = yaml.safe_load(text)
+    return data if isinstance(data, dict) else None
+
+
 def load_params(path: str | Path = DEFAULT_PATH, overrides: dict | None = None) -> dict:
     """Read params.yaml, merge `profiles[profile]` (and `overrides`, for tests) and validate."""
     raw = read_yaml(path)

@@ -37,8 +37,9 @@ def config_file(view: str, config_dir: Path = CONFIG_DIR) -> Path:
     return config_dir / f"{view}.json"
 
 
-def views(params: dict) -> dict[str, handoff.Handoff]:
-    """Every view of merged, validated params: the data stages', then one per model."""
+def views(params: dict, notes: list[str] | None = None) -> dict[str, handoff.Handoff]:
+    """Every view of merged, validated params: the data stages', then one per model. `notes` are
+    warnings about the params (edits a profile overrides) that the report repeats."""
     models = list(params["models"])
     out: dict[str, handoff.Handoff] = {
         "download": handoff.DownloadView(seed=params["seed"], data=params["data"]),
@@ -53,6 +54,7 @@ def views(params: dict) -> dict[str, handoff.Handoff]:
             data=params["data"],
             evaluate=params["evaluate"],
             loss_types={name: params["models"][name]["loss"]["type"] for name in models},
+            notes=list(notes or []),
         ),
     }
     for name in models:
@@ -69,8 +71,8 @@ def views(params: dict) -> dict[str, handoff.Handoff]:
     return out
 
 
-def write_views(params: dict, config_dir: Path = CONFIG_DIR) -> None:
-    for view, values in views(params).items():
+def write_views(params: dict, config_dir: Path = CONFIG_DIR, notes: list[str] | None = None) -> None:
+    for view, values in views(params, notes).items():
         values.write(config_file(view, config_dir))
 
 

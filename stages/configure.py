@@ -8,14 +8,22 @@ torch, so it starts in a second.
 
 from __future__ import annotations
 
+import logging
+
 from facegan import stage_params
 from facegan.errors import stage_main
-from facegan.params import load_params
+from facegan.params import DEFAULT_PATH, committed_params, load_params, shadowed_edits
+from stages import start_stage
 
 
 @stage_main
 def main() -> None:
-    stage_params.write_views(load_params())
+    start_stage()
+    params = load_params()
+    notes = shadowed_edits(DEFAULT_PATH, committed_params())
+    for note in notes:
+        logging.warning("%s", note)
+    stage_params.write_views(params, notes=notes)
 
 
 if __name__ == "__main__":

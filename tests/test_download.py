@@ -125,8 +125,8 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 def test_good_archive_is_verified_extracted_and_never_downloaded_twice(server, tmp_path):
     record = dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/good.zip", GOOD_SHA, **FAST)
     assert record["count"] == 3 and record["verified"] and record["sha256"] == GOOD_SHA
-    assert (tmp_path / "dl/url/good.zip").read_bytes() == GOOD
-    assert not (tmp_path / "dl/url/good.zip.part").exists()
+    (stored,) = (tmp_path / "dl/url").glob("*/good.zip")  # under a folder named by the URL's hash
+    assert stored.read_bytes() == GOOD and not stored.with_name("good.zip.part").exists()
     images = sorted(Path(record["image_root"]).glob("*.png"))
     assert [p.name for p in images] == ["000.png", "001.png", "002.png"]
     assert images[0].read_bytes() == _png(0)
@@ -140,7 +140,7 @@ def test_wrong_checksum_stops_and_deletes_the_file(server, tmp_path):
         dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/good.zip", "0" * 64, **FAST)
     message = _one_line(err)
     assert "wrong sha256" in message and "data.source=folder" in message
-    assert not any((tmp_path / "dl/url").iterdir())
+    assert not list((tmp_path / "dl/url").rglob("*.zip*"))  # neither the file nor a .part
     assert not (tmp_path / "raw/url").exists()
 
 
@@ -231,3 +231,32 @@ def test_folder_source_reads_in_place_and_orders_by_partition(tmp_path):
     assert ordered_files(tmp_path / "raw", record) == ["000002.jpg", "000003.jpg", "000001.jpg", "extra.png"]
     with pytest.raises(UserError, match="does not exist"):
         dl.prepare_folder(tmp_path / "raw", str(tmp_path / "nowhere"))
+
+
+def test_a_changed_url_never_reuses_the_old_download(server, tmp_path):
+    """Downloads are keyed by URL: data.url pointing at a host that is not listening fails, even though a
+    file of the same name was downloaded from the old URL (with data.sha256 empty)."""
+    dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/good.zip", "", **FAST)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(UserError) as err:
+        dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"http://127.0.0.1:{port}/good.zip", "", **FAST)
+    assert f"cannot reach 127.0.0.1:{port}" in _one_line(err)
+    assert len(list((tmp_path / "dl/url").glob("*/good.zip"))) == 1
+
+
+def test_a_users_truncated_archive_or_saved_web_page_is_not_to_be_deleted(tmp_path):
+    """data.folder names the user's own file: the fix is a complete copy, never 'delete it and download'."""
+    truncated = tmp_path / "mine.zip"
+    truncated.write_bytes(GOOD[: len(GOOD) // 2])
+    with pytest.raises(UserError) as err:
+        dl.prepare_folder(tmp_path / "raw", str(truncated))
+    message = _one_line(err)
+    assert "truncated or corrupt" in message and "replace" in message and "download" not in message
+    page = tmp_path / "page.zip"
+    page.write_bytes(b"<!DOCTYPE html><html><body>Sign in to download</body></html>")
+    with pytest.raises(UserError) as err:
+        dl.prepare_folder(tmp_path / "raw", str(page))
+    message = _one_line(err)
+    assert "is a web page saved in place of an archive" in message and "delete" not in message

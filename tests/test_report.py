@@ -62,6 +62,7 @@ def stats(model: str, device: str, peak, final_loss_d: float, resolutions=(64,))
         training_phases=["Dmain", "Gmain"],
         dvclive=False,
         kernel_fallbacks={"filtered_lrelu": "RuntimeError: no kernel"} if model == "stylegan2" else {},
+        cache_fingerprint="0123456789abcdef",
     )
 
 
@@ -148,6 +149,7 @@ def project(tmp_path, monkeypatch):
         floors={"512": handoff.Floor(n=512, fid=7.25, kid=0.0005)},
         count=500,
         cache_count=512,
+        cache_fingerprint="0123456789abcdef",
         source="synthetic",
         synthetic=True,
         resolution=64,

@@ -153,6 +153,7 @@ def test_evaluate_without_inception_weights_names_the_fix(pipeline, monkeypatch,
 
 def test_interrupted_training_resumes_from_its_checkpoint(project, tmp_path, monkeypatch):
     from facegan import stage_params
+    from facegan.data.cache import FaceCache
     from facegan.training import checkpoint
     from facegan.training.loop import RunConfig, train
 
@@ -163,9 +164,29 @@ def test_interrupted_training_resumes_from_its_checkpoint(project, tmp_path, mon
     ckpt_root = tmp_path / "checkpoints"
     first = train(cfg, project / "data/faces", tmp_path / "run", ckpt_root, stop_after_kimg=0.064)
     assert first is None
-    saved = checkpoint.load(checkpoint.checkpoint_dir("dcgan", cfg.identity(), ckpt_root) / "last.pt")
+    saved = checkpoint.load(
+        checkpoint.checkpoint_dir("dcgan", cfg.identity(FaceCache(project / "data/faces").fingerprint), ckpt_root)
+        / "last.pt"
+    )
     assert saved["step"] == 4
     stats = train(cfg, project / "data/faces", tmp_path / "run", ckpt_root)
     assert stats.steps == 8
     # the first half's log entry survives: the run continued rather than starting over
     assert stats.history[0].step == 4 and stats.history[-1].step == 8
+
+
+def test_evaluate_refuses_reference_statistics_of_another_resolution_or_cache(pipeline, monkeypatch, capsys):
+    """A cache at one resolution, statistics of another (or of other faces): one line, exit 2, no FID."""
+    meta_path = pipeline / "data/reference/meta.json"
+    original = meta_path.read_text()
+    try:
+        for change, expected in [
+            ({"resolution": 64}, "reference statistics were computed at 64px but data.resolution=32"),
+            ({"cache_fingerprint": "ffffffffffffffff"}, "but the reference statistics are of cache ffffffffffffffff"),
+        ]:
+            meta_path.write_text(json.dumps({**json.loads(original), **change}))
+            with pytest.raises(SystemExit) as exit_info:
+                run_stage(pipeline, monkeypatch, "evaluate", "dcgan")
+            assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+    finally:
+        meta_path.write_text(original)

@@ -14,7 +14,10 @@ those of the folder (`export_png` writes that folder when someone wants one).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +25,40 @@ import torch
 from PIL import Image
 
 from facegan.errors import UserError
-from facegan.io import atomic_path, write_json
+from facegan.io import atomic_dir, atomic_path, disk_full_error, is_disk_full, write_json
 
 FACES_FILE = "faces.npy"
 META_FILE = "meta.json"
+MANIFEST_FILE = "manifest.csv"
+
+
+def reserve(path: Path, n_bytes: int) -> None:
+    """Allocate a file's blocks now, so that a full disk is an error here and not a SIGBUS later, when
+    a memory-mapped write finds no block to land in."""
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, n_bytes)
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full_error(path, n_bytes) from err
+            raise
+
+
+def fingerprint_of(faces: np.ndarray) -> str:
+    """sha256 of the cached pixels (and their shape): what a training run and reference statistics are of."""
+    digest = hashlib.sha256(repr(faces.shape).encode())
+    for start in range(0, len(faces), 1024):
+        digest.update(np.ascontiguousarray(faces[start : start + 1024]).data)
+    return digest.hexdigest()[:16]
 
 
 class CacheWriter:
-    """Append aligned faces to a preallocated array; `finish()` publishes it atomically.
+    """Append aligned faces to a preallocated array; `finish()` publishes the cache folder atomically.
 
     The partial array and its count live in `<out_dir>.partial/`, so an interrupted preprocess
-    resumes from `count` instead of starting over.
+    resumes from `count` instead of starting over. The array's disk space is reserved when it is
+    created (and checked again on resume), so a disk too small for the cache is a one-line error at
+    the start, with the partial state left resumable.
     """
 
     def __init__(self, out_dir: str | Path, resolution: int, capacity: int, fingerprint: str = ""):
@@ -45,14 +71,21 @@ class CacheWriter:
         shape = (capacity, resolution, resolution, 3)
         state = json.loads(progress.read_text()) if progress.exists() else None
         resumable = state and state.get("shape") == list(shape) and state.get("fingerprint", "") == fingerprint
-        if resumable and array_path.exists():
-            self.faces = np.load(array_path, mmap_mode="r+")
-            self.count = int(state["count"])
-            self.state = state
-        else:
-            self.faces = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape)
-            self.count = 0
-            self.state = {"shape": list(shape), "count": 0, "fingerprint": fingerprint}
+        try:
+            if resumable and array_path.exists():
+                reserve(array_path, array_path.stat().st_size)
+                self.faces = np.load(array_path, mmap_mode="r+")
+                self.count = int(state["count"])
+                self.state = state
+            else:
+                self.faces = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape)
+                reserve(array_path, array_path.stat().st_size)
+                self.count = 0
+                self.state = {"shape": list(shape), "count": 0, "fingerprint": fingerprint}
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full_error(array_path, int(np.prod(shape))) from err
+            raise
         self.capacity = capacity
 
     @property
@@ -75,19 +108,25 @@ class CacheWriter:
     def resume_state(self) -> dict:
         return dict(self.state)
 
-    def finish(self, meta: dict) -> Path:
+    def finish(self, meta: dict, manifest: Path | None = None) -> Path:
+        """Publish faces.npy, meta.json (with the pixels' fingerprint), the manifest and a preview as one
+        folder: the old cache stays whole until the new one is complete, and never mixes with it."""
         if self.count == 0:
             raise UserError("no face was accepted: check data.source and the MTCNN thresholds in params.yaml")
         self.faces.flush()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.out_dir / FACES_FILE) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, np.asarray(self.faces[: self.count]), allow_pickle=False)
-        write_json(self.out_dir / META_FILE, {**meta, "count": self.count, "resolution": self.faces.shape[1]})
-        save_grid(np.asarray(self.faces[: min(self.count, 64)]), self.out_dir / "preview.png")
-        del self.faces
-        for path in self.work.iterdir():
-            path.unlink()
-        self.work.rmdir()
+        faces = self.faces[: self.count]
+        with atomic_dir(self.out_dir) as out:
+            with open(out / FACES_FILE, "wb") as handle:
+                np.save(handle, np.asarray(faces), allow_pickle=False)
+            write_json(
+                out / META_FILE,
+                {**meta, "count": self.count, "resolution": self.faces.shape[1], "fingerprint": fingerprint_of(faces)},
+            )
+            if manifest is not None:
+                shutil.copyfile(manifest, out / MANIFEST_FILE)
+            save_grid(np.asarray(faces[: min(self.count, 64)]), out / "preview.png")
+        del self.faces, faces
+        shutil.rmtree(self.work)
         return self.out_dir
 
 
@@ -106,6 +145,13 @@ class FaceCache:
             raise UserError(
                 f"{root / FACES_FILE} is corrupt ({err}); delete {root} and run `dvc repro preprocess`"
             ) from err
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies these pixels: recorded by CacheWriter.finish, computed for an older cache."""
+        if "fingerprint" not in self.meta:
+            self.meta["fingerprint"] = fingerprint_of(self.faces)
+        return self.meta["fingerprint"]
 
     def __len__(self) -> int:
         return self.faces.shape[0]

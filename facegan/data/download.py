@@ -11,7 +11,8 @@ Sources (data.source):
   synthetic  drawn offline (facegan.data.synthetic).
 
 Downloads land in data.download_dir (outside the DVC output data/raw, so a re-run of the stage
-never fetches again): `<name>.part` grows with HTTP Range requests across retries and runs, is
+never fetches again; a data.url download under a folder named by the URL's hash, so a changed
+data.url never reuses another URL's file): `<name>.part` grows with HTTP Range requests across retries and runs, is
 hashed when complete and only then renamed to `<name>`; a `<name>.verified.json` stamp (size,
 mtime, digest) saves re-hashing. Archives are extracted into a temporary directory that replaces
 the target only when complete. Every failure is one UserError line naming what happened and how
@@ -303,8 +304,11 @@ def _safe_member(name: str) -> bool:
     return not name.startswith(("/", "\\")) and ".." not in parts and not (parts and ":" in parts[0])
 
 
-def extract_archive(archive: Path, target: Path, digest: str) -> Path:
-    """Extract a zip or tar archive into `target` atomically; skipped when already extracted."""
+def extract_archive(archive: Path, target: Path, digest: str, downloaded: bool = True) -> Path:
+    """Extract a zip or tar archive into `target` atomically; skipped when already extracted.
+
+    `downloaded`: the archive is ours (data.download_dir), so deleting it and downloading again is
+    the fix; otherwise it is the user's own file (data.folder), which we never tell them to delete."""
     marker = target / ".extracted.json"
     if marker.exists():
         try:
@@ -312,8 +316,17 @@ def extract_archive(archive: Path, target: Path, digest: str) -> Path:
                 return target
         except json.JSONDecodeError:
             pass
+    with open(archive, "rb") as handle:
+        head = handle.read(2048)
+    if _looks_like_html(head, ""):
+        where = "the download" if downloaded else "data.folder"
+        fix = f"delete {archive} and re-run" if downloaded else "replace it with the archive itself (the page's link)"
+        raise UserError(f"{archive} is a web page saved in place of an archive ({where}): {fix}")
     problem = f"{archive.name} is truncated or corrupt"
-    fix = f"delete {archive} and re-run to download it again, or {BY_HAND}"
+    if downloaded:
+        fix = f"delete {archive} and re-run to download it again, or {BY_HAND}"
+    else:
+        fix = f"replace {archive} with a complete copy (compare its size or checksum with the original)"
     try:
         with atomic_dir(target) as tmp:
             if zipfile.is_zipfile(archive):
@@ -432,14 +445,14 @@ def prepare_url(
     token = os.environ.get(TOKEN_ENV)
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    digest = fetch(
-        url, download_dir / "url" / name, digest=sha256 or None, algorithm="sha256", headers=headers, **fetch_kwargs
-    )
+    # keyed by the URL, not the file name: another data.url never reuses this one's download
+    store = download_dir / "url" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    digest = fetch(url, store / name, digest=sha256 or None, algorithm="sha256", headers=headers, **fetch_kwargs)
     if not sha256:
         logging.warning(
             "data.sha256 is empty: %s was not verified; its sha256 is %s (put it in params.yaml)", name, digest
         )
-    target = extract_archive(download_dir / "url" / name, raw_dir / "url", digest)
+    target = extract_archive(store / name, raw_dir / "url", digest)
     image_root = _image_root(target)
     partition = find_partition_file(target, partition_file)
     return _write_source(
@@ -464,7 +477,7 @@ def prepare_folder(raw_dir: Path, folder: str, partition_file: str = "") -> dict
         raise UserError(f"data.folder={folder} does not exist: point it at a folder or archive of images")
     if path.is_file():
         digest = file_digest(path, "sha256")
-        target = extract_archive(path, raw_dir / "folder", digest)
+        target = extract_archive(path, raw_dir / "folder", digest, downloaded=False)
         image_root, extra = _image_root(target), {"archive": str(path.resolve()), "sha256": digest}
     else:
         image_root, extra = path.resolve(), {}

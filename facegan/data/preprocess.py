@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from facegan.data.cache import CacheWriter
 from facegan.errors import UserError
-from facegan.io import atomic_path, read_json, write_json
+from facegan.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,6 @@ class _Manifest:
         with open(self.path, newline="") as handle:
             return Counter(row["reason"] for row in csv.DictReader(handle))
 
-    def publish(self, dest: Path) -> None:
-        with atomic_path(dest) as tmp:
-            tmp.write_bytes(self.path.read_bytes())
-
 
 def _fingerprint(data: dict, files: list[str], source: dict) -> str:
     relevant = {key: data[key] for key in ("resolution", "num_faces", "mtcnn", "align")}
@@ -144,11 +140,12 @@ def preprocess_synthetic(data: dict, source: dict, files: list[str], cache_dir: 
                 "cache_index": index,
             }
         )
-    with atomic_path(cache_dir / "manifest.csv") as tmp, open(tmp, "w", newline="") as handle:
+    manifest = writer.work / PARTIAL_MANIFEST
+    with open(manifest, "w", newline="") as handle:
         out = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
         out.writeheader()
         out.writerows(rows)
-    writer.finish({"source": "synthetic", "synthetic": True})
+    writer.finish({"source": "synthetic", "synthetic": True}, manifest)
     elapsed = time.time() - start
     report = {
         "source": "synthetic",
@@ -282,15 +279,13 @@ def preprocess(
         log.warning("only %d faces accepted out of %d images (data.num_faces=%d)", kept, len(files), data["num_faces"])
         report["short_of_num_faces"] = True
     manifest.close()
-    manifest.publish(cache_dir / "manifest.csv")
-    writer.finish(
-        {
-            "source": source["source"],
-            "synthetic": False,
-            "image_root": source["image_root"],
-            "align": data["align"],
-            "mtcnn": {k: v for k, v in data["mtcnn"].items() if k != "device"},
-        }
-    )
+    meta = {
+        "source": source["source"],
+        "synthetic": False,
+        "image_root": source["image_root"],
+        "align": data["align"],
+        "mtcnn": {k: v for k, v in data["mtcnn"].items() if k != "device"},
+    }
+    writer.finish(meta, manifest.path)  # the cache and its manifest appear together
     write_json(report_path, report)
     return report

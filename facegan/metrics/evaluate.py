@@ -109,6 +109,11 @@ def evaluate_run(
             f"reference features use {meta.extractor} but evaluate.extractor={extractor.kind}: "
             "run `dvc repro reference_stats`"
         )
+    if meta.cache_fingerprint != stats.cache_fingerprint:
+        raise UserError(
+            f"{model} trained on face cache {stats.cache_fingerprint} but the reference statistics are of cache "
+            f"{meta.cache_fingerprint}: run `dvc repro` (it re-runs whichever of them is out of date)"
+        )
     if meta.resolution != view.resolution:
         raise UserError(
             f"reference statistics were computed at {meta.resolution}px but data.resolution={view.resolution}: "
@@ -117,7 +122,8 @@ def evaluate_run(
     reference = load_features(reference_dir)
     spec = models.get_spec(model)
     arch = view.params["arch"]
-    G = models.from_snapshot(model, arch, view.resolution, checkpoint.load(run_dir / "G_ema.pt")).to(device)
+    trained = checkpoint.load(run_dir / "G_ema.pt", fix=f"run `dvc repro -f train@{model}`")
+    G = models.from_snapshot(model, arch, view.resolution, trained).to(device)
     seeds = seeds_for(ev_view.seed, ev["fid_seeds"])
     timings = {}
 

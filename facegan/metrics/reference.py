@@ -89,6 +89,7 @@ def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[
         floors=floors,
         count=int(count),
         cache_count=len(cache),
+        cache_fingerprint=cache.fingerprint,
         source=str(cache.meta.get("source")),
         synthetic=bool(cache.meta.get("synthetic", False)),
         resolution=cache.resolution,

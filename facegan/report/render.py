@@ -394,6 +394,7 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
         )
     banners = [features.banner] + sorted({label(r.metrics.ppl_label_key).banner for r in rows if r.trained})
     parts += [f"> {banner}\n\n" for banner in banners if banner]
+    parts += [f"> **Params:** {note}\n\n" for note in view.notes]
     if samples_overview(rows, figures / "samples_overview.png", view.evaluate["grid_size"]):
         parts.append("## Samples, one row per model\n\n![samples of every model](figures/samples_overview.png)\n\n")
     parts += [f"## Ranking by {features.axis}\n\n", ranking_section(rows)]

@@ -1,25 +1,36 @@
-"""Atomic, weights-only checkpoints of a training run, and the scratch folder that keeps them.
+"""Atomic, weights-only checkpoints of a training run, the scratch folder that keeps them, and its lock.
 
 DVC removes a stage's outputs before it runs the stage again, so resumable checkpoints live
 outside them, in `checkpoints/<model>/<run key>/`, where the run key hashes every param that
-defines the run: an interrupted `dvc repro` finds its checkpoint again, a changed param starts
-afresh. Files hold tensors and plain containers only, so `torch.load(weights_only=True)` reads them.
+defines the run and the fingerprint of the face cache it trains on: an interrupted `dvc repro`
+finds its checkpoint again, while a changed param or changed data starts afresh instead of mixing
+two datasets. Files hold tensors and plain containers only, so `torch.load(weights_only=True)`
+reads them.
+
+One process at a time trains a run: `RunLock` holds an exclusive `flock` on `<run>/lock` (which the
+kernel releases when its holder dies, however it dies) and writes the holder's PID there, so a
+second process stops at once naming it, and a lock left by a dead process is simply taken.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import socket
+import time
 from pathlib import Path
 
 import torch
 
 from facegan.errors import UserError
-from facegan.io import atomic_path
+from facegan.io import atomic_path, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 CHECKPOINT_ROOT = Path("checkpoints")
+RESUME_FILE = "last.pt"
 
 
 def run_key(run_params: dict) -> str:
@@ -35,13 +46,55 @@ def save(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load(path: Path, map_location="cpu") -> dict:
+def load(path: Path, map_location="cpu", fix: str | None = None) -> dict:
+    """A checkpoint's tensors; a missing or unreadable file is one line naming `fix` (what to re-run)."""
+    if not path.exists():
+        raise UserError(f"{path} is missing: {fix or 're-run the stage that writes it'}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated or foreign file: name it and the fix
-        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}); delete it to start over") from err
+        default = (
+            f"delete {path} to start the run over" if path.name == RESUME_FILE else "re-run the stage that wrote it"
+        )
+        raise UserError(f"{path} cannot be read ({type(err).__name__}): {fix or default}") from err
 
 
 def latest(directory: Path) -> Path | None:
-    path = directory / "last.pt"
+    path = directory / RESUME_FILE
     return path if path.exists() else None
+
+
+class RunLock:
+    """An exclusive lock on a training run's scratch folder (see the module docstring)."""
+
+    def __init__(self, directory: Path, what: str):
+        self.path, self.what, self.handle = directory / "lock", what, None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock is held
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise UserError(
+                f"another process is training {self.what} ({holder}; lock {self.path}): wait for it to finish "
+                "or stop it, then re-run"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        self.handle = handle
+        removed = remove_stale_temporaries(self.path.parent)  # their writers are dead: we hold the lock
+        if removed:
+            log.info("removed %d temporary files of an interrupted run under %s", len(removed), self.path.parent)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None

@@ -23,6 +23,7 @@ batch one process sees (facegan/training/distributed.py).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
@@ -59,8 +60,8 @@ class RunConfig:
     seed: int
     resolution: int
 
-    def identity(self) -> dict:
-        """The params that define this run (what the checkpoint key hashes)."""
+    def identity(self, cache_fingerprint: str) -> dict:
+        """What defines this run, and so its checkpoint key: the params, and the face cache it trains on."""
         return {
             "model": self.model,
             "params": self.model_params,
@@ -68,6 +69,7 @@ class RunConfig:
             "resolution": self.resolution,
             "precision": self.train["precision"],
             "xflip": self.train["xflip"],
+            "cache": cache_fingerprint,
         }
 
 
@@ -231,14 +233,27 @@ class RunFiles:
     """What a run writes: checkpoints, snapshots and grids go to its scratch folder (which survives
     DVC deleting run_dir before a re-run); at the end they move into run_dir. Only rank 0 writes."""
 
-    def __init__(self, cfg: RunConfig, ckpt_root: Path, run_dir: Path, world: distributed.World, total_nimg: int):
-        self.dir = checkpoint.checkpoint_dir(cfg.model, cfg.identity(), ckpt_root)
+    def __init__(
+        self,
+        cfg: RunConfig,
+        cache: FaceCache,
+        ckpt_root: Path,
+        run_dir: Path,
+        world: distributed.World,
+        total_nimg: int,
+    ):
+        self.dir = checkpoint.checkpoint_dir(cfg.model, cfg.identity(cache.fingerprint), ckpt_root)
+        self.model = cfg.model
         self.run_dir, self.world, self.train, self.total_nimg = run_dir, world, cfg.train, total_nimg
         self.grid_z = torch.randn(
             cfg.train["grid_size"] ** 2,
             cfg.model_params["arch"]["z_dim"],
             generator=torch.Generator().manual_seed(cfg.seed + 1),
         )
+
+    def lock(self) -> contextlib.AbstractContextManager:
+        """One process per run: rank 0 holds the run's lock for the whole training (checkpoint.RunLock)."""
+        return checkpoint.RunLock(self.dir, self.model) if self.world.is_main else contextlib.nullcontext()
 
     def snapshot(self, state: TrainState, segment: Segment, alpha: float) -> None:
         checkpoint.save(
@@ -314,7 +329,7 @@ def history_row(state: TrainState, terms: TermLog, segment: Segment, alpha: floa
 
 
 def trained_stats(
-    cfg, spec, state: TrainState, schedule: Schedule, phases, world, device, dtype, live
+    cfg, spec, state: TrainState, schedule: Schedule, phases, world, device, dtype, live, cache: FaceCache
 ) -> handoff.TrainedRun:
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     segments = {
@@ -345,6 +360,7 @@ def trained_stats(
         training_phases=[p.name for p in phases],
         dvclive=live.enabled,
         kernel_fallbacks=kernel_fallbacks(),
+        cache_fingerprint=cache.fingerprint,
     )
 
 
@@ -464,7 +480,6 @@ def train(
     (None: none). Under torchrun every rank calls this; only rank 0 writes. Returns the stats
     written to train_stats.json, or None when the run stopped before its budget.
     """
-    mp, tp = cfg.model_params, cfg.train
     world, device, dtype = set_up_torch(cfg)
     cache = FaceCache(cache_dir)
     if cache.resolution != cfg.resolution:
@@ -472,12 +487,30 @@ def train(
             f"face cache is {cache.resolution}px but data.resolution={cfg.resolution}: run `dvc repro preprocess`"
         )
     spec = models.get_spec(cfg.model)
-    schedule = Schedule.for_model(cfg.model, mp, int(np.log2(cfg.resolution)) - 2, spec.progressive)
+    schedule = Schedule.for_model(cfg.model, cfg.model_params, int(np.log2(cfg.resolution)) - 2, spec.progressive)
     check_config(cfg, spec, schedule, world)
+    files = RunFiles(cfg, cache, ckpt_root, run_dir, world, schedule.total_nimg)
+    with files.lock():
+        return train_locked(cfg, cache, spec, schedule, files, world, device, dtype, stop_after_kimg, live_dir)
+
+
+def train_locked(
+    cfg: RunConfig,
+    cache: FaceCache,
+    spec: models.ModelSpec,
+    schedule: Schedule,
+    files: RunFiles,
+    world: distributed.World,
+    device: torch.device,
+    dtype: torch.dtype,
+    stop_after_kimg: float | None,
+    live_dir: Path | None,
+) -> handoff.TrainedRun | None:
+    """The training itself, holding the run's lock: resume, steps, outputs (see `train`)."""
+    mp, tp = cfg.model_params, cfg.train
     phases = build_phases(mp["loss"])
     lazy = {net: lazy_ratio(lazy_interval(phases, net)) for net in ("G", "D")}
     state = build_state(cfg, spec, phases, device, dtype, world)
-    files = RunFiles(cfg, ckpt_root, run_dir, world, schedule.total_nimg)
     resume = checkpoint.latest(files.dir)
     if resume is not None:
         state.restore(checkpoint.load(resume), device)
@@ -525,7 +558,7 @@ def train(
     world.barrier()
     stats = None
     if state.nimg >= schedule.total_nimg:
-        stats = trained_stats(cfg, spec, state, schedule, phases, world, device, dtype, progress.live)
+        stats = trained_stats(cfg, spec, state, schedule, phases, world, device, dtype, progress.live, cache)
     progress.close(stats)
     if stats is not None and world.is_main:
         files.publish(state, stats, schedule.segments[-1])
