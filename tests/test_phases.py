@@ -14,8 +14,9 @@ from facegan.ops import _dispatch
 from facegan.params import deep_merge
 from facegan.training import augment, loop, losses, phases
 from facegan.training.loop import RunConfig, ema_beta, learning_rates, step_draws, train
-from facegan.training.phases import D_CONSISTENCY, D_R1, G_PATH_LENGTH, GanLoss, StepContext, build_phases
+from facegan.training.phases import GanLoss, StepContext, build_phases
 from facegan.training.progressive import Schedule
+from facegan.training.terms import D_CONSISTENCY, D_R1, G_PATH_LENGTH
 from models.layers import MappingNetwork
 from tests.helpers import study_model, study_params, study_train
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from facegan import handoff, stage_params
 from facegan.params import load_params, model_names
-from facegan.training.phases import D_ADVERSARIAL, G_ADVERSARIAL
+from facegan.training.terms import D_ADVERSARIAL, G_ADVERSARIAL
 
 MODEL_NAMES = model_names()
 REPO = Path(__file__).resolve().parents[1]

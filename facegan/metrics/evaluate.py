@@ -83,7 +83,7 @@ def ppl_space(ev: dict, style_based: bool, model: str) -> str:
 
 def loss_curve(history: list[handoff.HistoryRow]) -> list[handoff.LossPoint]:
     """The adversarial terms of every model under fixed names, for the shared `dvc plots` definition."""
-    from facegan.training.phases import D_ADVERSARIAL, G_ADVERSARIAL
+    from facegan.training.terms import D_ADVERSARIAL, G_ADVERSARIAL
 
     return [
         handoff.LossPoint(kimg=h.kimg, loss_D=h.losses[D_ADVERSARIAL], loss_G=h.losses[G_ADVERSARIAL]) for h in history

@@ -138,7 +138,7 @@ def memory_label(stats: handoff.TrainedRun) -> str:
 
 def stability_notes(row: Row, loss_type: str) -> str:
     """Divergence / collapse signs in the history and metrics; the thresholds are stated in the report."""
-    from facegan.training.phases import D_ADVERSARIAL
+    from facegan.training.terms import D_ADVERSARIAL
 
     notes = []
     hist = row.stats.history if isinstance(row.stats, handoff.TrainedRun) else []
@@ -306,7 +306,7 @@ def plot_fid_curves(rows: list[Row], out: Path, axis: str, x_key: str = "kimg") 
 
 
 def plot_losses(rows: list[Row], out: Path) -> bool:
-    from facegan.training.phases import D_ADVERSARIAL, G_ADVERSARIAL
+    from facegan.training.terms import D_ADVERSARIAL, G_ADVERSARIAL
 
     trained = [r for r in rows if isinstance(r.stats, handoff.TrainedRun) and r.stats.history]
     if not trained:

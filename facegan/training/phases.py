@@ -32,16 +32,16 @@ import torch.nn.functional as F
 
 from facegan.training import augment, losses
 from facegan.training.progressive import to_resolution
-
-# Loss terms, by the names they are logged under
-G_ADVERSARIAL = "G/adversarial"
-G_PATH_LENGTH = "G/path_length"
-D_ADVERSARIAL = "D/adversarial"
-D_DRIFT = "D/drift"
-D_GRADIENT_PENALTY = "D/gradient_penalty"
-D_CONSISTENCY = "D/consistency"
-D_R1 = "D/r1"
-LAZY_TERMS = (G_PATH_LENGTH, D_R1)  # scaled by their phase's interval when the phase is lazy
+from facegan.training.terms import (
+    D_ADVERSARIAL,
+    D_CONSISTENCY,
+    D_DRIFT,
+    D_GRADIENT_PENALTY,
+    D_R1,
+    G_ADVERSARIAL,
+    G_PATH_LENGTH,
+    LAZY_TERMS,
+)
 
 
 @dataclass(frozen=True)
