@@ -191,6 +191,8 @@ def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool
         ("train.*_kimg", _positive, "a positive number of kimg"),
         ("train.grid_size", _positive, "a positive integer"),
         ("train.num_workers", _non_negative, "0 or more"),
+        ("train.speed.cache_on_device", _one_of("auto", "on", "off"), "auto, on or off"),
+        ("train.speed.check_every", _positive, "a positive number of steps"),
         (
             "evaluate.extractor",
             _one_of("auto", "inception", "fid_helper", "proxy"),
@@ -213,6 +215,7 @@ def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool
         ("evaluate.num_*", _positive, "a positive integer"),
         ("evaluate.snapshot_num_gen", _positive, "a positive integer"),
         ("evaluate.batch_size", _positive, "a positive integer"),
+        ("evaluate.resize_workers", lambda v: v >= -1, "-1 (auto), 0 (in the main process) or a number of processes"),
         ("evaluate.fid_seeds", _positive, "a positive integer"),
         ("models.*.kimg", _positive, "a positive number of kimg (the training budget)"),
         ("models.*.batch_size", _positive, "a positive integer"),

@@ -84,6 +84,8 @@ def test_ema_update_moves_towards_the_generator():
     torch.nn.init.constant_(G.weight, 1.0), torch.nn.init.constant_(G_ema.weight, 0.0)
     update_ema(G_ema, G, beta=0.9)
     assert G_ema.weight.item() == pytest.approx(0.1)
+    update_ema(G_ema, G, beta=0.9, foreach=False)  # the per-tensor path: the same arithmetic
+    assert G_ema.weight.item() == pytest.approx(0.19)
 
 
 def test_per_network_adam_with_lazy_regularisation():

@@ -312,3 +312,17 @@ def test_low_rank_fid_equals_cleanfids_sqrtm_formula():
     theirs = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
     assert ours > 1 and ours == pytest.approx(float(theirs), rel=1e-6)
     assert fid_from_features(rng.normal(size=(2000, 8)), rng.normal(size=(3000, 8))) < 0.05  # full rank: sqrtm path
+
+
+def test_features_through_the_resize_pool_equal_the_single_process_ones_exactly(tmp_path):
+    """The fast path (clean-fid's resize in worker processes, a shared ring buffer, overlapped with the network)
+    changes where the work happens, not a bit of the features."""
+    from facegan.metrics.resize_pool import ResizePool
+
+    a = write_faces(tmp_path / "a", 23, seed=4, brightness=1.0)
+    extractor = Extractor("tiny", tiny_features, CPU, resize_for_inception)
+    single = extract(folder_batches(a, 5), extractor)
+    with ResizePool(workers=2, batch_size=5) as pool:
+        pooled = extract(folder_batches(a, 5), extractor, pool)
+        again = extract(folder_batches(a, 5), extractor, pool)  # the pool serves many extractions
+    assert single.shape == (23, 12) and np.array_equal(single, pooled) and np.array_equal(single, again)

