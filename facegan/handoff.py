@@ -176,6 +176,18 @@ class EvaluateView(Handoff):
 
 
 @dataclasses.dataclass(frozen=True)
+class PlacementView(Handoff):
+    """Where the train and evaluate stages run. Read by them but not a DVC dependency of theirs, since
+    nothing they compute depends on it (tests/test_scale.py: 2 processes train the weights 1 does)."""
+
+    writer: ClassVar[str] = "configure"
+    gpus: int
+    nnodes: int
+    rdzv_endpoint: str
+    gpu: int
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelView(Handoff):
     """One model's training params; `selected` says whether this experiment trains it."""
 
@@ -282,6 +294,8 @@ class TrainedRun(Handoff):
     dvclive: bool
     kernel_fallbacks: dict[str, str]  # op -> the error that sent it from Triton to the reference path
     cache_fingerprint: str  # the face cache trained on (facegan.data.cache.fingerprint_of)
+    stopped_by: Literal["kimg", "budget"]  # the kimg budget, or train.budget_minutes of training time first
+    budget_minutes: float
 
 
 def read_train_stats(path: str | Path) -> TrainedRun | SkippedRun:
@@ -345,6 +359,37 @@ class ModelMetrics(Handoff):
     ppl_label_key: str  # facegan.metrics.labels key of the LPIPS network
     eval_seconds: dict[str, float]
     seeds: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary(Handoff):
+    """metrics/<model>.json: the columns of `dvc exp show` (all None for a model this experiment skipped).
+    Labels and sample counts are in the full file (ModelMetrics) and the report."""
+
+    writer: ClassVar[str] = "evaluate@<model>"
+    fid: float | None
+    fid_std: float | None
+    kid: float | None
+    precision: float | None
+    recall: float | None
+    ppl: float | None
+    kimg: float | None
+    train_hours: float | None  # on the training device (GPU-hours on CUDA, CPU-hours on the CPU demo)
+
+    @classmethod
+    def of(cls, metrics: ModelMetrics | SkippedMetrics, stats: TrainedRun | SkippedRun) -> ModelSummary:
+        if not isinstance(metrics, ModelMetrics) or not isinstance(stats, TrainedRun):
+            return cls(None, None, None, None, None, None, None, None)
+        return cls(
+            fid=round(metrics.fid, 4),
+            fid_std=round(metrics.fid_std, 4),
+            kid=round(metrics.kid, 6),
+            precision=round(metrics.precision, 4),
+            recall=round(metrics.recall, 4),
+            ppl=round(metrics.ppl, 3),
+            kimg=stats.kimg,
+            train_hours=round(stats.train_seconds / 3600, 4),
+        )
 
 
 def read_metrics(path: str | Path) -> ModelMetrics | SkippedMetrics:

@@ -192,6 +192,10 @@ def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool
         ("train.grid_size", _positive, "a positive integer"),
         ("train.num_workers", _non_negative, "0 or more"),
         ("train.speed.cache_on_device", _one_of("auto", "on", "off"), "auto, on or off"),
+        ("train.budget_minutes", _non_negative, "0 (the kimg budget alone) or minutes of training"),
+        ("placement.gpus", _positive, "a positive number of processes per node"),
+        ("placement.nnodes", _positive, "a positive number of nodes"),
+        ("placement.gpu", lambda v: v >= -1, "-1 (every visible GPU) or a GPU index"),
         ("train.speed.check_every", _positive, "a positive number of steps"),
         (
             "evaluate.extractor",

@@ -24,4 +24,10 @@ def eval_dir(model: str) -> Path:
 
 
 def metrics_file(model: str) -> Path:
+    """The small per-model metrics file `dvc exp show` and `dvc metrics show` read (handoff.ModelSummary)."""
     return Path("metrics") / f"{model}.json"
+
+
+def full_metrics_file(model: str) -> Path:
+    """Every number of a model's evaluation with its sample counts and labels (handoff.ModelMetrics)."""
+    return eval_dir(model) / "metrics.json"

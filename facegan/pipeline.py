@@ -136,6 +136,7 @@ class Stage:
     reads: tuple[str, ...] = ()  # data dependencies (outputs of earlier stages)
     outs: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()  # uncached metrics files (dvc metrics / exp show)
+    records: tuple[str, ...] = ()  # uncached outputs kept out of `dvc exp show` (run summaries)
     plots: tuple[str, ...] = ()  # uncached dvclive plot folders (x axis: step)
     params: tuple[str, ...] = ()  # params.yaml keys; only `configure` reads params.yaml itself
     per_model: bool = False
@@ -152,24 +153,24 @@ def config(view: str) -> str:
 
 
 def stages(models: list[str]) -> list[Stage]:
-    data_views = ("download", "preprocess", "reference_stats", "evaluate", "report")
+    data_views = ("download", "preprocess", "reference_stats", "evaluate", "report", "placement")
     raw, cache, reference = str(paths.RAW_DIR), str(paths.CACHE_DIR), str(paths.REFERENCE_DIR)
     return [
         Stage(
             "configure",
-            params=("model", "seed", "data", "train", "evaluate", "models", "profile", "profiles"),
+            params=("model", "seed", "placement", "data", "train", "evaluate", "models", "profile", "profiles"),
             outs=tuple(config(v) for v in (*data_views, *models)),
             comment="each stage's effective params (profile applied); the only stage that reads params.yaml",
         ),
         Stage("download", reads=(config("download"),), outs=(raw,)),
-        Stage("preprocess", reads=(raw, config("preprocess")), outs=(cache,), metrics=(str(paths.PREPROCESS_REPORT),)),
+        Stage("preprocess", reads=(raw, config("preprocess")), outs=(cache,), records=(str(paths.PREPROCESS_REPORT),)),
         Stage("reference_stats", reads=(cache, config("reference_stats")), outs=(reference,)),
         Stage(
             "train",
             per_model=True,
             reads=(cache, config("{model}")),
             outs=(str(paths.run_dir("{model}")),),
-            metrics=(str(paths.live_dir("{model}") / "metrics.json"),),
+            records=(str(paths.live_dir("{model}") / "metrics.json"),),
             plots=(str(paths.live_dir("{model}") / "plots" / "metrics"),),
             comment="dvclive: kimg, img/s, train time, peak memory (metrics); losses, lr, alpha (plots)",
         ),
@@ -183,11 +184,7 @@ def stages(models: list[str]) -> list[Stage]:
         Stage(
             "report",
             reads=(config("report"), reference),
-            every_model=(
-                str(paths.run_dir("{model}")),
-                str(paths.eval_dir("{model}")),
-                str(paths.metrics_file("{model}")),
-            ),
+            every_model=(str(paths.run_dir("{model}")), str(paths.eval_dir("{model}"))),
             outs=(str(paths.REPORTS_DIR / "comparison.md"), str(paths.REPORTS_DIR / "figures")),
         ),
     ]
@@ -223,8 +220,8 @@ def stage_entry(stage: Stage, models: list[str], root: Path = ROOT) -> dict:
     if stage.params:
         entry["params"] = list(stage.params)
     per = (lambda p: p.replace("{model}", "${key}")) if stage.per_model else (lambda p: p)
-    if stage.outs:
-        entry["outs"] = [per(p) for p in stage.outs]
+    if stage.outs or stage.records:
+        entry["outs"] = [per(p) for p in stage.outs] + _uncached(tuple(per(p) for p in stage.records))
     if stage.metrics:
         entry["metrics"] = _uncached(tuple(per(p) for p in stage.metrics))
     if stage.plots:

@@ -30,6 +30,7 @@ DATA_VIEWS = {
     "reference_stats": handoff.ReferenceView,
     "evaluate": handoff.EvaluateView,
     "report": handoff.ReportView,
+    "placement": handoff.PlacementView,
 }
 
 
@@ -46,6 +47,7 @@ def views(params: dict, notes: list[str] | None = None) -> dict[str, handoff.Han
         "preprocess": handoff.PreprocessView(data=params["data"]),
         "reference_stats": handoff.ReferenceView(resolution=params["data"]["resolution"], evaluate=params["evaluate"]),
         "evaluate": handoff.EvaluateView(seed=params["seed"], evaluate=params["evaluate"]),
+        "placement": handoff.PlacementView(**params["placement"]),
         "report": handoff.ReportView(
             profile=params["profile"],
             model=params["model"],

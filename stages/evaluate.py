@@ -1,8 +1,9 @@
 """Stage `evaluate@<model>`: every metric of a trained generator, FID along its snapshots, and its pictures.
 
-Writes metrics/<model>.json (facegan.handoff.ModelMetrics: FID (mean/std over evaluate.fid_seeds
-generated sets), KID, precision/recall, PPL, each with its sample count and label key) and
+Writes metrics/<model>.json (facegan.handoff.ModelSummary: the few numbers `dvc exp show` lists) and
 evals/<model>/:
+  metrics.json       facegan.handoff.ModelMetrics: FID (mean/std over evaluate.fid_seeds generated sets),
+                     KID, precision/recall, PPL, each with its sample count and label key
   fid_vs_kimg.json   one FidPoint per training snapshot
   losses.json        the adversarial losses along training (for `dvc plots`)
   samples.png        a grid of fixed latents
@@ -22,6 +23,7 @@ from facegan import handoff, paths, stage_params
 from facegan.errors import stage_main
 from facegan.io import atomic_dir
 from facegan.metrics.evaluate import evaluate_run
+from facegan.training.launch import pin_gpu
 from stages import start_model_stage
 
 
@@ -29,6 +31,7 @@ from stages import start_model_stage
 def main() -> None:
     model = start_model_stage(__doc__)
     view = stage_params.load_model(model)
+    pin_gpu(stage_params.load("placement"))
     result = evaluate_run(view, stage_params.load("evaluate"), paths.run_dir(model), paths.REFERENCE_DIR)
     with atomic_dir(paths.eval_dir(model)) as out:
         handoff.write_list(out / "fid_vs_kimg.json", result.curve)
@@ -37,7 +40,9 @@ def main() -> None:
             Image.fromarray(picture).save(out / f"{name}.png", format="PNG")
         for name, source in result.copied.items():
             shutil.copy(source, out / name)
-    result.metrics.write(paths.metrics_file(model))
+        result.metrics.write(out / "metrics.json")
+    stats = handoff.read_train_stats(paths.run_dir(model) / "train_stats.json")
+    handoff.ModelSummary.of(result.metrics, stats).write(paths.metrics_file(model))
 
 
 if __name__ == "__main__":

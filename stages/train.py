@@ -6,14 +6,15 @@ train.sample_kimg and one at the end of each resolution, so the last `res0064_*`
 result of a progressive model) and train_stats.json (facegan.handoff.TrainedRun); dvclive
 metrics go to dvclive/<model>/. A model that `model` does not select gets a train_stats.json
 saying so (facegan.handoff.SkippedRun), and no weights. Resumable: an interrupted run continues
-from checkpoints/<model>/<run key>/last.pt. Multi-GPU: `torchrun --nproc_per_node=N -m
-stages.train <model>` (the global batch is split).
+from checkpoints/<model>/<run key>/last.pt. Several GPUs or nodes:
+`placement.gpus` / `placement.nnodes` (facegan/training/launch.py); the global batch is split.
 """
 
 from __future__ import annotations
 
 from facegan import paths, stage_params
 from facegan.errors import UserError, stage_main
+from facegan.training.launch import pin_gpu, relaunch_if_distributed
 from facegan.training.run import train_model, write_skipped
 from stages import start_model_stage
 
@@ -25,6 +26,13 @@ def main() -> None:
     if not view.selected:
         write_skipped(model, view.skip_reason, paths.run_dir(model), paths.live_dir(model))
         return
+    placement = stage_params.load("placement")
+    status = relaunch_if_distributed(placement, "stages.train", [model])
+    if status is not None:  # the torchrun processes did the work
+        if status != 0:
+            raise UserError(f"distributed training of {model} failed (exit {status}): see the ranks' lines above")
+        return
+    pin_gpu(placement)
     stats = train_model(view, paths.CACHE_DIR, paths.run_dir(model), paths.live_dir(model))
     if stats is None:
         raise UserError(f"training of {model} stopped early: re-run to resume")

@@ -123,7 +123,8 @@ def locked_project(tmp_path_factory):
         keys = list(stage["foreach"]) if "foreach" in stage else [None]
         body = stage.get("do", stage)
         for key in keys:
-            entries = body.get("outs", []) + [next(iter(m)) for m in body.get("metrics", []) + body.get("plots", [])]
+            declared = body.get("outs", []) + body.get("metrics", []) + body.get("plots", [])
+            entries = [entry if isinstance(entry, str) else next(iter(entry)) for entry in declared]
             for out in entries:
                 path = root / out.replace("${key}", key or "")
                 if path.suffix:

@@ -63,6 +63,8 @@ def stats(model: str, device: str, peak, final_loss_d: float, resolutions=(64,))
         dvclive=False,
         kernel_fallbacks={"filtered_lrelu": "RuntimeError: no kernel"} if model == "stylegan2" else {},
         cache_fingerprint="0123456789abcdef",
+        stopped_by="kimg",
+        budget_minutes=0.0,
     )
 
 
@@ -130,13 +132,13 @@ def project(tmp_path, monkeypatch):
         st.write(Path("runs", name, "train_stats.json"))
         if name in evals:
             m, c = evals[name]
-            m.write(Path("metrics", f"{name}.json"))
+            m.write(Path("evals", name, "metrics.json"))
             handoff.write_list(Path("evals", name, "fid_vs_kimg.json"), c)
             for pic in ("samples", "interpolation") + (("truncation",) if name != "dcgan" else ()):
                 Image.new("RGB", (16, 16), (10, 20, 30)).save(Path("evals", name, f"{pic}.png"))
         elif isinstance(st, handoff.SkippedRun):
             handoff.SkippedMetrics(status="skipped", model=name, reason=st.reason).write(
-                Path("metrics", f"{name}.json")
+                Path("evals", name, "metrics.json")
             )
     Image.new("RGB", (8, 8)).save(Path("evals", "styleswin", "res8.png"))
     Image.new("RGB", (8, 8)).save(Path("evals", "styleswin", "res16.png"))
@@ -213,7 +215,7 @@ def test_every_number_in_the_results_table_is_in_the_files(project):
         if row["status"] != "trained":
             continue
         s = json.loads(Path("runs", name, "train_stats.json").read_text())
-        m = json.loads(Path("metrics", f"{name}.json").read_text())
+        m = json.loads(Path("evals", name, "metrics.json").read_text())
         for column, expected in expected_result_numbers(s, m).items():
             assert_numbers_match(row[column], expected, f"{name}/{column}")
             checked += len(expected)
@@ -232,7 +234,7 @@ def test_the_report_leads_with_every_models_samples_then_the_ranking_with_spread
     rows = table(text[ranking:], "rank")
     assert [r["model"] for r in rows] == ["dcgan", "styleswin", "stylegan2"]  # FID 41.5, 41.5, 42.75: stable sort
     for row in rows:
-        m = json.loads(Path("metrics", f"{row['model']}.json").read_text())
+        m = json.loads(Path("evals", row["model"], "metrics.json").read_text())
         assert_numbers_match(
             row["FID (n × sets)"],
             [m["fid"]] + ([m["fid_std"]] if m["fid_seeds"] > 1 else []) + [m["num_gen"], m["fid_seeds"]],
@@ -274,7 +276,7 @@ def test_every_sample_count_is_in_the_files(project):
     counts = table(text[text.index("### Sample counts") :], "model")
     assert {r["model"] for r in counts} == {"dcgan", "stylegan2", "styleswin"} and len(rows) == 6
     for row in counts:
-        m = json.loads(Path("metrics", f"{row['model']}.json").read_text())
+        m = json.loads(Path("evals", row["model"], "metrics.json").read_text())
         c = json.loads(Path("evals", row["model"], "fid_vs_kimg.json").read_text())
         expected = {
             "generated (FID/KID)": [m["num_gen"]],
@@ -347,3 +349,30 @@ def test_growing_model_is_judged_on_its_final_resolution_snapshots():
     growing = [(4, 5.0), (8, 9.0), (16, 20.0), (64, 40.0), (64, 35.0), (64, 36.0)]
     assert stability_notes(row(growing), "wgan_gp") == "none detected"
     assert "FID worsened" in stability_notes(row(growing[:3] + [(64, 20.0), (64, 30.0), (64, 36.0)]), "wgan_gp")
+
+
+def test_models_are_compared_at_equal_training_time():
+    """The table reads every model's FID-vs-time curve at the shortest run's total time."""
+    from dataclasses import replace
+
+    from facegan.report.render import Row, equal_time_section
+
+    def row(name, hours, fids):
+        points = [
+            handoff.FidPoint(kimg=i, train_hours=h, fid=f, num_gen=8, label_key="proxy", resolution=64)
+            for i, (h, f) in enumerate(zip(hours, fids))
+        ]
+        run = replace(stats(name, "cpu", None, 0.5), train_seconds=hours[-1] * 3600)
+        return Row(name, run, metrics(name, "proxy", 1, 0.5, "proxy", "w"), points)
+
+    text = equal_time_section(
+        [row("slow", [0.0, 1.0, 2.0, 3.0], [90.0, 60.0, 40.0, 30.0]), row("fast", [0.0, 0.5, 1.5], [80.0, 50.0, 45.0])]
+    )
+    assert "## At equal training time (1.500 h, the shortest run)" in text
+    cells = {r["model"]: r for r in _table(text)}
+    assert cells["slow"]["FID at the common time"] == "60.00 (proxy)" and cells["slow"]["hours"] == "1.000"
+    assert cells["fast"]["FID at the common time"] == "45.00 (proxy)" and cells["fast"]["hours"] == "1.500"
+
+
+def _table(text: str) -> list[dict]:
+    return table(text, "model")

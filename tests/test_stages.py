@@ -104,7 +104,7 @@ def test_training_writes_weights_samples_snapshots_and_stats(pipeline):
 
 
 def test_evaluate_writes_labelled_metrics(pipeline):
-    metrics = json.loads((pipeline / "metrics/dcgan.json").read_text())
+    metrics = json.loads((pipeline / "evals/dcgan/metrics.json").read_text())
     assert metrics["label_key"] == "proxy"
     assert metrics["fid"] > 0 and np.isfinite(metrics["fid"])
     assert metrics["num_gen"] == 40 and metrics["num_ref"] == 48
@@ -116,12 +116,25 @@ def test_evaluate_writes_labelled_metrics(pipeline):
     meta = json.loads((pipeline / "data/reference/meta.json").read_text())
     assert metrics["floor"] == meta["floors"]["40"] and metrics["floor"]["n"] == 24
     assert set(meta["floors"]) == {"24", "40"} and meta["floors"]["24"]["n"] == 24
-    assert json.loads((pipeline / "metrics/pggan.json").read_text())["status"] == "skipped"
+    assert json.loads((pipeline / "evals/pggan/metrics.json").read_text())["status"] == "skipped"
+    # what `dvc exp show` lists: a few numbers per model, nothing for a skipped one
+    summary = json.loads((pipeline / "metrics/dcgan.json").read_text())
+    assert summary == {
+        "fid": round(metrics["fid"], 4),
+        "fid_std": round(metrics["fid_std"], 4),
+        "kid": round(metrics["kid"], 6),
+        "precision": round(metrics["precision"], 4),
+        "recall": round(metrics["recall"], 4),
+        "ppl": round(metrics["ppl"], 3),
+        "kimg": 0.128,
+        "train_hours": summary["train_hours"],
+    }
+    assert set(json.loads((pipeline / "metrics/pggan.json").read_text()).values()) == {None}
 
 
 def test_report_table_matches_metrics_files(pipeline):
     report = (pipeline / "reports/comparison.md").read_text()
-    metrics = json.loads((pipeline / "metrics/dcgan.json").read_text())
+    metrics = json.loads((pipeline / "evals/dcgan/metrics.json").read_text())
     stats = json.loads((pipeline / "runs/dcgan/train_stats.json").read_text())
     row = next(line for line in report.splitlines() if line.startswith("| dcgan |"))
     from facegan.report.render import metric

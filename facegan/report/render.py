@@ -92,7 +92,7 @@ def collect(models: list[str]) -> list[Row]:
     """One record per model: its train stats, metrics and FID curve, each read through its declared shape."""
     rows = []
     for name in models:
-        stats_file, metrics_file = paths.run_dir(name) / "train_stats.json", paths.metrics_file(name)
+        stats_file, metrics_file = paths.run_dir(name) / "train_stats.json", paths.full_metrics_file(name)
         curve_file = paths.eval_dir(name) / "fid_vs_kimg.json"
         rows.append(
             Row(
@@ -205,6 +205,36 @@ def ranking_section(rows: list[Row]) -> str:
     if missing:
         text += f"\nNot ranked: {', '.join(missing)} (see Results).\n"
     return text
+
+
+EQUAL_TIME_COLUMNS = ("model", "FID at the common time", "snapshot (kimg)", "hours", "device")
+
+
+def equal_time_section(rows: list[Row]) -> str:
+    """Every model's FID at the same training time: the shortest run's total time, each model's last
+    snapshot at or before it (FID-vs-time, read at one abscissa)."""
+    runs = [r for r in rows if r.trained and r.curve and all(p.train_hours is not None for p in r.curve)]
+    if len(runs) < 2:
+        return ""
+    common = min(r.stats.train_seconds / 3600 for r in runs)
+    cells = []
+    for row in sorted(runs, key=lambda r: r.model):
+        before = [p for p in row.curve if p.train_hours <= common + 1e-9]
+        point = before[-1] if before else None
+        cells.append(
+            [
+                row.model,
+                "–" if point is None else metric(point.fid) + label(point.label_key).suffix,
+                "–" if point is None else fmt(point.kimg),
+                "–" if point is None else f"{point.train_hours:.3f}",
+                device_kind(row.stats),
+            ]
+        )
+    return (
+        f"\n## At equal training time ({common:.3f} h, the shortest run)\n\n"
+        + markdown_table(EQUAL_TIME_COLUMNS, cells)
+        + "\nTimes are on each model's own device; with `train.budget_minutes` every model gets the same time.\n"
+    )
 
 
 def samples_overview(rows: list[Row], out: Path, grid_size: int, per_model: int = 8, cell: int = 64) -> bool:
@@ -408,6 +438,7 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
         "one; non-finite losses; kernel fallbacks are listed under Settings.\n"
     )
     parts += ["\n### Sample counts\n\n", markdown_table(COUNT_COLUMNS, [c for c in map(count_cells, rows) if c])]
+    parts.append(equal_time_section(rows))
     plots = [
         ("fid_vs_kimg", f"{features.axis} vs kimg", lambda out: plot_fid_curves(rows, out, features.axis)),
         (

@@ -139,6 +139,15 @@ def non_finite_error(what: str, step: int, ckpt_dir: Path) -> NonFiniteError:
     )
 
 
+def budget_spent(train_seconds: float, budget_minutes: float, world: distributed.World) -> bool:
+    """Whether the training time is past train.budget_minutes, as every rank decides it together (their
+    clocks differ a little; rank 0's says)."""
+    if budget_minutes <= 0:
+        return False
+    spent = torch.tensor(float(train_seconds >= budget_minutes * 60) if world.is_main else 0.0)
+    return bool(world.all_mean(spent).item() > 0)
+
+
 def kernel_fallbacks() -> dict[str, str]:
     """Custom ops whose Triton kernel failed in this process and fell back to the reference path.
 
@@ -287,12 +296,19 @@ class RunFiles:
         return self.crossed(before, after, self.train["checkpoint_kimg"]) or after >= stop_nimg
 
     def after_step(
-        self, state: TrainState, segment: Segment, alpha: float, before: int, stop_nimg: int, level_done: bool
+        self,
+        state: TrainState,
+        segment: Segment,
+        alpha: float,
+        before: int,
+        stop_nimg: int,
+        level_done: bool,
+        final: bool = False,
     ) -> None:
         if not self.world.is_main:
             return
         nimg, tp = state.nimg, self.train
-        if self.crossed(before, nimg, tp["sample_kimg"]) or level_done:
+        if self.crossed(before, nimg, tp["sample_kimg"]) or level_done or final:
             with torch.no_grad():
                 images = to_resolution(
                     state.G_ema(self.grid_z.to(next(state.G_ema.parameters()).device)).float(), segment.resolution
@@ -303,6 +319,7 @@ class RunFiles:
         if (
             self.crossed(before, nimg, tp["snapshot_kimg"])
             or nimg >= self.total_nimg
+            or final
             or (level_done and tp["snapshot_level_ends"])
         ):
             self.snapshot(state, segment, alpha)
@@ -314,13 +331,18 @@ class RunFiles:
                 self.dir / "last.pt", state.checkpoint(segment=segment.name, level=segment.level, alpha=alpha)
             )
 
-    def publish(self, state: TrainState, stats: handoff.TrainedRun, final: Segment) -> None:
-        """The finished run: G_ema, stats, snapshots and grids move into run_dir as one folder."""
-        checkpoint.save(
-            self.dir / "G_ema.pt",
-            {"G_ema": state.G_ema.state_dict(), "kimg": state.nimg / 1000, "level": final.level, "alpha": 1.0},
-        )
+    def publish(self, state: TrainState, stats: handoff.TrainedRun, last: Segment) -> None:
+        """The finished run: G_ema, stats, snapshots and grids move into run_dir as one folder. `last` is
+        the segment the run ended in (before the final level when the time budget stopped it)."""
+        weights = {
+            "G_ema": state.G_ema.state_dict(),
+            "kimg": state.nimg / 1000,
+            "level": last.level,
+            "alpha": last.alpha(state.nimg),
+        }
+        checkpoint.save(self.dir / "G_ema.pt", weights)
         stats.write(self.dir / "train_stats.json")
+        (self.dir / "samples").mkdir(exist_ok=True)
         with atomic_dir(self.run_dir) as out:
             for name in ("samples", "snapshots", "G_ema.pt", "train_stats.json"):
                 shutil.move(str(self.dir / name), str(out / name))
@@ -346,7 +368,17 @@ def history_row(state: TrainState, terms: TermLog, segment: Segment, alpha: floa
 
 
 def trained_stats(
-    cfg, spec, state: TrainState, schedule: Schedule, phases, world, device, dtype, live, cache: FaceCache
+    cfg,
+    spec,
+    state: TrainState,
+    schedule: Schedule,
+    phases,
+    world,
+    device,
+    dtype,
+    live,
+    cache: FaceCache,
+    stopped_by: str,
 ) -> handoff.TrainedRun:
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     segments = {
@@ -358,7 +390,7 @@ def trained_stats(
         model=cfg.model,
         paper=spec.paper,
         resolution=cfg.resolution,
-        resolutions_reached=sorted({s.resolution for s in schedule.segments}),
+        resolutions_reached=sorted({s.resolution for s in schedule.segments if s.start_nimg < state.nimg}),
         kimg=round(state.nimg / 1000, 3),
         steps=state.step,
         batch_size=schedule.segments[-1].batch_size,
@@ -378,6 +410,8 @@ def trained_stats(
         dvclive=live.enabled,
         kernel_fallbacks=kernel_fallbacks(),
         cache_fingerprint=cache.fingerprint,
+        stopped_by=stopped_by,
+        budget_minutes=cfg.train["budget_minutes"],
     )
 
 
@@ -570,6 +604,7 @@ def train_locked(
 
     check = TermCheck(world, files.dir)
     cache.to_device(device, tp["speed"]["cache_on_device"])
+    out_of_time = False
     while state.nimg < stop_nimg:
         t0 = time.perf_counter()
         segment, alpha = enter_step(state, schedule, spec, mp, lazy, device)
@@ -593,29 +628,32 @@ def train_locked(
         progress.step(seconds, batch)
 
         level_done = state.nimg >= schedule.total_nimg or schedule.segment_at(state.nimg).level != segment.level
+        checkpoint_due = files.checkpoint_due(before, state.nimg, stop_nimg)
+        out_of_time = checkpoint_due and budget_spent(state.train_seconds, tp["budget_minutes"], world)
         log_due = files.crossed(before, state.nimg, tp["log_kimg"]) or state.nimg >= stop_nimg or level_done
         # the finiteness check syncs with the device: every check_every steps, and always before a
         # history row or a checkpoint, so that no checkpoint holds a run that has diverged
-        if (
-            log_due
-            or files.checkpoint_due(before, state.nimg, stop_nimg)
-            or state.step % tp["speed"]["check_every"] == 0
-        ):
+        if log_due or checkpoint_due or state.step % tp["speed"]["check_every"] == 0:
             progress.terms.add_terms(check.flush())
-        if log_due:
+        if log_due or out_of_time:
             progress.row(state, segment, alpha, device)
             bad = state.first_non_finite()
             if bad is not None:
                 raise non_finite_error(f"weight {bad}", state.step, files.dir)
-        files.after_step(state, segment, alpha, before, stop_nimg, level_done)
+        files.after_step(state, segment, alpha, before, stop_nimg, level_done, final=out_of_time)
+        if out_of_time:  # train.budget_minutes: a finished run, at the first checkpoint past the budget
+            break
 
     world.barrier()
     stats = None
-    if state.nimg >= schedule.total_nimg:
-        stats = trained_stats(cfg, spec, state, schedule, phases, world, device, dtype, progress.live, cache)
+    if state.nimg >= schedule.total_nimg or out_of_time:
+        stopped_by = "budget" if state.nimg < schedule.total_nimg else "kimg"
+        stats = trained_stats(
+            cfg, spec, state, schedule, phases, world, device, dtype, progress.live, cache, stopped_by
+        )
     progress.close(stats)
     if stats is not None and world.is_main:
-        files.publish(state, stats, schedule.segments[-1])
+        files.publish(state, stats, schedule.segment_at(state.nimg - 1))
     if stats is not None:
         distributed.shutdown(world)
     return stats
