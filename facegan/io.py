@@ -25,6 +25,17 @@ from facegan.errors import UserError
 TEMP_SUFFIX = ".tmp"
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create 0600/0700 entries; outputs get the modes a plain open()/mkdir() would give them
+FILE_MODE = 0o666 & ~_process_umask()
+DIR_MODE = 0o777 & ~_process_umask()
+
+
 def gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
 
@@ -56,6 +67,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except OSError as err:
         if is_disk_full(err):
@@ -74,6 +86,7 @@ def atomic_dir(path: str | os.PathLike):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, DIR_MODE)
         if path.exists():
             old = path.with_name(f".{path.name}.old{TEMP_SUFFIX}")
             if old.exists():

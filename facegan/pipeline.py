@@ -136,7 +136,7 @@ class Stage:
     reads: tuple[str, ...] = ()  # data dependencies (outputs of earlier stages)
     outs: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()  # uncached metrics files (dvc metrics / exp show)
-    records: tuple[str, ...] = ()  # uncached outputs kept out of `dvc exp show` (run summaries)
+    records: tuple[str, ...] = ()  # run summaries kept out of `dvc exp show`: cached outputs (see stage_entry)
     plots: tuple[str, ...] = ()  # uncached dvclive plot folders (x axis: step)
     params: tuple[str, ...] = ()  # params.yaml keys; only `configure` reads params.yaml itself
     per_model: bool = False
@@ -221,7 +221,9 @@ def stage_entry(stage: Stage, models: list[str], root: Path = ROOT) -> dict:
         entry["params"] = list(stage.params)
     per = (lambda p: p.replace("{model}", "${key}")) if stage.per_model else (lambda p: p)
     if stage.outs or stage.records:
-        entry["outs"] = [per(p) for p in stage.outs] + _uncached(tuple(per(p) for p in stage.records))
+        # records are cached like any output: DVC keeps no run-cache entry for a stage with an uncached plain
+        # output (only metrics and plots may be), and `dvc exp run -S model=x` would then train again
+        entry["outs"] = [per(p) for p in (*stage.outs, *stage.records)]
     if stage.metrics:
         entry["metrics"] = _uncached(tuple(per(p) for p in stage.metrics))
     if stage.plots:

@@ -66,6 +66,19 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["stats.json"]
 
 
+def test_atomic_outputs_get_the_permissions_a_plain_write_would(tmp_path):
+    """Images and checkpoints shared on a cluster stay readable by the group/others the umask allows
+    (the temporary file behind an atomic write is created 0600)."""
+    (tmp_path / "plain.png").write_bytes(b"x")
+    (tmp_path / "plain").mkdir()
+    with io.atomic_path(tmp_path / "atomic.png") as tmp:
+        tmp.write_bytes(b"x")
+    with io.atomic_dir(tmp_path / "atomic") as tmp:
+        (tmp / "G_ema.pt").write_bytes(b"x")
+    for plain, atomic in (("plain.png", "atomic.png"), ("plain", "atomic")):
+        assert (tmp_path / atomic).stat().st_mode == (tmp_path / plain).stat().st_mode
+
+
 @pytest.mark.parametrize(
     "error", [OSError(errno.ENOSPC, "No space left on device"), OSError("4096 requested and 512 written")]
 )  # numpy's tofile

@@ -134,3 +134,60 @@ def test_two_gloo_processes_through_dvc_repro_train_the_weights_of_one(tmp_path)
     assert json.loads((project / "runs/pggan/train_stats.json").read_text())["world_size"] == 1
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
+
+
+QUEUE_PROFILE = {
+    **{key: value for key, value in TINY_PROFILE.items() if key != "model"},  # `-S model=...` must win
+    "evaluate": {
+        "extractor": "proxy",
+        "lpips": "proxy",
+        "num_gen": 16,
+        "num_ref": 16,
+        "snapshot_num_gen": 16,
+        "ppl_samples": 8,
+        "batch_size": 8,
+        "grid_size": 2,
+        "interpolation_steps": 3,
+    },
+    "models": {
+        "dcgan": {"kimg": 0.064, "batch_size": 8, "arch": DCGAN["arch"]},
+        "pggan": TINY_PROFILE["models"]["pggan"],
+    },
+}
+
+
+def git_project(root: Path, models: tuple[str, ...], profile: dict) -> Path:
+    """A git + DVC copy of the project that studies `models` only (its dvc.yaml generated for them)."""
+    scratch_project(root, profile)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["models"] = {m: params["models"][m] for m in models}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "dvc.yaml").unlink()
+    shutil.rmtree(root / ".dvc")
+    env = dict(os.environ, PYTHONPATH=str(root))
+    subprocess.run([sys.executable, "-m", "facegan.pipeline"], cwd=root, env=env, check=True, capture_output=True)
+    for args in (["init", "-q"], ["config", "user.email", "t@example.org"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    dvc(root, "init", "-q")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "study"], cwd=root, check=True)
+    return root
+
+
+def test_queued_single_model_experiments_are_reused_by_the_whole_study(tmp_path):
+    """The documented flow: queue one experiment per model, each on its own GPU (placement.gpu, not part of the
+    results' identity), run them side by side, then `dvc exp run -S model=all` restores every model's training
+    and evaluation from DVC's run cache instead of computing them again."""
+    project = git_project(tmp_path / "study", ("dcgan", "pggan"), QUEUE_PROFILE)
+    for gpu, model in enumerate(("dcgan", "pggan")):
+        dvc(project, "exp", "run", "--queue", "-S", f"model={model}", "-S", f"placement.gpu={gpu}")
+    dvc(project, "exp", "run", "--run-all", "-j", "2")
+    rows = json.loads(dvc(project, "exp", "show", "--json"))
+    finished = [exp for row in rows for exp in row.get("experiments") or []]
+    assert len(finished) == 2, rows
+    log = dvc(project, "exp", "run", "-S", "model=all")
+    for stage in ("train@dcgan", "train@pggan", "evaluate@dcgan", "evaluate@pggan"):
+        assert f"Stage '{stage}' is cached" in log, log
+    assert "Running stage 'report'" in log, log  # the report itself is new: it shows both models
+    for model in ("dcgan", "pggan"):  # both trained (not skipped), by the queued experiments
+        assert json.loads((project / f"runs/{model}/train_stats.json").read_text())["status"] == "trained"
