@@ -14,6 +14,7 @@ default further down (the bug this module exists to prevent: the report read
   evals/<model>/fid_vs_kimg.json        list[FidPoint]               evaluate@      report, dvc plots
   evals/<model>/losses.json             list[LossPoint]              evaluate@      dvc plots
   data/reference/meta.json              ReferenceMeta                reference_stats evaluate@, report
+  tune/<model>/study.json               TuneStudy                    facegan.tune   report
 """
 
 from __future__ import annotations
@@ -76,9 +77,14 @@ class Handoff:
     writer: ClassVar[str] = "its stage"  # the `dvc repro` target that writes this file
 
     @classmethod
+    def rerun(cls) -> str:
+        """The command that writes this file again."""
+        return f"dvc repro {cls.writer}"
+
+    @classmethod
     def from_dict(cls: type[T], data: Any, source: str | Path) -> T:
         if not isinstance(data, dict):
-            raise HandoffError(f"{source} is not a {cls.__name__} (a JSON object): re-run `dvc repro {cls.writer}`")
+            raise HandoffError(f"{source} is not a {cls.__name__} (a JSON object): re-run `{cls.rerun()}`")
         hints = typing.get_type_hints(cls)
         fields = {f.name for f in dataclasses.fields(cls)}
         missing, unknown = sorted(fields - set(data)), sorted(set(data) - fields)
@@ -93,7 +99,7 @@ class Handoff:
             )
             raise HandoffError(
                 f"{source} does not have the shape of {cls.__name__} ({detail}): "
-                f"it was written by other code; re-run `dvc repro {cls.writer}`"
+                f"it was written by other code; re-run `{cls.rerun()}`"
             )
         values = {}
         for name in fields:
@@ -101,7 +107,7 @@ class Handoff:
             if not _matches(value, tp):
                 raise HandoffError(
                     f"{source}: {cls.__name__}.{name} should be {_type_name(tp)}, got {value!r:.60}: "
-                    f"re-run `dvc repro {cls.writer}`"
+                    f"re-run `{cls.rerun()}`"
                 )
             values[name] = _nested(value, tp, f"{source}:{name}")
         return cls(**values)
@@ -140,7 +146,7 @@ def write_list(path: str | Path, items: list[Handoff]) -> None:
 def read_list(cls: type[T], path: str | Path) -> list[T]:
     data = read_json(path)
     if not isinstance(data, list):
-        raise HandoffError(f"{path} is not a list of {cls.__name__}: re-run `dvc repro {cls.writer}`")
+        raise HandoffError(f"{path} is not a list of {cls.__name__}: re-run `{cls.rerun()}`")
     return [cls.from_dict(item, f"{path}[{i}]") for i, item in enumerate(data)]
 
 
@@ -441,3 +447,54 @@ class ReferenceMeta(Handoff):
 
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# ------------------------------------------------------------------------------------------------
+# tune/<model>/study.json: an Optuna study's outcome (python -m facegan.tune), read by the report
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneFile(Handoff):
+    """Written by the tune command, not by a DVC stage."""
+
+    writer: ClassVar[str] = "python -m facegan.tune <model>"
+
+    @classmethod
+    def rerun(cls) -> str:
+        return cls.writer
+
+
+@dataclasses.dataclass(frozen=True)
+class TunePoint(TuneFile):
+    """A trial's FID at one of its snapshots: what pruning decided on."""
+
+    kimg: float
+    fid: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneTrial(TuneFile):
+    number: int
+    state: Literal["complete", "pruned", "fail"]
+    params: dict[str, Any]  # the sampled values, by their key under models.<model>
+    fid: float | None  # the score at the study's budget (complete trials)
+    points: list[TunePoint]
+    experiment: str  # the DVC experiment of a complete trial ("" otherwise)
+    seconds: float
+    error: str  # a failed trial's last error line
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneStudy(TuneFile):
+    model: str
+    label_key: str  # facegan.metrics.labels key of the FID's network
+    kimg: float  # every trial's budget
+    num_gen: int
+    space: dict[str, list]  # tune.space.<model> as it was searched
+    baseline: dict[str, Any]  # the model section's values of the searched keys (params.yaml, profile applied)
+    best_number: int | None
+    best_fid: float | None
+    best_params: dict[str, Any]
+    best_experiment: str
+    trials: list[TuneTrial]
+    plots: list[str]  # file names beside study.json

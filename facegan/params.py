@@ -94,10 +94,21 @@ def type_of(value: Any) -> str:
     raise UserError(f"params.yaml holds a {type(value).__name__} ({value!r}): use numbers, strings, lists or mappings")
 
 
-def schema_of(params: dict) -> dict:
-    """The key/type tree of a params tree; `profiles` is a mapping of partial overrides, not typed here."""
+# mappings whose keys are the user's to choose: the profiles' partial overrides, and the tune search spaces
+# (checked by facegan.tune against the model sections they name)
+FREE_FORM = ("profiles", "tune.space")
+
+
+def schema_of(params: dict, prefix: str = "") -> dict:
+    """The key/type tree of a params tree; FREE_FORM mappings are typed as `mapping` only."""
     return {
-        key: ("mapping" if key == "profiles" else schema_of(value) if isinstance(value, dict) else type_of(value))
+        key: (
+            "mapping"
+            if f"{prefix}{key}" in FREE_FORM
+            else schema_of(value, f"{prefix}{key}.")
+            if isinstance(value, dict)
+            else type_of(value)
+        )
         for key, value in params.items()
     }
 
@@ -197,6 +208,12 @@ def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool
         ("placement.nnodes", _positive, "a positive number of nodes"),
         ("placement.gpu", lambda v: v >= -1, "-1 (every visible GPU) or a GPU index"),
         ("train.speed.check_every", _positive, "a positive number of steps"),
+        ("tune.trials", _positive, "a positive number of trials"),
+        ("tune.num_gen", _positive, "a positive number of images"),
+        ("tune.kimg", _positive, "a positive number of kimg"),
+        ("tune.snapshot_kimg", _positive, "a positive number of kimg"),
+        ("tune.warmup_kimg", _non_negative, "0 or more kimg"),
+        ("tune.startup_trials", _non_negative, "0 or more trials"),
         (
             "evaluate.extractor",
             _one_of("auto", "inception", "fid_helper", "proxy"),

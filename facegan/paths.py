@@ -8,6 +8,7 @@ REFERENCE_DIR = Path("data/reference")
 CONFIG_DIR = Path("runs/config")  # each stage's params view, written by `configure`
 REPORTS_DIR = Path("reports")
 PREPROCESS_REPORT = REPORTS_DIR / "preprocess.json"
+TUNE_DIR = Path("tune")  # python -m facegan.tune: one folder per model (git-tracked results, ignored study.db)
 
 
 def run_dir(model: str) -> Path:

@@ -183,7 +183,7 @@ def stages(models: list[str]) -> list[Stage]:
         ),
         Stage(
             "report",
-            reads=(config("report"), reference),
+            reads=(config("report"), reference, str(paths.TUNE_DIR)),
             every_model=(str(paths.run_dir("{model}")), str(paths.eval_dir("{model}"))),
             outs=(str(paths.REPORTS_DIR / "comparison.md"), str(paths.REPORTS_DIR / "figures")),
         ),

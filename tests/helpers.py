@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import yaml
 
 from facegan.params import deep_merge, read_yaml
 
@@ -25,3 +31,109 @@ def study_model(model: str, **changes) -> dict:
 
 def study_train(**changes) -> dict:
     return deep_merge(study_params()["train"], changes)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scratch copies of the project, run through DVC
+
+
+def scratch_project(root: Path, profile: dict) -> Path:
+    """A copy of the project's code and pipeline with `profile` as its demo profile, under DVC (no git)."""
+    for folder in ("facegan", "models", "stages", "tune"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["profile"], params["profiles"]["demo"] = "demo", profile
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(root, "init", "--no-scm", "-q")
+    return root
+
+
+def project_env(project: Path) -> dict:
+    """The environment a command in a scratch project runs with: its code first, this venv's `python`."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # stage commands run `python`
+    return dict(os.environ, DVC_NO_ANALYTICS="1", PYTHONPATH=str(project), PATH=path)
+
+
+def dvc(project: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=project, env=project_env(project), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def git_project(root: Path, models: tuple[str, ...], profile: dict) -> Path:
+    """A git + DVC copy of the project that studies `models` only (its dvc.yaml generated for them)."""
+    scratch_project(root, profile)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["models"] = {m: params["models"][m] for m in models}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "dvc.yaml").unlink()
+    shutil.rmtree(root / ".dvc")
+    env = dict(os.environ, PYTHONPATH=str(root))
+    subprocess.run([sys.executable, "-m", "facegan.pipeline"], cwd=root, env=env, check=True, capture_output=True)
+    for args in (["init", "-q"], ["config", "user.email", "t@example.org"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    dvc(root, "init", "-q")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "study"], cwd=root, check=True)
+    return root
+
+
+def set_params(project: Path, **changes) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+DCGAN_ARCH = {"z_dim": 8, "g_channels": 8, "d_channels": 8, "max_channels": 16}  # a tiny DCGAN
+
+TINY_PROFILE = {
+    "model": "pggan",
+    "data": {"source": "synthetic", "num_faces": 32, "resolution": 32, "synthetic_images": 32},
+    "train": {
+        "device": "cpu",
+        "checkpoint_kimg": 0.064,
+        "snapshot_kimg": 100.0,
+        "sample_kimg": 100.0,
+        "grid_size": 2,
+        "num_workers": 0,
+        "log_kimg": 0.032,
+        "deterministic": True,
+    },
+    "models": {
+        "pggan": {
+            "kimg": 0.096,
+            "batch_size": 8,
+            "arch": {"z_dim": 8, "fmap_base": 32, "fmap_max": 8},
+            "progressive": {"stable_kimg": [0.016], "fade_kimg": [0.008], "batch_sizes": []},
+        }
+    },
+}
+
+
+QUEUE_PROFILE = {
+    **{key: value for key, value in TINY_PROFILE.items() if key != "model"},  # `-S model=...` must win
+    "evaluate": {
+        "extractor": "proxy",
+        "lpips": "proxy",
+        "num_gen": 16,
+        "num_ref": 16,
+        "snapshot_num_gen": 16,
+        "ppl_samples": 8,
+        "batch_size": 8,
+        "grid_size": 2,
+        "interpolation_steps": 3,
+    },
+    "models": {
+        "dcgan": {"kimg": 0.064, "batch_size": 8, "arch": DCGAN_ARCH},
+        "pggan": TINY_PROFILE["models"]["pggan"],
+    },
+}

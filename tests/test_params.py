@@ -37,6 +37,19 @@ def test_demo_profile_overrides_only_what_it_names(tmp_path):
     assert demo["models"]["dcgan"]["kimg"] < study["models"]["dcgan"]["kimg"]
 
 
+def test_quick_profile_is_celeba_at_64px_an_hour_a_model_and_fid_on_10k(tmp_path):
+    """Every model stops at its time budget, not its kimg cap, and the growing ones get to 64x64 early enough
+    to train there (a quarter of the cap at most)."""
+    from facegan.training.progressive import growing_kimg
+
+    quick = load(tmp_path, {"profile": "quick"})
+    assert quick["data"]["source"] == "celeba" and quick["data"]["resolution"] == 64
+    assert quick["train"]["budget_minutes"] == 60 and quick["evaluate"]["num_gen"] == 10000
+    for name, model in quick["models"].items():
+        if "progressive" in model:
+            assert growing_kimg(model["progressive"], final_level=4) <= model["kimg"] / 4, name
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -59,7 +72,7 @@ def test_demo_profile_overrides_only_what_it_names(tmp_path):
             {"data": {"source": "imagenet"}},
             "param 'data.source' = 'imagenet' is invalid: must be one of celeba, url, folder, synthetic",
         ),
-        ({"profile": "fast"}, "param 'profile' = 'fast' is invalid: must be one of study, demo"),
+        ({"profile": "fast"}, "param 'profile' = 'fast' is invalid: must be one of study, quick, demo"),
         (
             {"profiles": {"demo": {"data": {"resolution": 48}}}, "profile": "demo"},
             "param 'profiles.demo.data.resolution' = 48 is invalid",

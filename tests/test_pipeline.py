@@ -112,7 +112,7 @@ def dvc(project: Path, *args: str) -> str:
 def locked_project(tmp_path_factory):
     """A copy of the project's code and pipeline with every stage's outputs present and recorded in dvc.lock."""
     root = tmp_path_factory.mktemp("dvcproject")
-    for folder in ("facegan", "models", "stages"):
+    for folder in ("facegan", "models", "stages", "tune"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)

@@ -237,6 +237,39 @@ def equal_time_section(rows: list[Row]) -> str:
     )
 
 
+TUNE_COLUMNS = ("model", "trials (complete / pruned / failed)", "budget (kimg)", "best", "params of the best trial")
+
+
+def tune_section(models: list[str], figures: Path, tune_dir: Path = paths.TUNE_DIR) -> str:
+    """The Optuna studies of `python -m facegan.tune` found under tune/<model>/study.json."""
+    studies = [
+        handoff.TuneStudy.read(tune_dir / m / "study.json") for m in models if (tune_dir / m / "study.json").exists()
+    ]
+    if not studies:
+        return ""
+    cells, pictures = [], []
+    for study in studies:
+        states = [t.state for t in study.trials]
+        counts = " / ".join(str(states.count(s)) for s in ("complete", "pruned", "fail"))
+        best = "–" if study.best_fid is None else f"{metric(study.best_fid)}{label(study.label_key).suffix}"
+        changed = ", ".join(
+            f"{key} {study.baseline.get(key):.4g} → {value:.4g}" for key, value in study.best_params.items()
+        )
+        cells.append([study.model, counts, fmt(study.kimg), best, changed or "–"])
+        for plot in study.plots:
+            shutil.copy(tune_dir / study.model / plot, figures / f"tune_{study.model}_{plot}")
+            pictures.append(f"![{study.model} {plot}](figures/tune_{study.model}_{plot})")
+    return (
+        "\n## Hyper-parameter search (`python -m facegan.tune`)\n\n"
+        + markdown_table(TUNE_COLUMNS, cells)
+        + f"\nEach trial trains to the budget as a DVC experiment and is scored by its final FID on "
+        f"{', '.join(str(s.num_gen) for s in studies)} images; trials worse than the median of earlier ones at a "
+        "snapshot are pruned there. Params are `params.yaml` value → best trial's (tune/<model>/best.yaml).\n\n"
+        + "\n\n".join(pictures)
+        + "\n"
+    )
+
+
 def samples_overview(rows: list[Row], out: Path, grid_size: int, per_model: int = 8, cell: int = 64) -> bool:
     """One picture: a row of `per_model` samples per evaluated model (from its grid of grid_size x grid_size
     samples, evaluate.grid_size), its name on the left, every sample shown at `cell` px."""
@@ -439,6 +472,7 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
     )
     parts += ["\n### Sample counts\n\n", markdown_table(COUNT_COLUMNS, [c for c in map(count_cells, rows) if c])]
     parts.append(equal_time_section(rows))
+    parts.append(tune_section(view.models, figures))
     plots = [
         ("fid_vs_kimg", f"{features.axis} vs kimg", lambda out: plot_fid_curves(rows, out, features.axis)),
         (
