@@ -100,3 +100,19 @@ def test_queued_single_model_experiments_are_reused_by_the_whole_study(tmp_path)
     assert "Running stage 'report'" in log, log  # the report itself is new: it shows both models
     for model in ("dcgan", "pggan"):  # both trained (not skipped), by the queued experiments
         assert json.loads((project / f"runs/{model}/train_stats.json").read_text())["status"] == "trained"
+
+
+def test_several_nodes_meet_at_the_rendezvous_endpoint_and_one_process_is_not_relaunched():
+    from facegan.errors import UserError
+    from facegan.handoff import PlacementView
+    from facegan.training.launch import relaunch_if_distributed, torchrun_command
+
+    nodes = PlacementView(gpus=8, nnodes=2, rdzv_endpoint="node0:29500", gpu=-1)
+    command = torchrun_command(nodes, "stages.train", ["stylegan2"])
+    assert command[1:3] == ["-m", "torch.distributed.run"] and command[-3:] == ["-m", "stages.train", "stylegan2"]
+    assert {"--nproc_per_node=8", "--nnodes=2", "--rdzv_backend=c10d", "--rdzv_endpoint=node0:29500"} <= set(command)
+    assert "--standalone" not in command
+    with pytest.raises(UserError, match="needs placement.rdzv_endpoint"):
+        torchrun_command(PlacementView(gpus=8, nnodes=2, rdzv_endpoint="", gpu=-1), "stages.train", ["stylegan2"])
+    one = PlacementView(gpus=1, nnodes=1, rdzv_endpoint="", gpu=-1)
+    assert relaunch_if_distributed(one, "stages.train", ["dcgan"]) is None  # the stage trains in its own process

@@ -5,8 +5,8 @@ relaunches itself under torch's elastic launcher (`python -m torch.distributed.r
 placement asks for more than one process, and waits for it. Each process then finds its rank in
 torchrun's environment (facegan/training/distributed.py), splits the global batch and averages the
 gradients, so the weights are those one process would train. Several nodes use torchrun's c10d
-rendezvous at `placement.rdzv_endpoint`: every node runs `dvc repro train@<model>` (or the stage
-command) with the same params; README shows a SLURM script.
+rendezvous at `placement.rdzv_endpoint`: node 0 runs `dvc repro train@<model>` and the other nodes
+the stage command `python -m stages.train <model>` with the same params (README: a SLURM script).
 
 `placement.gpu` pins a single-process run to one GPU through CUDA_VISIBLE_DEVICES, so that queued
 experiments (`dvc exp run --queue -S model=<m> -S placement.gpu=<i>`) train side by side.
