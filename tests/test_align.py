@@ -3,7 +3,8 @@
 Geometric check by re-detection: the aligned 128x128 output goes through MTCNN again and its eye
 landmarks must lie within 2 px of the template's eyes, for the astronaut photo as given, rotated
 by 30 degrees, scaled down and up, mirrored and pasted into a larger canvas, and for frontal
-CelebA photos.
+CelebA photos. The fast path (exact max pools, batched warps) against its references: torch's
+pools bit for bit, `warp_face` within 1/255, the same detections as the reference aligner.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from facegan.data.align import FaceAligner, apply_transform, similarity_transform, template_points, warp_face
+from facegan.data.align import (
+    CeilModeMaxPool2d,
+    FaceAligner,
+    apply_transform,
+    similarity_transform,
+    template_points,
+    warp_face,
+    warp_faces,
+)
 from facegan.params import load_params
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "faces"
@@ -114,3 +123,56 @@ def test_frontal_celeba_photos_align_onto_the_template(aligner):
 def test_face_below_min_face_size_is_rejected_with_its_reason(aligner):
     detection = aligner.detect([np.asarray(Image.open(SHARED / "messi5.jpg").convert("RGB"))])[0]
     assert detection.reason == "face_too_small" and detection.probability > 0.95
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+@pytest.mark.parametrize("size", [(9, 9), (10, 13), (22, 22), (65, 53)])
+def test_fast_max_pool_equals_torch_bit_for_bit(kernel, size):
+    x = torch.randn(3, 5, *size, generator=torch.Generator().manual_seed(0))
+    x[0, 0, -1, -1] = 50.0  # a maximum in a window that hangs over the edge (ceil_mode)
+    expected = torch.nn.MaxPool2d(kernel, 2, ceil_mode=True)(x)
+    assert torch.equal(CeilModeMaxPool2d(kernel, 2)(x), expected)
+
+
+def _similarity(angle_deg: float, scale: float, shift) -> np.ndarray:
+    angle = np.radians(angle_deg)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return np.hstack([scale * rot, np.asarray(shift, float)[:, None]])
+
+
+def test_batched_warps_match_warp_face():
+    photo = np.asarray(Image.fromarray(skdata.astronaut()).resize((220, 180), Image.LANCZOS))
+    images = torch.from_numpy(np.stack([photo, photo[::-1].copy(), photo[:, ::-1].copy(), photo]))
+    # supersampling factors 1, 2, 3 and 1 in one batch, with rotations and a crop that leaves the photo
+    matrices = [
+        _similarity(0, 1.3, (-40, -10)),
+        _similarity(20, 0.5, (10, 5)),
+        _similarity(-35, 0.4, (30, 20)),
+        _similarity(5, 1.0, (-150, -60)),
+    ]
+    reference = np.stack([warp_face(image, matrix, 64) for image, matrix in zip(images.numpy(), matrices)])
+    np.testing.assert_array_equal(warp_faces(images, matrices, 64), reference)  # CPU: the reference's grids
+    on_gpu = warp_faces(images, matrices, 64, exact_grid=False)  # the float32 grids built on a GPU, here on CPU
+    difference = np.abs(on_gpu.astype(np.int16) - reference)
+    assert difference.mean() <= 1.0 and difference.max() <= 1, (difference.mean(), difference.max())
+
+
+def test_fast_aligner_detects_as_the_reference(aligner):
+    data = load_params(overrides={"profile": "study"})["data"]
+    data["resolution"] = 128
+    fast = FaceAligner(data, torch.device("cpu"), fast=True)
+    photo = skdata.astronaut()
+    images = [photo, photo[:, ::-1].copy(), skdata.coffee(), np.full((30, 30, 3), 128, np.uint8)]
+    reference, reference_faces = aligner.process(images)
+    detections, faces = fast.process(images)
+    assert (
+        [d.reason for d in detections]
+        == [d.reason for d in reference]
+        == ["kept", "kept", "no_face", "image_too_small"]
+    )
+    for mine, theirs in zip(detections, reference):
+        assert mine.probability == theirs.probability and np.array_equal(mine.landmarks, theirs.landmarks)
+    for mine, theirs in zip(faces[:2], reference_faces[:2]):
+        np.testing.assert_array_equal(mine, theirs)
+    assert faces[2] is None and faces[3] is None
+    assert fast.seconds["detect"] > 0 and fast.seconds["align"] > 0

@@ -1,6 +1,7 @@
 """The preprocess library end to end on a small folder of real photographs: kept faces in the
 cache, rejections with their reasons in the manifest (no face, corrupt header, truncated file),
-report counts, and a resumed run that equals an uninterrupted one. Also the fast synthetic path."""
+report counts, and a resumed run that equals an uninterrupted one (sequential and parallel paths).
+Also the fast synthetic path."""
 
 from __future__ import annotations
 
@@ -101,8 +102,9 @@ def test_num_faces_keeps_the_first_accepted(photo_folder, tmp_path, full_run):
     np.testing.assert_array_equal(FaceCache(tmp_path / "faces").uint8([0]), first)
 
 
-def test_interrupted_run_resumes_to_the_same_result(photo_folder, tmp_path, full_run):
-    partial = _run(tmp_path, photo_folder, stop_after=3)
+@pytest.mark.parametrize("workers", [0, 2], ids=["sequential", "2_workers"])
+def test_interrupted_run_resumes_to_the_same_result(photo_folder, tmp_path, full_run, workers):
+    partial = _run(tmp_path, photo_folder, stop_after=3, workers=workers)
     assert partial == {"interrupted_at": 4, "kept": 1}  # batches of 2: stops after the 2nd batch
     work = tmp_path / "faces.partial"
     state = json.loads((work / "progress.json").read_text())
@@ -110,7 +112,7 @@ def test_interrupted_run_resumes_to_the_same_result(photo_folder, tmp_path, full
     # what a crash after the checkpoint leaves behind: rows and pixels that were never saved
     with open(work / "manifest.partial.csv", "a") as handle:
         handle.write("zz_lost.jpg,kept,kept,,,,,9\n")
-    report = _run(tmp_path, photo_folder)
+    report = _run(tmp_path, photo_folder, workers=workers)
     assert report["resumed_from"] == 4
     assert _manifest(tmp_path / "faces" / "manifest.csv") == _manifest(full_run[0] / "faces" / "manifest.csv")
     np.testing.assert_array_equal(FaceCache(tmp_path / "faces").faces, FaceCache(full_run[0] / "faces").faces)

@@ -2,12 +2,21 @@
 
 Order is deterministic: CelebA partition (train, val, test; images the partition file does not
 list come last) then relative file name, so "the first N accepted faces" is the same set on every
-machine. Each image is decoded on a worker thread (an unreadable or corrupt one is rejected as
-`unreadable`, never a crash), detected and aligned by `FaceAligner` in batches, and accepted faces
-go to `CacheWriter` until N are kept. Every `data.checkpoint_every` images the cache array, the
-manifest written so far and the position are saved, so an interrupted run resumes there (a run
-with other params or another file list starts over). Synthetic faces are drawn aligned, so they
-are only resized (no MTCNN: the demo stays fast).
+machine. The files go in chunks of `data.mtcnn.batch_size`; each chunk is decoded (an unreadable
+or corrupt image is rejected as `unreadable`, never a crash), detected by MTCNN as one batch per
+image size and aligned by `FaceAligner`, and accepted faces go to `CacheWriter` in file order
+until N are kept. Every `data.checkpoint_every` images the cache array, the manifest written so
+far and the position are saved, so an interrupted run resumes there (a run with other params or
+another file list starts over). Synthetic faces are drawn aligned, so they are only resized (no
+MTCNN: the demo stays fast).
+
+Two ways to run the chunks, with the same chunks, so the same faces in the same order:
+- parallel (the default, `AlignWorkers`): on CPU, worker processes each decode, detect (one torch
+  thread each, the fast exact max pools) and warp whole chunks (one batched warp), and the main
+  process writes their results in order; on a GPU, worker processes decode and the main process
+  detects and warps on the GPU.
+- sequential (`workers=0`, `SequentialAlign`): the reference, as preprocess ran before: decoding on
+  threads, MTCNN with torch's pools and one warp per image in this process.
 """
 
 from __future__ import annotations
@@ -16,13 +25,18 @@ import csv
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
@@ -161,13 +175,187 @@ def preprocess_synthetic(data: dict, source: dict, files: list[str], cache_dir: 
     return report
 
 
+@dataclass
+class Chunk:
+    """One chunk of source files on its way through decoding, detection and alignment."""
+
+    names: list[str]
+    images: list[np.ndarray | None] = field(default_factory=list)  # decoded; dropped once aligned
+    unreadable: dict[int, str] = field(default_factory=dict)  # index in names -> why it could not be decoded
+    detections: dict = field(default_factory=dict)  # index -> Detection, for each decoded image
+    faces: dict = field(default_factory=dict)  # index -> aligned face, for each kept detection
+    seconds: Counter = field(default_factory=Counter)  # decode / detect / align time spent on it
+
+
+def _decoded(root: Path, names: list[str]) -> Chunk:
+    start = time.perf_counter()
+    chunk = Chunk(names, *_split_loaded([load_rgb(root / name) for name in names]))
+    chunk.seconds["decode"] = time.perf_counter() - start
+    return chunk
+
+
+def _split_loaded(loaded: list[tuple[np.ndarray | None, str]]) -> tuple[list, dict[int, str]]:
+    return [image for image, _ in loaded], {i: why for i, (image, why) in enumerate(loaded) if image is None}
+
+
+def _aligned(aligner, chunk: Chunk) -> Chunk:
+    """Detect and align the chunk's decoded images (in whatever process holds `aligner`)."""
+    readable = [i for i, image in enumerate(chunk.images) if image is not None]
+    aligner.seconds.clear()
+    detections, faces = aligner.process([chunk.images[i] for i in readable])
+    chunk.seconds.update(aligner.seconds)
+    chunk.detections = dict(zip(readable, detections))
+    chunk.faces = {i: face for i, face in zip(readable, faces) if face is not None}
+    chunk.images = []  # a worker sends back faces, not the photos
+    return chunk
+
+
+class SequentialAlign:
+    """The reference path: decode the next chunk on threads while this process detects the current one
+    and warps its faces one by one (how preprocess ran before it ran in parallel)."""
+
+    def __init__(self, data: dict, device, root: Path):
+        from facegan.data.align import FaceAligner
+
+        self.aligner, self.root = FaceAligner(data, device, fast=False), root
+
+    def __enter__(self) -> SequentialAlign:
+        self.pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def chunks(self, chunks: list[list[str]]) -> Iterator[Chunk]:
+        def submit(names):
+            return [self.pool.submit(load_rgb, self.root / name) for name in names]
+
+        pending = submit(chunks[0]) if chunks else []
+        for number, names in enumerate(chunks):
+            start = time.perf_counter()
+            loaded = [future.result() for future in pending]
+            pending = submit(chunks[number + 1]) if number + 1 < len(chunks) else []
+            chunk = Chunk(names, *_split_loaded(loaded))
+            chunk.seconds["decode"] = time.perf_counter() - start  # waiting for the threads
+            yield _aligned(self.aligner, chunk)
+
+
+_worker_aligner = None  # in a worker process: the FaceAligner it detects with, None where it only decodes
+
+
+def _start_worker(aligner, threads: int) -> None:
+    global _worker_aligner
+    _worker_aligner = aligner
+    torch.set_num_threads(threads)
+
+
+def _work_on(root: Path, names: list[str]) -> Chunk:
+    chunk = _decoded(root, names)
+    return chunk if _worker_aligner is None else _aligned(_worker_aligner, chunk)
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers(device, cpu_threads: int) -> int:
+    """On CPU a worker process every `cpu_threads` cores (0, torch's default: one with them all); next
+    to a GPU, every core but the one driving the GPU decodes (at most 8)."""
+    cores = cpu_cores()
+    if torch.device(device).type == "cpu":
+        return max(1, cores // (cpu_threads or cores))
+    return max(1, min(8, cores - 1))
+
+
+class AlignWorkers:
+    """Chunks in worker processes, results in file order.
+
+    On CPU each worker decodes, detects and warps (MTCNN on `data.mtcnn.cpu_threads` threads, 0 =
+    its share of the cores) and sends back only the faces; on a GPU the workers decode and this
+    process detects and warps there.
+    """
+
+    def __init__(self, data: dict, device, root: Path, workers: int):
+        from facegan.data.align import FaceAligner
+
+        self.root, self.workers, self.device = root, workers, torch.device(device)
+        self.aligner = FaceAligner(data, self.device, fast=True)  # CPU: built once here, copied into the workers
+        self.threads = int(data["mtcnn"]["cpu_threads"]) or max(1, cpu_cores() // workers)
+        # CPU: a chunk queued behind each running one, so no worker waits for this process; GPU: decoded
+        # photos come back whole (a chunk of phone photos is ~1 GB), so one chunk ahead of the decoders
+        self.in_flight = 2 * workers if self.device.type == "cpu" else workers + 1
+
+    def __enter__(self) -> AlignWorkers:
+        on_cpu = self.device.type == "cpu"
+        # fork: a worker starts with torch imported and MTCNN loaded (spawn pays ~10 s of imports per
+        # worker on 2 cores); next to a GPU the workers only decode JPEGs and never touch CUDA.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        self.pool = ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_start_worker,
+            initargs=(self.aligner if on_cpu else None, self.threads if on_cpu else 1),
+        )
+        self.pool.submit(int).result()  # start the workers now, before tqdm starts a thread of its own
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def chunks(self, chunks: list[list[str]]) -> Iterator[Chunk]:
+        upcoming = iter(chunks)
+        in_flight: deque = deque()
+        for names in upcoming:
+            in_flight.append(self.pool.submit(_work_on, self.root, names))
+            if len(in_flight) == self.in_flight:
+                break
+        while in_flight:
+            chunk = self._result(in_flight.popleft())
+            names = next(upcoming, None)
+            if names is not None:
+                in_flight.append(self.pool.submit(_work_on, self.root, names))
+            yield chunk if self.device.type == "cpu" else _aligned(self.aligner, chunk)  # GPU: detect here
+
+    @staticmethod
+    def _result(future) -> Chunk:
+        try:
+            return future.result()
+        except BrokenProcessPool as err:
+            raise UserError(
+                "a preprocess worker process died (out of memory?): run `dvc repro preprocess` again to resume"
+            ) from err
+
+
+def _manifest_row(name: str, index: int, chunk: Chunk) -> dict:
+    row = {"source_file": name, "status": "rejected"}
+    if index in chunk.unreadable:
+        row.update(reason="unreadable", detail=chunk.unreadable[index])
+        return row
+    detection = chunk.detections[index]
+    row.update(
+        reason=detection.reason,
+        detail=detection.detail,
+        probability="" if detection.probability is None else f"{detection.probability:.4f}",
+        box=_fmt(detection.box),
+        landmarks=_fmt(detection.landmarks, 2),
+    )
+    return row
+
+
 def preprocess(
-    data: dict, raw_dir: Path, cache_dir: Path, report_path: Path, device=None, stop_after: int | None = None
+    data: dict,
+    raw_dir: Path,
+    cache_dir: Path,
+    report_path: Path,
+    device=None,
+    stop_after: int | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Build the face cache from data/raw (see the module docstring). Returns the report.
 
     `stop_after` (tests, benchmarks) stops after that many source images without publishing,
-    leaving the resume state as an interruption would.
+    leaving the resume state as an interruption would. `workers`: worker processes (None: one a CPU
+    core, or the decoders a GPU needs; 0: the sequential reference path).
     """
     source = read_json(raw_dir / "SOURCE.json")
     if source["source"] != data["source"]:
@@ -180,15 +368,15 @@ def preprocess(
     if source["source"] == "synthetic":
         return preprocess_synthetic(data, source, files, cache_dir, report_path)
 
-    import torch
-
-    from facegan.data.align import FaceAligner
     from facegan.device import resolve_device
 
-    device = device or resolve_device(data["mtcnn"]["device"])
+    device = torch.device(device or resolve_device(data["mtcnn"]["device"]))
     root = Path(source["image_root"])
     if not root.is_dir():
         raise UserError(f"image folder {root} is gone: run `dvc repro download` (or fix data.folder)")
+    workers = default_workers(device, data["mtcnn"]["cpu_threads"]) if workers is None else workers
+    if workers < 0:
+        raise UserError(f"workers={workers}: use 0 (sequential), a positive number, or None (one a core)")
     resolution = data["resolution"]
     writer = CacheWriter(cache_dir, resolution, min(len(files), data["num_faces"]), _fingerprint(data, files, source))
     state = writer.resume_state()
@@ -197,62 +385,47 @@ def preprocess(
     if position:
         log.info("resuming preprocess at image %d of %d (%d faces kept so far)", position, len(files), writer.count)
     manifest = _Manifest(writer.work / PARTIAL_MANIFEST, state.get("manifest_bytes") if position else None)
-    aligner = FaceAligner(data, torch.device(device))
+    runner = SequentialAlign(data, device, root) if workers == 0 else AlignWorkers(data, device, root, workers)
     batch = data["mtcnn"]["batch_size"]
     every = data["checkpoint_every"]
-    start, processed, since_checkpoint = time.time(), 0, 0
+    busy: Counter = Counter()
+    start, processed, detected, since_checkpoint = time.time(), 0, 0, 0
 
     def checkpoint():
         writer.checkpoint(
             position=position, manifest_bytes=manifest.flush(), elapsed_s=elapsed_before + time.time() - start
         )
 
-    workers = max(1, min(8, os.cpu_count() or 1))
     chunks = [files[i : i + batch] for i in range(position, len(files), batch)]
-    bar = tqdm(total=len(files), initial=position, desc=f"aligning faces ({device})", unit="img", disable=None)
-    with ThreadPoolExecutor(workers) as pool:
-
-        def submit(names):  # decode a batch on the worker threads while the previous one is detected
-            return [pool.submit(load_rgb, root / name) for name in names]
-
-        pending = submit(chunks[0]) if chunks and not writer.full else []
-        for number, names in enumerate(chunks):
-            if writer.full:
-                break
-            loaded = [future.result() for future in pending]
-            pending = submit(chunks[number + 1]) if number + 1 < len(chunks) else []
-            good = [i for i, (image, _) in enumerate(loaded) if image is not None]
-            detections, faces = aligner.process([loaded[i][0] for i in good])
-            outcome = dict(zip(good, zip(detections, faces)))
-            for i, name in enumerate(names):
+    with runner:
+        bar = tqdm(
+            total=len(files),
+            initial=position,
+            desc=f"aligning faces ({device}, {workers} workers)",
+            unit="img",
+            disable=None,
+        )
+        for chunk in runner.chunks(chunks if not writer.full else []):
+            busy.update(chunk.seconds)
+            detected += len(chunk.detections)
+            for i, name in enumerate(chunk.names):
                 if writer.full:
                     break
-                row = {"source_file": name, "status": "rejected"}
-                if i not in outcome:
-                    row.update(reason="unreadable", detail=loaded[i][1])
-                else:
-                    detection, face = outcome[i]
-                    row.update(
-                        reason=detection.reason,
-                        detail=detection.detail,
-                        probability="" if detection.probability is None else f"{detection.probability:.4f}",
-                        box=_fmt(detection.box),
-                        landmarks=_fmt(detection.landmarks, 2),
-                    )
-                    if face is not None:
-                        row.update(status="kept", cache_index=writer.add(face))
+                row = _manifest_row(name, i, chunk)
+                if i in chunk.faces:
+                    row.update(status="kept", cache_index=writer.add(chunk.faces[i]))
                 manifest.add(row)
                 position += 1
                 processed += 1
                 since_checkpoint += 1
-            bar.update(len(names))
+            bar.update(len(chunk.names))
             bar.set_postfix(kept=writer.count, refresh=False)
             if since_checkpoint >= every:
                 checkpoint()
                 since_checkpoint = 0
             if writer.full or (stop_after is not None and processed >= stop_after):
                 break
-    bar.close()
+        bar.close()
     checkpoint()
     elapsed = time.time() - start
     if stop_after is not None and not writer.full and position < len(files):
@@ -274,6 +447,11 @@ def preprocess(
         "elapsed_total_s": round(elapsed_before + elapsed, 1),
         "resumed_from": int(state.get("position", 0)),
         "mtcnn": True,
+        "workers": workers,
+        "mtcnn_fast_max_pools": runner.aligner.fast_max_pools,
+        "detected": detected,
+        # seconds spent on each step, added over the workers (which run side by side)
+        "busy_s": {step: round(busy[step], 2) for step in ("decode", "detect", "align")},
     }
     if kept < data["num_faces"]:
         log.warning("only %d faces accepted out of %d images (data.num_faces=%d)", kept, len(files), data["num_faces"])
