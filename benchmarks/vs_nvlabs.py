@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--warmup-kimg", type=float, default=2.0)
     parser.add_argument("--images", type=int, default=2048, help="synthetic faces in the dataset")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--batch", type=int, default=None, help="our batch instead of the row's (a CPU check)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not args.skip_nvlabs and (args.nvlabs is None or not (args.nvlabs / "train.py").exists()):
@@ -196,6 +197,7 @@ def main() -> None:
         zip_path, cache = make_data(work, args.images)
         for name in args.rows:
             flags, model, batch = ROWS[name]
+            batch = args.batch or batch
             row = {"ours": run_ours(model, batch, cache, work, args.kimg, args.warmup_kimg, args.device)}
             if not args.skip_nvlabs:
                 row["nvlabs"] = run_nvlabs(args.nvlabs, flags, zip_path, work, args.kimg, args.warmup_kimg)

@@ -72,7 +72,7 @@ def test_quick_profile_is_celeba_at_64px_an_hour_a_model_and_fid_on_10k(tmp_path
             {"data": {"source": "imagenet"}},
             "param 'data.source' = 'imagenet' is invalid: must be one of celeba, url, folder, synthetic",
         ),
-        ({"profile": "fast"}, "param 'profile' = 'fast' is invalid: must be one of study, quick, demo"),
+        ({"profile": "fast"}, "param 'profile' = 'fast' is invalid: must be one of study, quick, gpu-smoke, demo"),
         (
             {"profiles": {"demo": {"data": {"resolution": 48}}}, "profile": "demo"},
             "param 'profiles.demo.data.resolution' = 48 is invalid",
