@@ -46,9 +46,10 @@ def is_disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno is None and " requested and " in str(err) and "written" in str(err)
 
 
-def disk_full_error(path: str | os.PathLike, needed_bytes: int | None = None) -> UserError:
-    folder = Path(path).parent
-    existing = folder
+def disk_full_error(path: str | os.PathLike, needed_bytes: int | None = None, is_dir: bool = False) -> UserError:
+    """One line naming what was being written (`path`, a file or with `is_dir` a folder) and the free space
+    on the nearest existing folder it lives in."""
+    existing = Path(path) if is_dir else Path(path).parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     free = shutil.disk_usage(existing).free
@@ -98,7 +99,7 @@ def atomic_dir(path: str | os.PathLike):
             os.replace(tmp, path)
     except OSError as err:
         if is_disk_full(err):
-            raise disk_full_error(path / "x") from err
+            raise disk_full_error(path, is_dir=True) from err
         raise
     finally:
         if tmp.exists():

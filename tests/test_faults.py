@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -123,7 +124,7 @@ def test_a_full_disk_while_publishing_keeps_the_old_cache_whole_and_the_new_one_
     monkeypatch.setattr(np, "save", full)
     with pytest.raises(UserError) as err:
         writer.finish({"source": "synthetic", "synthetic": True})
-    assert "disk full while writing" in one_line(err)
+    assert one_line(err).startswith(f"disk full while writing {tmp_path / 'faces'}: ")  # the folder, no made-up file
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before  # faces, meta, manifest, preview as they were
     assert sorted(p.name for p in tmp_path.iterdir()) == ["faces", "faces.partial"]  # no half folder beside it
     assert json.loads((tmp_path / "faces.partial/progress.json").read_text())["count"] == 24  # resumable
@@ -148,14 +149,16 @@ def config() -> RunConfig:
     return RunConfig(model="dcgan", model_params=DCGAN, train=dict(TRAIN), seed=1, resolution=16)
 
 
-def test_a_run_never_resumes_on_another_dataset(tmp_path, monkeypatch):
+def test_a_run_never_resumes_on_another_dataset(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     make_cache(tmp_path / "faces", seed=1)
     assert train(config(), tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt", stop_after_kimg=0.032) is None
     first = list((tmp_path / "ckpt/dcgan").iterdir())
     make_cache(tmp_path / "faces", seed=2)  # other faces behind the same path, as after re-running preprocess
-    stats = train(config(), tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt")
-    assert stats.history[0].step == 2  # started afresh (log every 2 steps): not at the interrupted step 4
+    with caplog.at_level(logging.INFO, logger="facegan.training.loop"):
+        stats = train(config(), tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt")
+    assert "dcgan: phases" in caplog.text  # the loop's log is captured here...
+    assert "resuming dcgan" not in caplog.text  # ...and it started afresh, not from the interrupted step 4
     assert stats.cache_fingerprint == FaceCache(tmp_path / "faces").fingerprint
     assert first[0].exists() and len(list((tmp_path / "ckpt/dcgan").iterdir())) == 1  # the old run kept its own
 
