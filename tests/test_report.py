@@ -1,5 +1,6 @@
 """The comparison report: every number in its tables is the one in the metrics/stats files, labels are honest."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -376,3 +377,13 @@ def test_models_are_compared_at_equal_training_time():
 
 def _table(text: str) -> list[dict]:
     return table(text, "model")
+
+
+def test_a_model_that_got_worse_than_its_untrained_start_is_not_said_to_improve():
+    from facegan.report.render import improvement
+
+    better = metrics("dcgan", "fid_helper", 2, 0.5, "proxy", "z")  # FID 42.125 against 83.0 at kimg 0
+    assert improvement(better) == "83.00 → 42.12: 1.97× lower (start n=256)"
+    worse = dataclasses.replace(metrics("stylegan2", "fid_helper", 1, 0.5, "proxy", "w"), fid_start=40.0)
+    # the demo's StyleGAN2 went 311.74 -> 314.25, which the report called "1.0× lower"
+    assert improvement(worse) == "40.00 → 41.50: 1.04× higher, no improvement (start n=256)"

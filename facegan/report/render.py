@@ -172,8 +172,11 @@ def improvement(m: handoff.ModelMetrics) -> str:
     """The final FID against the untrained generator's (kimg 0), at the snapshots' sample count."""
     if m.fid_start is None:
         return "– (no kimg-0 snapshot)"
-    ratio = m.fid_start / max(m.fid, 1e-12)
-    return f"{metric(m.fid_start)} → {metric(m.fid)}: {ratio:.1f}× lower (start n={m.fid_start_n})"
+    if m.fid >= m.fid_start:  # no progress: never call a rise "lower"
+        change = f"{m.fid / max(m.fid_start, 1e-12):.2f}× higher, no improvement"
+    else:
+        change = f"{m.fid_start / max(m.fid, 1e-12):.2f}× lower"
+    return f"{metric(m.fid_start)} → {metric(m.fid)}: {change} (start n={m.fid_start_n})"
 
 
 RANKING_COLUMNS = ("rank", "model", "FID (n × sets)", "real-vs-real floor", "KID ×10³ (floor)", "FID at kimg 0 → final")
