@@ -234,6 +234,12 @@ class Watch:
         return (*sorted((CHECKPOINT_ROOT / self.model).glob("*/snapshots")), paths.run_dir(self.model) / "snapshots")
 
 
+def default_sigint() -> None:
+    """In a trial's process: Ctrl-C's default action, which a shell's background job (`nohup`, `&`) would
+    otherwise pass down ignored, so that `stop` reaches dvc as an interrupt instead of waiting out its grace."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop(process: subprocess.Popen) -> None:
     """Stop a trial's `dvc exp run` and its stage like Ctrl-C would, then for good."""
     try:
@@ -290,7 +296,9 @@ def run_trial(
     Optuna prunes it. Returns complete, pruned or fail (the command's exit status)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=default_sigint
+        )
         try:
             while True:
                 finished = process.poll() is not None

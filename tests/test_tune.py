@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -74,7 +75,18 @@ time.sleep(120)
 def test_a_trial_worse_than_the_median_at_a_snapshot_is_stopped_there(tmp_path):
     """Optuna's median pruner on the live FID-vs-kimg points: an earlier trial reached FID 10 at every
     snapshot; this one's FID is 12 at each, so it is stopped at its first snapshot past the warmup (the
-    second), long before its process would have ended, even when the poll finds several snapshots at once."""
+    second), long before its process would have ended, even when the poll finds several snapshots at once,
+    and even when tune itself runs as a shell's background job (Ctrl-C ignored, which children inherit)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        outcome, seconds, watch = prune_a_trial(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert outcome == "pruned" and seconds < 30
+    assert watch.points == {0.0: 12.0, 1.0: 12.0}
+
+
+def prune_a_trial(tmp_path):
     study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1))
     study.add_trial(optuna.trial.create_trial(value=10.0, intermediate_values={i: 10.0 for i in range(10)}))
     folder = tmp_path / "snapshots"
@@ -89,8 +101,7 @@ def test_a_trial_worse_than_the_median_at_a_snapshot_is_stopped_there(tmp_path):
         1.0,
         tmp_path / "trial.log",
     )
-    assert outcome == "pruned" and time.perf_counter() - started < 30
-    assert watch.points == {0.0: 12.0, 1.0: 12.0}
+    return outcome, time.perf_counter() - started, watch
 
 
 def test_a_failed_trial_keeps_its_last_error_line(tmp_path):
