@@ -326,3 +326,25 @@ def test_features_through_the_resize_pool_equal_the_single_process_ones_exactly(
         pooled = extract(folder_batches(a, 5), extractor, pool)
         again = extract(folder_batches(a, 5), extractor, pool)  # the pool serves many extractions
     assert single.shape == (23, 12) and np.array_equal(single, pooled) and np.array_equal(single, again)
+
+
+def test_a_generated_set_is_the_same_images_on_every_run_noise_inputs_included():
+    from facegan.metrics.evaluate import generated_batches
+    from facegan.params import load_params
+    from models import build
+
+    arch = load_params(Path(__file__).resolve().parents[1] / "params.yaml", overrides={"profile": "demo"})
+    G, _ = build("stylegan2", arch["models"]["stylegan2"]["arch"], 32)
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise.strength"):  # trained strengths: the noise inputs change the images
+                p.fill_(0.5)
+
+    def one_set():
+        return np.concatenate(list(generated_batches(G, 6, 4, seed=1000, device=CPU)))
+
+    first = one_set()
+    torch.rand(17)  # whatever else used the process's random state in between
+    assert np.array_equal(one_set(), first)
+    other = np.concatenate(list(generated_batches(G, 6, 4, seed=1001, device=CPU)))
+    assert not np.array_equal(other, first)
