@@ -63,7 +63,74 @@ def build_network(kind: str, device: torch.device):
     return lambda x: net((x - 128) / 128)
 
 
-def main() -> None:
+def inception_rates(network, resized: torch.Tensor, device: torch.device, sync) -> tuple[float, float]:
+    """images/s of the network on one full batch (as the evaluate stage feeds it), NCHW and channels_last."""
+    from facegan.metrics.features import full_fp32
+
+    layouts = {
+        "nchw": resized.to(device),
+        "channels_last": resized.to(device).contiguous(memory_format=torch.channels_last),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in layouts}
+    with torch.no_grad(), full_fp32(device):
+        for _ in range(3):  # TorchScript's profiling executor specialises a graph over its first calls per layout
+            for x in layouts.values():
+                network(x)
+        sync()
+        for _ in range(3):  # alternated, so that a change in the machine's load hits both alike
+            for name, x in layouts.items():
+                rates[name].append(len(x) / timed(lambda x=x: (network(x), sync())))
+    return float(np.median(rates["nchw"])), float(np.median(rates["channels_last"]))
+
+
+def statistics_seconds(reference: np.ndarray) -> tuple[float, float]:
+    """One FID's statistics as today's path computed them (clean-fid's 2048x2048 sqrtm) and as the new one
+    does (the exact low-rank trace when n < 2048), on the same features."""
+    from cleanfid.fid import frechet_distance
+
+    from facegan.metrics.fid import fid_from_features
+
+    feats = np.random.default_rng(1).normal(size=(len(reference) - 1, 2048))
+    sqrtm_s = timed(
+        lambda: frechet_distance(
+            feats.mean(0), np.cov(feats, rowvar=False), reference.mean(0), np.cov(reference, rowvar=False)
+        )
+    )
+    return sqrtm_s, timed(lambda: fid_from_features(feats, reference))
+
+
+def generation_and_resize(G, batch: int, images: int, workers: int, device: torch.device, result: dict) -> list:
+    """Generation's images/s and clean-fid resize's, in the main process and in the worker pool; records them
+    in `result` and returns the generated uint8 batches."""
+    from facegan.data.cache import to_uint8
+    from facegan.metrics.resize_pool import ResizePool, clean_resize
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def generate(count: int) -> list[np.ndarray]:
+        out = []
+        with torch.no_grad():
+            for start in range(0, count, batch):
+                out.append(to_uint8(G(torch.randn(min(batch, count - start), G.z_dim, device=device))))
+        sync()
+        return out
+
+    generate(batch)  # warm-up
+    seconds = timed(lambda: generate(images))
+    result["generation_img_per_s"] = round(images / seconds, 1)
+    uint8 = generate(images)
+
+    seconds = timed(lambda: [clean_resize(b) for b in uint8])
+    result["resize_img_per_s_main_process"] = round(images / seconds, 1)
+    with ResizePool(workers, batch) as pool:
+        list(pool.map(uint8[:1]))  # start the workers
+        seconds = timed(lambda: [x.sum() for x in pool.map(uint8)])
+    result["resize_workers"] = workers
+    result["resize_img_per_s_pool"] = round(images / seconds, 1)
+    return uint8
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--network", default="fid_helper", choices=["fid_helper", "random"])
@@ -75,11 +142,14 @@ def main() -> None:
         "--profile", default=None, help="params profile of the generator (default: demo on CPU, study on CUDA)"
     )
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
 
     from facegan.data.cache import to_uint8
     from facegan.device import resolve_device
-    from facegan.metrics.features import full_fp32
     from facegan.metrics.fid import fid_from_features
     from facegan.metrics.resize_pool import ResizePool, clean_resize
     from facegan.params import load_params
@@ -109,43 +179,10 @@ def main() -> None:
     G, _ = build("stylegan2", params["models"]["stylegan2"]["arch"], params["data"]["resolution"])
     G = G.eval().requires_grad_(False).to(device)
 
-    def generate(count: int) -> list[np.ndarray]:
-        out = []
-        with torch.no_grad():
-            for start in range(0, count, batch):
-                out.append(to_uint8(G(torch.randn(min(batch, count - start), G.z_dim, device=device))))
-        sync()
-        return out
-
-    generate(batch)  # warm-up
-    seconds = timed(lambda: generate(images))
-    result["generation_img_per_s"] = round(images / seconds, 1)
-    uint8 = generate(images)
-
-    seconds = timed(lambda: [clean_resize(b) for b in uint8])
-    result["resize_img_per_s_main_process"] = round(images / seconds, 1)
-    with ResizePool(workers, batch) as pool:
-        list(pool.map(uint8[:1]))  # start the workers
-        seconds = timed(lambda: [x.sum() for x in pool.map(uint8)])
-    result["resize_workers"] = workers
-    result["resize_img_per_s_pool"] = round(images / seconds, 1)
+    uint8 = generation_and_resize(G, batch, images, workers, device, result)
 
     network = build_network(args.network, device)
-    resized = torch.from_numpy(clean_resize(uint8[0]))  # one full batch, as the evaluate stage feeds it
-    layouts = {
-        "nchw": resized.to(device),
-        "channels_last": resized.to(device).contiguous(memory_format=torch.channels_last),
-    }
-    rates: dict[str, list[float]] = {name: [] for name in layouts}
-    with torch.no_grad(), full_fp32(device):
-        for _ in range(3):  # TorchScript's profiling executor specialises a graph over its first calls per layout
-            for x in layouts.values():
-                network(x)
-        sync()
-        for _ in range(3):  # alternated, so that a change in the machine's load hits both alike
-            for name, x in layouts.items():
-                rates[name].append(len(x) / timed(lambda x=x: (network(x), sync())))
-    today, fast = (float(np.median(rates[name])) for name in layouts)
+    today, fast = inception_rates(network, torch.from_numpy(clean_resize(uint8[0])), device, sync)
     result["inception_img_per_s_nchw"] = round(today, 1)
     result["inception_img_per_s_channels_last"] = round(fast, 1)
     result["inception_speedup"] = round(fast / today, 2)
@@ -171,17 +208,7 @@ def main() -> None:
 
     with ResizePool(workers, batch) if (on_gpu or args.workers > 0) else contextlib.nullcontext() as pool:
         seconds = timed(whole_fid)
-    # one FID set as the evaluate stage computes it: today's path (NCHW input, clean-fid's 2048x2048 sqrtm)
-    # against the new one (channels_last, the exact low-rank trace when n < 2048), same features
-    from cleanfid.fid import frechet_distance
-
-    feats = np.random.default_rng(1).normal(size=(len(reference) - 1, 2048))
-    sqrtm_s = timed(
-        lambda: frechet_distance(
-            feats.mean(0), np.cov(feats, rowvar=False), reference.mean(0), np.cov(reference, rowvar=False)
-        )
-    )
-    lowrank_s = timed(lambda: fid_from_features(feats, reference))
+    sqrtm_s, lowrank_s = statistics_seconds(reference)
     # today's path ran its parts one after another in one process, so its time is their sum; the new
     # path's is the whole FID measured above (generation, resize workers and network overlapped)
     n = fid_images

@@ -33,6 +33,24 @@ def study_train(**changes) -> dict:
     return deep_merge(study_params()["train"], changes)
 
 
+def cpu_train(**changes) -> dict:
+    """The study's train params as the loop tests run them: CPU, deterministic, tiny grids, a history row
+    every two steps of 8, no snapshots or samples unless `changes` ask for them."""
+    return study_train(
+        **{
+            "device": "cpu",
+            "checkpoint_kimg": 100.0,
+            "snapshot_kimg": 100.0,
+            "sample_kimg": 100.0,
+            "grid_size": 2,
+            "num_workers": 0,
+            "deterministic": True,
+            "log_kimg": 0.016,
+            **changes,
+        }
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # Scratch copies of the project, run through DVC
 

@@ -24,19 +24,10 @@ from facegan.errors import UserError
 from facegan.params import shadowed_edits
 from facegan.training import checkpoint
 from facegan.training.loop import RunConfig, train
-from tests.helpers import study_model, study_train
+from tests.helpers import cpu_train, study_model
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = study_train(
-    device="cpu",
-    checkpoint_kimg=0.032,
-    snapshot_kimg=100.0,
-    sample_kimg=100.0,
-    grid_size=2,
-    num_workers=0,
-    deterministic=True,
-    log_kimg=0.016,
-)
+TRAIN = cpu_train(checkpoint_kimg=0.032)
 DCGAN = study_model(
     "dcgan", kimg=0.096, batch_size=8, arch={"z_dim": 8, "g_channels": 8, "d_channels": 8, "max_channels": 16}
 )

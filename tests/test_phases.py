@@ -18,20 +18,11 @@ from facegan.training.phases import GanLoss, StepContext, build_phases
 from facegan.training.progressive import Schedule
 from facegan.training.terms import D_CONSISTENCY, D_R1, G_PATH_LENGTH
 from models.layers import MappingNetwork
-from tests.helpers import study_model, study_params, study_train
+from tests.helpers import cpu_train, study_model, study_params
 
 torch.set_num_threads(1)
 
-TRAIN = study_train(
-    device="cpu",
-    checkpoint_kimg=100.0,
-    snapshot_kimg=100.0,
-    sample_kimg=100.0,
-    grid_size=2,
-    num_workers=0,
-    deterministic=True,
-    log_kimg=0.016,
-)
+TRAIN = cpu_train()
 TINY_ARCH = {
     "stylegan2": {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "channel_base": 128, "channel_max": 16},
     "styleswin": {

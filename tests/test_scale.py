@@ -16,25 +16,16 @@ from tests.helpers import (
     DCGAN_ARCH,
     QUEUE_PROFILE,
     TINY_PROFILE,
+    cpu_train,
     dvc,
     git_project,
     scratch_project,
     set_params,
     study_model,
-    study_train,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = study_train(
-    device="cpu",
-    checkpoint_kimg=0.032,
-    snapshot_kimg=100.0,
-    sample_kimg=100.0,
-    grid_size=2,
-    num_workers=0,
-    deterministic=True,
-    log_kimg=0.016,
-)
+TRAIN = cpu_train(checkpoint_kimg=0.032)
 DCGAN = study_model("dcgan", kimg=0.4, batch_size=8, arch=DCGAN_ARCH)
 
 

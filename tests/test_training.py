@@ -17,20 +17,11 @@ from facegan.metrics.fid import frechet_distance
 from facegan.training import checkpoint, losses
 from facegan.training.loop import NonFiniteError, RunConfig, train
 from facegan.training.progressive import Schedule, growing_kimg, prepare_reals
-from tests.helpers import study_model, study_train
+from tests.helpers import cpu_train, study_model
 
 torch.set_num_threads(1)  # tiny nets: one thread is fastest, and the suite shares 2 cores
 
-TRAIN = study_train(
-    device="cpu",
-    checkpoint_kimg=0.032,
-    snapshot_kimg=0.064,
-    sample_kimg=0.064,
-    grid_size=2,
-    num_workers=0,
-    deterministic=True,
-    log_kimg=0.016,
-)
+TRAIN = cpu_train(checkpoint_kimg=0.032, snapshot_kimg=0.064, sample_kimg=0.064)
 PGGAN = study_model(
     "pggan",
     kimg=0.192,
