@@ -10,7 +10,8 @@ synthetic faces for --kimg (the first --warmup-kimg not timed), once per variant
                 copied from host memory each step, plain Adam, NCHW (the loop as it was)
   levers        the params.yaml defaults of train.speed (check_every 16, foreach EMA, faces on the GPU,
                 fused Adam on CUDA)
-  +channels_last, +compile   the defaults plus one more lever each
+  +channels_last, +compile, +cudagraphs   the defaults plus one more lever each (cudagraphs: torch.compile
+                in reduce-overhead mode, replayed as CUDA graphs; CUDA only)
 
 and writes images/s, peak memory and the ratio to the baseline to reports/bench/train_<device>.json.
 The CPU figures say whether the CPU demo got slower; the GPU ones which lever helped where.
@@ -35,11 +36,12 @@ VARIANTS = {
         "fused_adam": False,
         "foreach_ema": False,
         "channels_last": False,
-        "compile": False,
+        "compile": "none",
     },
     "levers": {},
     "levers+channels_last": {"channels_last": True},
-    "levers+compile": {"compile": True},
+    "levers+compile": {"compile": "default"},
+    "levers+cudagraphs": {"compile": "cudagraphs"},  # CUDA only: torch.compile's reduce-overhead mode
 }
 
 
@@ -96,6 +98,7 @@ def main() -> None:
 
     from facegan.data.cache import CacheWriter
     from facegan.data.synthetic import render_face
+    from facegan.io import write_json
     from facegan.params import deep_merge, load_params
 
     params = load_params(ROOT / "params.yaml", overrides={"profile": args.profile})
@@ -117,6 +120,9 @@ def main() -> None:
         },
         "models": {},
     }
+    slug = re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")
+    out = args.out or ROOT / "reports" / "bench" / f"train_{slug}_{args.profile}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         work = Path(tmp)
         writer = CacheWriter(work / "faces", resolution, 1024)
@@ -135,10 +141,7 @@ def main() -> None:
                     rows[name]["speedup_over_baseline"] = round(now / base, 3)
                 print(model, name, json.dumps(rows[name]), flush=True)
             result["models"][model] = rows
-    slug = re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")
-    out = args.out or ROOT / "reports" / "bench" / f"train_{slug}_{args.profile}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+            write_json(out, result)  # after every model: a run cut short by a time cap keeps what it measured
     print(f"wrote {out}")
 
 

@@ -11,9 +11,10 @@
 #   vs_nvlabs_stylegan2  ours vs NVlabs' train.py, StyleGAN2 128 px row: img/s, peak memory   ~150 s (14)
 #   bench_eval           FID-50k end to end, study's StyleGAN2, random-weight Inception         ~90 s (13)
 #   vs_nvlabs_stylegan3  StyleGAN3-T rows: batch-gpu 16 (NVlabs' 7.2 GB row), and 32 in one round ~250 s (14)
+#   bench_attention      StyleSwin 128 px: masked vs split shifted windows, per SDPA kernel      ~60 s (14)
 #   bench_preprocess     MTCNN + batched warps on 1000 CelebA JPEGs, today's path beside it      ~60 s (13)
 #   gpu_smoke            every stage under dvc repro, profile gpu-smoke, each stage timed        ~250 s (13)
-#   bench_train          the train.speed levers off and on, four models                          ~120 s (14)
+#   bench_train          the train.speed levers off and on (+ compile, CUDA graphs), four models ~160 s (14)
 # --cpu-check runs the same steps here at toy sizes on CPU (the plumbing; the numbers mean nothing).
 # Results: reports/bench/*_cuda.json (--cpu-check: /tmp/gpu_check_cpu), and on the device tool
 # $OUT/gpu_check.tar.gz + $OUT/gpu_check.log.
@@ -75,6 +76,7 @@ if [ "$CPU_CHECK" = 1 ]; then  # toy sizes: checks the plumbing, the numbers mea
   PRE=(--images 24)
   SMOKE=(--tiny)
   TRAIN=(--profile demo --models stylegan2 --kimg 0.064 --warmup-kimg 0.032)
+  ATT=(--profile demo --resolution 32 --batch 4 --steps 1 --warmup 1 --rounds 1)
 else
   # NVlabs reports tick 0 after its first batch (compile, cudnn autotuning), then every whole kimg (--tick=1):
   # a warm-up of 0.5 kimg leaves out tick 0 and measures the ticks at 1, 2, 3 kimg (StyleGAN3: at 1 kimg)
@@ -84,7 +86,8 @@ else
   PRE=(--images 1000 --compare-today)
   SMOKE=()
   TRAIN=(--profile study --models stylegan2 stylegan3 styleswin pggan --kimg 0.5 --warmup-kimg 0.25 \
-         --variants baseline levers levers+channels_last)
+         --variants baseline levers levers+channels_last levers+compile levers+cudagraphs)
+  ATT=(--profile study --resolution 128 --batch 32 --steps 10 --warmup 3 --rounds 1)
 fi
 
 step vs_nvlabs_stylegan2 180 $PY -m benchmarks.vs_nvlabs "${NVLABS[@]}" --device $DEV --rows stylegan2 "${SG2[@]}" \
@@ -92,11 +95,12 @@ step vs_nvlabs_stylegan2 180 $PY -m benchmarks.vs_nvlabs "${NVLABS[@]}" --device
 step bench_eval 120 $PY -m benchmarks.bench_eval --device $DEV "${EVAL[@]}" --out "$RESULTS/eval_$DEV.json"
 step vs_nvlabs_stylegan3 300 $PY -m benchmarks.vs_nvlabs "${NVLABS[@]}" --device $DEV \
   --rows stylegan3-t_batch-gpu-16 stylegan3-t_batch-32 "${SG3[@]}" --out "$RESULTS/vs_nvlabs_stylegan3_$DEV.json"
+step bench_attention 90 $PY -m benchmarks.bench_attention --device $DEV "${ATT[@]}" --out "$RESULTS/attention_$DEV.json"
 step bench_preprocess 90 $PY -m benchmarks.bench_preprocess --device $DEV "${PRE[@]}" \
   --folder "$CARRY/celeba_align" --partition "$CARRY/list_eval_partition.txt" --out "$RESULTS/preprocess_$DEV.json"
 step gpu_smoke 300 $PY -m benchmarks.gpu_smoke --device $DEV "${SMOKE[@]}" --folder "$CARRY/celeba_align" \
   --out "$RESULTS/gpu_smoke_$DEV.json"
-step bench_train 150 $PY -m benchmarks.bench_train --device $DEV "${TRAIN[@]}" --out "$RESULTS/train_$DEV.json"
+step bench_train 200 $PY -m benchmarks.bench_train --device $DEV "${TRAIN[@]}" --out "$RESULTS/train_$DEV.json"
 
 { printf '{"budget_s": %s, "wall_s": %s, "steps": {' "$BUDGET_S" $(( $(date +%s) - START ))
   (IFS=,; printf '%s' "${SUMMARY[*]}"); printf '}}\n'; } > "$RESULTS/gpu_check_$DEV.json"

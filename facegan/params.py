@@ -208,6 +208,7 @@ def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool
         ("placement.nnodes", _positive, "a positive number of nodes"),
         ("placement.gpu", lambda v: v >= -1, "-1 (every visible GPU) or a GPU index"),
         ("train.speed.check_every", _positive, "a positive number of steps"),
+        ("train.speed.compile", _one_of("none", "default", "cudagraphs"), "none, default or cudagraphs"),
         ("tune.trials", _positive, "a positive number of trials"),
         ("tune.num_gen", _positive, "a positive number of images"),
         ("tune.kimg", _positive, "a positive number of kimg"),
@@ -276,6 +277,7 @@ def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool
         ("models.*.arch.num_fp16_res", _non_negative, "0 (fp32 everywhere) or a number of resolutions"),
         ("models.*.arch.conv_clamp", _non_negative, "0 (off) or a positive clamp"),
         ("models.*.arch.margin", _non_negative, "0 or more pixels"),
+        ("models.*.arch.window_layout", _one_of("masked", "split"), "masked or split"),
         ("models.*.arch.*", _positive, "a positive number"),
     ]
 

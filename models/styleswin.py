@@ -14,6 +14,10 @@ Components of the paper and where they live:
     tokens that the cyclic shift brought together from opposite borders (additive float mask
     added to the relative position bias; -inf where the official code uses -100, so masked
     weights are exactly 0)                                   -> window_attention, shift_attention_mask
+  - arch.window_layout=split (ours, a speed option; off by default): the shifted half cut at the
+    shifted window lines without the cyclic roll, so that no piece needs a mask; the same tokens
+    attend to the same tokens with the same bias (tests/test_styleswin.py), in four attention
+    calls, one per piece shape                               -> attend_shifted_split, SPLIT_GROUPS
   - local-global positional encoding: relative position bias inside windows (local) and a 2-D
     sinusoidal positional encoding added, with a learned scale, after each up-sampling (global)
                                                              -> relative_position_index, sinusoidal_grid
@@ -70,23 +74,27 @@ W_AVG_BETA = 0.998  # running mean of w for the truncation trick (StyleGAN2's ma
 # Windows, masks and positional encodings
 
 
-def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, num_windows, window*window, C), windows in row-major order."""
+def window_partition(x: torch.Tensor, window: int, window_w: int | None = None) -> torch.Tensor:
+    """(B, H, W, C) -> (B, num_windows, window*window_w, C), windows of window x window_w
+    (window_w defaults to window) in row-major order."""
     B, H, W, C = x.shape
-    x = x.view(B, H // window, window, W // window, window, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(B, (H // window) * (W // window), window * window, C)
+    ww = window_w or window
+    x = x.view(B, H // window, window, W // ww, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(B, (H // window) * (W // ww), window * ww, C)
 
 
-def window_reverse(windows: torch.Tensor, window: int, H: int, W: int) -> torch.Tensor:
-    """Inverse of window_partition: (B, num_windows, window*window, C) -> (B, H, W, C)."""
+def window_reverse(windows: torch.Tensor, window: int, H: int, W: int, window_w: int | None = None) -> torch.Tensor:
+    """Inverse of window_partition: (B, num_windows, window*window_w, C) -> (B, H, W, C)."""
     B, C = windows.shape[0], windows.shape[-1]
-    x = windows.view(B, H // window, W // window, window, window, C)
+    ww = window_w or window
+    x = windows.view(B, H // window, W // ww, window, ww, C)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
 
 
-def relative_position_index(window: int) -> torch.Tensor:
-    """(N, N) index into a ((2w-1)^2, heads) bias table for the offset between tokens i and j."""
-    rows, cols = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+def relative_position_index(window: int, rows: int | None = None, cols: int | None = None) -> torch.Tensor:
+    """(N, N) index into a ((2w-1)^2, heads) bias table for the offset between tokens i and j of a
+    rows x cols piece of a window (the whole window by default: N = window**2)."""
+    rows, cols = torch.meshgrid(torch.arange(rows or window), torch.arange(cols or window), indexing="ij")
     rows, cols = rows.flatten(), cols.flatten()
     d_row = rows[:, None] - rows[None, :] + window - 1  # 0 .. 2w-2
     d_col = cols[:, None] - cols[None, :] + window - 1
@@ -113,6 +121,30 @@ def shift_attention_mask(H: int, W: int, window: int, shift: int) -> torch.Tenso
     regions = shifted_window_regions(H, W, window, shift)
     same = regions[:, :, None] == regions[:, None, :]
     return torch.zeros(same.shape).masked_fill_(~same, float("-inf"))
+
+
+# The shifted half without a mask (window_layout: split). Shifting windows by s = window/2 cuts the
+# map at s, s + w, s + 2w, ... along each axis. The cyclic shift puts the two border strips (the
+# first and last s rows or columns) into one window and masks attention between them; cut at the
+# same lines without the roll, every piece attends only within itself, so no mask is needed. Along
+# an axis the pieces are "interior" (size w, from s to size - s) or "edge" (size s, the first and
+# the last s, concatenated so that one partition covers both). Four groups of equal-shaped pieces
+# - (interior, interior), (edge, interior), (interior, edge), (edge, edge) - each go through one
+# attention call with the relative position bias of their shape; the same tokens attend to the
+# same tokens with the same bias as under the mask, so both layouts compute the same function.
+SPLIT_GROUPS = (("interior", "interior"), ("edge", "interior"), ("interior", "edge"), ("edge", "edge"))
+
+
+def _axis_part(x: torch.Tensor, dim: int, part: str, shift: int) -> torch.Tensor:
+    size = x.shape[dim]
+    if part == "interior":
+        return x.narrow(dim, shift, size - 2 * shift)
+    return torch.cat([x.narrow(dim, 0, shift), x.narrow(dim, size - shift, shift)], dim)
+
+
+def _assemble_axis(interior: torch.Tensor, edge: torch.Tensor, dim: int, shift: int) -> torch.Tensor:
+    """Inverse of _axis_part along `dim`: first edge strip, interior, last edge strip."""
+    return torch.cat([edge.narrow(dim, 0, shift), interior, edge.narrow(dim, shift, shift)], dim)
 
 
 def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -180,8 +212,10 @@ class DoubleWindowAttention(nn.Module):
     halves are concatenated and projected. Each half has its own relative position bias table.
     At resolutions not larger than the window, both halves attend over the whole map, unshifted."""
 
-    def __init__(self, dim: int, resolution: int, window: int, heads: int):
+    def __init__(self, dim: int, resolution: int, window: int, heads: int, layout: str):
         super().__init__()
+        if layout not in ("masked", "split"):
+            raise UserError(f"models.styleswin.arch.window_layout = {layout!r}: use masked or split")
         if heads % 2 or dim % heads:
             raise UserError(
                 f"styleswin: {dim} channels cannot be split into {heads} heads (an even number "
@@ -198,10 +232,18 @@ class DoubleWindowAttention(nn.Module):
             nn.init.trunc_normal_(table, std=0.02)
         self.register_buffer("rel_index", relative_position_index(self.window), persistent=False)
         self._mask_cache: dict[tuple, torch.Tensor] = {}
+        self.layout = layout if self.shift else "masked"  # no shift: nothing to mask or split
+        if self.layout == "split":  # the bias index of each piece shape: (edge or interior) x (edge or interior)
+            sizes = {"interior": self.window, "edge": self.shift}
+            for rows, cols in SPLIT_GROUPS:
+                index = relative_position_index(self.window, sizes[rows], sizes[cols])
+                self.register_buffer(f"rel_index_{rows}_{cols}", index, persistent=False)
 
-    def relative_bias(self, half: int) -> torch.Tensor:
-        N = self.window**2
-        return self.bias_tables[half][self.rel_index.flatten()].view(N, N, -1).permute(2, 0, 1)
+    def relative_bias(self, half: int, index: torch.Tensor | None = None) -> torch.Tensor:
+        """(heads/2, N, N) bias of one half for the token pairs of `index` (the whole window's by default)."""
+        index = self.rel_index if index is None else index
+        N = index.shape[0]
+        return self.bias_tables[half][index.flatten()].view(N, N, -1).permute(2, 0, 1)
 
     def shift_mask(self, device: torch.device) -> torch.Tensor | None:
         if self.shift == 0:
@@ -213,16 +255,32 @@ class DoubleWindowAttention(nn.Module):
             }
         return self._mask_cache[key]
 
-    def attend(self, qkv: torch.Tensor, half: int, attention=window_attention) -> torch.Tensor:
-        """qkv: (3, B, H, W, C/2) of one half -> (B, H, W, C/2) attended."""
+    def attend(
+        self, qkv: torch.Tensor, half: int, attention=window_attention, mask: torch.Tensor | None = None, **piece
+    ) -> torch.Tensor:
+        """qkv: (3, B, H, W, C/2) of one half -> (B, H, W, C/2) attended within windows of
+        piece["rows"] x piece["cols"] tokens (the whole window by default), biased by piece["index"]."""
         _, B, H, W, C = qkv.shape
-        heads, w = self.heads // 2, self.window
-        windows = window_partition(qkv.reshape(3 * B, H, W, C), w)  # (3B, nW, N, C)
-        windows = windows.view(3, B, windows.shape[1], w * w, heads, C // heads).permute(0, 1, 2, 4, 3, 5)
+        heads = self.heads // 2
+        rows, cols = piece.get("rows", self.window), piece.get("cols", self.window)
+        windows = window_partition(qkv.reshape(3 * B, H, W, C), rows, cols)  # (3B, nW, N, C)
+        windows = windows.view(3, B, windows.shape[1], rows * cols, heads, C // heads).permute(0, 1, 2, 4, 3, 5)
         q, k, v = windows.unbind(0)  # (B, nW, heads, N, d)
-        mask = self.shift_mask(qkv.device) if half == 1 else None
-        out = attention(q, k, v, self.relative_bias(half), mask)
-        return window_reverse(out.permute(0, 1, 3, 2, 4).reshape(B, -1, w * w, C), w, H, W)
+        out = attention(q, k, v, self.relative_bias(half, piece.get("index")), mask)
+        return window_reverse(out.permute(0, 1, 3, 2, 4).reshape(B, -1, rows * cols, C), rows, H, W, cols)
+
+    def attend_shifted_split(self, qkv: torch.Tensor, attention=window_attention) -> torch.Tensor:
+        """The shifted half cut into pieces that need no mask (see SPLIT_GROUPS); qkv not rolled."""
+        sizes = {"interior": self.window, "edge": self.shift}
+        out = {}
+        for rows, cols in SPLIT_GROUPS:
+            group = _axis_part(_axis_part(qkv, 2, rows, self.shift), 3, cols, self.shift)
+            index = getattr(self, f"rel_index_{rows}_{cols}")
+            out[rows, cols] = self.attend(group, 1, attention, rows=sizes[rows], cols=sizes[cols], index=index)
+        by_rows = {
+            rows: _assemble_axis(out[rows, "interior"], out[rows, "edge"], 2, self.shift) for rows in sizes
+        }  # (B, rows of the group, W, C)
+        return _assemble_axis(by_rows["interior"], by_rows["edge"], 1, self.shift)
 
     def forward(self, x: torch.Tensor, attention=window_attention) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
@@ -230,11 +288,14 @@ class DoubleWindowAttention(nn.Module):
         half = self.dim // 2
         regular = self.attend(qkv[..., :half], 0, attention)
         shifted = qkv[..., half:]
-        if self.shift:
+        if self.layout == "split":
+            shifted = self.attend_shifted_split(shifted, attention)
+        elif self.shift:
             shifted = torch.roll(shifted, shifts=(-self.shift, -self.shift), dims=(2, 3))
-        shifted = self.attend(shifted, 1, attention)
-        if self.shift:
+            shifted = self.attend(shifted, 1, attention, mask=self.shift_mask(qkv.device))
             shifted = torch.roll(shifted, shifts=(self.shift, self.shift), dims=(1, 2))
+        else:
+            shifted = self.attend(shifted, 1, attention)
         return self.proj(torch.cat([regular, shifted], -1))
 
 
@@ -263,10 +324,12 @@ class StyleSwinBlock(nn.Module):
     """x + DoubleAttn(AdaIN(x, w)), then x + MLP(AdaIN(x, w)): a Swin block whose two layer norms
     are style-modulated AdaINs driven by the same latent."""
 
-    def __init__(self, dim: int, resolution: int, window: int, heads: int, mlp_ratio: float, w_dim: int):
+    def __init__(
+        self, dim: int, resolution: int, window: int, heads: int, mlp_ratio: float, w_dim: int, window_layout: str
+    ):
         super().__init__()
         self.norm1 = StyleAdaIN(dim, w_dim)
-        self.attn = DoubleWindowAttention(dim, resolution, window, heads)
+        self.attn = DoubleWindowAttention(dim, resolution, window, heads, window_layout)
         self.norm2 = StyleAdaIN(dim, w_dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
@@ -332,6 +395,7 @@ class StyleSwinSynthesis(nn.Module):
         head_dim: int,
         min_heads: int,
         mlp_ratio: float,
+        window_layout: str,
     ):
         super().__init__()
         self.resolution = resolution
@@ -345,7 +409,10 @@ class StyleSwinSynthesis(nn.Module):
             heads = max(dim // head_dim, min_heads)
             self.stages.append(
                 nn.ModuleList(
-                    [StyleSwinBlock(dim, res, window_size, heads, mlp_ratio, w_dim) for _ in range(blocks_per_stage)]
+                    [
+                        StyleSwinBlock(dim, res, window_size, heads, mlp_ratio, w_dim, window_layout)
+                        for _ in range(blocks_per_stage)
+                    ]
                 )
             )
             last = i == len(stage_res) - 1
@@ -541,6 +608,7 @@ def build(
     mapping_layers: int,
     mapping_lr_multiplier: float,
     window_size: int,
+    window_layout: str,
     blocks_per_stage: int,
     head_dim: int,
     min_heads: int,
@@ -571,6 +639,7 @@ def build(
         channel_base=g_channel_base,
         channel_max=channel_max,
         window_size=window_size,
+        window_layout=window_layout,
         blocks_per_stage=blocks_per_stage,
         head_dim=head_dim,
         min_heads=min_heads,

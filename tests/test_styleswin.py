@@ -23,6 +23,7 @@ TINY_ARCH = dict(
     mapping_layers=2,
     mapping_lr_multiplier=0.01,
     window_size=4,
+    window_layout="masked",
     blocks_per_stage=2,
     head_dim=8,
     min_heads=2,
@@ -78,7 +79,7 @@ def naive_double_attention(module: ss.DoubleWindowAttention, x: torch.Tensor) ->
 @torch.no_grad()
 def test_double_attention_through_sdpa_matches_naive_reference():
     torch.manual_seed(0)
-    module = ss.DoubleWindowAttention(dim=16, resolution=8, window=4, heads=4)
+    module = ss.DoubleWindowAttention(dim=16, resolution=8, window=4, heads=4, layout="masked")
     assert (module.window, module.shift) == (4, 2)
     x = torch.randn(2, 8, 8, 16)
     torch.testing.assert_close(module(x), naive_double_attention(module, x), atol=1e-5, rtol=1e-5)
@@ -86,10 +87,43 @@ def test_double_attention_through_sdpa_matches_naive_reference():
     torch.testing.assert_close(module(x), module(x, attention=ss.window_attention_ref), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("resolution, window", [(8, 4), (16, 4), (16, 8)])
+def test_split_window_layout_computes_the_masked_layouts_function_and_gradients(resolution, window):
+    """window_layout=split (the shifted half cut into pieces that need no mask) is a speed option:
+    the same weights give the same output and the same gradients as the official masked layout."""
+    torch.manual_seed(0)
+    masked = ss.DoubleWindowAttention(dim=16, resolution=resolution, window=window, heads=4, layout="masked")
+    split = ss.DoubleWindowAttention(dim=16, resolution=resolution, window=window, heads=4, layout="split")
+    split.load_state_dict(masked.state_dict())
+    assert split.layout == "split" and split.shift == window // 2
+    x = torch.randn(2, resolution, resolution, 16, requires_grad=True)
+    y_masked, y_split = masked(x), split(x)
+    torch.testing.assert_close(y_split, y_masked, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(y_masked)
+    grads_masked = torch.autograd.grad(y_masked, [x, *masked.parameters()], upstream)
+    grads_split = torch.autograd.grad(y_split, [x, *split.parameters()], upstream)
+    for g_masked, g_split in zip(grads_masked, grads_split):
+        torch.testing.assert_close(g_split, g_masked, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_split_window_layout_matches_the_pixel_by_pixel_reference():
+    torch.manual_seed(0)
+    module = ss.DoubleWindowAttention(dim=16, resolution=8, window=4, heads=4, layout="split")
+    x = torch.randn(2, 8, 8, 16)
+    torch.testing.assert_close(module(x), naive_double_attention(module, x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(module(x), module(x, attention=ss.window_attention_ref), atol=1e-5, rtol=1e-5)
+
+
+def test_an_unknown_window_layout_is_one_line():
+    with pytest.raises(UserError, match="window_layout.*masked or split"):
+        models.build("styleswin", {**TINY_ARCH, "window_layout": "flash"}, 32)
+
+
 @torch.no_grad()
 def test_full_attention_below_window_size_has_no_shift():
     torch.manual_seed(0)
-    module = ss.DoubleWindowAttention(dim=16, resolution=4, window=8, heads=4)
+    module = ss.DoubleWindowAttention(dim=16, resolution=4, window=8, heads=4, layout="masked")
     assert (module.window, module.shift) == (4, 0)
     assert module.shift_mask(torch.device("cpu")) is None
     x = torch.randn(1, 4, 4, 16)
@@ -118,7 +152,7 @@ def test_shift_mask_values():
 @torch.no_grad()
 def test_mask_stops_attention_across_the_cyclic_shift_boundary():
     torch.manual_seed(0)
-    module = ss.DoubleWindowAttention(dim=16, resolution=16, window=8, heads=4)
+    module = ss.DoubleWindowAttention(dim=16, resolution=16, window=8, heads=4, layout="masked")
     x = torch.randn(1, 16, 16, 16)
     base = module(x)
 
@@ -142,7 +176,7 @@ def test_relative_position_index_table():
     assert (index.diagonal() == 7 * 15 + 7).all()  # zero offset is the table's centre
     assert torch.equal(index + index.T, torch.full_like(index, 2 * (7 * 15 + 7)))  # offset and its negative
     # the bias a block adds is that table row per head
-    module = ss.DoubleWindowAttention(dim=16, resolution=8, window=4, heads=4)
+    module = ss.DoubleWindowAttention(dim=16, resolution=8, window=4, heads=4, layout="masked")
     bias = module.relative_bias(1)
     assert bias.shape == (2, 16, 16)
     assert torch.equal(bias[:, 0, 15], module.bias_tables[1][0])  # offset (-3,-3) -> row 0
@@ -251,6 +285,7 @@ def test_generator_size_matches_the_paper():
         channel_base=16384,
         channel_max=512,
         window_size=8,
+        window_layout="masked",
         blocks_per_stage=2,
         head_dim=32,
         min_heads=4,

@@ -187,6 +187,27 @@ def test_a_nan_loss_stops_with_step_and_last_good_checkpoint(cache_dir, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def _with_speed(cfg: RunConfig, **speed) -> RunConfig:
+    cfg.train = {**cfg.train, "speed": {**cfg.train["speed"], **speed}}
+    return cfg
+
+
+def test_channels_last_trains_the_same_networks(cache_dir, tmp_path):
+    """train.speed.channels_last is a memory layout, not a change of model: the same run in NHWC ends at the
+    weights the NCHW run reaches (up to the rounding of other conv kernels)."""
+    train(config(), cache_dir, tmp_path / "nchw", tmp_path / "c1")
+    train(_with_speed(config(), channels_last=True), cache_dir, tmp_path / "nhwc", tmp_path / "c2")
+    nchw, nhwc = g_ema(tmp_path / "nchw"), g_ema(tmp_path / "nhwc")
+    assert nchw.keys() == nhwc.keys()
+    for key in nchw:
+        torch.testing.assert_close(nhwc[key].contiguous(), nchw[key], atol=1e-4, rtol=1e-3, msg=key)
+
+
+def test_cuda_graphs_without_cuda_is_a_one_line_error(cache_dir, tmp_path):
+    with pytest.raises(UserError, match="compile=cudagraphs needs a CUDA device.*set train.speed.compile to default"):
+        train(_with_speed(config(), compile="cudagraphs"), cache_dir, tmp_path / "run", tmp_path / "ckpt")
+
+
 def _pixel_frechet(images: np.ndarray, G, z_dim: int) -> float:
     """Frechet distance between Gaussians fitted to real and generated 4x4x3 pixel vectors."""
     with torch.no_grad():

@@ -215,6 +215,11 @@ def build_state(
     world: distributed.World,
 ) -> TrainState:
     mp, speed = cfg.model_params, cfg.train["speed"]
+    if speed["compile"] == "cudagraphs" and device.type != "cuda":
+        raise UserError(
+            f"train.speed.compile=cudagraphs needs a CUDA device, training runs on {device.type}: "
+            "set train.speed.compile to default or none"
+        )
     G, D = models.build(cfg.model, mp["arch"], cfg.resolution)
     G, D = G.to(device).train(), D.to(device).train()
     if speed["channels_last"]:

@@ -126,17 +126,24 @@ class GanLoss:
         progressive: bool,
         loss: dict,
         all_mean: Callable[[torch.Tensor], torch.Tensor],
-        compile: bool = False,
+        compile: str = "none",
     ):
         self.G, self.D, self.loss = G, D, loss
         self.style_based, self.progressive = style_based, progressive
         self.all_mean = all_mean  # mean over data-parallel ranks (identity in one process)
         self.pl_mean = torch.zeros([])  # path-length target a (checkpointed)
         # train.speed.compile: compiled graphs for the first-order passes; the regularisers differentiate
-        # their gradients (R1, WGAN-GP, path length), which compiled graphs cannot, so they run eagerly
+        # their gradients (R1, WGAN-GP, path length), which compiled graphs cannot, so they run eagerly.
+        # cudagraphs: torch.compile's reduce-overhead mode, which replays the compiled graphs as CUDA
+        # graphs (re-recorded per input shape, so a growing model records one set per resolution)
         parts = {"G": G, "D": D, **({"mapping": G.mapping, "synthesis": G.synthesis} if style_based else {})}
         self.eager = parts
-        self.fast = {name: torch.compile(net) for name, net in parts.items()} if compile else parts
+        self.cuda_graphs = compile == "cudagraphs"
+        if compile == "none":
+            self.fast = parts
+        else:
+            mode = "reduce-overhead" if self.cuda_graphs else "default"
+            self.fast = {name: torch.compile(net, mode=mode) for name, net in parts.items()}
 
     def run_G(
         self, z: torch.Tensor, ctx: StepContext, update_emas: bool = False, return_ws: bool = False, fast: bool = True
@@ -163,6 +170,8 @@ class GanLoss:
         self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext
     ) -> dict[str, torch.Tensor]:
         """The named loss terms of `phase` (scalars of this rank's samples)."""
+        if self.cuda_graphs:  # a phase runs forward and backward to the end: its graphs' outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         return (self._g_terms if phase.net == "G" else self._d_terms)(phase, z, real, ctx)
 
     def _g_terms(self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext) -> dict:
