@@ -239,9 +239,8 @@ class DoubleWindowAttention(nn.Module):
                 index = relative_position_index(self.window, sizes[rows], sizes[cols])
                 self.register_buffer(f"rel_index_{rows}_{cols}", index, persistent=False)
 
-    def relative_bias(self, half: int, index: torch.Tensor | None = None) -> torch.Tensor:
-        """(heads/2, N, N) bias of one half for the token pairs of `index` (the whole window's by default)."""
-        index = self.rel_index if index is None else index
+    def relative_bias(self, half: int, index: torch.Tensor) -> torch.Tensor:
+        """(heads/2, N, N) bias of one half for the token pairs of `index` (N, N)."""
         N = index.shape[0]
         return self.bias_tables[half][index.flatten()].view(N, N, -1).permute(2, 0, 1)
 
@@ -256,17 +255,22 @@ class DoubleWindowAttention(nn.Module):
         return self._mask_cache[key]
 
     def attend(
-        self, qkv: torch.Tensor, half: int, attention=window_attention, mask: torch.Tensor | None = None, **piece
+        self,
+        qkv: torch.Tensor,
+        half: int,
+        attention=window_attention,
+        mask: torch.Tensor | None = None,
+        piece: tuple[int, int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """qkv: (3, B, H, W, C/2) of one half -> (B, H, W, C/2) attended within windows of
-        piece["rows"] x piece["cols"] tokens (the whole window by default), biased by piece["index"]."""
+        """qkv: (3, B, H, W, C/2) of one half -> (B, H, W, C/2) attended within windows, or within the
+        pieces of piece = (rows, cols, relative position index) of the split layout."""
         _, B, H, W, C = qkv.shape
         heads = self.heads // 2
-        rows, cols = piece.get("rows", self.window), piece.get("cols", self.window)
+        rows, cols, index = piece if piece is not None else (self.window, self.window, self.rel_index)
         windows = window_partition(qkv.reshape(3 * B, H, W, C), rows, cols)  # (3B, nW, N, C)
         windows = windows.view(3, B, windows.shape[1], rows * cols, heads, C // heads).permute(0, 1, 2, 4, 3, 5)
         q, k, v = windows.unbind(0)  # (B, nW, heads, N, d)
-        out = attention(q, k, v, self.relative_bias(half, piece.get("index")), mask)
+        out = attention(q, k, v, self.relative_bias(half, index), mask)
         return window_reverse(out.permute(0, 1, 3, 2, 4).reshape(B, -1, rows * cols, C), rows, H, W, cols)
 
     def attend_shifted_split(self, qkv: torch.Tensor, attention=window_attention) -> torch.Tensor:
@@ -276,7 +280,7 @@ class DoubleWindowAttention(nn.Module):
         for rows, cols in SPLIT_GROUPS:
             group = _axis_part(_axis_part(qkv, 2, rows, self.shift), 3, cols, self.shift)
             index = getattr(self, f"rel_index_{rows}_{cols}")
-            out[rows, cols] = self.attend(group, 1, attention, rows=sizes[rows], cols=sizes[cols], index=index)
+            out[rows, cols] = self.attend(group, 1, attention, piece=(sizes[rows], sizes[cols], index))
         by_rows = {
             rows: _assemble_axis(out[rows, "interior"], out[rows, "edge"], 2, self.shift) for rows in sizes
         }  # (B, rows of the group, W, C)

@@ -177,10 +177,13 @@ def test_relative_position_index_table():
     assert torch.equal(index + index.T, torch.full_like(index, 2 * (7 * 15 + 7)))  # offset and its negative
     # the bias a block adds is that table row per head
     module = ss.DoubleWindowAttention(dim=16, resolution=8, window=4, heads=4, layout="masked")
-    bias = module.relative_bias(1)
+    bias = module.relative_bias(1, module.rel_index)
     assert bias.shape == (2, 16, 16)
     assert torch.equal(bias[:, 0, 15], module.bias_tables[1][0])  # offset (-3,-3) -> row 0
     assert torch.equal(bias[:, 15, 0], module.bias_tables[1][48])  # offset (3,3) -> last row
+    # a 2x4 piece of a 4-window (the split layout's edge strips) indexes the same table by the same offsets
+    piece = ss.relative_position_index(4, 2, 4)
+    assert piece.shape == (8, 8) and torch.equal(piece, ss.relative_position_index(4)[:8, :8])
 
 
 def test_sinusoidal_positional_encoding_values():
