@@ -48,6 +48,26 @@ def kernel_contexts(device: torch.device) -> dict:
     return contexts
 
 
+def best_of_rounds(runs: dict[str, list[dict]], device: torch.device) -> dict:
+    """One kernel's row: each layout's fastest round (every round's img/s kept) and split/masked ratios."""
+    row = {}
+    for layout in LAYOUTS:
+        ok = [r for r in runs[layout] if r["status"] == "ok"]
+        best = max(ok, key=lambda r: r["img_per_s"]) if ok else runs[layout][-1]
+        row[layout] = {
+            "status": best["status"],
+            "img_per_s_rounds": [r.get("img_per_s") for r in runs[layout]],
+            **{k: best[k] for k in ("img_per_s", "peak_memory_bytes", "error") if k in best},
+        }
+    if all(row[layout]["status"] == "ok" for layout in LAYOUTS):
+        row["split_over_masked_img_per_s"] = round(row["split"]["img_per_s"] / row["masked"]["img_per_s"], 3)
+        if device.type == "cuda":  # on CPU the peak is the process's max RSS, the same for both
+            row["split_over_masked_memory"] = round(
+                row["split"]["peak_memory_bytes"] / row["masked"]["peak_memory_bytes"], 3
+            )
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=128)
@@ -90,22 +110,7 @@ def main() -> None:
                         torch.cuda.empty_cache()
                 runs[layout].append(run)
                 print(f"{kernel:9s} {layout:6s} {run.get('img_per_s', run.get('error'))}", flush=True)
-        row = {}
-        for layout in LAYOUTS:
-            ok = [r for r in runs[layout] if r["status"] == "ok"]
-            best = max(ok, key=lambda r: r["img_per_s"]) if ok else runs[layout][-1]
-            row[layout] = {
-                "status": best["status"],
-                "img_per_s_rounds": [r.get("img_per_s") for r in runs[layout]],
-                **{k: best[k] for k in ("img_per_s", "peak_memory_bytes", "error") if k in best},
-            }
-        if all(row[layout]["status"] == "ok" for layout in LAYOUTS):
-            row["split_over_masked_img_per_s"] = round(row["split"]["img_per_s"] / row["masked"]["img_per_s"], 3)
-            if device.type == "cuda":
-                row["split_over_masked_memory"] = round(
-                    row["split"]["peak_memory_bytes"] / row["masked"]["peak_memory_bytes"], 3
-                )
-        results[kernel] = row
+        results[kernel] = best_of_rounds(runs, device)
 
     report = {
         "benchmark": "StyleSwin training step, shifted-window attention layouts (masked vs split)",

@@ -175,10 +175,9 @@ def _betas(v) -> bool:
     return len(v) == 2 and all(0.0 <= b < 1.0 for b in v)
 
 
-def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool], str]]:
-    """(dotted key pattern, check, what is allowed); the first matching pattern of a key applies."""
+def _data_constraints() -> list[tuple[str, Callable[[Any], bool], str]]:
+    """data.*: source, faces, MTCNN and alignment."""
     return [
-        ("model", _one_of("all", *models), f"one of all, {', '.join(models)}"),
         ("data.source", _one_of("celeba", "url", "folder", "synthetic"), "one of celeba, url, folder, synthetic"),
         ("data.resolution", _power_of_two_in(32, 512), "a power of two from 32 to 512"),
         ("data.num_faces", _positive, "a positive integer"),
@@ -197,6 +196,12 @@ def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool
         ("data.checkpoint_every", _positive, "a positive number of images"),
         ("data.align.eye_distance", lambda v: 0.05 <= v <= 0.8, "a fraction in [0.05, 0.8]"),
         ("data.align.eye_height", lambda v: 0.1 <= v <= 0.9, "a fraction in [0.1, 0.9]"),
+    ]
+
+
+def _run_constraints() -> list[tuple[str, Callable[[Any], bool], str]]:
+    """Devices, train.*, placement.* and tune.*."""
+    return [
         ("*.device", _one_of("auto", "cpu", "cuda"), "auto, cpu or cuda"),
         ("train.precision", _one_of("auto", "fp32", "fp16", "bf16"), "auto, fp32, fp16 or bf16"),
         ("train.*_kimg", _positive, "a positive number of kimg"),
@@ -215,6 +220,12 @@ def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool
         ("tune.snapshot_kimg", _positive, "a positive number of kimg"),
         ("tune.warmup_kimg", _non_negative, "0 or more kimg"),
         ("tune.startup_trials", _non_negative, "0 or more trials"),
+    ]
+
+
+def _evaluate_constraints() -> list[tuple[str, Callable[[Any], bool], str]]:
+    """evaluate.*: extractors, sample counts, PPL, pictures."""
+    return [
         (
             "evaluate.extractor",
             _one_of("auto", "inception", "fid_helper", "proxy"),
@@ -239,6 +250,12 @@ def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool
         ("evaluate.batch_size", _positive, "a positive integer"),
         ("evaluate.resize_workers", lambda v: v >= -1, "-1 (auto), 0 (in the main process) or a number of processes"),
         ("evaluate.fid_seeds", _positive, "a positive integer"),
+    ]
+
+
+def _model_constraints() -> list[tuple[str, Callable[[Any], bool], str]]:
+    """models.<name>.*: budgets, optimisers, losses, schedules and arch sizes."""
+    return [
         ("models.*.kimg", _positive, "a positive number of kimg (the training budget)"),
         ("models.*.batch_size", _positive, "a positive integer"),
         ("models.*.lr_decay_kimg", _non_negative, "0 (constant lr) or the kimg of the final linear decay"),
@@ -280,6 +297,13 @@ def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool
         ("models.*.arch.window_layout", _one_of("masked", "split"), "masked or split"),
         ("models.*.arch.*", _positive, "a positive number"),
     ]
+
+
+def constraints(models: tuple[str, ...]) -> list[tuple[str, Callable[[Any], bool], str]]:
+    """(dotted key pattern, check, what is allowed); the first matching pattern of a key applies, so the
+    sections keep their order (`*.device` before train.*, the catch-all `models.*.arch.*` last)."""
+    model_choice = ("model", _one_of("all", *models), f"one of all, {', '.join(models)}")
+    return [model_choice, *_data_constraints(), *_run_constraints(), *_evaluate_constraints(), *_model_constraints()]
 
 
 # ------------------------------------------------------------------------------------------------
