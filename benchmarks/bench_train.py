@@ -45,6 +45,17 @@ VARIANTS = {
 }
 
 
+def synthetic_cache(resolution: int, work: Path, count: int = 1024) -> Path:
+    """A face cache of `count` synthetic faces under `work`."""
+    from facegan.data.cache import CacheWriter
+    from facegan.data.synthetic import render_face
+
+    writer = CacheWriter(work / "faces", resolution, count)
+    for i in range(count):
+        writer.add(render_face(0, i, resolution))
+    return writer.finish({"source": "synthetic", "synthetic": True})
+
+
 def run(
     model: str, params: dict, variant: dict, cache: Path, work: Path, device: str, kimg: float, warmup: float
 ) -> dict:
@@ -96,8 +107,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from facegan.data.cache import CacheWriter
-    from facegan.data.synthetic import render_face
     from facegan.io import write_json
     from facegan.params import deep_merge, load_params
 
@@ -125,10 +134,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         work = Path(tmp)
-        writer = CacheWriter(work / "faces", resolution, 1024)
-        for i in range(1024):
-            writer.add(render_face(0, i, resolution))
-        cache = writer.finish({"source": "synthetic", "synthetic": True})
+        cache = synthetic_cache(resolution, work)
         for model in args.models:
             rows = {}
             for name in args.variants:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_IMAGES = 200  # the demo's evaluate.num_gen and num_ref
@@ -32,6 +33,13 @@ def main() -> None:
     parser.add_argument("--kimg", type=float, required=True, help="training budget (the demo's own is in params)")
     parser.add_argument("--snapshot-kimg", type=float, required=True)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "demo_budgets_cpu.json")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a models.<model> param (dotted key, YAML value)",
+    )
     args = parser.parse_args()
 
     import models
@@ -47,6 +55,11 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml", overrides={"profile": "demo"})
     resolution, num_faces = params["data"]["resolution"], params["data"]["num_faces"]
     mp = deep_merge(params["models"][args.model], {"kimg": args.kimg})
+    for assignment in args.set:  # e.g. loss.r1_gamma=0.5: the demo's settings with one change, for a trial
+        key, _, value = assignment.partition("=")
+        for part in reversed(key.split(".")):
+            value = {part: yaml.safe_load(value) if isinstance(value, str) else value}
+        mp = deep_merge(mp, value)
     tp = deep_merge(
         params["train"],
         {"snapshot_kimg": args.snapshot_kimg, "sample_kimg": 1e6, "checkpoint_kimg": 1e6, "log_kimg": args.kimg / 10},
@@ -75,6 +88,7 @@ def main() -> None:
     start, end = curve["0"], list(curve.values())[-1]
     row = {
         "kimg": args.kimg,
+        "changes": args.set,
         "train_s": round(train_s, 1),
         "img_per_s": stats.img_per_s,
         "fid_by_kimg": curve,

@@ -256,6 +256,12 @@ def _evaluate_constraints() -> list[tuple[str, Callable[[Any], bool], str]]:
 def _model_constraints() -> list[tuple[str, Callable[[Any], bool], str]]:
     """models.<name>.*: budgets, optimisers, losses, schedules and arch sizes."""
     return [
+        ("models.*.augment.mode", _one_of("ada", "fixed", "none"), "ada, fixed or none"),
+        ("models.*.augment.p", _non_negative, "0 or a positive probability multiplier"),
+        ("models.*.augment.target", lambda v: 0.0 <= v <= 1.0, "a target sign mean in [0, 1]"),
+        ("models.*.augment.interval", _positive, "a positive number of steps"),
+        ("models.*.augment.kimg", _positive, "a positive number of kimg"),
+        ("models.*.loss.latents", _one_of("per_phase", "per_step"), "per_phase or per_step"),
         ("models.*.kimg", _positive, "a positive number of kimg (the training budget)"),
         ("models.*.batch_size", _positive, "a positive integer"),
         ("models.*.lr_decay_kimg", _non_negative, "0 (constant lr) or the kimg of the final linear decay"),

@@ -16,6 +16,10 @@ Discriminator `D` (nn.Module)
   - `D(images) -> logits` (N,) or (N, 1)
 Progressive models (PGGAN, StyleGAN) also give both G and D `set_progress(level, alpha)`:
   level 0 is 4x4, level k is 4*2**k, alpha in [0, 1] fades in the newest block.
+Data space: G's images leave the model in [-1, 1] (what every consumer reads). A model whose official
+code trains in another range (StyleSwin: ImageNet-normalised reals) names it in `ModelSpec.data_space`;
+its synthesis network ends with `data_space.to_unit`, and the training loss moves reals and fakes into
+that space (`from_unit`) before D sees them, so that D, R1 and augmentations work in the official units.
 
 `build(arch, resolution)` receives the model's `arch` section of params.yaml as keyword
 arguments; constructors take explicit, documented hyper-parameters, never globals.
@@ -27,9 +31,41 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from facegan.errors import UserError
+
+
+@dataclass(frozen=True)
+class DataSpace:
+    """A per-channel affine map between the study's images in [-1, 1] and a model's training space:
+    model = ((unit + 1) / 2 - mean) / std, as torchvision's Normalize applies it to images in [0, 1]."""
+
+    name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def _view(self, values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+
+    @property
+    def is_unit(self) -> bool:
+        return self.mean == (0.5,) * len(self.mean) and self.std == (0.5,) * len(self.std)
+
+    def from_unit(self, images: torch.Tensor) -> torch.Tensor:
+        if self.is_unit:
+            return images
+        return ((images + 1) * 0.5 - self._view(self.mean, images)) / self._view(self.std, images)
+
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        if self.is_unit:
+            return images
+        return (images * self._view(self.std, images) + self._view(self.mean, images)) * 2 - 1
+
+
+UNIT = DataSpace("unit", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [-1, 1] itself: both maps return their input
+IMAGENET = DataSpace("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision's ImageNet Normalize
 
 
 @dataclass(frozen=True)
@@ -39,6 +75,8 @@ class ModelSpec:
     build: Callable[..., tuple[nn.Module, nn.Module]]  # build(resolution=..., **arch) -> (G, D)
     style_based: bool = False  # has mapping/synthesis and w_avg (PPL in W, truncation sweeps)
     progressive: bool = False  # has set_progress(level, alpha) on G and D
+    data_space: DataSpace = UNIT  # the range the official code trains D in (see the module docstring)
+    official_precision: str = "fp32"  # fp32 | fp16 (low precision in the blocks the model marks, as NVlabs' code)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -11,9 +11,22 @@ Components of the paper and where they live:
   - Adam lr 2e-4, beta1 0.5, non-saturating loss                    -> params.yaml models.dcgan
 The paper's 64x64 network generalises to any power-of-two resolution by adding blocks; widths
 double per block towards 4x4, capped at `max_channels`.
-Training (as PyTorch's DCGAN example): a D step on reals and fakes, then a G step. Deviation kept:
-the study evaluates an EMA of G (10-kimg half-life) as it does for every model, which the paper
-does not have.
+Training as PyTorch's DCGAN example (pytorch/examples dcgan/main.py): per iteration one latent batch,
+D's step on reals and on G's fakes, then G's step scoring the same fakes with the updated D
+(loss.latents per_step), Adam lr 2e-4 betas (0.5, 0.999), no flips, fp32, no EMA (G_ema is G).
+tests/test_golden.py runs whole iterations of the loop against the example's own loop body holding
+the same weights and draws (golden: verification/golden_dcgan.py).
+Sampling: the example never leaves train mode, so it samples with each batch's BatchNorm statistics.
+The study evaluates G_ema in eval mode with its BatchNorm statistics re-estimated for its own
+weights over 16 batches of 64 fixed latents before every snapshot, grid and the final G_ema
+(facegan.training.loop.refresh_batchnorm): the large-batch limit of the example's batch statistics,
+and an image that does not depend on which other images share its batch (the report says so).
+Deviations kept, with their reason:
+  - batch 128 (the paper and Radford's code) where the example defaults to 64;
+  - D returns logits and the loss is softplus (BCE on sigmoid outputs in the example: the same value);
+  - G runs twice per iteration (D's step and G's step, from the same latents) where the example keeps
+    the first forward: the same images and gradients; only BatchNorm's unused running statistics
+    move twice.
 """
 
 from __future__ import annotations

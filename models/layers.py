@@ -122,7 +122,10 @@ def conv2d_resample(
     """Convolution with FIR up/down-sampling around it, sizes H*up/down for a 'same' padding.
     up=2: transposed conv (stride 2) then the FIR low-pass with gain 4 (zero insertion and the
     convolution commute, so this is upsample-filter-conv at a quarter of the cost);
-    down=2: FIR low-pass then strided conv; otherwise a plain conv. w: (out, in/groups, k, k)."""
+    down=2: FIR low-pass then strided conv; otherwise a plain conv. w: (out, in/groups, k, k).
+    As in NVlabs' code (conv2d_resample with flip_weight = up == 1), the up-sampling form is a true
+    convolution with w (the transposed conv with w unflipped) and every other form a correlation
+    (F.conv2d), so that official weights give official results without flipping a kernel."""
     k = w.shape[-1]
     if up == 2:
         # transposed conv of an HxW map gives 2H + k - 2 samples; the 4-tap filter trims k - 1
@@ -130,7 +133,7 @@ def conv2d_resample(
         wt = (
             w.reshape(groups, cout // groups, cin_g, k, k).transpose(1, 2).reshape(groups * cin_g, cout // groups, k, k)
         )
-        x = F.conv_transpose2d(x, wt.flip([2, 3]), stride=2, groups=groups)
+        x = F.conv_transpose2d(x, wt, stride=2, groups=groups)
         total = f.shape[-1] - k + 1
         return upfirdn2d(x, f, padding=[total // 2, total - total // 2, total // 2, total - total // 2], gain=4)
     if down == 2:
@@ -345,10 +348,12 @@ class NoiseInjection(nn.Module):
         if noise_mode == "none":
             return x
         if noise_mode == "const":
-            noise = self.noise_const.to(x.dtype).expand(x.shape[0], 1, -1, -1)
+            noise = self.noise_const.expand(x.shape[0], 1, -1, -1)
         else:
-            noise = torch.randn([x.shape[0], 1, x.shape[2], x.shape[3]], device=x.device, dtype=x.dtype)
-        return x + noise * self.strength.to(x.dtype).view(1, -1, 1, 1)
+            # drawn in fp32 whatever the block's precision, as NVlabs' SynthesisLayer draws it: the
+            # same seed then gives the same noise (and leaves the generator in the same state)
+            noise = torch.randn([x.shape[0], 1, x.shape[2], x.shape[3]], device=x.device)
+        return x + (noise * self.strength.view(1, -1, 1, 1)).to(x.dtype)
 
 
 class ToRGB(nn.Module):

@@ -26,13 +26,22 @@ equals the paper's weight-side gain up to the scale of the bias.
 `level` and `alpha` also live in a buffer, so a snapshot loaded with load_state_dict comes back
 at the level it was trained at.
 
-Training schedule (tkarras/progressive_growing_of_gans, its 1-GPU preset) run by
+Training schedule (tkarras/progressive_growing_of_gans config.py, preset-v2-1gpu, and train.py) run by
 facegan/training: phases Dmain (WGAN-GP every step, drift 0.001) then Gmain, growing from 4x4 with
-a batch of 128/128/128/64/32/16 at 4..128 px and lr 0.001. Deviations kept, with their reason:
-  - 800 kimg per segment (the paper's text and the v1 preset) rather than the 600 of the v2 preset;
+600 kimg per train and fade-in segment, a batch of 128/128/128/64/32/16 at 4..128 px and lr 0.001;
+Adam's moments reset where a fade-in starts and where it ends (reset_opt_for_new_lod: whenever
+floor(lod) or ceil(lod) changes, train.py:221); x-flips (the celebahq config's mirror_augment);
+fp32 everywhere (the official code's default). tests/test_golden.py checks the schedule - resolution,
+alpha, batch, lr and the resets - against the official TrainingSchedule run on its own
+(verification/golden_schedules.py; the TensorFlow networks cannot run here). Deviations kept, with
+their reason:
+  - the schedule (lod, lr, batch) is evaluated every step, the official one every 4 minibatches
+    (minibatch_repeats): resets and batch changes come up to 3 steps earlier, and alpha moves every
+    step instead of every fourth;
   - the G average is a 10-kimg half-life in images, while the official code decays by 0.999 per
     step whatever the batch size (a half-life of 11 kimg at batch 16 and 89 kimg at batch 128):
-    one rule for every model of the study.
+    one rule for every model of the study, equal to the official one at the final 128 px level;
+  - the loss on PyTorch autograd rather than TensorFlow's (WGAN-GP's mixing weights drawn by the loop).
 """
 
 from __future__ import annotations

@@ -27,13 +27,17 @@ Widths: fmap_base / 2**(log2(res) - 1) capped at fmap_max (8192 / 512 in the pap
 Training schedule (NVlabs/stylegan train.py and training/training_loop.py, the 1-GPU minibatch
 table), run by facegan/training: growing from 8x8 (lod_initial_resolution), 600 kimg per train
 and fade-in segment, batch 128/128/128/64/32/16 at 4..128 px, lr 0.001 below 128 px and 0.0015 at
-128 (G_lrate_dict), Adam (0, 0.99) reset at each new level, non-saturating loss with R1 gamma 10
-every step (one Dboth phase: no lazy regularisation in StyleGAN), D's step before G's, style
-mixing 0.9 with the crossover drawn among the layers of the current level, G EMA with a 10 kimg
-half-life and no ramp-up. Deviations kept: the official schedule refreshes lod, lr and batch every
-4 minibatches (minibatch_repeats) and this one every step (a difference of at most 3 steps per
-segment boundary); conv layers are plain 3x3 after nearest up-sampling rather than the official
-fused transposed conv at >= 128 px (the same function, computed the long way).
+128 (G_lrate_dict), Adam (0, 0.99) with its moments reset where a fade-in starts and where it ends
+(reset_opt_for_new_lod, training_loop.py:222), non-saturating loss with R1 gamma 10 every step (one
+Dboth phase: no lazy regularisation in StyleGAN), D's step before G's, style mixing 0.9 with the
+crossover drawn among the layers of the current level, G EMA with a 10 kimg half-life and no
+ramp-up, x-flips (the FFHQ config's mirror_augment), fp32. tests/test_golden.py checks the schedule
+- resolution, alpha, batch, lr and the resets - against the official training_schedule run on its
+own (verification/golden_schedules.py; the TensorFlow networks cannot run here). Deviations kept:
+the official schedule refreshes lod, lr and batch every 4 minibatches (minibatch_repeats) and this
+one every step (resets and batch changes up to 3 steps earlier); conv layers are plain 3x3 after
+nearest up-sampling rather than the official fused transposed conv at >= 128 px (the same function,
+computed the long way).
 """
 
 from __future__ import annotations

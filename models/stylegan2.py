@@ -18,20 +18,33 @@ Components and where they live:
   - truncation trick (psi)                                    -> layers.MappingNetwork
   - mixed precision in the `num_fp16_res` highest resolutions with activations clamped to
     +-conv_clamp (StyleGAN2-ADA appendix)                     -> layers.block_precision
-Training schedule (NVlabs stylegan3 repo, --cfg=stylegan2, training/loss.py and training_loop.py),
-run by facegan/training/phases.py from params.yaml models.stylegan2: phases Gmain, Greg (path
-length, weight 2, every 4 steps on half the batch, through style mixing), Dmain, Dreg (R1 every
-16 steps), each its own Adam step with lr and betas rescaled by k/(k+1); style mixing 0.9; the
-running w average updated once per step on D's fakes; G EMA with a 10 kimg half-life ramped up
-over 5% of the images seen before the step. Deviations kept, with their reason:
-  - mixed precision: bf16 autocast where the GPU has it, with the official fp16 layers and clamps;
-    the official code runs fp16 without a loss scaler and replaces non-finite gradients by zero,
-    while this loop stops with an error naming the last good checkpoint (a silent repair would hide
-    a diverging run);
-  - the path-length target is averaged over data-parallel ranks (official: one per GPU), so that N
-    processes train exactly like one;
-  - no `pl_no_weight_grad` (it only skips unused weight gradients; the result is the same).
+Training schedule (NVlabs stylegan3 repo, train.py --cfg=stylegan2 with the 128px row of
+docs/configs.md: --map-depth=2 --glr=0.0025 --dlr=0.0025 --cbase=16384 --gamma=0.1024, batch 32;
+training/loss.py, training_loop.py and augment.py), run by facegan/training from params.yaml
+models.stylegan2: phases Gmain, Greg (path length, weight 2, every 4 steps on half the batch, through
+style mixing; the penalty differentiates through this step's share of its target, as the official),
+Dmain (fakes, then reals), Dreg (R1 every 16 steps on the augmented reals), each its own Adam step
+with lr and betas rescaled by k/(k+1); style mixing 0.9 drawn as the official run_G draws it; ADA
+(the bgc pipe on every image D sees, target 0.6, p updated every 4 steps, ada_kimg 500:
+facegan/training/ada.py); x-flips (--mirror=1 of NVlabs' face runs); the running w average updated
+once per step on D's fakes; G EMA with a 10 kimg half-life ramped up over 5% of the images seen;
+fp16 in the 4 highest resolutions with activations clamped at 256 on CUDA (train.precision auto).
+tests/test_golden.py runs 17 whole steps of the loop against NVlabs' loss, optimisers, EMA and ADA
+holding the same weights and draws (golden: verification/golden_nvlabs.py).
+Deviations kept, with their reason:
+  - mixed precision: fp16 under a GradScaler; the official code runs fp16 without a loss scaler and
+    replaces non-finite gradients by zero, while this loop skips a step whose scaled gradients
+    overflowed and stops on a non-finite loss naming the last good checkpoint (a silent repair
+    would hide a diverging run);
+  - data parallel: the path-length target and ADA's sign statistic are averaged over the ranks
+    (official: one target per GPU), so that N processes train exactly like one;
+  - no `pl_no_weight_grad` (it only skips unused weight gradients on CUDA; the result is the same);
+  - the minibatch-stddev group shrinks to a divisor of the batch where the official layer needs the
+    batch to be a multiple of the group size.
 Widths: channel_base / resolution capped at channel_max (config F: 32768 and 512 at 1024x1024).
+Checked against NVlabs' networks (stylegan3 repo, training/networks_stylegan2.py) holding the same
+weights: the same initial weights for a seed, outputs, random noise for a seed, w_avg updates,
+logits and first- and second-order gradients, to fp32 rounding (verification/nvlabs_networks.py).
 """
 
 from __future__ import annotations
@@ -248,5 +261,6 @@ register(
         build=build,
         style_based=True,
         progressive=False,
+        official_precision="fp16",  # NVlabs: fp16 in the num_fp16_res highest resolutions, clamped at conv_clamp
     )
 )

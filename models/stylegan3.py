@@ -28,13 +28,24 @@ Components and where they live:
 Config R doubles channel_base and channel_max (as the paper does); the arch section's values
 are the T config's.
 
-Training schedule (NVlabs stylegan3 train.py and training/loss.py), run by
-facegan/training/phases.py: phases Gmain, Dmain, Dreg (R1 every 16; no path length, no style
-mixing), G before D; every layer's magnitude EMA (ToRGB included) and w_avg updated once per step
-in the pass that makes D's fakes; config R blurs every image D sees (reals, fakes, and the reals
-of R1) with a Gaussian of `loss.blur_init_sigma` = 10 px fading to 0 over `blur_fade_kimg` =
-batch * 200 / 32 kimg (set both when choosing config r; the loop warns when they are missing).
-Deviations kept: the same mixed-precision and data-parallel ones as models/stylegan2.py.
+Training schedule (NVlabs stylegan3 train.py --cfg=stylegan3-t / -r with the 128px rows of
+docs/configs.md: --gamma=0.5, batch 32, --glr 0.0025, --dlr 0.002; training/loss.py), run by
+facegan/training/phases.py: phases Gmain, Dmain (fakes, then reals), Dreg (R1 every 16 on the
+augmented reals; no path length, no style mixing), G before D; ADA as StyleGAN2's (train.py's default
+--aug=ada: target 0.6, every 4 steps, ada_kimg 500); x-flips (--mirror=1 of the FFHQ-U runs); every
+layer's magnitude EMA (ToRGB included, decay 0.5 ** (batch / 20k)) and w_avg updated once per step in
+the pass that makes D's fakes; config R blurs every image D sees (reals, fakes, and the reals of R1),
+before ADA, with a Gaussian of `loss.blur_init_sigma` = 10 px fading to 0 over `blur_fade_kimg` =
+batch * 200 / 32 kimg (set both when choosing config r; the loop warns when they are missing); fp16
+in the layers of the top 4 octaves on CUDA. tests/test_golden.py runs whole steps of the loop for
+configs T and R (the blur fade included) against NVlabs' loss, optimisers, EMA and ADA holding the
+same weights and draws (golden: verification/golden_nvlabs.py).
+Deviations kept: the same mixed-precision and data-parallel ones as models/stylegan2.py; the
+magnitude EMA's decay is an arch param (`magnitude_ema_beta`), which the official code derives from
+the batch size: a batch other than 32 needs its own value (params.yaml).
+Checked against NVlabs' networks_stylegan3.py holding the same weights (configs T and R): the same
+initial weights for a seed, filters, outputs, magnitude-EMA and w_avg updates and first- and
+second-order gradients, to fp32 rounding (verification/nvlabs_networks.py).
 """
 
 from __future__ import annotations
@@ -467,5 +478,6 @@ register(
         build=build,
         style_based=True,
         progressive=False,
+        official_precision="fp16",  # NVlabs: fp16 in the num_fp16_res highest resolutions, clamped at conv_clamp
     )
 )

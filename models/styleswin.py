@@ -1,7 +1,10 @@
 """StyleSwin: Zhang, Gu, Zhang, Bao, Chen, Wen, Wang & Guo, "StyleSwin: Transformer-based GAN for
 High-resolution Image Generation", CVPR 2022 (arXiv 2112.10762). Facts checked against the paper
 and Microsoft's official implementation (github.com/microsoft/StyleSwin, models/generator.py,
-models/discriminator.py, train_styleswin.py); the code here is our own.
+models/discriminator.py, train_styleswin.py); the code here is our own. With the official
+networks' weights copied in, G and D compute the official functions: verification/styleswin_networks.py
+(float64: 1e-14 relative on synthesis, D logits, spectral-norm state and first- and second-order
+gradients; float32: within 1e-6 on outputs).
 
 Components of the paper and where they live:
   - style-based generator: StyleGAN2 mapping network (PixelNorm + 8 FC, lr multiplier 0.01) and a
@@ -19,7 +22,8 @@ Components of the paper and where they live:
     attend to the same tokens with the same bias (tests/test_styleswin.py), in four attention
     calls, one per piece shape                               -> attend_shifted_split, SPLIT_GROUPS
   - local-global positional encoding: relative position bias inside windows (local) and a 2-D
-    sinusoidal positional encoding added, with a learned scale, after each up-sampling (global)
+    sinusoidal positional encoding added, with a learned scale, after each up-sampling (global;
+    its table computed in float32 arithmetic as the official one is, so it holds the same values)
                                                              -> relative_position_index, sinusoidal_grid
   - bilinear up-sampling between stages (then LayerNorm + linear channel reduction)
                                                              -> BilinearUpsample
@@ -27,21 +31,39 @@ Components of the paper and where they live:
     running RGB skip up-sampled with the [1,3,3,1] FIR filter. As in the official code the tRGB
     is a plain 1x1 projection, not a modulated conv: the paper's 40.86M generator parameters
     (Table 6) only add up without per-stage style affines there (tests/test_styleswin.py checks
-    the count)                                               -> ToRGB
+    the count). It has the official's two biases in series (the conv's and its own)  -> ToRGB
+  - the official data range: the official training normalises reals with torchvision's ImageNet
+    Normalize, so its G's raw output is in those units; ours ends with IMAGENET.to_unit so that
+    every consumer gets [-1, 1], the spec names data_space=IMAGENET, and the training loss moves
+    reals and fakes back (from_unit) before D, which is the official D unchanged
+                                                             -> StyleSwinSynthesis, SPEC (models.DataSpace)
   - wavelet discriminator (the paper's fix for blocking artifacts, after SWAGAN, Gal et al.
     2021): the image is split into Haar sub-bands, each scale's fromRGB reads the sub-bands of the image
     down-sampled in the pixel domain (inverse Haar -> FIR down-sampling -> Haar), added to a
     StyleGAN2-style conv trunk (two 3x3 convs per scale, the second one strided, no residual branch
-    - the official discriminator has none), minibatch stddev, conv and two FC; spectral
-    normalisation on every layer, as the official training commands use (--D_sn)  ->
-    WaveletDiscriminator, haar_dwt, haar_idwt
+    - the official discriminator has none), minibatch stddev, conv and two FC (the first with two
+    biases in series, as the official nn.Linear + FusedLeakyReLU); spectral normalisation on every
+    layer, as the official training commands use (--D_sn), with the power-iteration order of the
+    torch.nn.utils.spectral_norm hook the official code uses (v, then u; one step per train-mode
+    forward)                                                 -> WaveletDiscriminator, haar_dwt,
+                                                                haar_idwt, SpectralNorm
   - losses and optimisers (non-saturating loss, R1 on reals every 16 steps, TTUR lr_g = lr_d / 4,
     Adam betas (0, 0.99), G EMA with a 10 kimg half-life)    -> params.yaml models.styleswin
   - the official CelebA-HQ 256 schedule (train_styleswin.py and its README command): D step first
     with its gradient norm clipped at 5, R1 as its own step every 16, then G (phase_order DG,
     grad_clip_d 5); bCR with weights 10/10 and StyleSwin's CR_DiffAug (flip, 1/8 translation,
-    colour, half-size cutout); a linear lr decay to 0 over the last 37.5% of the run
+    colour, half-size cutout, in the official ImageNet-normalised units); a linear lr decay to 0 over
+    the last 37.5% of the run; no x-flips of the reals (--use_flip is off in the face commands); fp32
                                                              -> facegan/training/phases.py, augment.py
+  - R1's gamma: the CelebA-HQ 256 command's --r1 5, times (128/256)^2 = 1.25 at the study's 128 px.
+    The penalty sums squared gradients over pixels, so the same strength per pixel at a quarter of
+    the pixels needs a quarter of gamma (NVlabs' rule of thumb, stylegan3 docs/configs.md: gamma
+    scales with the square of the resolution). It acts in the official units: the loss moves reals
+    into ImageNet normalisation before D (models.IMAGENET), where --r1 5 was tuned; in [-1, 1] units
+    the same gamma would be ~4.9x stronger
+tests/test_golden.py runs whole iterations of the loop against the body of train_styleswin.py's
+training loop (D with bCR and the clip, R1, G, accumulate) holding the same weights and draws
+(golden: verification/golden_styleswin.py).
 Deviations kept, with their reason:
   - the lr decay covers the last 37.5% of *this* budget (`lr_decay_kimg`, 3750 of 10,000 kimg):
     the official run decays from step 500k of 800k x 32 images (25.6M), longer than the study's
@@ -49,7 +71,21 @@ Deviations kept, with their reason:
   - when the lr decays, D keeps its lazy-R1 ratio 16/17 (the official decay writes the raw D lr
     and drops it, a 6% jump at the start of the decay that we take to be unintended);
   - G's EMA also copies buffers (the official accumulate() averages parameters only; StyleSwin's
-    G has no buffers that change while training, so the results agree).
+    G has no buffers that change while training, so the results agree); its half-life is in images
+    (10 kimg), where accumulate() hard-codes 0.5 ** (32 / 10k) per step: the same at the official
+    total batch of 32;
+  - G's Adam has no lazy-regularisation ratio: the official g_reg_every = 10^7 makes its lr and betas
+    (1 - 1e-7) times the nominal ones;
+  - the shift mask is -inf where the official one is -100: masked attention weights are exactly 0
+    (and the split layout needs no mask at all); the two differ only if attention logits within a
+    window spread by more than ~100, where the official mask lets weights of e^-100 through;
+  - G keeps w_avg (a running mean of w, decay 0.998) for the truncation trick of the evaluation;
+    the official G has none (its truncation takes the mean from the caller and is not used in
+    training), so training is unaffected;
+  - the Haar filters are exactly +-0.5; the official ones are products of float32 1/sqrt(2)s,
+    +-0.49999997 (float32 rounding, 6e-8 relative);
+  - G's image passes through IMAGENET.to_unit and the loss's from_unit before D sees it: the same
+    image up to float32 rounding (~1e-7 relative).
 
 Channels per resolution r are min(channel_max, channel_base / r): channel_base 32768 with
 channel_max 512 is the official 256x256 configuration (G_channel_multiplier 2), 16384 the
@@ -66,7 +102,7 @@ import torch.nn.functional as F
 
 from facegan.errors import UserError
 from facegan.ops import bias_act, downsample2d, setup_filter, upfirdn2d, upsample2d
-from models import ModelSpec, layers, register
+from models import IMAGENET, ModelSpec, layers, register
 
 W_AVG_BETA = 0.998  # running mean of w for the truncation trick (StyleGAN2's mapping, which StyleSwin reuses)
 
@@ -151,12 +187,14 @@ def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """(dim, len(positions)): sin(p * f_k) then cos(p * f_k), f_k = 10000^(-k / (dim/2 - 1)).
 
     The frequency spacing divides by dim/2 - 1 as the official code does (after the
-    tensor2tensor variant), not by dim/2 as in "Attention is all you need".
+    tensor2tensor variant), not by dim/2 as in "Attention is all you need". Computed in float32
+    step by step as the official SinusoidalPositionalEmbedding does, so that the table holds the
+    official values, rounding included (float64 rounded to float32 differs by up to 1.4e-5 at 256 px).
     """
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float64) * -(math.log(10000.0) / (half - 1)))
-    angles = positions.double()[None, :] * freqs[:, None]
-    return torch.cat([angles.sin(), angles.cos()], 0).float()
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    angles = positions.float()[None, :] * freqs[:, None]
+    return torch.cat([angles.sin(), angles.cos()], 0)
 
 
 def sinusoidal_grid(H: int, W: int, channels: int) -> torch.Tensor:
@@ -318,7 +356,8 @@ class StyleAdaIN(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C), w: (B, w_dim)."""
         gamma, beta = self.affine(w)[:, None, None, :].chunk(2, dim=-1)
-        xf = x.float()  # statistics over thousands of tokens: fp32 also under bf16 autocast
+        # statistics over thousands of tokens: at least fp32 (also under bf16 autocast; fp64 stays fp64)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
         mean = xf.mean(dim=(1, 2), keepdim=True)
         var = xf.var(dim=(1, 2), keepdim=True, unbiased=False)
         return (gamma * (xf - mean) * torch.rsqrt(var + 1e-5) + beta).to(x.dtype)
@@ -367,16 +406,20 @@ class BilinearUpsample(nn.Module):
 
 
 class ToRGB(nn.Module):
-    """1x1 projection to RGB (plus bias) added to the FIR-up-sampled RGB of the previous stage."""
+    """1x1 projection to RGB added to the FIR-up-sampled RGB of the previous stage. Two biases in
+    series, as in the official ToRGB (its 1x1 conv has a bias, and a second one is added after it):
+    the function is the same as with one, but both are trained, so under Adam their sum moves up to
+    twice as fast as a single bias would; kept so that training steps match the official ones."""
 
     def __init__(self, dim: int, img_channels: int, upsample_skip: bool):
         super().__init__()
         self.proj = nn.Linear(dim, img_channels)
+        self.bias = nn.Parameter(torch.zeros(img_channels))
         self.upsample_skip = upsample_skip
         self.register_buffer("fir", setup_filter([1, 3, 3, 1]), persistent=False)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        rgb = self.proj(x).permute(0, 3, 1, 2)
+        rgb = (self.proj(x) + self.bias).permute(0, 3, 1, 2)
         if skip is None:
             return rgb
         return rgb + (upsample2d(skip, self.fir) if self.upsample_skip else skip)
@@ -385,7 +428,10 @@ class ToRGB(nn.Module):
 class StyleSwinSynthesis(nn.Module):
     """Constant 4x4 input, then per resolution `blocks_per_stage` StyleSwin blocks (one w each);
     every stage but the last ends with BilinearUpsample. As in the official code each stage's tRGB
-    reads its output after that up-sampling, so the last two heads both work at full resolution."""
+    reads its output after that up-sampling, so the last two heads both work at full resolution.
+    The summed tRGB output is the official generator's image, in ImageNet-normalised units (the
+    official reals are); it leaves the network moved to [-1, 1], IMAGENET.to_unit, for every
+    consumer, and the training loss moves it back (from_unit) before D."""
 
     def __init__(
         self,
@@ -436,7 +482,7 @@ class StyleSwinSynthesis(nn.Module):
                 x = block(x, next(ws_iter))
             x = upsample(x)
             rgb = to_rgb(x, rgb)
-        return rgb
+        return IMAGENET.to_unit(rgb)
 
 
 def init_transformer_weights(module: nn.Module) -> None:
@@ -514,6 +560,40 @@ def haar_idwt(bands: torch.Tensor) -> torch.Tensor:
     return torch.stack([top, bottom], -2).flatten(-3, -2) * 0.5  # interleave rows
 
 
+class SpectralNorm(nn.Module):
+    """Parametrization W -> W / sigma, sigma estimated by one power-iteration step per forward in
+    training mode, exactly as torch.nn.utils.spectral_norm (the hook the official discriminator
+    uses) does: v = normalize(W^T u) first, then u = normalize(W v), sigma = u . W v. torch's newer
+    parametrizations.spectral_norm steps u before v, so from the same u, v its sigma and its next
+    u, v differ from the official ones (a randomised 512-channel conv's output by 1.4% after one
+    step). As in the official hook, u and v start as random unit vectors, without warm-up steps."""
+
+    def __init__(self, weight: torch.Tensor, eps: float = 1e-12):
+        super().__init__()
+        self.eps = eps
+        rows = weight.shape[0]
+        self.register_buffer("_u", F.normalize(weight.new_empty(rows).normal_(0, 1), dim=0, eps=eps))
+        self.register_buffer("_v", F.normalize(weight.new_empty(weight[0].numel()).normal_(0, 1), dim=0, eps=eps))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        matrix = weight.flatten(1)
+        if self.training:
+            with torch.no_grad():  # updated in place: the buffers are the state the next forward continues
+                self._v.copy_(F.normalize(torch.mv(matrix.t(), self._u), dim=0, eps=self.eps))
+                self._u.copy_(F.normalize(torch.mv(matrix, self._v), dim=0, eps=self.eps))
+        # clones, so that a backward through an earlier forward does not see the in-place updates
+        u, v = self._u.clone(), self._v.clone()
+        return weight / torch.dot(u, torch.mv(matrix, v))
+
+
+def spectral_norm(module: nn.Module) -> nn.Module:
+    """`module` with its weight spectrally normalised by SpectralNorm (state_dict keys as torch's
+    parametrizations.spectral_norm: parametrizations.weight.original, ...weight.0._u, ._v).
+    unsafe=True skips the check forward at registration, which would take a power-iteration step."""
+    parametrization = SpectralNorm(module.weight.detach())
+    return nn.utils.parametrize.register_parametrization(module, "weight", parametrization, unsafe=True)
+
+
 def spectral_weight(module: nn.Module, device_type: str) -> torch.Tensor:
     """A spectrally normalised module's weight, computed with autocast off: the power iteration
     updates its fp32 vectors in place. The op that uses the weight is still autocast."""
@@ -531,7 +611,7 @@ class SpectralConvLayer(nn.Module):
         conv = nn.Conv2d(
             in_channels, out_channels, kernel, stride=2 if down else 1, padding=0 if down else kernel // 2, bias=False
         )
-        self.conv = nn.utils.parametrizations.spectral_norm(conv)
+        self.conv = spectral_norm(conv)
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.pad = (4 - 2 + kernel - 1) // 2  # FIR taps - stride + kernel - 1, split evenly
         self.register_buffer("fir", setup_filter([1, 3, 3, 1]), persistent=False)
@@ -585,9 +665,11 @@ class WaveletDiscriminator(nn.Module):
         self.from_rgb_4 = WaveletFromRGB(img_channels, width(4), down=True)
         self.mbstd = layers.MinibatchStdDev(group_size=mbstd_group_size, num_channels=1)
         self.final_conv = SpectralConvLayer(width(4) + 1, width(4), 3)
-        self.fc = nn.utils.parametrizations.spectral_norm(nn.Linear(width(4) * 16, width(4), bias=False))
+        # Two biases in series as in the official final_linear (nn.Linear's own, then FusedLeakyReLU's):
+        # the same function as one bias, but both train, so Adam moves their sum up to twice as fast
+        self.fc = spectral_norm(nn.Linear(width(4) * 16, width(4)))
         self.fc_bias = nn.Parameter(torch.zeros(width(4)))
-        self.out = nn.utils.parametrizations.spectral_norm(nn.Linear(width(4), 1))
+        self.out = spectral_norm(nn.Linear(width(4), 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         bands, x = haar_dwt(images), None
@@ -597,7 +679,7 @@ class WaveletDiscriminator(nn.Module):
         _, x = self.from_rgb_4(bands, x)
         x = self.final_conv(self.mbstd(x))
         device = x.device.type
-        x = F.linear(x.flatten(1), spectral_weight(self.fc, device))
+        x = F.linear(x.flatten(1), spectral_weight(self.fc, device), self.fc.bias)
         x = bias_act(x, self.fc_bias.to(x.dtype), act="lrelu")
         return F.linear(x, spectral_weight(self.out, device), self.out.bias).flatten()
 
@@ -653,4 +735,12 @@ def build(
     return G, D
 
 
-SPEC = register(ModelSpec(name="styleswin", paper="Zhang et al. 2022 (CVPR), StyleSwin", build=build, style_based=True))
+SPEC = register(
+    ModelSpec(
+        name="styleswin",
+        paper="Zhang et al. 2022 (CVPR), StyleSwin",
+        build=build,
+        style_based=True,
+        data_space=IMAGENET,  # official reals: torchvision Normalize with ImageNet's mean and std
+    )
+)

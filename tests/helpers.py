@@ -155,3 +155,16 @@ QUEUE_PROFILE = {
         "pggan": TINY_PROFILE["models"]["pggan"],
     },
 }
+
+
+def offset_biases(module, seed: int, scale: float = 0.01) -> None:
+    """Move every bias of `module` off 0 by N(0, scale^2) noise from its own seeded generator (parameters in
+    registration order). A golden run starts from such weights where zero biases would put pre-activations
+    exactly on a leaky ReLU's kink (bCR's cutout zeros), whose side the two codes' float rounding decides."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("bias"):
+                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)

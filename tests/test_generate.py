@@ -45,6 +45,12 @@ def trained_stats(model: str) -> handoff.TrainedRun:
         dvclive=False,
         kernel_fallbacks={},
         cache_fingerprint="0123456789abcdef",
+        augment="none",
+        augment_p=None,
+        xflip=True,
+        data_space="unit",
+        ema_kimg=10.0,
+        batchnorm="none",
         stopped_by="kimg",
         budget_minutes=0.0,
     )

@@ -57,11 +57,13 @@ def test_fused_and_unfused_modulated_conv_agree_with_upsampling():
 
 
 def test_upsampling_conv_is_fir_upsample_then_conv():
-    # the transposed-conv fast form equals "FIR upsample, then 3x3 conv" away from the border
+    # the transposed-conv fast form equals "FIR upsample, then 3x3 convolution" away from the border;
+    # a true convolution with w (F.conv2d correlates, hence the flip), as NVlabs' up-sampling layer
+    # computes it (flip_weight=False), so that official weights load unflipped
     f = setup_filter([1, 3, 3, 1])
     x, w = torch.randn(2, 4, 8, 8), torch.randn(5, 4, 3, 3)
     fast = layers.conv2d_resample(x, w, f, up=2, padding=1)
-    slow = F.conv2d(upsample2d(x, f), w, padding=1)
+    slow = F.conv2d(upsample2d(x, f), w.flip([2, 3]), padding=1)
     torch.testing.assert_close(fast[..., 2:-2, 2:-2], slow[..., 2:-2, 2:-2], atol=1e-4, rtol=1e-4)
 
 

@@ -67,7 +67,14 @@ def test_quick_profile_is_celeba_at_64px_an_hour_a_model_and_fid_on_10k(tmp_path
         ({"models": {"dcgan": {"lr_g": "fast"}}}, "param 'models.dcgan.lr_g' must be a number"),
         ({"models": {"dcgan": {"betas_g": [0.5, 1.5]}}}, "must be two Adam betas in [0, 1)"),
         ({"models": {"dcgan": {"dropout": 0.1}}}, "unknown param 'models.dcgan.dropout'"),
-        ({"train": {"xflip": "yes"}}, "param 'train.xflip' must be true/false"),
+        ({"models": {"dcgan": {"xflip": "yes"}}}, "param 'models.dcgan.xflip' must be true/false"),
+        ({"train": {"xflip": True}}, "unknown param 'train.xflip'"),  # per model now
+        (
+            {"models": {"stylegan2": {"augment": {"mode": "always"}}}},
+            "param 'models.stylegan2.augment.mode' = 'always' is invalid: must be ada, fixed or none",
+        ),
+        ({"models": {"stylegan2": {"augment": {"target": 1.5}}}}, "must be a target sign mean in [0, 1]"),
+        ({"models": {"dcgan": {"loss": {"latents": "one"}}}}, "must be per_phase or per_step"),
         (
             {"data": {"source": "imagenet"}},
             "param 'data.source' = 'imagenet' is invalid: must be one of celeba, url, folder, synthetic",

@@ -182,7 +182,7 @@ def test_every_phase_draws_its_own_latents():
 
 def test_stylegan_mixes_styles_only_among_the_layers_of_the_current_level():
     torch.manual_seed(0)
-    cutoffs = {phases.mixing_cutoff(num_active=4, num_ws=10, prob=1.0) for _ in range(200)}
+    cutoffs = {int(phases.mixing_cutoff(num_active=4, num_ws=10, prob=1.0)) for _ in range(200)}
     assert cutoffs == {1, 2, 3}
     assert phases.mixing_cutoff(num_active=4, num_ws=10, prob=0.0) == 10
 
@@ -224,9 +224,9 @@ def test_stylegan3_r_blurs_every_image_d_sees_fading_over_blur_fade_kimg():
     ctx = StepContext(4, 1.0, None)
     gan.phase_terms(phases.Phase("Dmain", "D", 1, True, False), z, real, ctx)
     gan.phase_terms(phases.Phase("Gmain", "G", 1, True, False), z, real, ctx)
-    assert len(seen) == 3  # D saw reals, fakes (Dmain) and fakes (Gmain): each one blurred
-    torch.testing.assert_close(seen[0], phases.gaussian_blur(real, 1.0))
-    torch.testing.assert_close(seen[1], phases.gaussian_blur(G(z), 1.0))
+    assert len(seen) == 3  # D saw fakes, reals (Dmain, the official order) and fakes (Gmain): each one blurred
+    torch.testing.assert_close(seen[0], phases.gaussian_blur(G(z), 1.0))
+    torch.testing.assert_close(seen[1], phases.gaussian_blur(real, 1.0))
     torch.testing.assert_close(seen[2], phases.gaussian_blur(G(z), 1.0))
 
 

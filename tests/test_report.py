@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def history(final_loss_d: float) -> list[handoff.HistoryRow]:
+def history(final_loss_d: float, ada: bool = False) -> list[handoff.HistoryRow]:
     return [
         handoff.HistoryRow(
             kimg=k,
@@ -32,6 +32,7 @@ def history(final_loss_d: float) -> list[handoff.HistoryRow]:
             lr_g=0.002,
             lr_d=0.002,
             peak_memory_gib=None,
+            augment_p=0.1 * i if ada else None,
             losses={D_ADVERSARIAL: ld, G_ADVERSARIAL: 1.0 + i},
         )
         for i, (k, ld) in enumerate([(2.0, 0.6), (4.0, 0.4), (6.0, final_loss_d)])
@@ -57,13 +58,19 @@ def stats(model: str, device: str, peak, final_loss_d: float, resolutions=(64,))
         peak_memory_bytes=peak,
         params_G=1_234_567,
         params_D=765_432,
-        history=history(final_loss_d),
+        history=history(final_loss_d, ada=model == "stylegan2"),
         schedule=[],
         segments={},
         training_phases=["Dmain", "Gmain"],
         dvclive=False,
         kernel_fallbacks={"filtered_lrelu": "RuntimeError: no kernel"} if model == "stylegan2" else {},
         cache_fingerprint="0123456789abcdef",
+        augment="ada" if model == "stylegan2" else "none",
+        augment_p=0.2 if model == "stylegan2" else None,
+        xflip=model != "dcgan",
+        data_space="unit",
+        ema_kimg=10.0,
+        batchnorm="re-estimated" if model == "dcgan" else "none",
         stopped_by="kimg",
         budget_minutes=0.0,
     )
@@ -387,3 +394,16 @@ def test_a_model_that_got_worse_than_its_untrained_start_is_not_said_to_improve(
     worse = dataclasses.replace(metrics("stylegan2", "fid_helper", 1, 0.5, "proxy", "w"), fid_start=40.0)
     # the demo's StyleGAN2 went 311.74 -> 314.25, which the report called "1.0× lower"
     assert improvement(worse) == "40.00 → 41.50: 1.04× higher, no improvement (start n=256)"
+
+
+def test_the_report_shows_each_models_recipe_and_adas_p_beside_the_fid_curve(project):
+    """Precision, D's units, augmentation with its final p, flips, EMA and how DCGAN's G_ema samples, from the stats;
+    ADA's p over kimg in the FID-vs-kimg figure."""
+    text = render(project)
+    recipe = text[text.index("## Training recipe") :]
+    rows = {r["model"]: r for r in table(recipe, "model")}
+    assert rows["stylegan2"]["augmentation"] == "ADA ada, p 0.200 at the end"
+    assert rows["dcgan"]["x-flips"] == "no" and rows["styleswin"]["x-flips"] == "yes"
+    assert rows["dcgan"]["sampling"].startswith("G_ema's BatchNorm statistics re-estimated")
+    assert "vs kimg and ADA's p" in text
+    assert Image.open(Path("reports/figures/fid_vs_kimg.png")).width == 12 * 120  # two panels: FID, then p

@@ -3,6 +3,7 @@ positional encodings, the Haar wavelets, G/D forward and backward, and the publi
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from pathlib import Path
@@ -260,6 +261,61 @@ def test_truncation_towards_w_avg():
 def test_registered_as_style_based():
     spec = models.get_spec("styleswin")
     assert spec.style_based and not spec.progressive
+
+
+def test_trains_in_the_official_imagenet_normalised_space():
+    """The official reals are ImageNet-normalised, so its G's raw output is too: ours leaves the
+    synthesis network moved to [-1, 1] (IMAGENET.to_unit), and the spec tells the loss to move
+    images back (from_unit) before D."""
+    assert models.get_spec("styleswin").data_space == models.IMAGENET
+    torch.manual_seed(0)
+    G, _ = models.build("styleswin", TINY_ARCH, 32)
+    ws = G.mapping(torch.randn(2, G.z_dim))
+    captured = []
+    G.synthesis.to_rgbs[-1].register_forward_hook(lambda module, args, out: captured.append(out))
+    images = G.synthesis(ws)
+    torch.testing.assert_close(images, models.IMAGENET.to_unit(captured[0]))
+    torch.testing.assert_close(models.IMAGENET.from_unit(images), captured[0], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 3, 3), (6, 20)])
+def test_spectral_norm_steps_like_the_official_hook(shape):
+    """torch.nn.utils.spectral_norm (the official D's) steps v, then u, once per train-mode forward;
+    ss.SpectralNorm must give the same weights and the same u, v after every forward, and use the
+    stored vectors without a step in eval mode. (torch's parametrizations.spectral_norm steps u
+    first and drifts away.)"""
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(shape[1], shape[0], shape[2]) if len(shape) == 4 else torch.nn.Linear(shape[1], shape[0])
+    ours = ss.spectral_norm(copy.deepcopy(layer))
+    official = torch.nn.utils.spectral_norm(layer)
+    ours_sn = ours.parametrizations.weight[0]
+    with torch.no_grad():  # same weight (the copied layer), same starting vectors
+        ours_sn._u.copy_(official.weight_u)
+        ours_sn._v.copy_(official.weight_v)
+    x = torch.randn(2, shape[1], 5, 5) if len(shape) == 4 else torch.randn(2, shape[1])
+    for train in (True, True, True, False):
+        official.train(train)
+        ours.train(train)
+        torch.testing.assert_close(ours(x), official(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ours_sn._u, official.weight_u, rtol=0, atol=0)
+        torch.testing.assert_close(ours_sn._v, official.weight_v, rtol=0, atol=0)
+    assert set(ours.state_dict()) == {
+        "bias",
+        "parametrizations.weight.original",
+        "parametrizations.weight.0._u",
+        "parametrizations.weight.0._v",
+    }
+
+
+def test_sinusoidal_table_holds_the_official_float32_values():
+    """The official SinusoidalPositionalEmbedding.get_embedding (microsoft/StyleSwin
+    models/basic_layers.py), restated: float32 arithmetic throughout, position p in row p."""
+    dim, positions = 64, torch.arange(1, 257)
+    half = dim // 2
+    emb = torch.exp(torch.arange(half, dtype=torch.float) * -(math.log(10000) / (half - 1)))
+    emb = torch.arange(257, dtype=torch.float).unsqueeze(1) * emb.unsqueeze(0)
+    official = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)[1:]  # (256, dim): row p - 1 holds p
+    assert torch.equal(ss.sinusoidal_table(positions, dim), official.T)
 
 
 def test_params_yaml_sections_build():

@@ -353,11 +353,25 @@ def _save(fig, out: Path) -> None:
     plt.close(fig)
 
 
+def augmented(rows: list[Row]) -> list[Row]:
+    """The trained rows whose history has ADA's p (models trained with augmentation)."""
+    return [
+        r
+        for r in rows
+        if isinstance(r.stats, handoff.TrainedRun) and any(h.augment_p is not None for h in r.stats.history)
+    ]
+
+
 def plot_fid_curves(rows: list[Row], out: Path, axis: str, x_key: str = "kimg") -> bool:
+    """FID vs kimg (or training hours); by kimg, ADA's p over the same axis beside it for the models that have one."""
     curves = [r for r in rows if r.curve and all(getattr(p, x_key) is not None for p in r.curve)]
     if not curves:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    with_p = augmented(rows) if x_key == "kimg" else []
+    fig, axes = plt.subplots(1, 2 if with_p else 1, figsize=(12 if with_p else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
+    if with_p:
+        plot_augment_p(with_p, axes[0][1])
     for row in curves:
         name = row.model if x_key == "kimg" else f"{row.model} ({device_kind(row.stats)})"
         ax.plot([getattr(p, x_key) for p in row.curve], [p.fid for p in row.curve], marker="o", label=name)
@@ -369,6 +383,17 @@ def plot_fid_curves(rows: list[Row], out: Path, axis: str, x_key: str = "kimg") 
     ax.legend()
     _save(fig, out)
     return True
+
+
+def plot_augment_p(rows: list[Row], ax) -> None:
+    for row in rows:
+        points = [(h.kimg, h.augment_p) for h in row.stats.history if h.augment_p is not None]
+        ax.plot(*zip(*points), marker=".", label=f"{row.model} ({row.stats.augment})")
+    ax.set_xlabel("kimg")
+    ax.set_ylabel("ADA p")
+    ax.set_title("ADA's augmentation probability p (adapted towards E[sign D(real)] = target)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
 
 
 def plot_losses(rows: list[Row], out: Path) -> bool:
@@ -389,6 +414,29 @@ def plot_losses(rows: list[Row], out: Path) -> bool:
         ax.legend()
     _save(fig, out)
     return True
+
+
+RECIPE_COLUMNS = ["model", "precision", "D's units", "augmentation", "x-flips", "G EMA", "sampling"]
+
+
+def recipe_cells(stats: handoff.TrainedRun) -> list[str]:
+    """How a model trained, as its official recipe fixes it (models/<model>.py lists the deviations)."""
+    augment = "none" if stats.augment == "none" else f"ADA {stats.augment}, p {fmt(stats.augment_p, 3)} at the end"
+    units = {"unit": "[-1, 1]", "imagenet": "ImageNet-normalised (official)"}.get(stats.data_space, stats.data_space)
+    ema = f"half-life {stats.ema_kimg:g} kimg" if stats.ema_kimg > 0 else "none (G itself)"
+    sampling = (
+        "G_ema's BatchNorm statistics re-estimated for its weights (official: batch statistics)"
+        if stats.batchnorm == "re-estimated"
+        else "G_ema"
+    )
+    return [stats.model, stats.precision, units, augment, "yes" if stats.xflip else "no", ema, sampling]
+
+
+def recipe_section(rows: list[Row]) -> str:
+    trained = [r.stats for r in rows if isinstance(r.stats, handoff.TrainedRun)]
+    if not trained:
+        return ""
+    return "\n## Training recipe\n\n" + markdown_table(RECIPE_COLUMNS, [recipe_cells(s) for s in trained])
 
 
 def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows: list[Row]) -> str:
@@ -467,6 +515,7 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
     parts += ["\n## Settings\n\n", settings_section(view, meta, rows)]
     table = [result_cells(r, view.loss_types[r.model]) for r in rows]
     parts += ["\n## Results\n\n", markdown_table(RESULT_COLUMNS, table)]
+    parts.append(recipe_section(rows))
     parts.append(
         f"\nStability notes are heuristics on the files: final D loss below {D_WINS_LOSS} (non-saturating/"
         f"hinge losses); final snapshot FID above {FID_WORSENED}x the best one (3+ snapshots at the final "
@@ -477,7 +526,11 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
     parts.append(equal_time_section(rows))
     parts.append(tune_section(view.models, figures))
     plots = [
-        ("fid_vs_kimg", f"{features.axis} vs kimg", lambda out: plot_fid_curves(rows, out, features.axis)),
+        (
+            "fid_vs_kimg",
+            f"{features.axis} vs kimg" + (" and ADA's p" if augmented(rows) else ""),
+            lambda out: plot_fid_curves(rows, out, features.axis),
+        ),
         (
             "fid_vs_time",
             f"{features.axis} vs training time",

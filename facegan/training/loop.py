@@ -45,6 +45,7 @@ from facegan.device import resolve_device, resolve_precision
 from facegan.errors import UserError
 from facegan.io import atomic_dir
 from facegan.training import checkpoint, distributed
+from facegan.training.ada import AdaRule, AugmentPipe, update_p
 from facegan.training.live import LiveLog
 from facegan.training.phases import GanLoss, Phase, StepContext, blur_sigma, build_phases, lazy_interval, phase_loss
 from facegan.training.progressive import Schedule, Segment, prepare_reals, to_resolution
@@ -69,7 +70,6 @@ class RunConfig:
             "seed": self.seed,
             "resolution": self.resolution,
             "precision": self.train["precision"],
-            "xflip": self.train["xflip"],
             "cache": cache_fingerprint,
         }
 
@@ -162,15 +162,27 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
 
 
 def step_draws(
-    seed: int, step: int, batch: int, dataset_size: int, z_dim: int, xflip: bool, phases: list[Phase]
+    seed: int,
+    step: int,
+    batch: int,
+    dataset_size: int,
+    z_dim: int,
+    xflip: bool,
+    phases: list[Phase],
+    latents: str = "per_phase",
 ) -> dict:
     """Every random input of one step for the global batch, from a (seed, step) generator: reals'
-    indices and flips, one latent batch per phase (official: a z per phase), WGAN-GP weights."""
+    indices and flips, the latents (`per_phase`: a batch per phase, as NVlabs' loop; `per_step`: one
+    batch every phase reuses, as PyTorch's DCGAN example, whose G step scores D's fakes), WGAN-GP weights."""
     gen = torch.Generator().manual_seed(step_seed(seed, step))
     draws = {"idx": torch.randint(dataset_size, (batch,), generator=gen)}
     flips = torch.rand(batch, generator=gen) < 0.5
     draws["flips"] = flips if xflip else None
-    draws["z"] = {phase.name: torch.randn(batch, z_dim, generator=gen) for phase in phases}
+    if latents == "per_step":
+        z = torch.randn(batch, z_dim, generator=gen)
+        draws["z"] = {phase.name: z for phase in phases}
+    else:
+        draws["z"] = {phase.name: torch.randn(batch, z_dim, generator=gen) for phase in phases}
     draws["gp_eps"] = torch.rand(batch, generator=gen)
     return draws
 
@@ -226,6 +238,8 @@ def build_state(
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     fused = speed["fused_adam"] and device.type == "cuda"
     world.broadcast_module(G), world.broadcast_module(D)
+    augment = mp["augment"]
+    pipe = None if augment["mode"] == "none" else AugmentPipe(p=augment["p"]).to(device)
     return TrainState(
         G=G,
         D=D,
@@ -233,7 +247,17 @@ def build_state(
         opt_G=lazy_adam(G.parameters(), mp["betas_g"], lazy_interval(phases, "G"), fused),
         opt_D=lazy_adam(D.parameters(), mp["betas_d"], lazy_interval(phases, "D"), fused),
         scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16),
-        loss=GanLoss(G, D, spec.style_based, spec.progressive, mp["loss"], world.all_mean, speed["compile"]),
+        loss=GanLoss(
+            G,
+            D,
+            spec.style_based,
+            spec.progressive,
+            mp["loss"],
+            world.all_mean,
+            speed["compile"],
+            data_space=spec.data_space,
+            augment_pipe=pipe,
+        ),
     )
 
 
@@ -271,7 +295,7 @@ class RunFiles:
         total_nimg: int,
     ):
         self.dir = checkpoint.checkpoint_dir(cfg.model, cfg.identity(cache.fingerprint), ckpt_root)
-        self.model = cfg.model
+        self.model, self.z_dim = cfg.model, cfg.model_params["arch"]["z_dim"]
         self.run_dir, self.world, self.train, self.total_nimg = run_dir, world, cfg.train, total_nimg
         self.grid_z = torch.randn(
             cfg.train["grid_size"] ** 2,
@@ -283,7 +307,13 @@ class RunFiles:
         """One process per run: rank 0 holds the run's lock for the whole training (checkpoint.RunLock)."""
         return checkpoint.RunLock(self.dir, self.model) if self.world.is_main else contextlib.nullcontext()
 
+    def ready_to_sample(self, state: TrainState) -> torch.nn.Module:
+        """G_ema as every output shows it (its BatchNorm statistics re-estimated, where it has any)."""
+        refresh_batchnorm(state.G_ema, self.z_dim, next(state.G_ema.parameters()).device)
+        return state.G_ema
+
     def snapshot(self, state: TrainState, segment: Segment, alpha: float) -> None:
+        self.ready_to_sample(state)
         checkpoint.save(
             self.dir / "snapshots" / f"kimg{state.nimg / 1000:08.2f}.pt",
             {"G_ema": state.G_ema.state_dict(), "kimg": state.nimg / 1000, "level": segment.level, "alpha": alpha},
@@ -315,8 +345,9 @@ class RunFiles:
         nimg, tp = state.nimg, self.train
         if self.crossed(before, nimg, tp["sample_kimg"]) or level_done or final:
             with torch.no_grad():
+                G_ema = self.ready_to_sample(state)
                 images = to_resolution(
-                    state.G_ema(self.grid_z.to(next(state.G_ema.parameters()).device)).float(), segment.resolution
+                    G_ema(self.grid_z.to(next(G_ema.parameters()).device)).float(), segment.resolution
                 )
             name = f"res{segment.resolution:04d}_kimg{nimg / 1000:08.2f}.png"
             save_grid(to_uint8(images), self.dir / "samples" / name, tp["grid_size"])
@@ -340,7 +371,7 @@ class RunFiles:
         """The finished run: G_ema, stats, snapshots and grids move into run_dir as one folder. `last` is
         the segment the run ended in (before the final level when the time budget stopped it)."""
         weights = {
-            "G_ema": state.G_ema.state_dict(),
+            "G_ema": self.ready_to_sample(state).state_dict(),
             "kimg": state.nimg / 1000,
             "level": last.level,
             "alpha": last.alpha(state.nimg),
@@ -368,8 +399,15 @@ def history_row(state: TrainState, terms: TermLog, segment: Segment, alpha: floa
         "lr_g": state.opt_G.param_groups[0]["lr"],
         "lr_d": state.opt_D.param_groups[0]["lr"],
         "peak_memory_gib": None if peak is None else peak / 2**30,
+        "augment_p": augment_p(state),
         "losses": terms.means(),
     }
+
+
+def augment_p(state: TrainState) -> float | None:
+    """ADA's current p (None for a model trained without augmentation)."""
+    pipe = state.loss.augment_pipe
+    return None if pipe is None else round(float(pipe.p), 6)
 
 
 def trained_stats(
@@ -415,6 +453,12 @@ def trained_stats(
         dvclive=live.enabled,
         kernel_fallbacks=kernel_fallbacks(),
         cache_fingerprint=cache.fingerprint,
+        augment=cfg.model_params["augment"]["mode"],
+        augment_p=augment_p(state),
+        xflip=cfg.model_params["xflip"],
+        data_space=spec.data_space.name,
+        ema_kimg=cfg.model_params["ema_kimg"],
+        batchnorm="re-estimated" if batchnorm_layers(state.G_ema) else "none",
         stopped_by=stopped_by,
         budget_minutes=cfg.train["budget_minutes"],
     )
@@ -511,14 +555,14 @@ class Progress:
         self.live.close()
 
 
-def set_up_torch(cfg: RunConfig) -> tuple[distributed.World, torch.device, torch.dtype]:
+def set_up_torch(cfg: RunConfig, spec: models.ModelSpec) -> tuple[distributed.World, torch.device, torch.dtype]:
     world = distributed.init_from_env(cfg.train["device"])
     device = distributed.device_for(world, resolve_device(cfg.train["device"]))
     torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
     if cfg.train["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.train["deterministic"]
-    return world, device, resolve_precision(cfg.train["precision"], device)
+    return world, device, resolve_precision(cfg.train["precision"], device, spec.official_precision)
 
 
 def enter_step(
@@ -533,8 +577,9 @@ def enter_step(
     segment = schedule.segment_at(state.nimg)
     if segment.index != state.segment_index:  # entering a segment: a growing model's new block
         reset = spec.progressive and model_params["progressive"]["reset_optimizer"]
-        if state.segment_index >= 0 and segment.fade and reset:
-            state.opt_G.state.clear(), state.opt_D.state.clear()  # official: fresh Adam moments per block
+        previous = schedule.segments[state.segment_index] if state.segment_index >= 0 else None
+        if reset and previous is not None and new_level_of_detail(previous, segment):
+            state.opt_G.state.clear(), state.opt_D.state.clear()
         state.segment_index = segment.index
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -547,6 +592,46 @@ def enter_step(
         for group in opt.param_groups:
             group["lr"] = lr * ratio
     return segment, alpha
+
+
+def new_level_of_detail(previous: Segment, segment: Segment) -> bool:
+    """Whether Adam's moments start afresh between two segments: the official reset_opt_for_new_lod
+    resets whenever floor(lod) or ceil(lod) changes (PGGAN train.py:222, StyleGAN
+    training/training_loop.py:223), which is where a fade-in starts and where it ends."""
+    return segment.fade or previous.fade
+
+
+def ada_rule(augment: dict) -> AdaRule | None:
+    """The adaptive p's rule of a model's `augment` params (None unless mode is ada)."""
+    if augment["mode"] != "ada":
+        return None
+    return AdaRule(target=augment["target"], interval=augment["interval"], kimg=augment["kimg"])
+
+
+def batchnorm_layers(G: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in G.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def refresh_batchnorm(G: torch.nn.Module, z_dim: int, device: torch.device, batches: int = 16, batch: int = 64) -> None:
+    """Re-estimate the running statistics of G's BatchNorm layers for G's own weights (DCGAN's G_ema: the
+    EMA averages weights, and the statistics copied from G belong to G's). The statistics are the
+    cumulative average of the batch statistics over `batches` batches of fixed latents, so that G in
+    eval mode draws what the official code draws in train mode with large batches."""
+    norms = batchnorm_layers(G)
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    G.train()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(batches):
+        G(torch.randn(batch, z_dim, generator=gen).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    G.eval()
 
 
 def train(
@@ -564,18 +649,89 @@ def train(
     (None: none). Under torchrun every rank calls this; only rank 0 writes. Returns the stats
     written to train_stats.json, or None when the run stopped before its budget.
     """
-    world, device, dtype = set_up_torch(cfg)
+    spec = models.get_spec(cfg.model)
+    world, device, dtype = set_up_torch(cfg, spec)
     cache = FaceCache(cache_dir)
     if cache.resolution != cfg.resolution:
         raise UserError(
             f"face cache is {cache.resolution}px but data.resolution={cfg.resolution}: run `dvc repro preprocess`"
         )
-    spec = models.get_spec(cfg.model)
     schedule = Schedule.for_model(cfg.model, cfg.model_params, int(np.log2(cfg.resolution)) - 2, spec.progressive)
     check_config(cfg, spec, schedule, world)
     files = RunFiles(cfg, cache, ckpt_root, run_dir, world, schedule.total_nimg)
     with files.lock():
         return train_locked(cfg, cache, spec, schedule, files, world, device, dtype, stop_after_kimg, live_dir)
+
+
+@dataclass
+class StepOutcome:
+    """What one step did: where in the schedule it ran, its batch, its loss terms and its time."""
+
+    segment: Segment
+    alpha: float
+    batch: int
+    terms: dict[str, torch.Tensor]
+    seconds: float
+
+
+@dataclass
+class StepRunner:
+    """One training step, everything the loop fixes for the whole run bound once. `run` is the step:
+    the schedule's segment and lr, the step's draws, the reals, every phase due, the G EMA and ADA's
+    p; tests/test_golden.py runs it against the official training loops."""
+
+    cfg: RunConfig
+    spec: models.ModelSpec
+    schedule: Schedule
+    phases: list[Phase]
+    cache: FaceCache
+    world: distributed.World
+    device: torch.device
+    dtype: torch.dtype
+
+    def __post_init__(self):
+        self.lazy = {net: lazy_ratio(lazy_interval(self.phases, net)) for net in ("G", "D")}
+        self.ada = ada_rule(self.cfg.model_params["augment"])
+        self.autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def reals(self, draws: dict, segment: Segment, alpha: float) -> torch.Tensor:
+        """This rank's share of the step's real faces, flipped as drawn, at the segment's resolution."""
+        flips = None if draws["flips"] is None else self.world.shard(draws["flips"])
+        images = self.cache.batch(self.world.shard(draws["idx"]).numpy(), self.device, flips)
+        real = prepare_reals(images, segment.resolution, alpha)
+        if self.cfg.train["speed"]["channels_last"]:
+            real = real.contiguous(memory_format=torch.channels_last)
+        return real
+
+    def run(self, state: TrainState) -> StepOutcome:
+        cfg, mp, world = self.cfg, self.cfg.model_params, self.world
+        t0 = time.perf_counter()
+        segment, alpha = enter_step(state, self.schedule, self.spec, mp, self.lazy, self.device)
+        batch = segment.batch_size
+        draws = step_draws(
+            cfg.seed,
+            state.step,
+            batch,
+            len(self.cache),
+            mp["arch"]["z_dim"],
+            mp["xflip"],
+            self.phases,
+            mp["loss"]["latents"],
+        )
+        torch.manual_seed(step_seed(cfg.seed, state.step, world.rank + 1))  # the models' noise, mixing, augmentation
+        real = self.reals(draws, segment, alpha)
+        ctx = StepContext(segment.resolution, blur_sigma(mp["loss"], state.nimg), world.shard(draws["gp_eps"]))
+        terms = {}
+        for phase in self.phases:
+            if phase.runs_at(state.step):
+                z = world.shard(draws["z"][phase.name]).to(self.device)
+                terms.update(run_phase(state, phase, z, real, ctx, world, self.autocast, mp["grad_clip_d"]))
+        update_ema(state.G_ema, state.G, ema_beta(mp, batch, state.nimg), cfg.train["speed"]["foreach_ema"])
+        seconds = time.perf_counter() - t0
+        state.account(segment.name, batch, seconds, self.device)
+        if self.ada is not None and state.step % self.ada.interval == 0:  # after every interval-th step (official)
+            update_p(state.loss.augment_pipe, self.ada, state.loss.real_signs, batch, world.all_mean)
+        return StepOutcome(segment, alpha, batch, terms, seconds)
 
 
 def train_locked(
@@ -591,9 +747,8 @@ def train_locked(
     live_dir: Path | None,
 ) -> handoff.TrainedRun | None:
     """The training itself, holding the run's lock: resume, steps, outputs (see `train`)."""
-    mp, tp = cfg.model_params, cfg.train
-    phases = build_phases(mp["loss"])
-    lazy = {net: lazy_ratio(lazy_interval(phases, net)) for net in ("G", "D")}
+    tp = cfg.train
+    phases = build_phases(cfg.model_params["loss"])
     state = build_state(cfg, spec, phases, device, dtype, world)
     resume = checkpoint.latest(files.dir)
     if resume is not None:
@@ -603,34 +758,19 @@ def train_locked(
     progress = Progress(
         cfg, schedule, phases, state, LiveLog(live_dir if world.is_main else None, resume=bool(resume)), world
     )
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     stop_nimg = min(schedule.total_nimg, round(stop_after_kimg * 1000)) if stop_after_kimg else schedule.total_nimg
     files.before_training(state, schedule.segments[0])
 
     check = TermCheck(world, files.dir)
     cache.to_device(device, tp["speed"]["cache_on_device"])
+    step = StepRunner(cfg, spec, schedule, phases, cache, world, device, dtype)
     out_of_time = False
     while state.nimg < stop_nimg:
-        t0 = time.perf_counter()
-        segment, alpha = enter_step(state, schedule, spec, mp, lazy, device)
-        batch = segment.batch_size
-        draws = step_draws(cfg.seed, state.step, batch, len(cache), mp["arch"]["z_dim"], tp["xflip"], phases)
-        torch.manual_seed(step_seed(cfg.seed, state.step, world.rank + 1))  # the models' noise, mixing, bCR
-        flips = None if draws["flips"] is None else world.shard(draws["flips"])
-        real = prepare_reals(cache.batch(world.shard(draws["idx"]).numpy(), device, flips), segment.resolution, alpha)
-        if tp["speed"]["channels_last"]:
-            real = real.contiguous(memory_format=torch.channels_last)
-        ctx = StepContext(segment.resolution, blur_sigma(mp["loss"], state.nimg), world.shard(draws["gp_eps"]))
-        terms = {}
-        for phase in phases:
-            if phase.runs_at(state.step):
-                z = world.shard(draws["z"][phase.name]).to(device)
-                terms.update(run_phase(state, phase, z, real, ctx, world, autocast, mp["grad_clip_d"]))
-        check.add(state.step, terms)
-        update_ema(state.G_ema, state.G, ema_beta(mp, batch, state.nimg), tp["speed"]["foreach_ema"])
-        before, seconds = state.nimg, time.perf_counter() - t0
-        state.account(segment.name, batch, seconds, device)
-        progress.step(seconds, batch)
+        before = state.nimg
+        done = step.run(state)
+        segment, alpha = done.segment, done.alpha
+        check.add(state.step - 1, done.terms)
+        progress.step(done.seconds, done.batch)
 
         level_done = state.nimg >= schedule.total_nimg or schedule.segment_at(state.nimg).level != segment.level
         checkpoint_due = files.checkpoint_due(before, state.nimg, stop_nimg)

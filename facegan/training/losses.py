@@ -11,7 +11,7 @@ Regularisers:
                     of inputs that require grad, as the official StyleGAN2-ADA/3 loss computes it
   gradient_penalty  (||grad D(mix)|| - 1)^2 on real/fake interpolates (WGAN-GP)
   path_length       (||J_w^T y|| - a)^2 with a an EMA of the lengths (Karras et al. 2020)
-  consistency       ||D(aug(x)) - D(x)||^2 for reals and fakes (bCR, Zhao et al. 2021, as StyleSwin uses it)
+  balanced_consistency  ||D(aug(x)) - D(x)||^2 for reals and fakes (bCR, Zhao et al. 2021, as StyleSwin uses it)
 """
 
 from __future__ import annotations
@@ -73,19 +73,31 @@ def path_length(
     images: torch.Tensor, ws: torch.Tensor, pl_mean: torch.Tensor, all_mean: Callable[[torch.Tensor], torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(penalty E(|J_w^T y| - a)^2, the updated target a): y is Gaussian noise scaled by 1/sqrt(H W),
-    a the EMA of the mean length (averaged over data-parallel ranks so that N ranks keep one a)."""
+    a the EMA of the mean length. As in the official loss, the penalty differentiates through this step's
+    share of a (PL_DECAY times the batch's mean length: only the stored a is detached). The mean is
+    averaged over data-parallel ranks so that N ranks keep one a; its gradient is this rank's mean's."""
     noise = torch.randn_like(images) / math.sqrt(images.shape[2] * images.shape[3])
     (grad,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)
     lengths = grad.float().square().sum(2).mean(1).sqrt()
-    target = pl_mean.to(lengths.device).lerp(all_mean(lengths.mean().detach()), PL_DECAY)
+    local = lengths.mean()
+    batch_mean = local + (all_mean(local.detach()) - local.detach())  # value: every rank's; gradient: this rank's
+    target = pl_mean.to(lengths.device).lerp(batch_mean, PL_DECAY)
     return (lengths - target).square().mean(), target
 
 
-def consistency(
+def balanced_consistency(
     run_D: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    logits: torch.Tensor,
+    real: tuple[torch.Tensor, torch.Tensor, float],
+    fake: tuple[torch.Tensor, torch.Tensor, float],
     augment: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """Mean squared difference of D's logits on augmented and plain images (one side of bCR)."""
-    return F.mse_loss(run_D(augment(images)).float(), logits.float())
+    """bCR: lambda_real ||D(aug(real)) - D(real)||^2 + lambda_fake ||D(aug(fake)) - D(fake)||^2 (means over
+    the batch; gradients reach both logits, as MSELoss gives them in the official code). Each side is
+    (images, their logits, lambda). Order as StyleSwin's train_styleswin.py: both batches augmented (reals
+    first), then D on the augmented fakes, then on the augmented reals."""
+    (real_images, real_logits, real_lambda), (fake_images, fake_logits, fake_lambda) = real, fake
+    real_aug, fake_aug = augment(real_images), augment(fake_images)
+    fake_aug_logits, real_aug_logits = run_D(fake_aug).float(), run_D(real_aug).float()
+    return fake_lambda * F.mse_loss(fake_aug_logits, fake_logits.float()) + real_lambda * F.mse_loss(
+        real_aug_logits, real_logits.float()
+    )

@@ -17,8 +17,14 @@ train_stats.json and dvclive log); the loop backpropagates their sum, lazy terms
 interval, and steps the phase's optimizer.
 
 Also here, as in the official loss: style mixing in `run_G` (a crossover among the layers the
-generator's current level uses, so StyleGAN's growing phases mix only active layers), and
-StyleGAN3-R's Gaussian blur of every image D sees, fading out over `blur_fade_kimg`.
+generator's current level uses, so StyleGAN's growing phases mix only active layers; the second
+latent batch is mapped on every call, as the official run_G does), StyleGAN3-R's Gaussian blur of
+every image D sees, fading out over `blur_fade_kimg`, then ADA's augmentation (facegan/training/ada.py)
+of every image D sees, reals of R1 included. D's inputs are in the model's data space
+(`models.ModelSpec.data_space`: reals and fakes move there before D, so that R1 and bCR work in the
+official units). Every random draw of a phase comes from torch's global generator in the official
+order (Dmain: fakes, then reals; bCR: reals' augmentation, then fakes', D on the augmented fakes
+first), so that the same random state gives the official phase's numbers (tests/test_golden.py).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from facegan.training import augment, losses
+from facegan.training.ada import AugmentPipe, SignTally
 from facegan.training.progressive import to_resolution
 from facegan.training.terms import (
     D_ADVERSARIAL,
@@ -42,6 +49,7 @@ from facegan.training.terms import (
     G_PATH_LENGTH,
     LAZY_TERMS,
 )
+from models import UNIT, DataSpace
 
 
 @dataclass(frozen=True)
@@ -98,12 +106,13 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.reshape(n, c, h, w)
 
 
-def mixing_cutoff(num_active: int, num_ws: int, prob: float) -> int:
-    """Style-mixing crossover: with probability `prob` a layer index in [1, num_active), else num_ws
-    (no mixing). Drawn from torch's global generator, which the loop seeds per step."""
-    if prob <= 0 or num_active < 2 or torch.rand([]).item() >= prob:
-        return num_ws
-    return int(torch.randint(1, num_active, []).item())
+def mixing_cutoff(num_active: int, num_ws: int, prob: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Style-mixing crossover (a 0-d int64 tensor on `device`): with probability `prob` a layer index in
+    [1, num_active), else num_ws (no mixing). Drawn from torch's generator of `device`, which the loop
+    seeds per step, as the official loss draws it: the index first, then the coin, both on every call,
+    without a host sync."""
+    cutoff = torch.empty([], dtype=torch.int64, device=device).random_(1, num_active)
+    return torch.where(torch.rand([], device=device) < prob, cutoff, torch.full_like(cutoff, num_ws))
 
 
 @dataclass
@@ -127,11 +136,16 @@ class GanLoss:
         loss: dict,
         all_mean: Callable[[torch.Tensor], torch.Tensor],
         compile: str = "none",
+        data_space: DataSpace = UNIT,
+        augment_pipe: AugmentPipe | None = None,
     ):
         self.G, self.D, self.loss = G, D, loss
         self.style_based, self.progressive = style_based, progressive
         self.all_mean = all_mean  # mean over data-parallel ranks (identity in one process)
         self.pl_mean = torch.zeros([])  # path-length target a (checkpointed)
+        self.data_space = data_space  # where D works (models.ModelSpec.data_space)
+        self.augment_pipe = augment_pipe  # ADA's pipe (None: no augmentation of D's inputs)
+        self.real_signs = SignTally()  # sign(D(real)) since the last ADA update (used when the pipe adapts)
         # train.speed.compile: compiled graphs for the first-order passes; the regularisers differentiate
         # their gradients (R1, WGAN-GP, path length), which compiled graphs cannot, so they run eagerly.
         # cudagraphs: torch.compile's reduce-overhead mode, which replays the compiled graphs as CUDA
@@ -148,23 +162,30 @@ class GanLoss:
     def run_G(
         self, z: torch.Tensor, ctx: StepContext, update_emas: bool = False, return_ws: bool = False, fast: bool = True
     ):
-        """Fakes at the current resolution (and the ws they came from, for the path length)."""
+        """Fakes at the current resolution in D's data space (and the ws they came from, for the path length)."""
         nets, ws = self.fast if fast else self.eager, None
         if self.style_based:
             ws = nets["mapping"](z, update_emas=update_emas)
             num_active = self.G.num_active_ws if self.progressive else ws.shape[1]
-            cutoff = mixing_cutoff(num_active, ws.shape[1], self.loss["style_mixing_prob"])
-            if cutoff < ws.shape[1]:
-                ws = ws.clone()
-                ws[:, cutoff:] = nets["mapping"](torch.randn_like(z), update_emas=False)[:, cutoff:]
+            if self.loss["style_mixing_prob"] > 0 and num_active >= 2:
+                cutoff = mixing_cutoff(num_active, ws.shape[1], self.loss["style_mixing_prob"], ws.device)
+                mixed = nets["mapping"](torch.randn_like(z), update_emas=False)  # drawn on every call (official)
+                first = torch.arange(ws.shape[1], device=ws.device) < cutoff  # the layers that keep z's w
+                ws = torch.where(first.view(1, -1, 1), ws, mixed)
             images = nets["synthesis"](ws, update_emas=update_emas)
         else:
             images = nets["G"](z)
-        images = to_resolution(images, ctx.resolution)
+        images = self.data_space.from_unit(to_resolution(images, ctx.resolution))
         return (images, ws) if return_ws else images
 
     def run_D(self, images: torch.Tensor, ctx: StepContext, fast: bool = True) -> torch.Tensor:
-        return (self.fast if fast else self.eager)["D"](gaussian_blur(images, ctx.blur_sigma)).float()
+        """D's logits of images in its data space: blurred (StyleGAN3-R), then augmented (ADA), as official run_D."""
+        if ctx.blur_sigma > 0:  # in fp32, as the official filter2d of fp32 images
+            with torch.autocast(images.device.type, enabled=False):
+                images = gaussian_blur(images.float(), ctx.blur_sigma)
+        if self.augment_pipe is not None:
+            images = self.augment_pipe(images)
+        return (self.fast if fast else self.eager)["D"](images).float()
 
     def phase_terms(
         self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext
@@ -188,11 +209,13 @@ class GanLoss:
 
     def _d_terms(self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext) -> dict:
         cfg, terms = self.loss, {}
-        real = real.detach().requires_grad_(phase.reg)
-        real_logits = self.run_D(real, ctx, fast=not phase.reg)
-        if phase.main:
+        if phase.main:  # the fakes first, as the official Dmain (their draws come first)
             fake = self.run_G(z, ctx, update_emas=True).detach()
             fake_logits = self.run_D(fake, ctx)
+        real = self.data_space.from_unit(real.detach()).requires_grad_(phase.reg)
+        real_logits = self.run_D(real, ctx, fast=not phase.reg)
+        self.real_signs.add(real_logits)  # ADA's statistic: every phase that shows D reals (official)
+        if phase.main:
             terms[D_ADVERSARIAL] = losses.d_adversarial(cfg["type"], real_logits, fake_logits)
             if cfg["drift"] > 0:
                 terms[D_DRIFT] = losses.drift_penalty(real_logits, cfg["drift"])
@@ -200,11 +223,12 @@ class GanLoss:
                 run_D = lambda images: self.run_D(images, ctx, fast=False)
                 terms[D_GRADIENT_PENALTY] = losses.gradient_penalty(run_D, real, fake, cfg["gp_weight"], ctx.gp_eps)
             if cfg["bcr_real_lambda"] > 0 or cfg["bcr_fake_lambda"] > 0:
-                run_D = lambda images: self.run_D(images, ctx)
-                aug = augment.consistency_augment
-                terms[D_CONSISTENCY] = cfg["bcr_real_lambda"] * losses.consistency(
-                    run_D, real.detach(), real_logits, aug
-                ) + cfg["bcr_fake_lambda"] * losses.consistency(run_D, fake, fake_logits, aug)
+                terms[D_CONSISTENCY] = losses.balanced_consistency(
+                    lambda images: self.run_D(images, ctx),
+                    (real.detach(), real_logits, cfg["bcr_real_lambda"]),
+                    (fake, fake_logits, cfg["bcr_fake_lambda"]),
+                    augment.consistency_augment,
+                )
         if phase.reg:
             terms[D_R1] = losses.r1_penalty(real_logits, real, cfg["r1_gamma"])
         return terms

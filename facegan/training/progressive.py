@@ -11,7 +11,7 @@ read from the `progressive` block of a growing model's params:
       fade_kimg: [600.0]         # fade-in segment into each higher level; the last entry repeats
       batch_sizes: [64, 64, 32]  # per level from 4x4, the last entry repeats; [] = the model's batch_size
       lrs: [0.001, 0.0015]       # per level from 4x4 (G and D), the last entry repeats; [] = lr_g / lr_d
-      reset_optimizer: true      # clear Adam's moments when a new block starts fading in (official)
+      reset_optimizer: true      # clear Adam's moments where a fade-in starts and where it ends (official)
 
 Per-level lists are indexed from 4x4 (level 0), as the official minibatch and lr dicts are keyed
 by resolution, whatever level training starts at. A fade-in into level L uses level L's batch

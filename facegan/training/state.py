@@ -46,7 +46,7 @@ class TrainState:
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    loss: GanLoss  # holds the path-length target
+    loss: GanLoss  # holds the path-length target, ADA's pipe (its p) and its tally of D's real signs
     step: int = 0  # optimizer steps taken (each runs every phase due at it)
     nimg: int = 0  # real images shown to D
     segment_index: int = -1  # the schedule segment the last step was in
@@ -65,6 +65,8 @@ class TrainState:
             "opt_D": self.opt_D.state_dict(),
             "scaler": self.scaler.state_dict(),
             "pl_mean": self.loss.pl_mean.detach().cpu(),
+            "real_signs": self.loss.real_signs.totals.cpu(),  # ADA's tally since its last update
+            **({"augment_p": pipe.p.detach().cpu()} if (pipe := self.loss.augment_pipe) is not None else {}),
             "rng": rng_state(),
             "step": self.step,
             "nimg": self.nimg,
@@ -83,6 +85,9 @@ class TrainState:
         self.opt_D.load_state_dict(state["opt_D"])
         self.scaler.load_state_dict(state["scaler"])
         self.loss.pl_mean = state["pl_mean"].to(device)
+        self.loss.real_signs.totals = state["real_signs"].to(device)
+        if self.loss.augment_pipe is not None:
+            self.loss.augment_pipe.p.copy_(state["augment_p"])
         set_rng_state(state["rng"])
         self.step, self.nimg = int(state["step"]), int(state["nimg"])
         self.segment_index, self.train_seconds = int(state["segment_index"]), float(state["train_seconds"])
