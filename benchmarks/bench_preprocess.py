@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from facegan.data.cache import FaceCache
-from facegan.data.download import prepare_folder
+from facegan.data.download import prepare_folder, write_file_list
 from facegan.data.preprocess import default_workers, ordered_files, preprocess
 from facegan.device import resolve_device
 from facegan.io import write_json
@@ -114,9 +114,8 @@ def main() -> None:
         raw = work / "raw"
         partition = args.partition if Path(args.partition).is_file() else ""
         record = prepare_folder(raw, args.folder, partition)
-        listing = (raw / "files.txt").read_text().splitlines()
-        first = set(ordered_files(raw, record)[: args.images])
-        (raw / "files.txt").write_text("".join(line + "\n" for line in listing if line.split("\t")[0] in first))
+        first = ordered_files(raw, record)[: args.images]
+        write_file_list(raw, Path(record["image_root"]), first)
         data.update(source="folder", raw_dir=str(raw), num_faces=len(first), checkpoint_every=10**9)
         # facenet-pytorch's import (with torchvision, ~4 s on 2 cores) once before either run: the
         # first run would otherwise pay it alone and look slower end to end than it is

@@ -8,16 +8,23 @@ is found and removed by `remove_stale_temporaries` when its owner is known to be
 A full disk is recognised whichever way it surfaces: an OSError with errno ENOSPC (or EDQUOT), or
 numpy's `tofile`/`save`, which reports "N requested and M written" without an errno; the
 user sees one line naming the folder and what to free.
+
+`ExclusiveLock` lets one process at a time write a set of shared outputs: an exclusive `flock` on a
+lock file (which the kernel releases when its holder dies, however it dies) holding the holder's
+PID, so a second process stops at once naming it, and a lock left by a dead process is simply taken.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 from facegan.errors import UserError
@@ -60,11 +67,21 @@ def disk_full_error(path: str | os.PathLike, needed_bytes: int | None = None, is
 
 
 @contextlib.contextmanager
+def _naming(path: Path):
+    """An OSError while creating the hidden temporary names the output the user asked for, not the temporary."""
+    try:
+        yield
+    except OSError as err:
+        raise type(err)(err.errno, err.strerror, str(path)) from err
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    with _naming(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -84,7 +101,8 @@ def atomic_dir(path: str | os.PathLike):
     """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
+    with _naming(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, DIR_MODE)
@@ -137,3 +155,44 @@ def read_json(path: str | os.PathLike):
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{path} is not valid JSON ({err.msg}); delete it and re-run its stage") from err
+
+
+class ExclusiveLock:
+    """One process at a time: `with ExclusiveLock(path, "preprocessing the faces"):` (module docstring)."""
+
+    def __init__(self, path: str | os.PathLike, doing: str):
+        self.path, self.doing, self.handle = Path(path), doing, None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock is held
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise UserError(
+                f"another process is {self.doing} ({holder}; lock {self.path}): wait for it to finish "
+                "or stop it, then re-run"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        self.handle = handle
+        # a forked child (a preprocess worker) shares the lock; it must not keep holding it once this
+        # process is gone, so children close their copy
+        os.register_at_fork(after_in_child=self._forget_in_child)
+        return self
+
+    def _forget_in_child(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # this copy only: the lock stays with the parent's descriptor
+            self.handle = None
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None

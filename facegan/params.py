@@ -18,7 +18,7 @@ import copy
 import fnmatch
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +257,7 @@ def _model_constraints() -> list[tuple[str, Callable[[Any], bool], str]]:
     """models.<name>.*: budgets, optimisers, losses, schedules and arch sizes."""
     return [
         ("models.*.augment.mode", _one_of("ada", "fixed", "none"), "ada, fixed or none"),
-        ("models.*.augment.p", _non_negative, "0 or a positive probability multiplier"),
+        ("models.*.augment.p", lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
         ("models.*.augment.target", lambda v: 0.0 <= v <= 1.0, "a target sign mean in [0, 1]"),
         ("models.*.augment.interval", _positive, "a positive number of steps"),
         ("models.*.augment.kimg", _positive, "a positive number of kimg"),
@@ -379,7 +379,41 @@ def validate(params: dict, profile_keys: frozenset[str] = frozenset(), profile: 
                 if not check(value):
                     raise UserError(f"param '{where(key)}' = {value!r} is invalid: must be {allowed}")
                 break
+    problem = next(cross_field_problems(params), None)
+    if problem is not None:
+        raise UserError(problem)
     return params
+
+
+def cross_field_problems(params: dict) -> Iterator[str]:
+    """Rules between params that no single value breaks, checked at `configure`, before any stage runs:
+    one sentence each, naming the params and the fix."""
+    placement = params["placement"]
+    processes = placement["gpus"] * placement["nnodes"]
+    if placement["nnodes"] > 1 and not placement["rdzv_endpoint"]:
+        yield "placement.nnodes > 1 needs placement.rdzv_endpoint (host:port of node 0): set it"
+    chosen = model_names() if params["model"] == "all" else (params["model"],)
+    for model in chosen:
+        mp = params["models"][model]
+        growing = (mp.get("progressive") or {}).get("batch_sizes") or []
+        key, sizes = (
+            (f"models.{model}.progressive.batch_sizes", growing)
+            if growing
+            else (f"models.{model}.batch_size", [mp["batch_size"]])
+        )
+        for size in sizes:
+            if size % processes:
+                yield (
+                    f"{key} = {size} does not split over placement.gpus x placement.nnodes = {processes} "
+                    f"processes: use a multiple of {processes}, or fewer processes"
+                )
+    ev = params["evaluate"]
+    fewest = min(ev["num_gen"], ev["num_ref"])
+    if ev["pr_k"] >= fewest:
+        yield (
+            f"evaluate.pr_k = {ev['pr_k']} needs more than {ev['pr_k']} images per set, but evaluate.num_gen/"
+            f"num_ref give {fewest}: lower pr_k or raise both"
+        )
 
 
 def shadowed_edits(path: str | Path, committed: dict | None) -> list[str]:

@@ -16,7 +16,7 @@ from facegan.errors import stage_main
 from stages import start_stage
 
 
-@stage_main
+@stage_main(exclusive=True)
 def main() -> None:
     start_stage()
     view = stage_params.load("download")

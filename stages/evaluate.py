@@ -27,7 +27,7 @@ from facegan.training.launch import pin_gpu
 from stages import start_model_stage
 
 
-@stage_main
+@stage_main(exclusive=True)
 def main() -> None:
     model = start_model_stage(__doc__)
     view = stage_params.load_model(model)

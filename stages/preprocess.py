@@ -18,7 +18,7 @@ from facegan.paths import CACHE_DIR, PREPROCESS_REPORT
 from stages import start_stage
 
 
-@stage_main
+@stage_main(exclusive=True)
 def main() -> None:
     start_stage()
     data = stage_params.load("preprocess").data

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import socket
 import tarfile
 import threading
@@ -260,3 +262,46 @@ def test_a_users_truncated_archive_or_saved_web_page_is_not_to_be_deleted(tmp_pa
         dl.prepare_folder(tmp_path / "raw", str(page))
     message = _one_line(err)
     assert "is a web page saved in place of an archive" in message and "delete" not in message
+
+
+def test_any_file_name_is_listed_byte_exact_and_read(tmp_path):
+    """A Latin-1 byte (once `UnicodeEncodeError ... this is a bug`), a tab and a newline (once split into
+    made-up entries) in file names: each image is listed under its own name, read, and written to the
+    manifest as the bytes it has on disk."""
+    from facegan.data.preprocess import PARTIAL_MANIFEST, _fingerprint, _Manifest, load_rgb
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    names = [os.fsdecode(b"caf\xe9.png"), "tab\tname.png", "new\nline.png", "plain.png"]
+    for seed, name in enumerate(names):
+        (folder / name).write_bytes(_png(seed))
+    record = dl.prepare_folder(tmp_path / "raw", str(folder))
+    listed = ordered_files(tmp_path / "raw", record)
+    assert record["count"] == 4 and sorted(listed) == sorted(names)
+    for seed, name in enumerate(names):
+        image, why = load_rgb(Path(record["image_root"]) / name)
+        assert why == "" and np.array_equal(image, np.asarray(Image.open(io.BytesIO(_png(seed)))))
+    assert _fingerprint({"resolution": 64, "num_faces": 4, "mtcnn": {}, "align": {}}, listed, record)
+    manifest = _Manifest(tmp_path / PARTIAL_MANIFEST, None)
+    for name in listed:
+        manifest.add({"source_file": name, "status": "rejected", "reason": "no_face"})
+    manifest.flush()
+    manifest.close()
+    assert b"caf\xe9.png" in (tmp_path / PARTIAL_MANIFEST).read_bytes() and manifest.counts()["no_face"] == 4
+
+
+def test_symlinked_folders_are_followed_and_a_loop_is_listed_once(tmp_path):
+    real, other = tmp_path / "real", tmp_path / "other"
+    real.mkdir(), other.mkdir()
+    for i in range(3):
+        (real / f"{i}.png").write_bytes(_png(i))
+    for i in range(2):
+        (other / f"o{i}.png").write_bytes(_png(10 + i))
+    (real / "more").symlink_to(other)  # a symlinked subfolder: once skipped silently
+    (real / "again").symlink_to(other)  # a second link to the same folder: listed once
+    (other / "back").symlink_to(real)  # a loop
+    record = dl.prepare_folder(tmp_path / "raw", str(real))
+    listed = ordered_files(tmp_path / "raw", record)
+    assert listed == ["0.png", "1.png", "2.png", "again/o0.png", "again/o1.png"]
+    assert record["count"] == 5 and record["symlinked_folders_skipped"] == 2
+    assert json.loads((tmp_path / "raw" / "SOURCE.json").read_text())["symlinked_folders_skipped"] == 2

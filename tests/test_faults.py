@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -276,25 +277,166 @@ def yaml_load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def run_as_stage(body: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`body` as a stage's main(), behind the error boundary, in a fresh process."""
+    script = f"import errno\nfrom facegan.errors import stage_main\n\n@stage_main\ndef main():\n    {body}\n\nmain()\n"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True)
+
+
 def test_an_unexpected_error_is_one_line_pointing_at_its_logged_traceback(tmp_path):
-    script = textwrap.dedent("""
-        from facegan.errors import stage_main
-
-        @stage_main
-        def main():
-            {}["missing"]
-
-        main()
-    """)
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-    )
+    done = run_as_stage('{}["missing"]', tmp_path)
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: unexpected KeyError: 'missing' (full traceback in runs/logs/")
     (log,) = (tmp_path / "runs/logs").iterdir()
     assert "Traceback (most recent call last)" in log.read_text() and "KeyError" in log.read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# round 3: stages that share outputs, odd file systems, inputs checked before the work
+
+
+HOLDER = """
+import sys, time
+sys.argv = ["stages/{stage}.py"]
+from facegan.errors import stage_main
+
+@stage_main(exclusive=True)
+def main():
+    print("locked", flush=True)
+    time.sleep(60)
+
+main()
+"""
+
+
+@pytest.mark.parametrize("stage", ["preprocess", "download", "reference_stats", "report"])
+def test_a_second_run_of_a_stage_that_writes_shared_outputs_stops_at_once(tmp_path, stage):
+    """Two `preprocess` runs once appended to one manifest and both exited 0; now the second stops, naming
+    the first, and once the first is gone (killed: a stale PID in the lock file) the stage runs again."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER.format(stage=stage)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = subprocess.run(
+            [sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        (line,) = second.stderr.strip().splitlines()
+        assert second.returncode == 2
+        assert line.startswith(f"error: another process is running {stage} (PID {holder.pid} on ") and "wait" in line
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    third = subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert "another process" not in third.stderr and "dvc repro configure" in third.stderr  # past the lock
+
+
+def test_a_training_of_a_locked_run_stops_through_train(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_cache(tmp_path / "faces", seed=1)
+    cfg = config()
+    run = checkpoint.checkpoint_dir(
+        "dcgan", cfg.identity(FaceCache(tmp_path / "faces").fingerprint, torch.float32), tmp_path / "ckpt"
+    )
+    with checkpoint.RunLock(run, "dcgan"), pytest.raises(UserError, match="another process is training dcgan"):
+        train(cfg, tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_run_key_holds_the_resolved_precision_not_auto(tmp_path, monkeypatch):
+    """An `auto` run checkpointed in bf16 on a GPU must not resume in fp32 on a CPU under the same key."""
+    monkeypatch.chdir(tmp_path)
+    make_cache(tmp_path / "faces", seed=1)
+    cfg = config()
+    cfg.train["precision"] = "auto"
+    assert train(cfg, tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt", stop_after_kimg=0.032) is None
+    fingerprint = FaceCache(tmp_path / "faces").fingerprint
+    (key,) = [p.name for p in (tmp_path / "ckpt/dcgan").iterdir()]
+    assert key == checkpoint.run_key(cfg.identity(fingerprint, torch.float32))  # auto on a CPU: fp32
+    assert key != checkpoint.run_key(cfg.identity(fingerprint, torch.bfloat16))
+
+
+def test_the_progress_bar_stops_at_the_budget_when_the_last_batch_passes_it(tmp_path, monkeypatch, recwarn):
+    monkeypatch.chdir(tmp_path)
+    make_cache(tmp_path / "faces", seed=1)
+    cfg = config()
+    cfg.model_params["kimg"] = 0.1  # 13 batches of 8: 0.104 kimg
+    stats = train(cfg, tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt")
+    assert stats.kimg == pytest.approx(0.104)
+    assert not [w for w in recwarn if "clamping frac" in str(w.message)]
+
+
+def test_a_zero_byte_or_truncated_cache_is_one_line_naming_preprocess(tmp_path):
+    cache = make_cache(tmp_path / "faces", seed=1)
+    faces = (cache / "faces.npy").read_bytes()
+    for broken in (b"", faces[: len(faces) // 2]):
+        (cache / "faces.npy").write_bytes(broken)
+        with pytest.raises(UserError) as err:
+            FaceCache(cache)
+        assert "faces.npy is corrupt" in one_line(err) and "dvc repro preprocess" in one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ('PermissionError(errno.EACCES, "Permission denied", "data/raw")', "data/raw: Permission denied; make it"),
+        ('OSError(errno.EROFS, "Read-only file system", "data/faces")', "data/faces: Read-only file system; it is"),
+        ('OSError(errno.ENOSPC, "No space left on device", "runs/x")', "runs/x: No space left on device; the disk"),
+    ],
+)
+def test_an_os_error_naming_a_path_is_one_line_with_the_fix_not_a_bug(tmp_path, error, expected):
+    done = run_as_stage(f"raise {error}", tmp_path)
+    (line,) = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and line.startswith(f"error: {expected}") and "bug" not in line
+    assert not (tmp_path / "runs/logs").exists()
+
+
+ORPHANS = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from facegan.data.preprocess import _die_with
+from facegan.io import ExclusiveLock
+
+with ExclusiveLock(sys.argv[1], "running preprocess"):
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"), initializer=_die_with,
+                               initargs=(os.getpid(),))
+    print("locked", flush=True)
+    futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+    time.sleep(0.5)
+    print(*[p.pid for p in pool._processes.values()], flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_stage_leaves_no_worker_behind_holding_its_lock(tmp_path):
+    """preprocess's forked workers once outlived a killed parent, kept working and held the lock they
+    inherited, so the next run said 'another process is running preprocess' until they were found."""
+    lock = tmp_path / "preprocess.lock"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHANS, str(lock)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    parent.stdout.readline()
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    with io.ExclusiveLock(lock, "running preprocess"):  # free at once: the workers closed their copies
+        pass
+    time.sleep(1.0)
+    alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and "Z" not in _state(pid)]
+    assert alive == []
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+    except OSError:
+        return "gone"

@@ -169,3 +169,66 @@ def test_a_view_with_another_shape_is_refused(tmp_path):
         r"unknown resolution_reached\).*dvc repro configure",
     ):
         stage_params.load_model("dcgan", config_dir=tmp_path / "config")
+
+
+# every bounded probability, fraction, ratio or decay, and values on each wrong side of its bounds
+OUT_OF_BOUNDS = {
+    "data.mtcnn.min_confidence": [-0.1, 1.5],
+    "data.align.eye_distance": [0.01, 0.9],
+    "data.align.eye_height": [0.05, 0.95],
+    "models.*.augment.p": [-0.1, 1.5],
+    "models.*.augment.target": [-0.1, 1.5],
+    "models.*.betas_*": [[0.5, 1.0], [-0.1, 0.9], [0.5]],
+    "models.*.ema_rampup": [-0.1],
+    "models.*.lr_decay_kimg": [-1.0],
+    "models.*.loss.style_mixing_prob": [-0.1, 1.5],
+    "models.*.arch.*_beta": [1.0, -0.1],
+    "models.*.arch.mlp_ratio": [0.0, -1.0],
+    "evaluate.truncation_psis": [[2.5], [-0.1], []],
+}
+
+
+def test_every_probability_and_ratio_param_is_bounded_on_both_sides(tmp_path):
+    """Through load_params, as `configure` runs it: each bad value stops with one line naming its key."""
+    import fnmatch
+    import re
+
+    from facegan.params import constraints, flatten
+
+    bounded = {
+        pattern
+        for pattern, _, allowed in constraints(MODEL_NAMES)
+        if re.search(r"probability|fraction|ratio|decay|\[0, 1", allowed)
+    }
+    assert bounded <= set(OUT_OF_BOUNDS), f"add {bounded - set(OUT_OF_BOUNDS)} to OUT_OF_BOUNDS"
+    study = flatten(load(tmp_path, {}))
+    for pattern, values in OUT_OF_BOUNDS.items():
+        key = next(k for k in study if fnmatch.fnmatchcase(k, pattern))
+        for value in values:
+            override = value
+            for part in reversed(key.split(".")):
+                override = {part: override}
+            with pytest.raises(UserError) as err:
+                load(tmp_path, override)
+            assert f"param '{key}' = {value!r} is invalid" in str(err.value), (key, value, str(err.value))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"placement": {"nnodes": 2}}, "placement.nnodes > 1 needs placement.rdzv_endpoint"),
+        ({"placement": {"gpus": 3}, "model": "stylegan2"}, "models.stylegan2.batch_size = 32 does not split over"),
+        (
+            {"placement": {"gpus": 3}, "model": "pggan"},
+            "models.pggan.progressive.batch_sizes = 128 does not split over placement.gpus x placement.nnodes = 3",
+        ),
+        ({"evaluate": {"pr_k": 50000}}, "evaluate.pr_k = 50000 needs more than 50000 images per set"),
+    ],
+)
+def test_rules_between_params_stop_configure_before_any_stage(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load(tmp_path, overrides)
+
+
+def test_a_batch_split_over_the_processes_passes(tmp_path):
+    assert load(tmp_path, {"placement": {"gpus": 4}})["placement"]["gpus"] == 4

@@ -17,6 +17,7 @@ from skimage import data as skdata
 from facegan.data.cache import FaceCache
 from facegan.data.download import prepare_folder, prepare_synthetic
 from facegan.data.preprocess import load_rgb, preprocess
+from facegan.errors import UserError
 from facegan.params import load_params
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "faces"
@@ -114,8 +115,23 @@ def test_interrupted_run_resumes_to_the_same_result(photo_folder, tmp_path, full
         handle.write("zz_lost.jpg,kept,kept,,,,,9\n")
     report = _run(tmp_path, photo_folder, workers=workers)
     assert report["resumed_from"] == 4
+    # the report counts the whole run, not only the session after the resume
+    assert report["detected"] == full_run[1]["detected"] and report["considered"] == full_run[1]["considered"]
     assert _manifest(tmp_path / "faces" / "manifest.csv") == _manifest(full_run[0] / "faces" / "manifest.csv")
     np.testing.assert_array_equal(FaceCache(tmp_path / "faces").faces, FaceCache(full_run[0] / "faces").faces)
+
+
+def test_no_accepted_face_says_where_each_rejection_reason_is(photo_folder, tmp_path):
+    folder = tmp_path / "no_faces"
+    folder.mkdir()
+    (folder / "coffee.jpg").write_bytes((photo_folder / "b_coffee.jpg").read_bytes())
+    with pytest.raises(UserError) as err:
+        _run(tmp_path, folder)
+    message = str(err.value)
+    assert "no face was accepted among 1 images" in message and "data.mtcnn" in message
+    manifest = Path(message.split("rejection reason is in ")[1].split(";")[0])
+    assert _manifest(manifest)["coffee.jpg"]["reason"] == "no_face"
+    assert not (tmp_path / "faces").exists()
 
 
 def test_synthetic_path_stays_fast_and_complete(tmp_path):

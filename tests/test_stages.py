@@ -1,5 +1,6 @@
 """Each stage script on tiny inputs, in the order DVC runs them, in a scratch project folder."""
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -165,6 +166,8 @@ def test_evaluate_without_inception_weights_names_the_fix(pipeline, monkeypatch,
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(project, tmp_path, monkeypatch):
+    import torch
+
     from facegan import stage_params
     from facegan.data.cache import FaceCache
     from facegan.training import checkpoint
@@ -178,7 +181,9 @@ def test_interrupted_training_resumes_from_its_checkpoint(project, tmp_path, mon
     first = train(cfg, project / "data/faces", tmp_path / "run", ckpt_root, stop_after_kimg=0.064)
     assert first is None
     saved = checkpoint.load(
-        checkpoint.checkpoint_dir("dcgan", cfg.identity(FaceCache(project / "data/faces").fingerprint), ckpt_root)
+        checkpoint.checkpoint_dir(
+            "dcgan", cfg.identity(FaceCache(project / "data/faces").fingerprint, torch.float32), ckpt_root
+        )
         / "last.pt"
     )
     assert saved["step"] == 4
@@ -203,3 +208,63 @@ def test_evaluate_refuses_reference_statistics_of_another_resolution_or_cache(pi
             assert exit_info.value.code == 2 and expected in capsys.readouterr().err
     finally:
         meta_path.write_text(original)
+
+
+def test_a_corrupt_snapshot_stops_evaluate_before_any_metric(pipeline, monkeypatch, capsys):
+    """Every input is read first: a truncated snapshot costs no FID/PPL work and names train@<model>."""
+    from facegan.metrics import evaluate
+
+    snapshot = pipeline / "runs/dcgan/snapshots/kimg00000.06.pt"
+    original = snapshot.read_bytes()
+
+    def metrics_ran(*args, **kwargs):
+        raise AssertionError("a metric ran before the inputs were checked")
+
+    monkeypatch.setattr(evaluate, "fid_kid_pr", metrics_ran)
+    try:
+        snapshot.write_bytes(original[: len(original) // 2])
+        with pytest.raises(SystemExit) as exit_info:
+            run_stage(pipeline, monkeypatch, "evaluate", "dcgan")
+    finally:
+        snapshot.write_bytes(original)
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert exit_info.value.code == 2
+    assert "kimg00000.06.pt cannot be read" in line and "dvc checkout train@dcgan" in line, line
+
+
+def test_a_batch_that_does_not_split_over_the_processes_stops_configure(project, tmp_path, monkeypatch, capsys):
+    scratch = tmp_path / "p"
+    scratch.mkdir()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["placement"]["gpus"] = 3
+    (scratch / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(scratch, monkeypatch, "configure")
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert line == (
+        "error: models.dcgan.batch_size = 16 does not split over placement.gpus x placement.nnodes = 3 processes: "
+        "use a multiple of 3, or fewer processes"
+    )
+    assert not (scratch / "runs/config").exists()  # nothing configured, so no stage starts
+
+
+def test_a_permission_error_is_one_line_naming_the_path(project, tmp_path, monkeypatch, capsys):
+    """What `chattr -R +i data` does to download: one line with the path and the fix, not "a bug"."""
+    import facegan.data.download as download
+
+    scratch = tmp_path / "p"
+    scratch.mkdir()
+    (scratch / "params.yaml").write_text((project / "params.yaml").read_text())
+    run_stage(scratch, monkeypatch, "configure")
+
+    def immutable(path, *args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(download, "atomic_dir", immutable)
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(scratch, monkeypatch, "download")
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert line.startswith("error: data/raw/synthetic: Operation not permitted; ") and "chattr -i" in line
+    assert "bug" not in line

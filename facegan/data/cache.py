@@ -130,6 +130,12 @@ class CacheWriter:
         return self.out_dir
 
 
+def _corrupt(root: Path, name: str, err: Exception) -> UserError:
+    return UserError(
+        f"{root / name} is corrupt ({type(err).__name__}: {err}); delete {root} and run `dvc repro preprocess`"
+    )
+
+
 class FaceCache:
     """Read-only view of a finished cache; images come out as float tensors in [-1, 1]."""
 
@@ -139,13 +145,14 @@ class FaceCache:
             raise UserError(f"face cache {root} is missing or incomplete: run `dvc repro preprocess`")
         self.root = root
         self.on_device: torch.Tensor | None = None
-        self.meta = json.loads((root / META_FILE).read_text())
+        try:
+            self.meta = json.loads((root / META_FILE).read_text())
+        except ValueError as err:
+            raise _corrupt(root, META_FILE, err) from err
         try:
             self.faces = np.load(root / FACES_FILE, mmap_mode="r")
-        except ValueError as err:
-            raise UserError(
-                f"{root / FACES_FILE} is corrupt ({err}); delete {root} and run `dvc repro preprocess`"
-            ) from err
+        except (ValueError, EOFError) as err:  # truncated: ValueError; zero bytes: EOFError (numpy)
+            raise _corrupt(root, FACES_FILE, err) from err
 
     @property
     def fingerprint(self) -> str:

@@ -6,7 +6,7 @@ Sources (data.source):
              torchvision's CelebA dataset uses, each checked against torchvision's md5 sum.
   url        any zip/tar(.gz/.bz2/.xz) mirror; data.sha256 verifies it when given (when not, the
              computed sha256 is logged and recorded in SOURCE.json).
-  folder     a local folder of images (read in place, listed in data/raw/files.txt) or a local
+  folder     a local folder of images (read in place, listed in data/raw/files.jsonl) or a local
              archive (extracted).
   synthetic  drawn offline (facegan.data.synthetic).
 
@@ -18,6 +18,13 @@ mtime, digest) saves re-hashing. Archives are extracted into a temporary directo
 the target only when complete. Every failure is one UserError line naming what happened and how
 to supply the files by hand (data.source=folder). The only credential, FACEGAN_HTTP_TOKEN (a
 bearer token for data.url's host), comes from the environment.
+
+The list of a source's images (`files.jsonl`, one `{"name", "bytes"}` object a line) holds any file
+name byte-exact: names are JSON strings, and a name that is not UTF-8 is kept with Python's
+surrogate escapes (os.fsdecode), which JSON writes as `\\udcXX` and reads back unchanged, so a tab,
+a newline or a Latin-1 byte in a name is neither split nor dropped. Listing follows symlinked
+folders; a folder reached a second time (a symlink loop, or two links to one folder) is listed
+once, and how many were skipped is logged and recorded in SOURCE.json.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from urllib.parse import urlencode, urljoin, urlparse
 from tqdm import tqdm
 
 from facegan.errors import UserError
-from facegan.io import atomic_dir, write_json
+from facegan.io import atomic_dir, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -355,15 +362,54 @@ def extract_archive(archive: Path, target: Path, digest: str, downloaded: bool =
 
 
 # -- sources ----------------------------------------------------------------------------------
-def list_images(root: Path) -> list[str]:
-    """Image files under `root` (recursive, hidden entries skipped), as sorted relative paths."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+FILE_LIST = "files.jsonl"
+
+
+def list_images(root: Path) -> tuple[list[str], int]:
+    """Image files under `root` (recursive, hidden entries skipped, symlinked folders followed), as
+    sorted relative paths, and the number of folders skipped because they were reached before."""
+    found, seen, skipped = [], set(), 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        identity = os.stat(dirpath)
+        seen.add((identity.st_dev, identity.st_ino))
+        keep = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            try:
+                sub = os.stat(os.path.join(dirpath, name))
+            except OSError:  # a dangling link: nothing to list there
+                continue
+            if (sub.st_dev, sub.st_ino) in seen:
+                skipped += 1
+            else:
+                seen.add((sub.st_dev, sub.st_ino))
+                keep.append(name)
+        dirnames[:] = keep
         for filename in filenames:
             if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_SUFFIXES:
                 found.append(Path(dirpath, filename).relative_to(root).as_posix())
-    return sorted(found)
+    if skipped:
+        log.warning(
+            "skipped %d folders under %s reached a second time through symlinks (loops or duplicates)", skipped, root
+        )
+    return sorted(found), skipped
+
+
+def write_file_list(raw_dir: Path, root: Path, files: list[str]) -> None:
+    lines = (json.dumps({"name": name, "bytes": (root / name).stat().st_size}) for name in files)
+    write_text(raw_dir / FILE_LIST, "".join(line + "\n" for line in lines))
+
+
+def read_file_list(raw_dir: Path) -> list[str] | None:
+    """The names `download` listed, byte-exact (see the module docstring); None where it lists none."""
+    path = raw_dir / FILE_LIST
+    if not path.exists():
+        if (raw_dir / "files.txt").exists():
+            raise UserError(f"{raw_dir}/files.txt is an older file list: run `dvc repro -f download` to list again")
+        return None
+    try:
+        return [json.loads(line)["name"] for line in path.read_text().splitlines() if line]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is corrupt ({err}): run `dvc repro -f download` to list the images again") from err
 
 
 def find_partition_file(root: Path, explicit: str = "") -> Path | None:
@@ -393,19 +439,17 @@ def _image_root(extracted: Path) -> Path:
             return root
 
 
-def _write_source(raw_dir: Path, record: dict, files: list[str]) -> dict:
+def _write_source(raw_dir: Path, record: dict, listed: tuple[list[str], int]) -> dict:
+    files, skipped = listed
     if not files:
         raise UserError(
             f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {record['image_root']}: "
             f"point data.folder or data.url at a folder or archive of images"
         )
     raw_dir.mkdir(parents=True, exist_ok=True)
-    root = Path(record["image_root"])
-    listing = "".join(f"{name}\t{(root / name).stat().st_size}\n" for name in files)
-    with open(raw_dir / "files.txt.tmp", "w") as handle:
-        handle.write(listing)
-    os.replace(raw_dir / "files.txt.tmp", raw_dir / "files.txt")
-    record = {**record, "count": len(files)}
+    (raw_dir / "files.txt").unlink(missing_ok=True)  # an older list: files.jsonl replaces it
+    write_file_list(raw_dir, Path(record["image_root"]), files)
+    record = {**record, "count": len(files), "symlinked_folders_skipped": skipped}
     write_json(raw_dir / SOURCE_FILE, record)
     return record
 
@@ -420,9 +464,9 @@ def prepare_celeba(raw_dir: Path, download_dir: Path, base_url: str = GDRIVE_DOW
     for _, _, name in CELEBA_FILES[1:]:
         shutil.copyfile(store / name, target / name)
     image_root = _image_root(target) if not (target / "img_align_celeba").is_dir() else target / "img_align_celeba"
-    files = list_images(image_root)
-    if len(files) != CELEBA_IMAGES:
-        log.warning("img_align_celeba.zip holds %d images, not %d", len(files), CELEBA_IMAGES)
+    listed = list_images(image_root)
+    if len(listed[0]) != CELEBA_IMAGES:
+        log.warning("img_align_celeba.zip holds %d images, not %d", len(listed[0]), CELEBA_IMAGES)
     return _write_source(
         raw_dir,
         {
@@ -431,7 +475,7 @@ def prepare_celeba(raw_dir: Path, download_dir: Path, base_url: str = GDRIVE_DOW
             "partition_file": str(target / "list_eval_partition.txt"),
             "md5": digests,
         },
-        files,
+        listed,
     )
 
 

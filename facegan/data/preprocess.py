@@ -27,6 +27,8 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -41,11 +43,15 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from facegan.data.cache import CacheWriter
+from facegan.data.download import read_file_list
 from facegan.errors import UserError
 from facegan.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
+# file names are kept byte-exact (facegan.data.download): a name that is not UTF-8 goes into the CSV as
+# the bytes it has on disk
+MANIFEST_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 MANIFEST_FIELDS = ["source_file", "status", "reason", "detail", "probability", "box", "landmarks", "cache_index"]
 PARTIAL_MANIFEST = "manifest.partial.csv"
 PARTITION_NAMES = {0: "train", 1: "val", 2: "test"}
@@ -67,10 +73,8 @@ def read_partition(path: str | Path | None) -> dict[str, int]:
 
 def ordered_files(raw_dir: Path, source: dict) -> list[str]:
     """The source's images, relative to its image_root, in the deterministic processing order."""
-    listing = raw_dir / "files.txt"
-    if listing.exists():
-        files = [line.split("\t")[0] for line in listing.read_text().splitlines() if line]
-    else:
+    files = read_file_list(raw_dir)
+    if files is None:  # synthetic faces: drawn straight into image_root, no list
         files = sorted(p.name for p in Path(source["image_root"]).glob("*.png"))
     partition = read_partition(source.get("partition_file"))
     unknown = len(PARTITION_NAMES)
@@ -100,12 +104,12 @@ class _Manifest:
     def __init__(self, path: Path, resume_bytes: int | None):
         self.path = path
         if resume_bytes is None or not path.exists():
-            with open(path, "w", newline="") as handle:
+            with open(path, "w", newline="", **MANIFEST_ENCODING) as handle:
                 csv.writer(handle).writerow(MANIFEST_FIELDS)
         else:
             with open(path, "r+b") as handle:
                 handle.truncate(resume_bytes)
-        self.handle = open(path, "a", newline="")  # noqa: SIM115 - closed by close(), kept open across batches
+        self.handle = open(path, "a", newline="", **MANIFEST_ENCODING)  # noqa: SIM115 - closed by close(), kept open across batches
         self.writer = csv.DictWriter(self.handle, fieldnames=MANIFEST_FIELDS)
 
     def add(self, row: dict) -> None:
@@ -120,7 +124,7 @@ class _Manifest:
         self.handle.close()
 
     def counts(self) -> Counter:
-        with open(self.path, newline="") as handle:
+        with open(self.path, newline="", **MANIFEST_ENCODING) as handle:
             return Counter(row["reason"] for row in csv.DictReader(handle))
 
 
@@ -130,7 +134,7 @@ def _fingerprint(data: dict, files: list[str], source: dict) -> str:
     digest = hashlib.sha256(
         json.dumps([relevant, source.get("image_root"), source.get("source")], sort_keys=True).encode()
     )
-    digest.update("\n".join(files).encode())
+    digest.update("\n".join(files).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -243,10 +247,22 @@ class SequentialAlign:
 _worker_aligner = None  # in a worker process: the FaceAligner it detects with, None where it only decodes
 
 
-def _start_worker(aligner, threads: int) -> None:
+def _start_worker(aligner, threads: int, parent: int) -> None:
     global _worker_aligner
+    _die_with(parent)
     _worker_aligner = aligner
     torch.set_num_threads(threads)
+
+
+def _die_with(parent: int) -> None:
+    """A worker ends when the process that started it dies (killed, out of memory): an orphan would keep
+    computing for no one and hold the stage's lock, which it inherited with the fork."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
 
 
 def _work_on(root: Path, names: list[str]) -> Chunk:
@@ -294,7 +310,7 @@ class AlignWorkers:
             self.workers,
             mp_context=multiprocessing.get_context(method),
             initializer=_start_worker,
-            initargs=(self.aligner if on_cpu else None, self.threads if on_cpu else 1),
+            initargs=(self.aligner if on_cpu else None, self.threads if on_cpu else 1, os.getpid()),
         )
         self.pool.submit(int).result()  # start the workers now, before tqdm starts a thread of its own
         return self
@@ -388,12 +404,18 @@ def preprocess(
     runner = SequentialAlign(data, device, root) if workers == 0 else AlignWorkers(data, device, root, workers)
     batch = data["mtcnn"]["batch_size"]
     every = data["checkpoint_every"]
-    busy: Counter = Counter()
-    start, processed, detected, since_checkpoint = time.time(), 0, 0, 0
+    # totals over every session of this run: a resumed run carries the interrupted sessions' counts on
+    busy: Counter = Counter(state.get("busy_s", {}) if position else {})
+    detected = int(state.get("detected", 0)) if position else 0
+    start, processed, since_checkpoint = time.time(), 0, 0
 
     def checkpoint():
         writer.checkpoint(
-            position=position, manifest_bytes=manifest.flush(), elapsed_s=elapsed_before + time.time() - start
+            position=position,
+            manifest_bytes=manifest.flush(),
+            elapsed_s=elapsed_before + time.time() - start,
+            detected=detected,
+            busy_s=dict(busy),
         )
 
     chunks = [files[i : i + batch] for i in range(position, len(files), batch)]
@@ -449,7 +471,7 @@ def preprocess(
         "mtcnn": True,
         "workers": workers,
         "mtcnn_fast_max_pools": runner.aligner.fast_max_pools,
-        "detected": detected,
+        "detected": detected,  # over all sessions, as busy_s
         # seconds spent on each step, added over the workers (which run side by side)
         "busy_s": {step: round(busy[step], 2) for step in ("decode", "detect", "align")},
     }
@@ -464,6 +486,11 @@ def preprocess(
         "align": data["align"],
         "mtcnn": {k: v for k, v in data["mtcnn"].items() if k != "device"},
     }
+    if writer.count == 0:
+        raise UserError(
+            f"no face was accepted among {len(files)} images: each one's rejection reason is in {manifest.path}; "
+            "check data.source and the MTCNN thresholds (data.mtcnn.*) in params.yaml"
+        )
     writer.finish(meta, manifest.path)  # the cache and its manifest appear together
     write_json(report_path, report)
     return report

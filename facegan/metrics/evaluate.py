@@ -155,7 +155,11 @@ def evaluate_run(
     meta = handoff.ReferenceMeta.read(reference_dir / "meta.json")
     extractor = build_extractor(ev["extractor"], ev, device)
     check_reference(model, view, stats, meta, extractor)
-    trained = checkpoint.load(run_dir / "G_ema.pt", fix=f"run `dvc repro -f train@{model}`")
+    # every input is read and checked before the first metric: a bad file never costs the minutes before it
+    restore = f"restore it with `dvc checkout train@{model}` or train again with `dvc repro -f train@{model}`"
+    trained = checkpoint.load(run_dir / "G_ema.pt", fix=restore)
+    for snapshot in snapshot_files(run_dir):
+        checkpoint.load(snapshot, fix=restore)
     G = models.from_snapshot(model, view.params["arch"], view.resolution, trained).to(device)
     with resize_pool(ev, device) as pool:
         run = Run(
@@ -249,10 +253,14 @@ def perceptual_path_length(run: Run) -> dict:
     return ppl
 
 
+def snapshot_files(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "snapshots").glob("*.pt"))
+
+
 def fid_curve(run: Run, first: np.ndarray) -> list[handoff.FidPoint]:
     """FID of every training snapshot, the untrained generator (kimg 0) first."""
     ev, curve = run.ev, []
-    for snap in sorted((run.run_dir / "snapshots").glob("*.pt")):
+    for snap in snapshot_files(run.run_dir):
         weights = checkpoint.load(snap)
         kimg = float(weights["kimg"])
         if kimg == run.stats.kimg and ev["snapshot_num_gen"] == ev["num_gen"]:

@@ -7,26 +7,20 @@ finds its checkpoint again, while a changed param or changed data starts afresh 
 two datasets. Files hold tensors and plain containers only, so `torch.load(weights_only=True)`
 reads them.
 
-One process at a time trains a run: `RunLock` holds an exclusive `flock` on `<run>/lock` (which the
-kernel releases when its holder dies, however it dies) and writes the holder's PID there, so a
-second process stops at once naming it, and a lock left by a dead process is simply taken.
+One process at a time trains a run: `RunLock` is an `io.ExclusiveLock` on `<run>/lock`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-import os
-import socket
-import time
 from pathlib import Path
 
 import torch
 
 from facegan.errors import UserError
-from facegan.io import atomic_path, remove_stale_temporaries
+from facegan.io import ExclusiveLock, atomic_path, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 CHECKPOINT_ROOT = Path("checkpoints")
@@ -64,37 +58,15 @@ def latest(directory: Path) -> Path | None:
     return path if path.exists() else None
 
 
-class RunLock:
-    """An exclusive lock on a training run's scratch folder (see the module docstring)."""
+class RunLock(ExclusiveLock):
+    """An exclusive lock on a training run's scratch folder; taking it removes a dead writer's temporaries."""
 
     def __init__(self, directory: Path, what: str):
-        self.path, self.what, self.handle = directory / "lock", what, None
+        super().__init__(directory / "lock", f"training {what}")
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock is held
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise UserError(
-                f"another process is training {self.what} ({holder}; lock {self.path}): wait for it to finish "
-                "or stop it, then re-run"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
-        self.handle = handle
+        super().__enter__()
         removed = remove_stale_temporaries(self.path.parent)  # their writers are dead: we hold the lock
         if removed:
             log.info("removed %d temporary files of an interrupted run under %s", len(removed), self.path.parent)
         return self
-
-    def __exit__(self, *exc) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None

@@ -62,14 +62,15 @@ class RunConfig:
     seed: int
     resolution: int
 
-    def identity(self, cache_fingerprint: str) -> dict:
-        """What defines this run, and so its checkpoint key: the params, and the face cache it trains on."""
+    def identity(self, cache_fingerprint: str, dtype: torch.dtype) -> dict:
+        """What defines this run, and so its checkpoint key: the params, the precision it resolved to (an
+        `auto` run checkpointed in bf16 on a GPU never resumes in fp32 on a CPU), and its face cache."""
         return {
             "model": self.model,
             "params": self.model_params,
             "seed": self.seed,
             "resolution": self.resolution,
-            "precision": self.train["precision"],
+            "precision": str(dtype).replace("torch.", ""),
             "cache": cache_fingerprint,
         }
 
@@ -293,8 +294,9 @@ class RunFiles:
         run_dir: Path,
         world: distributed.World,
         total_nimg: int,
+        dtype: torch.dtype,
     ):
-        self.dir = checkpoint.checkpoint_dir(cfg.model, cfg.identity(cache.fingerprint), ckpt_root)
+        self.dir = checkpoint.checkpoint_dir(cfg.model, cfg.identity(cache.fingerprint, dtype), ckpt_root)
         self.model, self.z_dim = cfg.model, cfg.model_params["arch"]["z_dim"]
         self.run_dir, self.world, self.train, self.total_nimg = run_dir, world, cfg.train, total_nimg
         self.grid_z = torch.randn(
@@ -525,7 +527,8 @@ class Progress:
 
     def step(self, seconds: float, batch: int) -> None:
         self.terms.count(seconds, batch)
-        self.bar.update(batch / 1000)
+        # the last step may pass the kimg budget (3.008 of 3): the bar stops at its total, not past it
+        self.bar.update(max(0.0, min(batch / 1000, self.bar.total - self.bar.n)))
 
     def row(self, state: TrainState, segment: Segment, alpha: float, device: torch.device) -> None:
         """Close the log interval: a history row, its dvclive step and the bar's numbers."""
@@ -658,7 +661,7 @@ def train(
         )
     schedule = Schedule.for_model(cfg.model, cfg.model_params, int(np.log2(cfg.resolution)) - 2, spec.progressive)
     check_config(cfg, spec, schedule, world)
-    files = RunFiles(cfg, cache, ckpt_root, run_dir, world, schedule.total_nimg)
+    files = RunFiles(cfg, cache, ckpt_root, run_dir, world, schedule.total_nimg, dtype)
     with files.lock():
         return train_locked(cfg, cache, spec, schedule, files, world, device, dtype, stop_after_kimg, live_dir)
 
