@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -75,11 +76,17 @@ def project_env(project: Path) -> dict:
 
 
 def dvc(project: Path, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=project, env=project_env(project), capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return done.stdout
+    """Run dvc and return its stdout. Its output goes through files, not pipes: `dvc exp run --run-all`
+    starts queue workers that inherit its stdout and may linger after it exits (a celery worker once
+    took minutes to shut down), and a pipe would make this call wait for them too."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run(
+            [sys.executable, "-m", "dvc", *args], cwd=project, env=project_env(project), stdout=out, stderr=err
+        ).returncode
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert code == 0, stdout[-2000:] + stderr[-2000:]
+    return stdout
 
 
 def git_project(root: Path, models: tuple[str, ...], profile: dict) -> Path:

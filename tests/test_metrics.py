@@ -348,3 +348,33 @@ def test_a_generated_set_is_the_same_images_on_every_run_noise_inputs_included()
     assert np.array_equal(one_set(), first)
     other = np.concatenate(list(generated_batches(G, 6, 4, seed=1001, device=CPU)))
     assert not np.array_equal(other, first)
+
+
+def test_downloaded_weights_with_wrong_bytes_are_refused_and_leave_no_file(tmp_path, monkeypatch):
+    """Through build_extractor, as evaluate calls it: a server (127.0.0.1) that serves the wrong bytes."""
+    import dataclasses
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class WrongBytes(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"not the Inception network" * 100
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), WrongBytes)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/inception-2015-12-05.pt"
+        monkeypatch.setattr(weights, "CLEANFID_INCEPTION", dataclasses.replace(weights.CLEANFID_INCEPTION, url=url))
+        target = tmp_path / "weights" / "inception-2015-12-05.pt"
+        with pytest.raises(UserError, match="is not clean-fid's Inception"):
+            build_extractor("inception", {"inception_weights": str(target)}, CPU)
+        assert list(target.parent.iterdir()) == []  # neither the file nor a temporary
+    finally:
+        server.shutdown()
