@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facegan.errors import UserError
 from facegan.ops import bias_act, downsample2d, setup_filter, upfirdn2d, upsample2d
 
 SQRT_HALF = math.sqrt(0.5)
@@ -543,3 +544,9 @@ __all__ = [
     "upsample2d",
     "downsample2d",
 ]
+
+
+def check_resolution(name: str, resolution: int, smallest: int = 8) -> None:
+    """A style-based model's one check on data.resolution: a power of two, at least `smallest`."""
+    if resolution < smallest or resolution & (resolution - 1):
+        raise UserError(f"{name}: resolution {resolution} must be a power of two >= {smallest}: set data.resolution")

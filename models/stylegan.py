@@ -51,7 +51,6 @@ import torch.nn.functional as F
 from facegan.errors import UserError
 from facegan.ops import bias_act, filter2d, setup_filter
 from models import ModelSpec, layers, register
-from models.stylegan2 import check_resolution
 
 BLUR_FILTER = (1, 2, 1)
 W_AVG_BETA = 0.995  # decay of the running mean of w (official dlatent_avg_beta)
@@ -313,7 +312,7 @@ def build(
     img_channels: int = 3,
 ) -> tuple[nn.Module, nn.Module]:
     """(G, D) from models.stylegan.arch. conv_clamp 0 disables the clamp (the paper had none)."""
-    check_resolution("stylegan", resolution)
+    layers.check_resolution("stylegan", resolution)
     clamp = conv_clamp if conv_clamp > 0 else None
     G = Generator(
         resolution,

@@ -54,11 +54,10 @@ import math
 import torch
 import torch.nn as nn
 
-from facegan.errors import UserError
 from facegan.ops import bias_act, setup_filter, upsample2d
 from models import ModelSpec, layers, register
 
-W_AVG_BETA = 0.998  # decay of the running mean of w (official w_avg_beta, StyleGAN2 and StyleGAN3)
+W_AVG_BETA = 0.998  # decay of the running mean of w (official networks_stylegan2.MappingNetwork w_avg_beta)
 
 
 class SynthesisLayer(nn.Module):
@@ -215,11 +214,6 @@ class Generator(nn.Module):
         return self.synthesis(ws, noise_mode)
 
 
-def check_resolution(name: str, resolution: int, smallest: int = 8) -> None:
-    if resolution < smallest or resolution & (resolution - 1):
-        raise UserError(f"{name}: resolution {resolution} must be a power of two >= {smallest}: set data.resolution")
-
-
 def build(
     resolution: int,
     z_dim: int,
@@ -234,7 +228,7 @@ def build(
     img_channels: int = 3,
 ) -> tuple[nn.Module, nn.Module]:
     """(G, D) from models.stylegan2.arch. conv_clamp 0 disables the clamp."""
-    check_resolution("stylegan2", resolution)
+    layers.check_resolution("stylegan2", resolution)
     clamp = conv_clamp if conv_clamp > 0 else None
     G = Generator(
         resolution,

@@ -60,7 +60,8 @@ import torch.nn.functional as F
 from facegan.errors import UserError
 from facegan.ops import filtered_lrelu
 from models import ModelSpec, layers, register
-from models.stylegan2 import W_AVG_BETA, check_resolution
+
+W_AVG_BETA = 0.998  # decay of the running mean of w (official networks_stylegan3.MappingNetwork w_avg_beta)
 
 LRELU_UPSAMPLING = 2  # the non-linearity runs at twice the layer's sampling rate (sec. 3.2)
 FILTER_SIZE = 6  # taps per unit of the up/down factor
@@ -440,7 +441,7 @@ def build(
         raise UserError(f"models.stylegan3.arch.config = {config!r} is invalid: use t or r")
     if num_layers <= num_critical:
         raise UserError(f"models.stylegan3.arch: num_layers ({num_layers}) must exceed num_critical ({num_critical})")
-    check_resolution("stylegan3", resolution, smallest=16)
+    layers.check_resolution("stylegan3", resolution, smallest=16)
     clamp = conv_clamp if conv_clamp > 0 else None
     scale = 2 if config == "r" else 1
     G = Generator(

@@ -89,15 +89,11 @@ def test_each_model_depends_on_its_own_code_only():
     assert "facegan/ops/upfirdn2d.py" in declared_code("train", "dcgan")
     assert "facegan/ops/upfirdn2d.py" not in declared_code("evaluate", "dcgan")
     for stage in ("train", "evaluate"):
-        # StyleGAN and StyleGAN3 build on StyleGAN2's module; every style model on the shared layers and kernels
-        assert {
-            "models/stylegan.py",
-            "models/stylegan2.py",
-            "models/layers.py",
-            "facegan/ops/filtered_lrelu.py",
-            "facegan/ops/_triton_kernels.py",
-        } <= declared_code(stage, "stylegan")
-        assert "models/stylegan3.py" not in declared_code(stage, "stylegan2")
+        # every style model builds on the shared layers and kernels, and on no other model's module
+        for model in ("stylegan", "stylegan2", "stylegan3", "styleswin"):
+            own = {path for path in declared_code(stage, model) if path.startswith("models/")}
+            assert own == {"models/__init__.py", "models/layers.py", f"models/{model}.py"}, (stage, model, own)
+        assert {"facegan/ops/filtered_lrelu.py", "facegan/ops/_triton_kernels.py"} <= declared_code(stage, "stylegan")
     assert {"models/styleswin.py", "facegan/data/cache.py", "facegan/metrics/features.py"} <= declared_code(
         "evaluate", "styleswin"
     )
@@ -161,6 +157,5 @@ def test_dvc_status_marks_exactly_the_stages_whose_code_changed(locked_project):
     assert stale_after_touching(locked_project, "facegan/training/loop.py") == {f"train@{m}" for m in MODELS}
     assert stale_after_touching(locked_project, "facegan/training/phases.py") == {f"train@{m}" for m in MODELS}
     assert stale_after_touching(locked_project, "facegan/report/render.py") == {"report"}
-    assert stale_after_touching(locked_project, "models/stylegan2.py") == {
-        f"{stage}@{m}" for stage in ("train", "evaluate") for m in ("stylegan", "stylegan2", "stylegan3")
-    }
+    # one model's module re-runs that model alone: no model imports another's
+    assert stale_after_touching(locked_project, "models/stylegan2.py") == {"train@stylegan2", "evaluate@stylegan2"}
