@@ -229,7 +229,7 @@ def test_a_corrupt_snapshot_stops_evaluate_before_any_metric(pipeline, monkeypat
         snapshot.write_bytes(original)
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert exit_info.value.code == 2
-    assert "kimg00000.06.pt cannot be read" in line and "dvc checkout train@dcgan" in line, line
+    assert "kimg00000.06.pt cannot be read" in line and "dvc checkout --force train@dcgan" in line, line
 
 
 def test_a_batch_that_does_not_split_over_the_processes_stops_configure(project, tmp_path, monkeypatch, capsys):

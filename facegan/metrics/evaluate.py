@@ -156,7 +156,7 @@ def evaluate_run(
     extractor = build_extractor(ev["extractor"], ev, device)
     check_reference(model, view, stats, meta, extractor)
     # every input is read and checked before the first metric: a bad file never costs the minutes before it
-    restore = f"restore it with `dvc checkout train@{model}` or train again with `dvc repro -f train@{model}`"
+    restore = f"restore it with `dvc checkout --force train@{model}` or train again with `dvc repro -f train@{model}`"
     trained = checkpoint.load(run_dir / "G_ema.pt", fix=restore)
     for snapshot in snapshot_files(run_dir):
         checkpoint.load(snapshot, fix=restore)
