@@ -59,15 +59,16 @@ class PixelNorm(nn.Module):
 
 
 def block_precision(use_low_precision: bool, device: torch.device):
-    """(dtype, context) for one block. Low precision only on CUDA, only when the training loop
-    runs under CUDA autocast (train.precision is not fp32) and only for blocks the model marks
-    (its `num_fp16_res` highest resolutions); that block runs in the autocast dtype with autocast
-    switched off so its casts are explicit, as in the official code. Every other block runs in
-    fp32, also with autocast off, so low-resolution layers keep full precision."""
-    if device.type != "cuda" or not torch.is_autocast_enabled("cuda"):
+    """(dtype, context) for one block. Low precision only when the training loop runs under
+    autocast on the block's device (train.precision is not fp32: fp16/bf16 on CUDA, the bf16
+    lever on CPU) and only for blocks the model marks (its `num_fp16_res` highest resolutions);
+    that block runs in the autocast dtype with autocast switched off so its casts are explicit,
+    as in the official code. Every other block runs in fp32, also with autocast off, so
+    low-resolution layers (and the mapping, whose w_avg is fp32) keep full precision."""
+    if not torch.is_autocast_enabled(device.type):
         return torch.float32, contextlib.nullcontext()
-    dtype = torch.get_autocast_dtype("cuda") if use_low_precision else torch.float32
-    return dtype, torch.autocast("cuda", enabled=False)
+    dtype = torch.get_autocast_dtype(device.type) if use_low_precision else torch.float32
+    return dtype, torch.autocast(device.type, enabled=False)
 
 
 # ----------------------------------------------------------------------------------------------

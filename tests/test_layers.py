@@ -116,12 +116,15 @@ def test_residual_discriminator_sizes_from_params():
     assert logits.shape == (4, 1)
 
 
-def test_low_precision_only_on_cuda():
-    dtype, _ = layers.block_precision(True, torch.device("cpu"))
-    assert dtype == torch.float32
+def test_low_precision_only_under_autocast_and_only_in_marked_blocks():
+    cpu = torch.device("cpu")
+    assert layers.block_precision(True, cpu)[0] == torch.float32  # fp32 training: every block fp32
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        dtype, _ = layers.block_precision(True, torch.device("cpu"))
-    assert dtype == torch.float32
+        marked, context = layers.block_precision(True, cpu)
+        unmarked, _ = layers.block_precision(False, cpu)
+        with context:  # the block casts explicitly: autocast is off inside it
+            assert not torch.is_autocast_enabled("cpu")
+    assert (marked, unmarked) == (torch.bfloat16, torch.float32)
 
 
 def test_noise_injection_modes():

@@ -88,6 +88,19 @@ def test_folder_kid_equals_cleanfid_compute_kid(tmp_path, monkeypatch):
     assert abs(kid_from_features(feats_a, feats_a, seed=0)) < 0.1 * ours  # the same set twice: about 0
 
 
+def test_kid_is_clean_fids_kernel_distance_with_the_same_draws():
+    """Our KID is written out (importing cleanfid.fid costs a stage ~4 s); it must be clean-fid's number,
+    subsets included, for unequal set sizes too."""
+    from cleanfid.fid import kernel_distance
+
+    from facegan.metrics.fid import kid_from_features
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 16)), rng.normal(0.3, 1.2, size=(55, 16))
+    np.random.seed(7)
+    assert kid_from_features(a, b, seed=7) == pytest.approx(kernel_distance(a, b), rel=1e-12)
+
+
 def test_fid_helper_input_is_scaled_as_the_wheels_own_extractor_scales_it():
     """fid-helper's TorchScript expects uint8 / 128 - 1 (its INPUT_RANGE_TF); dividing by 255, or any other
     scaling, gives other features. The wheel's own FidHelper, run on 299x299 images (no resize), pins it."""

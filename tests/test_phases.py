@@ -304,6 +304,18 @@ def test_kernel_fallbacks_are_recorded_in_the_run_stats(cache_dir, tmp_path, mon
     assert stats.kernel_fallbacks == {"filtered_lrelu": "RuntimeError: PTX too new"}
 
 
+@pytest.mark.parametrize("model", ["stylegan2", "styleswin"])
+def test_the_bf16_lever_trains_on_cpu_with_fp32_emas(model, cache_dir, tmp_path):
+    """train.precision=bf16 is an advertised opt-in on CPU too. StyleGAN2's mapping used to run under CPU
+    autocast and crash on its fp32 w_avg; reduced precision stays inside the marked blocks, as on CUDA."""
+    cfg = tiny(model, steps=2)
+    cfg.train = dict(TRAIN, precision="bf16")
+    stats = train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
+    assert stats.precision == "bfloat16" and stats.steps == 2
+    state = torch.load(tmp_path / "run" / "G_ema.pt", weights_only=True)["G_ema"]
+    assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())
+
+
 def test_path_length_target_survives_resume(cache_dir, tmp_path):
     """The phases' state (path-length target) is part of TrainState's checkpoint: a resumed run equals the
     straight one bit for bit, lazy phases included."""
