@@ -109,9 +109,10 @@ def main() -> None:
     import yaml
 
     from facegan.data.cache import FaceCache
+    from facegan.handoff import ModelView
     from facegan.io import write_json
     from facegan.params import deep_merge
-    from facegan.training.loop import RunConfig, train
+    from facegan.training.loop import train
     from facegan.training.progressive import growing_kimg
 
     raw = yaml.safe_load(args.params.read_text())
@@ -142,8 +143,8 @@ def main() -> None:
             "log_kimg": max(phase_kimg / 4, 0.1),
         },
     )
-    cfg = RunConfig(
-        model="pggan", model_params=pggan, train=train_params, seed=int(raw.get("seed", 0)), resolution=resolution
+    cfg = ModelView.selected_run(
+        model="pggan", params=pggan, train=train_params, seed=int(raw.get("seed", 0)), resolution=resolution
     )
     run_dir = args.work_dir / "run"
     if torch.cuda.is_available():

@@ -59,8 +59,9 @@ def synthetic_cache(resolution: int, work: Path, count: int = 1024) -> Path:
 def run(
     model: str, params: dict, variant: dict, cache: Path, work: Path, device: str, kimg: float, warmup: float
 ) -> dict:
+    from facegan.handoff import ModelView
     from facegan.params import deep_merge
-    from facegan.training.loop import RunConfig, train
+    from facegan.training.loop import train
 
     mp = deep_merge(params["models"][model], {"kimg": kimg})
     if "progressive" in mp:  # time the final level: no growing
@@ -78,7 +79,9 @@ def run(
     )
     started = time.perf_counter()
     try:
-        stats = train(RunConfig(model, mp, tp, 0, params["data"]["resolution"]), cache, work / "run", work / "ckpt")
+        stats = train(
+            ModelView.selected_run(model, mp, tp, 0, params["data"]["resolution"]), cache, work / "run", work / "ckpt"
+        )
     except Exception as err:  # noqa: BLE001 - a lever that fails is a result too
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
     rows = [r.to_dict() for r in stats.history]

@@ -45,11 +45,12 @@ def main() -> None:
     import models
     from facegan.data.cache import CacheWriter, FaceCache, to_uint8
     from facegan.data.synthetic import render_face
+    from facegan.handoff import ModelView
     from facegan.io import write_json
     from facegan.metrics.features import build_extractor, extract
     from facegan.metrics.fid import fid_from_features
     from facegan.params import deep_merge, load_params
-    from facegan.training.loop import RunConfig, train
+    from facegan.training.loop import train
 
     torch.set_num_threads(2)
     params = load_params(ROOT / "params.yaml", overrides={"profile": "demo"})
@@ -72,7 +73,9 @@ def main() -> None:
             writer.add(render_face(params["seed"], i, resolution))
         cache = writer.finish({"source": "synthetic", "synthetic": True})
         started = time.perf_counter()
-        stats = train(RunConfig(args.model, mp, tp, params["seed"], resolution), cache, work / "run", work / "ckpt")
+        stats = train(
+            ModelView.selected_run(args.model, mp, tp, params["seed"], resolution), cache, work / "run", work / "ckpt"
+        )
         train_s = time.perf_counter() - started
         reals = extract(np.array_split(np.asarray(FaceCache(cache).faces[:NUM_IMAGES]), 4), extractor)
         curve = {}

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import models
+from facegan import checkpoint
 from facegan.data.cache import FaceCache, to_uint8
 from facegan.device import resolve_device
 from facegan.io import write_json
@@ -32,8 +33,7 @@ from facegan.metrics.features import build_extractor, extract
 from facegan.metrics.fid import fid_from_features
 from facegan.metrics.precision_recall import precision_recall
 from facegan.params import load_params
-from facegan.training import checkpoint
-from facegan.training.loop import to_resolution
+from facegan.training.progressive import to_resolution
 
 BATCH = 250
 

@@ -118,7 +118,8 @@ def run_ours(model: str, batch: int, cache: Path, work: Path, kimg: float, warmu
 import json, sys
 from pathlib import Path
 from facegan.params import deep_merge, load_params
-from facegan.training.loop import RunConfig, train
+from facegan.handoff import ModelView
+from facegan.training.loop import train
 p = load_params({str(ROOT / "params.yaml")!r}, overrides={{"profile": "study"}})
 mp = deep_merge(p["models"][{model!r}], {{"kimg": {kimg}, "batch_size": {batch}}})
 if {model!r} == "stylegan2":  # NVlabs' 128 px row
@@ -126,7 +127,7 @@ if {model!r} == "stylegan2":  # NVlabs' 128 px row
                          "arch": {{"mapping_layers": 2, "channel_base": 16384}}}})
 tp = deep_merge(p["train"], {{"device": {device!r}, "checkpoint_kimg": 1e6, "snapshot_kimg": 1e6,
                               "sample_kimg": 1e6, "log_kimg": {max(kimg / 20, 0.016)}}})
-stats = train(RunConfig({model!r}, mp, tp, 0, {RESOLUTION}), Path(sys.argv[1]), Path(sys.argv[2]),
+stats = train(ModelView.selected_run({model!r}, mp, tp, 0, {RESOLUTION}), Path(sys.argv[1]), Path(sys.argv[2]),
               Path(sys.argv[3]))
 print("STATS " + json.dumps(stats.to_dict()))
 """

@@ -40,13 +40,12 @@ import torch
 from PIL import Image
 
 import models
-from facegan import handoff, stage_params
+from facegan import checkpoint, handoff, stage_params
 from facegan.data.cache import make_grid, to_uint8
 from facegan.device import resolve_device
 from facegan.errors import UserError, stage_main
 from facegan.io import atomic_path
 from facegan.metrics.ppl import generate_same_noise, slerp
-from facegan.training import checkpoint
 
 WALKS = ("images", "grid", "strip", "gif")
 NOISE_MODES = ("const", "random", "none")

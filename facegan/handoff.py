@@ -206,6 +206,13 @@ class ModelView(Handoff):
     train: dict
     params: dict  # the model's section of params.yaml (models.<model>), profile applied
 
+    @classmethod
+    def selected_run(cls, model: str, params: dict, train: dict, seed: int, resolution: int) -> ModelView:
+        """The view of a run to train (what benchmarks and tests train without a `configure` stage)."""
+        return cls(
+            model=model, selected=True, skip_reason="", seed=seed, resolution=resolution, train=train, params=params
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class ReportView(Handoff):

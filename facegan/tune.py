@@ -41,11 +41,11 @@ from pathlib import Path
 import yaml
 
 from facegan import handoff, paths
+from facegan.checkpoint import RunLock
 from facegan.errors import UserError, stage_main
 from facegan.io import atomic_path, write_text
 from facegan.metrics import labels
 from facegan.params import DEFAULT_PATH, deep_merge, flatten, load_params, read_yaml
-from facegan.training.checkpoint import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class Watch:
         return [fresh[name] for name in sorted(fresh)]
 
     def default_folders(self) -> tuple[Path, ...]:
-        from facegan.training.checkpoint import CHECKPOINT_ROOT
+        from facegan.checkpoint import CHECKPOINT_ROOT
 
         return (*sorted((CHECKPOINT_ROOT / self.model).glob("*/snapshots")), paths.run_dir(self.model) / "snapshots")
 
@@ -456,7 +456,7 @@ def one_trial(model, tag, trial, values, tune, raw, scorer, folder) -> Trial:
     log.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
 
     def score(snap: Path) -> tuple[float, float]:
-        from facegan.training import checkpoint
+        from facegan import checkpoint
 
         weights = checkpoint.load(snap)
         return float(weights["kimg"]), scorer.fid(weights, arch)

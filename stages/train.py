@@ -15,7 +15,8 @@ from __future__ import annotations
 from facegan import paths, stage_params
 from facegan.errors import UserError, stage_main
 from facegan.training.launch import pin_gpu, relaunch_if_distributed
-from facegan.training.run import train_model, write_skipped
+from facegan.training.loop import train
+from facegan.training.outputs import write_skipped
 from stages import start_model_stage
 
 
@@ -33,7 +34,7 @@ def main() -> None:
             raise UserError(f"distributed training of {model} failed (exit {status}): see the ranks' lines above")
         return
     pin_gpu(placement)
-    stats = train_model(view, paths.CACHE_DIR, paths.run_dir(model), paths.live_dir(model))
+    stats = train(view, paths.CACHE_DIR, paths.run_dir(model), live_dir=paths.live_dir(model))
     if stats is None:
         raise UserError(f"training of {model} stopped early: re-run to resume")
 

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from facegan import io
+from facegan import checkpoint, io
 from facegan.data.cache import CacheWriter, FaceCache
 from facegan.data.synthetic import render_face
 from facegan.errors import UserError
+from facegan.handoff import ModelView
 from facegan.params import shadowed_edits
-from facegan.training import checkpoint
-from facegan.training.loop import RunConfig, train
+from facegan.training.loop import train
 from tests.helpers import cpu_train, study_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,8 +137,8 @@ def test_cache_and_manifest_are_published_together(tmp_path):
 # training runs: data fingerprint, lock, temporaries, kill during a checkpoint write
 
 
-def config() -> RunConfig:
-    return RunConfig(model="dcgan", model_params=DCGAN, train=dict(TRAIN), seed=1, resolution=16)
+def config() -> ModelView:
+    return ModelView.selected_run(model="dcgan", params=DCGAN, train=dict(TRAIN), seed=1, resolution=16)
 
 
 def test_a_run_never_resumes_on_another_dataset(tmp_path, monkeypatch, caplog):
@@ -147,7 +147,7 @@ def test_a_run_never_resumes_on_another_dataset(tmp_path, monkeypatch, caplog):
     assert train(config(), tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt", stop_after_kimg=0.032) is None
     first = list((tmp_path / "ckpt/dcgan").iterdir())
     make_cache(tmp_path / "faces", seed=2)  # other faces behind the same path, as after re-running preprocess
-    with caplog.at_level(logging.INFO, logger="facegan.training.loop"):
+    with caplog.at_level(logging.INFO, logger="facegan.training"):
         stats = train(config(), tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt")
     assert "dcgan: phases" in caplog.text  # the loop's log is captured here...
     assert "resuming dcgan" not in caplog.text  # ...and it started afresh, not from the interrupted step 4
@@ -173,7 +173,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_and_its_temporaries_removed
             "-c",
             textwrap.dedent(f"""
         import time
-        from facegan.training.checkpoint import RunLock
+        from facegan.checkpoint import RunLock
         with RunLock(__import__("pathlib").Path({str(tmp_path / "run")!r}), "dcgan"):
             open({str(tmp_path / "run" / ".last.pt.x1y2.tmp")!r}, "wb").write(b"half a checkpoint")
             print("locked", flush=True)
@@ -197,10 +197,11 @@ KILLER = """
 import os, signal, sys
 from pathlib import Path
 import torch
-from facegan.training import checkpoint
-from facegan.training.loop import RunConfig, train
+from facegan import checkpoint
+from facegan.handoff import ModelView
+from facegan.training.loop import train
 torch.set_num_threads({threads})  # the parent's: float reductions must add up in the same order
-cfg = RunConfig(**{args})
+cfg = ModelView.selected_run(**{args})
 saves = {{"n": 0}}
 real_save = torch.save
 
@@ -221,7 +222,7 @@ def test_training_killed_during_a_checkpoint_write_resumes_to_the_uninterrupted_
     make_cache(tmp_path / "faces", seed=1)
     cfg = config()
     straight = train(cfg, tmp_path / "faces", tmp_path / "a/run", tmp_path / "a/ckpt")
-    args = dict(model=cfg.model, model_params=cfg.model_params, train=cfg.train, seed=cfg.seed, resolution=16)
+    args = dict(model=cfg.model, params=cfg.params, train=cfg.train, seed=cfg.seed, resolution=16)
     killed = subprocess.run(
         [
             sys.executable,
@@ -365,7 +366,7 @@ def test_the_progress_bar_stops_at_the_budget_when_the_last_batch_passes_it(tmp_
     monkeypatch.chdir(tmp_path)
     make_cache(tmp_path / "faces", seed=1)
     cfg = config()
-    cfg.model_params["kimg"] = 0.1  # 13 batches of 8: 0.104 kimg
+    cfg.params["kimg"] = 0.1  # 13 batches of 8: 0.104 kimg
     stats = train(cfg, tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt")
     assert stats.kimg == pytest.approx(0.104)
     assert not [w for w in recwarn if "clamping frac" in str(w.message)]

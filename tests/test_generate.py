@@ -10,9 +10,8 @@ import torch
 from PIL import Image
 
 import models
-from facegan import generate, handoff, stage_params
+from facegan import checkpoint, generate, handoff, stage_params
 from facegan.params import load_params
-from facegan.training import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 32  # the demo profile's data.resolution

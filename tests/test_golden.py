@@ -15,10 +15,12 @@ import torch
 
 import models
 from facegan.data.cache import CacheWriter, FaceCache
+from facegan.handoff import ModelView
 from facegan.training import ada, distributed, loop, losses, phases, terms
-from facegan.training.loop import RunConfig, new_level_of_detail
+from facegan.training import step as training_step
 from facegan.training.phases import build_phases
 from facegan.training.progressive import Schedule
+from facegan.training.step import new_level_of_detail
 from tests.helpers import cpu_train, offset_biases
 
 GOLDEN = Path(__file__).with_name("golden")
@@ -59,7 +61,7 @@ def assert_norms_close(ours: torch.Tensor, theirs: torch.Tensor, rtol: float, wh
 
 
 class OurRun:
-    """The training loop's own step (facegan.training.loop.StepRunner) on a golden file's faces, params, seed
+    """The training loop's own step (facegan.training.step.StepRunner) on a golden file's faces, params, seed
     and initial weights, with each optimiser's first gradient recorded."""
 
     def __init__(self, golden: dict, tmp_path: Path):
@@ -69,8 +71,8 @@ class OurRun:
         for face in faces:
             writer.add(face)
         cache = FaceCache(writer.finish({"source": "golden", "synthetic": True}))
-        cfg = RunConfig(
-            model=model, model_params=params, train=cpu_train(), seed=int(golden["seed"]), resolution=resolution
+        cfg = ModelView.selected_run(
+            model=model, params=params, train=cpu_train(), seed=int(golden["seed"]), resolution=resolution
         )
         spec = models.get_spec(model)
         schedule = Schedule.for_model(model, params, int(math.log2(resolution)) - 2, spec.progressive)
@@ -91,7 +93,7 @@ class OurRun:
                     f"models.build no longer draws the golden's initial {net} for seed {int(golden['seed'])}: "
                     f"regenerate it with `{golden['meta']['command']}`"
                 )
-        self.runner = loop.StepRunner(cfg, spec, schedule, phases, cache, world, CPU, torch.float32)
+        self.runner = training_step.StepRunner(cfg, spec, schedule, phases, cache, world, CPU, torch.float32)
         self.gradients: dict[str, list[dict]] = {"G": [], "D": []}
         for net, opt in (("G", self.state.opt_G), ("D", self.state.opt_D)):
             opt.step = self._spy(opt.step, net)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from facegan.training import losses
-from facegan.training.loop import ema_beta, lazy_adam, lazy_ratio, update_ema
+from facegan.training.step import ema_beta, lazy_adam, lazy_ratio, update_ema
 
 REAL = torch.tensor([0.0, 1.0])
 FAKE = torch.tensor([0.0, -1.0])

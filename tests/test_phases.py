@@ -1,6 +1,7 @@
 """The training step against the official schedules: phases, lazy regularisation, EMAs, style mixing,
 StyleGAN3-R's blur, StyleSwin's clipping, lr decay and bCR, and the G EMA's arithmetic."""
 
+import dataclasses
 import math
 
 import pytest
@@ -10,12 +11,15 @@ import torch.nn.functional as F
 import models
 from facegan.data.cache import CacheWriter
 from facegan.data.synthetic import render_face
+from facegan.handoff import ModelView
 from facegan.ops import _dispatch
 from facegan.params import deep_merge
-from facegan.training import augment, loop, losses, phases
-from facegan.training.loop import RunConfig, ema_beta, learning_rates, step_draws, train
+from facegan.training import augment, losses, phases
+from facegan.training import step as training_step
+from facegan.training.loop import train
 from facegan.training.phases import GanLoss, StepContext, build_phases
 from facegan.training.progressive import Schedule
+from facegan.training.step import ema_beta, learning_rates, step_draws
 from facegan.training.terms import D_CONSISTENCY, D_R1, G_PATH_LENGTH
 from models.layers import MappingNetwork
 from tests.helpers import cpu_train, study_model, study_params
@@ -50,11 +54,11 @@ def cache_dir(tmp_path_factory):
     return writer.finish({"source": "synthetic", "synthetic": True})
 
 
-def tiny(model: str, steps: int = 8, batch: int = 8, **changes) -> RunConfig:
+def tiny(model: str, steps: int = 8, batch: int = 8, **changes) -> ModelView:
     params = deep_merge(
         study_model(model, kimg=steps * batch / 1000, batch_size=batch, ema_kimg=0.02, arch=TINY_ARCH[model]), changes
     )
-    return RunConfig(model=model, model_params=params, train=dict(TRAIN), seed=5, resolution=16)
+    return ModelView.selected_run(model=model, params=params, train=dict(TRAIN), seed=5, resolution=16)
 
 
 def test_each_model_gets_its_official_phases_in_the_official_order():
@@ -75,7 +79,7 @@ class Recorder:
 
     def __init__(self, monkeypatch):
         self.ran, self.losses, self.opt_steps = [], [], {}
-        run_phase, phase_loss = loop.run_phase, phases.phase_loss
+        run_phase, phase_loss = training_step.run_phase, phases.phase_loss
 
         def spy_run(state, phase, *args, **kwargs):
             self.ran.append((state.step, phase.name))
@@ -92,8 +96,8 @@ class Recorder:
             self.opt_steps[id(opt)] = self.opt_steps.get(id(opt), 0) + 1
             return step(opt, *args, **kwargs)
 
-        monkeypatch.setattr(loop, "run_phase", spy_run)
-        monkeypatch.setattr(loop, "phase_loss", spy_loss)
+        monkeypatch.setattr(training_step, "run_phase", spy_run)
+        monkeypatch.setattr(training_step, "phase_loss", spy_loss)
         monkeypatch.setattr(phases, "phase_loss", spy_loss)
         monkeypatch.setattr(torch.optim.Adam, "step", spy_step)
 
@@ -126,7 +130,7 @@ def test_lazy_regularisers_run_as_their_own_phases_on_the_right_steps_scaled_by_
 def test_g_ema_is_the_lerp_of_its_last_value_towards_g_by_the_official_beta(cache_dir, tmp_path, monkeypatch):
     cfg = tiny("stylegan2", ema_kimg=0.05, ema_rampup=0.5)
     checked = []
-    update = loop.update_ema
+    update = training_step.update_ema
 
     def check(G_ema, G, beta, *args):
         before = [p.detach().clone() for p in G_ema.parameters()]
@@ -138,7 +142,7 @@ def test_g_ema_is_the_lerp_of_its_last_value_towards_g_by_the_official_beta(cach
             torch.testing.assert_close(new, p.detach().lerp(old, beta))
         checked.append(beta)
 
-    monkeypatch.setattr(loop, "update_ema", check)
+    monkeypatch.setattr(training_step, "update_ema", check)
     train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
     assert len(checked) == 8 and checked[0] == 0.0 and all(0 < b < 1 for b in checked[1:])
 
@@ -242,7 +246,7 @@ def test_styleswin_clips_only_ds_main_step_at_norm_5(cache_dir, tmp_path, monkey
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
     cfg = tiny("styleswin", steps=4, loss={"bcr_real_lambda": 0.0, "bcr_fake_lambda": 0.0})
     stats = train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
-    n_d = stats.params_D and len(list(models.build("styleswin", cfg.model_params["arch"], 16)[1].parameters()))
+    n_d = stats.params_D and len(list(models.build("styleswin", cfg.params["arch"], 16)[1].parameters()))
     assert calls == [(n_d, 5.0)] * 4  # once per Dmain, D's parameters only; not Dreg, not G
 
 
@@ -309,7 +313,7 @@ def test_the_bf16_lever_trains_on_cpu_with_fp32_emas(model, cache_dir, tmp_path)
     """train.precision=bf16 is an advertised opt-in on CPU too. StyleGAN2's mapping used to run under CPU
     autocast and crash on its fp32 w_avg; reduced precision stays inside the marked blocks, as on CUDA."""
     cfg = tiny(model, steps=2)
-    cfg.train = dict(TRAIN, precision="bf16")
+    cfg = dataclasses.replace(cfg, train=dict(TRAIN, precision="bf16"))
     stats = train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
     assert stats.precision == "bfloat16" and stats.steps == 2
     state = torch.load(tmp_path / "run" / "G_ema.pt", weights_only=True)["G_ema"]
@@ -321,7 +325,7 @@ def test_path_length_target_survives_resume(cache_dir, tmp_path):
     straight one bit for bit, lazy phases included."""
     cfg = tiny("stylegan2", steps=8, loss={"r1_every": 4, "pl_every": 4, "style_mixing_prob": 0.5})
     straight = train(cfg, cache_dir, tmp_path / "a" / "run", tmp_path / "a" / "ckpt")
-    cfg.train = dict(TRAIN, checkpoint_kimg=0.024)
+    cfg = dataclasses.replace(cfg, train=dict(TRAIN, checkpoint_kimg=0.024))
     train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt", stop_after_kimg=0.024)
     resumed = train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt")
     assert resumed.steps == straight.steps

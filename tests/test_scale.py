@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from facegan import checkpoint
 from facegan.data.cache import CacheWriter
 from facegan.data.synthetic import render_face
-from facegan.training import checkpoint
-from facegan.training.loop import RunConfig, train
+from facegan.handoff import ModelView
+from facegan.training.loop import train
 from tests.helpers import (
     DCGAN_ARCH,
     QUEUE_PROFILE,
@@ -41,16 +43,16 @@ def test_a_time_budget_ends_the_run_at_the_first_checkpoint_past_it_and_resume_k
     """train.budget_minutes: a finished run stopped by time, not kimg; the time spent before an interruption
     counts after the resume (a budget of ~0 s: every run ends at its first checkpoint, step 4)."""
     budget = dict(TRAIN, budget_minutes=1e-7)
-    cfg = RunConfig(model="dcgan", model_params=DCGAN, train=budget, seed=1, resolution=16)
+    cfg = ModelView.selected_run(model="dcgan", params=DCGAN, train=budget, seed=1, resolution=16)
     stats = train(cfg, cache_dir, tmp_path / "a" / "run", tmp_path / "a" / "ckpt")
     assert stats.stopped_by == "budget" and stats.steps == 4 and stats.kimg == pytest.approx(0.032)
     assert (tmp_path / "a/run/G_ema.pt").exists() and len(list((tmp_path / "a/run/snapshots").glob("*.pt"))) == 2
     # interrupted at step 2 without a budget, then resumed with a budget the first part already spent: the
     # resumed run stops at its first checkpoint (step 4), and its time includes the first part's
-    cfg.train = dict(TRAIN)
+    cfg = dataclasses.replace(cfg, train=dict(TRAIN))
     assert train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt", stop_after_kimg=0.016) is None
     before = checkpoint.load(next((tmp_path / "b" / "ckpt").rglob("last.pt")))["train_seconds"]
-    cfg.train = dict(TRAIN, budget_minutes=before / 60 / 2)
+    cfg = dataclasses.replace(cfg, train=dict(TRAIN, budget_minutes=before / 60 / 2))
     resumed = train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt")
     assert resumed.stopped_by == "budget" and resumed.steps == 4 and resumed.train_seconds > before
 

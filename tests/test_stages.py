@@ -168,15 +168,15 @@ def test_evaluate_without_inception_weights_names_the_fix(pipeline, monkeypatch,
 def test_interrupted_training_resumes_from_its_checkpoint(project, tmp_path, monkeypatch):
     import torch
 
-    from facegan import stage_params
+    from facegan import checkpoint, stage_params
     from facegan.data.cache import FaceCache
-    from facegan.training import checkpoint
-    from facegan.training.loop import RunConfig, train
+    from facegan.handoff import ModelView
+    from facegan.training.loop import train
 
     monkeypatch.chdir(project)
     run_stage(project, monkeypatch, "configure")
     view = stage_params.load_model("dcgan")
-    cfg = RunConfig(model="dcgan", model_params=view.params, train=view.train, seed=view.seed, resolution=32)
+    cfg = ModelView.selected_run(model="dcgan", params=view.params, train=view.train, seed=view.seed, resolution=32)
     ckpt_root = tmp_path / "checkpoints"
     first = train(cfg, project / "data/faces", tmp_path / "run", ckpt_root, stop_after_kimg=0.064)
     assert first is None

@@ -1,5 +1,6 @@
 """The shared training loop: growing schedule, resume, data-parallel equivalence, NaN stop."""
 
+import dataclasses
 import os
 import socket
 
@@ -7,15 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from cleanfid.fid import frechet_distance
 
 import models
+from facegan import checkpoint
 from facegan.data.cache import CacheWriter
 from facegan.data.synthetic import render_face
 from facegan.device import resolve_precision
 from facegan.errors import UserError
-from facegan.metrics.fid import frechet_distance
-from facegan.training import checkpoint, losses
-from facegan.training.loop import NonFiniteError, RunConfig, train
+from facegan.handoff import ModelView
+from facegan.training import losses
+from facegan.training.loop import NonFiniteError, train
 from facegan.training.progressive import Schedule, growing_kimg, prepare_reals
 from tests.helpers import cpu_train, study_model
 
@@ -41,11 +44,11 @@ def cache_dir(tmp_path_factory):
     return writer.finish({"source": "synthetic", "synthetic": True})
 
 
-def config(resolution=16, **changes) -> RunConfig:
+def config(resolution=16, **changes) -> ModelView:
     from facegan.params import deep_merge
 
-    return RunConfig(
-        model="pggan", model_params=deep_merge(PGGAN, changes), train=dict(TRAIN), seed=3, resolution=resolution
+    return ModelView.selected_run(
+        model="pggan", params=deep_merge(PGGAN, changes), train=dict(TRAIN), seed=3, resolution=resolution
     )
 
 
@@ -178,7 +181,9 @@ def test_a_nan_loss_stops_with_step_and_last_good_checkpoint(cache_dir, tmp_path
         NonFiniteError, match=r"D/adversarial is not finite at step 6 \(last good checkpoint: .*last\.pt\)"
     ):
         cfg = config()
-        cfg.train = {**cfg.train, "log_kimg": log_kimg, "speed": {**cfg.train["speed"], "check_every": check_every}}
+        cfg = dataclasses.replace(
+            cfg, train={**cfg.train, "log_kimg": log_kimg, "speed": {**cfg.train["speed"], "check_every": check_every}}
+        )
         train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
     state = checkpoint.load(next((tmp_path / "ckpt").rglob("last.pt")))
     assert state["step"] == 4  # checkpoint_kimg 0.032 = every 4 steps of 8
@@ -187,9 +192,8 @@ def test_a_nan_loss_stops_with_step_and_last_good_checkpoint(cache_dir, tmp_path
     assert not (tmp_path / "run").exists()
 
 
-def _with_speed(cfg: RunConfig, **speed) -> RunConfig:
-    cfg.train = {**cfg.train, "speed": {**cfg.train["speed"], **speed}}
-    return cfg
+def _with_speed(cfg: ModelView, **speed) -> ModelView:
+    return dataclasses.replace(cfg, train={**cfg.train, "speed": {**cfg.train["speed"], **speed}})
 
 
 def test_channels_last_trains_the_same_networks(cache_dir, tmp_path):
@@ -242,9 +246,9 @@ def test_pggan_learns_the_4x4_faces(tmp_path, monkeypatch):
             arch={"z_dim": 32, "fmap_base": 64, "fmap_max": 32, "mbstd_group_size": 4},
         ),
     )
-    run = RunConfig(
+    run = ModelView.selected_run(
         model="pggan",
-        model_params=params,
+        params=params,
         seed=3,
         resolution=4,
         train=dict(

@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.optim as optim
 
 import models
-from facegan.training.loop import step_draws
 from facegan.training.phases import build_phases
+from facegan.training.step import step_draws
 from tests.helpers import study_model
 from verification import golden_io
 from verification.official import official_repo

@@ -3,7 +3,7 @@
 A golden file (tests/golden/<name>.pt, read with torch.load(weights_only=True)) is a dict:
   meta       {"repository", "commit", "files", "command", "tolerance"}: where the numbers come from
   model      the project's model name;  params: its models.<model> params (JSON text) as the test runs them
-  seed       the run's seed (the loop draws its step inputs from it: facegan.training.loop.step_draws)
+  seed       the run's seed (the loop draws its step inputs from it: facegan.training.step.step_draws)
   faces      uint8 (N, H, W, 3): the face cache the run trains on
   init       {"G": state_dict, "D": state_dict} in the project's names, copied into the official networks
   steps      per step, per phase that ran: the official loss terms and, for the first step, gradients

@@ -10,7 +10,7 @@ the official AugmentPipe (training/augment.py) and the training_stats Collector 
 are the official ones holding the project's initial weights (verification/nvlabs_networks.py).
 
 Every random input is the project's: the step's reals (faces, indices, flips), its latent batch per
-phase (facegan.training.loop.step_draws) and the global torch seed the project's loop sets at each
+phase (facegan.training.step.step_draws) and the global torch seed the project's loop sets at each
 step's start, from which both sides draw style mixing, noise, path-length noise and augmentation.
 Recorded: every phase's loss terms per step (from training_stats reports), the first gradient of each
 phase, ADA's p after every step, and the final G, D and G_ema.
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 import models
-from facegan.training.loop import step_draws, step_seed
 from facegan.training.phases import build_phases
+from facegan.training.step import step_draws, step_seed
 from tests.helpers import study_model
 from verification import golden_io
 from verification.golden_ada import BGC, ada_block

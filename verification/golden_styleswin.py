@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import autograd, nn, optim
 
 import models
-from facegan.training.loop import step_draws, step_seed
 from facegan.training.phases import build_phases
+from facegan.training.step import step_draws, step_seed
 from tests.helpers import offset_biases, study_model
 from verification import golden_io
 from verification.official import official_repo

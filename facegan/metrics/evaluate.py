@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import models
-from facegan import handoff
+from facegan import checkpoint, handoff
 from facegan.data.cache import to_uint8
 from facegan.device import resolve_device
 from facegan.errors import UserError
@@ -31,7 +31,6 @@ from facegan.metrics.ppl import build_lpips, path_length
 from facegan.metrics.precision_recall import precision_recall
 from facegan.metrics.reference import load_features
 from facegan.metrics.resize_pool import ResizePool, resize_pool
-from facegan.training import checkpoint
 
 log = logging.getLogger(__name__)
 PROGRESSIVE_GRID = re.compile(r"res(\d+)_.*\.png")
