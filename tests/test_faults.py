@@ -25,6 +25,7 @@ from facegan.errors import UserError
 from facegan.handoff import ModelView
 from facegan.params import shadowed_edits
 from facegan.training.loop import train
+from facegan.training.outputs import run_identity
 from tests.helpers import cpu_train, study_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -342,7 +343,7 @@ def test_a_training_of_a_locked_run_stops_through_train(tmp_path, monkeypatch):
     make_cache(tmp_path / "faces", seed=1)
     cfg = config()
     run = checkpoint.checkpoint_dir(
-        "dcgan", cfg.identity(FaceCache(tmp_path / "faces").fingerprint, torch.float32), tmp_path / "ckpt"
+        "dcgan", run_identity(cfg, FaceCache(tmp_path / "faces").fingerprint, torch.float32), tmp_path / "ckpt"
     )
     with checkpoint.RunLock(run, "dcgan"), pytest.raises(UserError, match="another process is training dcgan"):
         train(cfg, tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt")
@@ -358,8 +359,8 @@ def test_the_run_key_holds_the_resolved_precision_not_auto(tmp_path, monkeypatch
     assert train(cfg, tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt", stop_after_kimg=0.032) is None
     fingerprint = FaceCache(tmp_path / "faces").fingerprint
     (key,) = [p.name for p in (tmp_path / "ckpt/dcgan").iterdir()]
-    assert key == checkpoint.run_key(cfg.identity(fingerprint, torch.float32))  # auto on a CPU: fp32
-    assert key != checkpoint.run_key(cfg.identity(fingerprint, torch.bfloat16))
+    assert key == checkpoint.run_key(run_identity(cfg, fingerprint, torch.float32))  # auto on a CPU: fp32
+    assert key != checkpoint.run_key(run_identity(cfg, fingerprint, torch.bfloat16))
 
 
 def test_the_progress_bar_stops_at_the_budget_when_the_last_batch_passes_it(tmp_path, monkeypatch, recwarn):

@@ -172,6 +172,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(project, tmp_path, mon
     from facegan.data.cache import FaceCache
     from facegan.handoff import ModelView
     from facegan.training.loop import train
+    from facegan.training.outputs import run_identity
 
     monkeypatch.chdir(project)
     run_stage(project, monkeypatch, "configure")
@@ -182,7 +183,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(project, tmp_path, mon
     assert first is None
     saved = checkpoint.load(
         checkpoint.checkpoint_dir(
-            "dcgan", cfg.identity(FaceCache(project / "data/faces").fingerprint, torch.float32), ckpt_root
+            "dcgan", run_identity(cfg, FaceCache(project / "data/faces").fingerprint, torch.float32), ckpt_root
         )
         / "last.pt"
     )
