@@ -150,13 +150,15 @@ def main() -> None:
 
     results = {}
     for name in args.models:
-        mp = params["models"][name]
-        batch = args.batch or mp["batch_size"]
+        model_params = params["models"][name]
+        batch = args.batch or model_params["batch_size"]
         print(f"{name}: batch {batch}, {args.resolution}px, {dtype}, {device} ...", flush=True)
         try:
             results[name] = {
                 "batch": batch,
-                **bench_model(name, mp["arch"], args.resolution, batch, args.steps, args.warmup, device, dtype),
+                **bench_model(
+                    name, model_params["arch"], args.resolution, batch, args.steps, args.warmup, device, dtype
+                ),
             }
         except Exception as err:  # one model failing (OOM, missing kernel) must not lose the others
             results[name] = {

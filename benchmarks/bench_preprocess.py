@@ -115,7 +115,7 @@ def main() -> None:
         partition = args.partition if Path(args.partition).is_file() else ""
         record = prepare_folder(raw, args.folder, partition)
         first = ordered_files(raw, record)[: args.images]
-        write_file_list(raw, Path(record["image_root"]), first)
+        write_file_list(raw, Path(record.image_root), first)
         data.update(source="folder", raw_dir=str(raw), num_faces=len(first), checkpoint_every=10**9)
         # facenet-pytorch's import (with torchvision, ~4 s on 2 cores) once before either run: the
         # first run would otherwise pay it alone and look slower end to end than it is

@@ -53,7 +53,7 @@ def synthetic_cache(resolution: int, work: Path, count: int = 1024) -> Path:
     writer = CacheWriter(work / "faces", resolution, count)
     for i in range(count):
         writer.add(render_face(0, i, resolution))
-    return writer.finish({"source": "synthetic", "synthetic": True})
+    return writer.finish(source="synthetic", synthetic=True)
 
 
 def run(
@@ -63,10 +63,10 @@ def run(
     from facegan.params import deep_merge
     from facegan.training.loop import train
 
-    mp = deep_merge(params["models"][model], {"kimg": kimg})
-    if "progressive" in mp:  # time the final level: no growing
-        mp = deep_merge(mp, {"progressive": {"initial_resolution": params["data"]["resolution"]}})
-    tp = deep_merge(
+    model_params = deep_merge(params["models"][model], {"kimg": kimg})
+    if "progressive" in model_params:  # time the final level: no growing
+        model_params = deep_merge(model_params, {"progressive": {"initial_resolution": params["data"]["resolution"]}})
+    train_params = deep_merge(
         params["train"],
         {
             "device": device,
@@ -80,7 +80,10 @@ def run(
     started = time.perf_counter()
     try:
         stats = train(
-            ModelView.selected_run(model, mp, tp, 0, params["data"]["resolution"]), cache, work / "run", work / "ckpt"
+            ModelView.selected_run(model, model_params, train_params, 0, params["data"]["resolution"]),
+            cache,
+            work / "run",
+            work / "ckpt",
         )
     except Exception as err:  # noqa: BLE001 - a lever that fails is a result too
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}

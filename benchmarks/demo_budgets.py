@@ -55,13 +55,13 @@ def main() -> None:
     torch.set_num_threads(2)
     params = load_params(ROOT / "params.yaml", overrides={"profile": "demo"})
     resolution, num_faces = params["data"]["resolution"], params["data"]["num_faces"]
-    mp = deep_merge(params["models"][args.model], {"kimg": args.kimg})
+    model_params = deep_merge(params["models"][args.model], {"kimg": args.kimg})
     for assignment in args.set:  # e.g. loss.r1_gamma=0.5: the demo's settings with one change, for a trial
         key, _, value = assignment.partition("=")
         for part in reversed(key.split(".")):
             value = {part: yaml.safe_load(value) if isinstance(value, str) else value}
-        mp = deep_merge(mp, value)
-    tp = deep_merge(
+        model_params = deep_merge(model_params, value)
+    train_params = deep_merge(
         params["train"],
         {"snapshot_kimg": args.snapshot_kimg, "sample_kimg": 1e6, "checkpoint_kimg": 1e6, "log_kimg": args.kimg / 10},
     )
@@ -71,17 +71,20 @@ def main() -> None:
         writer = CacheWriter(work / "faces", resolution, num_faces)
         for i in range(num_faces):
             writer.add(render_face(params["seed"], i, resolution))
-        cache = writer.finish({"source": "synthetic", "synthetic": True})
+        cache = writer.finish(source="synthetic", synthetic=True)
         started = time.perf_counter()
         stats = train(
-            ModelView.selected_run(args.model, mp, tp, params["seed"], resolution), cache, work / "run", work / "ckpt"
+            ModelView.selected_run(args.model, model_params, train_params, params["seed"], resolution),
+            cache,
+            work / "run",
+            work / "ckpt",
         )
         train_s = time.perf_counter() - started
         reals = extract(np.array_split(np.asarray(FaceCache(cache).faces[:NUM_IMAGES]), 4), extractor)
         curve = {}
         for snapshot in sorted((work / "run" / "snapshots").glob("*.pt")):
             state = torch.load(snapshot, weights_only=True)
-            G = models.from_snapshot(args.model, mp["arch"], resolution, state)
+            G = models.from_snapshot(args.model, model_params["arch"], resolution, state)
             with torch.no_grad():
                 z = torch.randn(NUM_IMAGES, G.z_dim, generator=torch.Generator().manual_seed(9))
                 images = to_uint8(G(z))

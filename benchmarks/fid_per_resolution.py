@@ -65,9 +65,9 @@ def main() -> None:
     device = resolve_device("auto")
     params = load_params(overrides={"profile": args.profile})
     arch = params["models"][args.model]["arch"]
-    ev = dict(params["evaluate"], inception_weights=args.weights, fid_helper_weights=args.weights)
+    eval_params = dict(params["evaluate"], inception_weights=args.weights, fid_helper_weights=args.weights)
     cache = FaceCache(args.cache)
-    extractor = build_extractor(args.extractor, ev, device)
+    extractor = build_extractor(args.extractor, eval_params, device)
     n_ref = min(args.num, len(cache))
     real_at: dict[int, np.ndarray] = {}
     points = []
@@ -122,7 +122,7 @@ def main() -> None:
             "extractor": extractor.kind,
             "label": extractor.label,
             "cache": str(args.cache),
-            "cache_source": cache.meta.get("source"),
+            "cache_source": cache.meta.source,
             "profile": args.profile,
             "run": str(args.run),
             "compared_at": "each snapshot's own resolution (box-pooled, nearest-upsampled, reals likewise)",

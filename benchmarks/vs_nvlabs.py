@@ -68,7 +68,7 @@ def make_data(work: Path, count: int) -> tuple[Path, Path]:
             Image.fromarray(face).save(buffer, format="PNG")
             zf.writestr(f"{i:06d}.png", buffer.getvalue())
             writer.add(face)
-    return zip_path, writer.finish({"source": "synthetic", "synthetic": True})
+    return zip_path, writer.finish(source="synthetic", synthetic=True)
 
 
 def run_nvlabs(nvlabs: Path, flags: list[str], data: Path, work: Path, kimg: float, warmup: float) -> dict:
@@ -121,14 +121,14 @@ from facegan.params import deep_merge, load_params
 from facegan.handoff import ModelView
 from facegan.training.loop import train
 p = load_params({str(ROOT / "params.yaml")!r}, overrides={{"profile": "study"}})
-mp = deep_merge(p["models"][{model!r}], {{"kimg": {kimg}, "batch_size": {batch}}})
+model_params = deep_merge(p["models"][{model!r}], {{"kimg": {kimg}, "batch_size": {batch}}})
 if {model!r} == "stylegan2":  # NVlabs' 128 px row
-    mp = deep_merge(mp, {{"lr_g": 0.0025, "lr_d": 0.0025, "loss": {{"r1_gamma": 0.1024}},
+    model_params = deep_merge(model_params, {{"lr_g": 0.0025, "lr_d": 0.0025, "loss": {{"r1_gamma": 0.1024}},
                          "arch": {{"mapping_layers": 2, "channel_base": 16384}}}})
-tp = deep_merge(p["train"], {{"device": {device!r}, "checkpoint_kimg": 1e6, "snapshot_kimg": 1e6,
+train_params = deep_merge(p["train"], {{"device": {device!r}, "checkpoint_kimg": 1e6, "snapshot_kimg": 1e6,
                               "sample_kimg": 1e6, "log_kimg": {max(kimg / 20, 0.016)}}})
-stats = train(ModelView.selected_run({model!r}, mp, tp, 0, {RESOLUTION}), Path(sys.argv[1]), Path(sys.argv[2]),
-              Path(sys.argv[3]))
+view = ModelView.selected_run({model!r}, model_params, train_params, 0, {RESOLUTION})
+stats = train(view, Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
 print("STATS " + json.dumps(stats.to_dict()))
 """
     started = time.perf_counter()

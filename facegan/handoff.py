@@ -9,6 +9,8 @@ default further down (the bug this module exists to prevent: the report read
 
   file                                  shape                        written by     read by
   runs/config/<view>.json               DownloadView ... ReportView  configure      every stage
+  data/raw/SOURCE.json                  RawSource                    download       preprocess
+  data/faces/meta.json                  FaceCacheMeta                preprocess     train@, reference_stats, ...
   runs/<model>/train_stats.json         TrainedRun | SkippedRun      train@         evaluate@, report
   metrics/<model>.json                  ModelMetrics | SkippedMetrics evaluate@     report, dvc metrics
   evals/<model>/fid_vs_kimg.json        list[FidPoint]               evaluate@      report, dvc plots
@@ -36,38 +38,38 @@ class HandoffError(UserError):
     """A hand-off file does not have its declared shape (written by other code, or edited)."""
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def _matches(value: Any, tp) -> bool:
-    """Whether a JSON value fits the annotation `tp` (nested hand-offs are checked by their own reader)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
+def _matches(value: Any, annotation) -> bool:
+    """Whether a JSON value fits a field's type annotation (nested hand-offs are checked by their own reader)."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
         return True
     if origin in (Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(tp))
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
     if origin is Literal:
-        return value in typing.get_args(tp)
-    if tp is type(None):
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
         return value is None
-    if tp is bool:
+    if annotation is bool:
         return isinstance(value, bool)
-    if tp is int:
+    if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:  # JSON has one number type; NaN/inf are written by Python's json as NaN/Infinity
+    if annotation is float:  # JSON has one number type; NaN/inf are written by Python's json as NaN/Infinity
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
+    if annotation is str:
         return isinstance(value, str)
-    if origin is list or tp is list:
-        (item,) = typing.get_args(tp) or (Any,)
+    if origin is list or annotation is list:
+        (item,) = typing.get_args(annotation) or (Any,)
         return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if origin is dict or tp is dict:
-        _, item = typing.get_args(tp) or (str, Any)
+    if origin is dict or annotation is dict:
+        _, item = typing.get_args(annotation) or (str, Any)
         return isinstance(value, dict) and all(_matches(v, item) for v in value.values())
-    if isinstance(tp, type) and issubclass(tp, Handoff):
+    if isinstance(annotation, type) and issubclass(annotation, Handoff):
         return isinstance(value, dict)
-    raise TypeError(f"handoff field type {tp} is not supported")
+    raise TypeError(f"handoff field type {annotation} is not supported")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +105,13 @@ class Handoff:
             )
         values = {}
         for name in fields:
-            tp, value = hints[name], data[name]
-            if not _matches(value, tp):
+            annotation, value = hints[name], data[name]
+            if not _matches(value, annotation):
                 raise HandoffError(
-                    f"{source}: {cls.__name__}.{name} should be {_type_name(tp)}, got {value!r:.60}: "
+                    f"{source}: {cls.__name__}.{name} should be {_type_name(annotation)}, got {value!r:.60}: "
                     f"re-run `{cls.rerun()}`"
                 )
-            values[name] = _nested(value, tp, f"{source}:{name}")
+            values[name] = _nested(value, annotation, f"{source}:{name}")
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -123,17 +125,17 @@ class Handoff:
         return cls.from_dict(read_json(path), path)
 
 
-def _nested(value: Any, tp, source: str) -> Any:
+def _nested(value: Any, annotation, source: str) -> Any:
     """Turn nested dicts/lists of hand-offs into their dataclasses."""
-    origin = typing.get_origin(tp)
-    if isinstance(tp, type) and issubclass(tp, Handoff):
-        return tp.from_dict(value, source)
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, Handoff):
+        return annotation.from_dict(value, source)
     if origin is list:
-        (item,) = typing.get_args(tp)
+        (item,) = typing.get_args(annotation)
         if isinstance(item, type) and issubclass(item, Handoff):
             return [item.from_dict(v, f"{source}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
-        _, item = typing.get_args(tp)
+        _, item = typing.get_args(annotation)
         if isinstance(item, type) and issubclass(item, Handoff):
             return {k: item.from_dict(v, f"{source}.{k}") for k, v in value.items()}
     return value
@@ -426,6 +428,64 @@ class LossPoint(Handoff):
     kimg: float
     loss_D: float  # the adversarial terms under fixed names, so one plot definition serves every model
     loss_G: float
+
+
+# ------------------------------------------------------------------------------------------------
+# data/raw/SOURCE.json and data/faces/meta.json
+
+
+@dataclasses.dataclass(frozen=True)
+class RawSource(Handoff):
+    """Where `download` found the images and what it verified; preprocess reads the images from image_root
+    in files.jsonl's order. Fields another source does not have are empty ("", {}, 0, False)."""
+
+    writer: ClassVar[str] = "download"
+    source: Literal["celeba", "url", "folder", "synthetic"]  # data.source
+    image_root: str  # the folder that holds the images (files.jsonl's paths are relative to it)
+    partition_file: str  # CelebA's list_eval_partition.txt, or "": it orders the images
+    count: int  # images listed
+    symlinked_folders_skipped: int  # symlinked folders not followed (a loop, or outside the source)
+    url: str  # source=url: the archive's address
+    sha256: str  # source=url, or a folder given as an archive: the archive's sha256
+    verified: bool  # the archive's checksum was checked against a given one (data.sha256, CelebA's md5s)
+    md5: dict[str, str]  # source=celeba: the md5 of each of its four files, checked
+    folder: str  # source=folder: data.folder as written
+    archive: str  # source=folder given as an archive: its resolved path
+    synthetic_seed: int  # source=synthetic: the drawing's seed
+    synthetic_size: int  # source=synthetic: the drawn faces' size in pixels
+
+    @classmethod
+    def of(cls, source: str, image_root: str | Path, **fields: Any) -> RawSource:
+        """A record with every field its source does not fill left empty."""
+        empty = {
+            "partition_file": "",
+            "count": 0,
+            "symlinked_folders_skipped": 0,
+            "url": "",
+            "sha256": "",
+            "verified": False,
+            "md5": {},
+            "folder": "",
+            "archive": "",
+            "synthetic_seed": 0,
+            "synthetic_size": 0,
+        }
+        return cls(source=source, image_root=str(image_root), **{**empty, **fields})
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceCacheMeta(Handoff):
+    """The face cache's description beside faces.npy: what the pixels are and where they came from."""
+
+    writer: ClassVar[str] = "preprocess"
+    source: str  # data.source of the images (synthetic, celeba, url, folder)
+    synthetic: bool  # drawn faces, not photographs
+    count: int  # faces in faces.npy
+    resolution: int  # their size in pixels
+    fingerprint: str  # sha256 of the pixels (facegan.data.cache.fingerprint_of): runs and statistics name it
+    image_root: str  # where the source images were ("" for drawn faces)
+    align: dict[str, Any]  # the data.align params the faces were cropped with ({} for drawn faces)
+    mtcnn: dict[str, Any]  # the data.mtcnn params of the detection, device aside ({} for drawn faces)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -394,12 +394,12 @@ def cross_field_problems(params: dict) -> Iterator[str]:
         yield "placement.nnodes > 1 needs placement.rdzv_endpoint (host:port of node 0): set it"
     chosen = model_names() if params["model"] == "all" else (params["model"],)
     for model in chosen:
-        mp = params["models"][model]
-        growing = (mp.get("progressive") or {}).get("batch_sizes") or []
+        model_params = params["models"][model]
+        growing = (model_params.get("progressive") or {}).get("batch_sizes") or []
         key, sizes = (
             (f"models.{model}.progressive.batch_sizes", growing)
             if growing
-            else (f"models.{model}.batch_size", [mp["batch_size"]])
+            else (f"models.{model}.batch_size", [model_params["batch_size"]])
         )
         for size in sizes:
             if size % processes:
@@ -407,12 +407,12 @@ def cross_field_problems(params: dict) -> Iterator[str]:
                     f"{key} = {size} does not split over placement.gpus x placement.nnodes = {processes} "
                     f"processes: use a multiple of {processes}, or fewer processes"
                 )
-    ev = params["evaluate"]
-    fewest = min(ev["num_gen"], ev["num_ref"])
-    if ev["pr_k"] >= fewest:
+    eval_params = params["evaluate"]
+    fewest = min(eval_params["num_gen"], eval_params["num_ref"])
+    if eval_params["pr_k"] >= fewest:
         yield (
-            f"evaluate.pr_k = {ev['pr_k']} needs more than {ev['pr_k']} images per set, but evaluate.num_gen/"
-            f"num_ref give {fewest}: lower pr_k or raise both"
+            f"evaluate.pr_k = {eval_params['pr_k']} needs more than {eval_params['pr_k']} images per set, "
+            f"but evaluate.num_gen/num_ref give {fewest}: lower pr_k or raise both"
         )
 
 

@@ -21,7 +21,7 @@ def main() -> None:
     start_stage()
     view = stage_params.load("download")
     record = prepare(view.data, view.seed)
-    logging.info("data.source=%s: %d images under %s", record["source"], record["count"], record["image_root"])
+    logging.info("data.source=%s: %d images under %s", record.source, record.count, record.image_root)
 
 
 if __name__ == "__main__":

@@ -126,15 +126,15 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 def test_good_archive_is_verified_extracted_and_never_downloaded_twice(server, tmp_path):
     record = dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/good.zip", GOOD_SHA, **FAST)
-    assert record["count"] == 3 and record["verified"] and record["sha256"] == GOOD_SHA
+    assert record.count == 3 and record.verified and record.sha256 == GOOD_SHA
     (stored,) = (tmp_path / "dl/url").glob("*/good.zip")  # under a folder named by the URL's hash
     assert stored.read_bytes() == GOOD and not stored.with_name("good.zip.part").exists()
-    images = sorted(Path(record["image_root"]).glob("*.png"))
+    images = sorted(Path(record.image_root).glob("*.png"))
     assert [p.name for p in images] == ["000.png", "001.png", "002.png"]
     assert images[0].read_bytes() == _png(0)
     requests_before = len(Handler.log)
     again = dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/good.zip", GOOD_SHA, **FAST)
-    assert again["count"] == 3 and len(Handler.log) == requests_before  # no request at all
+    assert again.count == 3 and len(Handler.log) == requests_before  # no request at all
 
 
 def test_wrong_checksum_stops_and_deletes_the_file(server, tmp_path):
@@ -219,7 +219,7 @@ def test_celeba_files_match_torchvision(tmp_path):
 
 def test_tar_archive_from_a_mirror(server, tmp_path):
     record = dl.prepare_url(tmp_path / "raw", tmp_path / "dl", f"{server}/faces.tar.gz", "", **FAST)
-    assert record["count"] == 2 and not record["verified"] and len(record["sha256"]) == 64
+    assert record.count == 2 and not record.verified and len(record.sha256) == 64
 
 
 def test_folder_source_reads_in_place_and_orders_by_partition(tmp_path):
@@ -229,7 +229,7 @@ def test_folder_source_reads_in_place_and_orders_by_partition(tmp_path):
         (folder / "img" / name).write_bytes(_png(1))
     (folder / "img" / "list_eval_partition.txt").write_text("000001.jpg 2\n000002.jpg 0\n000003.jpg 1\n")
     record = dl.prepare_folder(tmp_path / "raw", str(folder / "img"))
-    assert record["image_root"] == str((folder / "img").resolve()) and record["count"] == 4
+    assert record.image_root == str((folder / "img").resolve()) and record.count == 4
     assert ordered_files(tmp_path / "raw", record) == ["000002.jpg", "000003.jpg", "000001.jpg", "extra.png"]
     with pytest.raises(UserError, match="does not exist"):
         dl.prepare_folder(tmp_path / "raw", str(tmp_path / "nowhere"))
@@ -277,9 +277,9 @@ def test_any_file_name_is_listed_byte_exact_and_read(tmp_path):
         (folder / name).write_bytes(_png(seed))
     record = dl.prepare_folder(tmp_path / "raw", str(folder))
     listed = ordered_files(tmp_path / "raw", record)
-    assert record["count"] == 4 and sorted(listed) == sorted(names)
+    assert record.count == 4 and sorted(listed) == sorted(names)
     for seed, name in enumerate(names):
-        image, why = load_rgb(Path(record["image_root"]) / name)
+        image, why = load_rgb(Path(record.image_root) / name)
         assert why == "" and np.array_equal(image, np.asarray(Image.open(io.BytesIO(_png(seed)))))
     assert _fingerprint({"resolution": 64, "num_faces": 4, "mtcnn": {}, "align": {}}, listed, record)
     manifest = _Manifest(tmp_path / PARTIAL_MANIFEST, None)
@@ -303,5 +303,29 @@ def test_symlinked_folders_are_followed_and_a_loop_is_listed_once(tmp_path):
     record = dl.prepare_folder(tmp_path / "raw", str(real))
     listed = ordered_files(tmp_path / "raw", record)
     assert listed == ["0.png", "1.png", "2.png", "again/o0.png", "again/o1.png"]
-    assert record["count"] == 5 and record["symlinked_folders_skipped"] == 2
+    assert record.count == 5 and record.symlinked_folders_skipped == 2
     assert json.loads((tmp_path / "raw" / "SOURCE.json").read_text())["symlinked_folders_skipped"] == 2
+
+
+def test_source_json_is_a_declared_shape_that_preprocess_checks(tmp_path):
+    """SOURCE.json is facegan.handoff.RawSource: read back field for field, and a file of another shape
+    (an older version, a hand edit) is one line naming the stage that writes it."""
+    from facegan import handoff
+    from facegan.data.preprocess import preprocess
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(_png(1))
+    record = dl.prepare_folder(tmp_path / "raw", str(folder))
+    assert handoff.RawSource.read(tmp_path / "raw" / "SOURCE.json") == record
+    assert (record.source, record.count, record.folder, record.url, record.md5) == ("folder", 2, str(folder), "", {})
+    edited = json.loads((tmp_path / "raw" / "SOURCE.json").read_text())
+    edited["size"] = edited.pop("synthetic_size")  # SOURCE.json as an older download wrote it
+    (tmp_path / "raw" / "SOURCE.json").write_text(json.dumps(edited))
+    data = {"source": "folder", "resolution": 32, "num_faces": 2}
+    with pytest.raises(handoff.HandoffError) as err:
+        preprocess(data, tmp_path / "raw", tmp_path / "faces", tmp_path / "report.json")
+    message = str(err.value)
+    assert "\n" not in message and "SOURCE.json does not have the shape of RawSource" in message
+    assert "missing synthetic_size; unknown size" in message and "dvc repro download" in message

@@ -44,7 +44,7 @@ def make_cache(folder: Path, seed: int, count: int = 24, size: int = 16) -> Path
     writer = CacheWriter(folder, size, count)
     for i in range(count):
         writer.add(render_face(seed, i, size))
-    return writer.finish({"source": "synthetic", "synthetic": True})
+    return writer.finish(source="synthetic", synthetic=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_a_full_disk_while_publishing_keeps_the_old_cache_whole_and_the_new_one_
 
     monkeypatch.setattr(np, "save", full)
     with pytest.raises(UserError) as err:
-        writer.finish({"source": "synthetic", "synthetic": True})
+        writer.finish(source="synthetic", synthetic=True)
     assert one_line(err).startswith(f"disk full while writing {tmp_path / 'faces'}: ")  # the folder, no made-up file
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before  # faces, meta, manifest, preview as they were
     assert sorted(p.name for p in tmp_path.iterdir()) == ["faces", "faces.partial"]  # no half folder beside it
@@ -129,9 +129,29 @@ def test_cache_and_manifest_are_published_together(tmp_path):
         writer.add(render_face(0, i, 16))
     manifest = writer.work / "manifest.partial.csv"
     manifest.write_text("source_file,status\n")
-    writer.finish({"source": "synthetic", "synthetic": True}, manifest)
+    writer.finish(source="synthetic", synthetic=True, manifest=manifest)
     assert {p.name for p in (tmp_path / "faces").iterdir()} == {"faces.npy", "meta.json", "manifest.csv", "preview.png"}
     assert len(FaceCache(tmp_path / "faces").fingerprint) == 16
+
+
+def test_the_cache_meta_is_a_declared_shape_checked_on_open(tmp_path):
+    """meta.json is facegan.handoff.FaceCacheMeta; a meta.json of another shape (a cache from an older
+    version, a hand edit) is one line naming the stage that writes it, not a KeyError in a later stage."""
+    cache = FaceCache(make_cache(tmp_path / "faces", seed=1))
+    assert (cache.meta.source, cache.meta.synthetic, cache.meta.count, cache.meta.resolution) == (
+        "synthetic",
+        True,
+        len(cache),
+        16,
+    )
+    meta = json.loads((tmp_path / "faces/meta.json").read_text())
+    del meta["fingerprint"]
+    (tmp_path / "faces/meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError) as err:
+        FaceCache(tmp_path / "faces")
+    message = one_line(err)
+    assert "meta.json does not have the shape of FaceCacheMeta (missing fingerprint)" in message
+    assert "dvc repro preprocess" in message
 
 
 # ------------------------------------------------------------------------------------------------

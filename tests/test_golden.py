@@ -70,7 +70,7 @@ class OurRun:
         writer = CacheWriter(tmp_path / "faces", resolution, len(faces))
         for face in faces:
             writer.add(face)
-        cache = FaceCache(writer.finish({"source": "golden", "synthetic": True}))
+        cache = FaceCache(writer.finish(source="golden", synthetic=True))
         cfg = ModelView.selected_run(
             model=model, params=params, train=cpu_train(), seed=int(golden["seed"]), resolution=resolution
         )

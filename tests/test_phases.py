@@ -51,7 +51,7 @@ def cache_dir(tmp_path_factory):
     writer = CacheWriter(root / "faces", 16, 24)
     for i in range(24):
         writer.add(render_face(0, i, 16))
-    return writer.finish({"source": "synthetic", "synthetic": True})
+    return writer.finish(source="synthetic", synthetic=True)
 
 
 def tiny(model: str, steps: int = 8, batch: int = 8, **changes) -> ModelView:

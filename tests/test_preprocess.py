@@ -87,7 +87,7 @@ def test_cache_manifest_and_report(full_run):
     assert report["considered"] == len(rows) and report["images_per_s"] > 0
     assert json.loads((tmp / "report.json").read_text()) == report
     cache = FaceCache(tmp / "faces")
-    assert len(cache) == len(kept) and cache.resolution == 64 and cache.meta["source"] == "folder"
+    assert len(cache) == len(kept) and cache.resolution == 64 and cache.meta.source == "folder"
     assert [int(row["cache_index"]) for row in kept] == list(range(len(kept)))
     assert cache.batch([0]).shape == (1, 3, 64, 64)
     assert (tmp / "faces" / "preview.png").is_file()

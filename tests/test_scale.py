@@ -36,7 +36,7 @@ def cache_dir(tmp_path_factory):
     writer = CacheWriter(tmp_path_factory.mktemp("cache") / "faces", 16, 24)
     for i in range(24):
         writer.add(render_face(0, i, 16))
-    return writer.finish({"source": "synthetic", "synthetic": True})
+    return writer.finish(source="synthetic", synthetic=True)
 
 
 def test_a_time_budget_ends_the_run_at_the_first_checkpoint_past_it_and_resume_keeps_counting(cache_dir, tmp_path):

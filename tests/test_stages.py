@@ -80,7 +80,7 @@ def test_download_and_preprocess_fill_the_cache(pipeline):
 
     cache = FaceCache(pipeline / "data/faces")
     assert len(cache) == 48 and cache.resolution == 32
-    assert cache.meta["source"] == "synthetic"
+    assert cache.meta.source == "synthetic"
     manifest = (pipeline / "data/faces/manifest.csv").read_text().splitlines()
     assert len(manifest) == 49  # header + one row per kept face
 

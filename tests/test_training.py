@@ -41,7 +41,7 @@ def cache_dir(tmp_path_factory):
     writer = CacheWriter(root / "faces", 16, 24)
     for i in range(24):
         writer.add(render_face(0, i, 16))
-    return writer.finish({"source": "synthetic", "synthetic": True})
+    return writer.finish(source="synthetic", synthetic=True)
 
 
 def config(resolution=16, **changes) -> ModelView:
@@ -232,7 +232,7 @@ def test_pggan_learns_the_4x4_faces(tmp_path, monkeypatch):
         writer.add(
             np.round(render_face(0, i, 16).astype(np.float32).reshape(4, 4, 4, 4, 3).mean((1, 3))).astype(np.uint8)
         )
-    cache = writer.finish({"source": "synthetic", "synthetic": True})
+    cache = writer.finish(source="synthetic", synthetic=True)
     from facegan.params import deep_merge
 
     params = deep_merge(

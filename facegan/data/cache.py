@@ -2,7 +2,7 @@
 
 Format (directory, `data/faces/` by default):
   faces.npy      uint8 array (N, R, R, 3), RGB, the aligned faces in their deterministic order
-  meta.json      {"source", "resolution", "count", "synthetic", ...}
+  meta.json      facegan.handoff.FaceCacheMeta: source, count, resolution, fingerprint, provenance
   manifest.csv   one row per source image: kept or the rejection reason (written by preprocess)
   preview.png    a grid of the first faces
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from facegan import handoff
 from facegan.errors import UserError
 from facegan.io import atomic_dir, atomic_path, disk_full_error, is_disk_full, write_json
 
@@ -108,20 +109,36 @@ class CacheWriter:
     def resume_state(self) -> dict:
         return dict(self.state)
 
-    def finish(self, meta: dict, manifest: Path | None = None) -> Path:
-        """Publish faces.npy, meta.json (with the pixels' fingerprint), the manifest and a preview as one
-        folder: the old cache stays whole until the new one is complete, and never mixes with it."""
+    def finish(
+        self,
+        source: str,
+        synthetic: bool,
+        manifest: Path | None = None,
+        image_root: str = "",
+        align: dict | None = None,
+        mtcnn: dict | None = None,
+    ) -> Path:
+        """Publish faces.npy, meta.json (facegan.handoff.FaceCacheMeta, with the pixels' fingerprint), the
+        manifest and a preview as one folder: the old cache stays whole until the new one is complete, and
+        never mixes with it. `source` .. `mtcnn`: where the faces came from (FaceCacheMeta's fields)."""
         if self.count == 0:
             raise UserError("no face was accepted: check data.source and the MTCNN thresholds in params.yaml")
         self.faces.flush()
         faces = self.faces[: self.count]
+        meta = handoff.FaceCacheMeta(
+            source=source,
+            synthetic=synthetic,
+            count=self.count,
+            resolution=self.faces.shape[1],
+            fingerprint=fingerprint_of(faces),
+            image_root=image_root,
+            align=dict(align or {}),
+            mtcnn=dict(mtcnn or {}),
+        )
         with atomic_dir(self.out_dir) as out:
             with open(out / FACES_FILE, "wb") as handle:
                 np.save(handle, np.asarray(faces), allow_pickle=False)
-            write_json(
-                out / META_FILE,
-                {**meta, "count": self.count, "resolution": self.faces.shape[1], "fingerprint": fingerprint_of(faces)},
-            )
+            meta.write(out / META_FILE)
             if manifest is not None:
                 shutil.copyfile(manifest, out / MANIFEST_FILE)
             save_grid(np.asarray(faces[: min(self.count, 64)]), out / "preview.png")
@@ -145,10 +162,7 @@ class FaceCache:
             raise UserError(f"face cache {root} is missing or incomplete: run `dvc repro preprocess`")
         self.root = root
         self.on_device: torch.Tensor | None = None
-        try:
-            self.meta = json.loads((root / META_FILE).read_text())
-        except ValueError as err:
-            raise _corrupt(root, META_FILE, err) from err
+        self.meta = handoff.FaceCacheMeta.read(root / META_FILE)
         try:
             self.faces = np.load(root / FACES_FILE, mmap_mode="r")
         except (ValueError, EOFError) as err:  # truncated: ValueError; zero bytes: EOFError (numpy)
@@ -156,10 +170,8 @@ class FaceCache:
 
     @property
     def fingerprint(self) -> str:
-        """What identifies these pixels: recorded by CacheWriter.finish, computed for an older cache."""
-        if "fingerprint" not in self.meta:
-            self.meta["fingerprint"] = fingerprint_of(self.faces)
-        return self.meta["fingerprint"]
+        """What identifies these pixels (recorded by CacheWriter.finish)."""
+        return self.meta.fingerprint
 
     def __len__(self) -> int:
         return self.faces.shape[0]

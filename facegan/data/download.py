@@ -29,6 +29,7 @@ once, and how many were skipped is logged and recorded in SOURCE.json.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import html.parser
@@ -44,6 +45,7 @@ from urllib.parse import urlencode, urljoin, urlparse
 
 from tqdm import tqdm
 
+from facegan import handoff
 from facegan.errors import UserError
 from facegan.io import atomic_dir, write_json, write_text
 
@@ -439,22 +441,24 @@ def _image_root(extracted: Path) -> Path:
             return root
 
 
-def _write_source(raw_dir: Path, record: dict, listed: tuple[list[str], int]) -> dict:
+def _write_source(raw_dir: Path, record: handoff.RawSource, listed: tuple[list[str], int]) -> handoff.RawSource:
     files, skipped = listed
     if not files:
         raise UserError(
-            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {record['image_root']}: "
+            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {record.image_root}: "
             f"point data.folder or data.url at a folder or archive of images"
         )
     raw_dir.mkdir(parents=True, exist_ok=True)
     (raw_dir / "files.txt").unlink(missing_ok=True)  # an older list: files.jsonl replaces it
-    write_file_list(raw_dir, Path(record["image_root"]), files)
-    record = {**record, "count": len(files), "symlinked_folders_skipped": skipped}
-    write_json(raw_dir / SOURCE_FILE, record)
+    write_file_list(raw_dir, Path(record.image_root), files)
+    record = dataclasses.replace(record, count=len(files), symlinked_folders_skipped=skipped)
+    record.write(raw_dir / SOURCE_FILE)
     return record
 
 
-def prepare_celeba(raw_dir: Path, download_dir: Path, base_url: str = GDRIVE_DOWNLOAD, **fetch_kwargs) -> dict:
+def prepare_celeba(
+    raw_dir: Path, download_dir: Path, base_url: str = GDRIVE_DOWNLOAD, **fetch_kwargs
+) -> handoff.RawSource:
     """Download (or reuse) the four CelebA files, verify their md5 sums, extract the images."""
     store = download_dir / "celeba"
     digests = {}
@@ -469,19 +473,16 @@ def prepare_celeba(raw_dir: Path, download_dir: Path, base_url: str = GDRIVE_DOW
         log.warning("img_align_celeba.zip holds %d images, not %d", len(listed[0]), CELEBA_IMAGES)
     return _write_source(
         raw_dir,
-        {
-            "source": "celeba",
-            "image_root": str(image_root),
-            "partition_file": str(target / "list_eval_partition.txt"),
-            "md5": digests,
-        },
+        handoff.RawSource.of(
+            "celeba", image_root, partition_file=str(target / "list_eval_partition.txt"), md5=digests, verified=True
+        ),
         listed,
     )
 
 
 def prepare_url(
     raw_dir: Path, download_dir: Path, url: str, sha256: str = "", partition_file: str = "", **fetch_kwargs
-) -> dict:
+) -> handoff.RawSource:
     if not url:
         raise UserError("data.source=url needs data.url (a zip or tar archive of images)")
     name = Path(urlparse(url).path).name or "archive"
@@ -501,19 +502,19 @@ def prepare_url(
     partition = find_partition_file(target, partition_file)
     return _write_source(
         raw_dir,
-        {
-            "source": "url",
-            "url": url,
-            "sha256": digest,
-            "verified": bool(sha256),
-            "image_root": str(image_root),
-            "partition_file": str(partition) if partition else "",
-        },
+        handoff.RawSource.of(
+            "url",
+            image_root,
+            url=url,
+            sha256=digest,
+            verified=bool(sha256),
+            partition_file=str(partition) if partition else "",
+        ),
         list_images(image_root),
     )
 
 
-def prepare_folder(raw_dir: Path, folder: str, partition_file: str = "") -> dict:
+def prepare_folder(raw_dir: Path, folder: str, partition_file: str = "") -> handoff.RawSource:
     if not folder:
         raise UserError("data.source=folder needs data.folder (a folder or archive of images)")
     path = Path(folder).expanduser()
@@ -522,24 +523,20 @@ def prepare_folder(raw_dir: Path, folder: str, partition_file: str = "") -> dict
     if path.is_file():
         digest = file_digest(path, "sha256")
         target = extract_archive(path, raw_dir / "folder", digest, downloaded=False)
-        image_root, extra = _image_root(target), {"archive": str(path.resolve()), "sha256": digest}
+        image_root, archive = _image_root(target), {"archive": str(path.resolve()), "sha256": digest}
     else:
-        image_root, extra = path.resolve(), {}
+        image_root, archive = path.resolve(), {}
     partition = find_partition_file(image_root, partition_file)
     return _write_source(
         raw_dir,
-        {
-            "source": "folder",
-            "folder": folder,
-            "image_root": str(image_root),
-            "partition_file": str(partition) if partition else "",
-            **extra,
-        },
+        handoff.RawSource.of(
+            "folder", image_root, folder=folder, partition_file=str(partition) if partition else "", **archive
+        ),
         list_images(image_root),
     )
 
 
-def prepare_synthetic(raw_dir: Path, count: int, size: int, seed: int) -> dict:
+def prepare_synthetic(raw_dir: Path, count: int, size: int, seed: int) -> handoff.RawSource:
     from PIL import Image
 
     from facegan.data.synthetic import render_face
@@ -547,19 +544,14 @@ def prepare_synthetic(raw_dir: Path, count: int, size: int, seed: int) -> dict:
     with atomic_dir(raw_dir / "synthetic") as tmp:
         for index in tqdm(range(count), desc="drawing synthetic faces", disable=None):
             Image.fromarray(render_face(seed, index, size)).save(tmp / f"{index:06d}.png")
-    record = {
-        "source": "synthetic",
-        "count": count,
-        "size": size,
-        "seed": seed,
-        "image_root": str(raw_dir / "synthetic"),
-        "partition_file": "",
-    }
-    write_json(raw_dir / SOURCE_FILE, record)
+    record = handoff.RawSource.of(
+        "synthetic", raw_dir / "synthetic", count=count, synthetic_seed=seed, synthetic_size=size
+    )
+    record.write(raw_dir / SOURCE_FILE)
     return record
 
 
-def prepare(data: dict, seed: int) -> dict:
+def prepare(data: dict, seed: int) -> handoff.RawSource:
     """Run the source chosen by the `data` params; return the SOURCE.json record."""
     raw_dir, download_dir = Path(data["raw_dir"]), Path(data["download_dir"])
     source = data["source"]

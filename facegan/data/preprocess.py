@@ -42,10 +42,11 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from facegan import handoff
 from facegan.data.cache import CacheWriter
 from facegan.data.download import read_file_list
 from facegan.errors import UserError
-from facegan.io import read_json, write_json
+from facegan.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,12 @@ def read_partition(path: str | Path | None) -> dict[str, int]:
     return partition
 
 
-def ordered_files(raw_dir: Path, source: dict) -> list[str]:
+def ordered_files(raw_dir: Path, source: handoff.RawSource) -> list[str]:
     """The source's images, relative to its image_root, in the deterministic processing order."""
     files = read_file_list(raw_dir)
     if files is None:  # synthetic faces: drawn straight into image_root, no list
-        files = sorted(p.name for p in Path(source["image_root"]).glob("*.png"))
-    partition = read_partition(source.get("partition_file"))
+        files = sorted(p.name for p in Path(source.image_root).glob("*.png"))
+    partition = read_partition(source.partition_file)
     unknown = len(PARTITION_NAMES)
     return sorted(files, key=lambda name: (partition.get(Path(name).name, unknown), name))
 
@@ -128,18 +129,18 @@ class _Manifest:
             return Counter(row["reason"] for row in csv.DictReader(handle))
 
 
-def _fingerprint(data: dict, files: list[str], source: dict) -> str:
+def _fingerprint(data: dict, files: list[str], source: handoff.RawSource) -> str:
     relevant = {key: data[key] for key in ("resolution", "num_faces", "mtcnn", "align")}
     relevant["mtcnn"] = {k: v for k, v in relevant["mtcnn"].items() if k not in ("batch_size", "device", "cpu_threads")}
-    digest = hashlib.sha256(
-        json.dumps([relevant, source.get("image_root"), source.get("source")], sort_keys=True).encode()
-    )
+    digest = hashlib.sha256(json.dumps([relevant, source.image_root, source.source], sort_keys=True).encode())
     digest.update("\n".join(files).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
-def preprocess_synthetic(data: dict, source: dict, files: list[str], cache_dir: Path, report_path: Path) -> dict:
-    size, root = data["resolution"], Path(source["image_root"])
+def preprocess_synthetic(
+    data: dict, source: handoff.RawSource, files: list[str], cache_dir: Path, report_path: Path
+) -> dict:
+    size, root = data["resolution"], Path(source.image_root)
     start = time.time()
     writer = CacheWriter(cache_dir, size, min(len(files), data["num_faces"]))
     rows = []
@@ -163,7 +164,7 @@ def preprocess_synthetic(data: dict, source: dict, files: list[str], cache_dir: 
         out = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
         out.writeheader()
         out.writerows(rows)
-    writer.finish({"source": "synthetic", "synthetic": True}, manifest)
+    writer.finish(source="synthetic", synthetic=True, manifest=manifest)
     elapsed = time.time() - start
     report = {
         "source": "synthetic",
@@ -373,21 +374,19 @@ def preprocess(
     leaving the resume state as an interruption would. `workers`: worker processes (None: one a CPU
     core, or the decoders a GPU needs; 0: the sequential reference path).
     """
-    source = read_json(raw_dir / "SOURCE.json")
-    if source["source"] != data["source"]:
-        raise UserError(
-            f"{raw_dir} holds {source['source']} but data.source={data['source']}: run `dvc repro download`"
-        )
+    source = handoff.RawSource.read(raw_dir / "SOURCE.json")
+    if source.source != data["source"]:
+        raise UserError(f"{raw_dir} holds {source.source} but data.source={data['source']}: run `dvc repro download`")
     files = ordered_files(raw_dir, source)
     if not files:
         raise UserError(f"{raw_dir} lists no images: run `dvc repro download`")
-    if source["source"] == "synthetic":
+    if source.source == "synthetic":
         return preprocess_synthetic(data, source, files, cache_dir, report_path)
 
     from facegan.device import resolve_device
 
     device = torch.device(device or resolve_device(data["mtcnn"]["device"]))
-    root = Path(source["image_root"])
+    root = Path(source.image_root)
     if not root.is_dir():
         raise UserError(f"image folder {root} is gone: run `dvc repro download` (or fix data.folder)")
     workers = default_workers(device, data["mtcnn"]["cpu_threads"]) if workers is None else workers
@@ -456,7 +455,7 @@ def preprocess(
     counts = manifest.counts()
     kept = counts.pop("kept", 0)
     report = {
-        "source": source["source"],
+        "source": source.source,
         "device": str(device),
         "resolution": resolution,
         "num_faces_requested": data["num_faces"],
@@ -479,18 +478,18 @@ def preprocess(
         log.warning("only %d faces accepted out of %d images (data.num_faces=%d)", kept, len(files), data["num_faces"])
         report["short_of_num_faces"] = True
     manifest.close()
-    meta = {
-        "source": source["source"],
-        "synthetic": False,
-        "image_root": source["image_root"],
-        "align": data["align"],
-        "mtcnn": {k: v for k, v in data["mtcnn"].items() if k != "device"},
-    }
     if writer.count == 0:
         raise UserError(
             f"no face was accepted among {len(files)} images: each one's rejection reason is in {manifest.path}; "
             "check data.source and the MTCNN thresholds (data.mtcnn.*) in params.yaml"
         )
-    writer.finish(meta, manifest.path)  # the cache and its manifest appear together
+    writer.finish(  # the cache and its manifest appear together
+        source=source.source,
+        synthetic=False,
+        manifest=manifest.path,
+        image_root=source.image_root,
+        align=data["align"],
+        mtcnn={k: v for k, v in data["mtcnn"].items() if k != "device"},
+    )
     write_json(report_path, report)
     return report

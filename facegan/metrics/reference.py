@@ -33,9 +33,9 @@ AGREEMENT_FACES = 8
 FLOOR_KID_SEED = 0  # KID's random subsets for the floors: fixed, the floor is a property of the data
 
 
-def floor_sizes(ev: dict) -> list[int]:
+def floor_sizes(eval_params: dict) -> list[int]:
     """The sample counts whose floor the report shows: the FID sets' and the snapshot points'."""
-    return sorted({ev["num_gen"], ev["snapshot_num_gen"]})
+    return sorted({eval_params["num_gen"], eval_params["snapshot_num_gen"]})
 
 
 def noise_floor(features: np.ndarray, n: int, seed: int) -> handoff.Floor:
@@ -49,31 +49,33 @@ def noise_floor(features: np.ndarray, n: int, seed: int) -> handoff.Floor:
 
 def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[np.ndarray, handoff.ReferenceMeta]:
     """(features (N, D) of the first evaluate.num_ref cached faces, their meta with the noise floors)."""
-    ev = view.evaluate
+    eval_params = view.evaluate
     cache = FaceCache(cache_dir)
     if cache.resolution != view.resolution:
         raise UserError(
             f"the face cache is {cache.resolution}px but data.resolution={view.resolution}: run `dvc repro preprocess`"
         )
-    device = resolve_device(ev["device"])
-    extractor = build_extractor(ev["extractor"], ev, device)
+    device = resolve_device(eval_params["device"])
+    extractor = build_extractor(eval_params["extractor"], eval_params, device)
     agreement = None
     if extractor.kind == "fid_helper":
-        agreement = check_agreement(np.asarray(cache.faces[:AGREEMENT_FACES]), ev, device)
+        agreement = check_agreement(np.asarray(cache.faces[:AGREEMENT_FACES]), eval_params, device)
         if not agreement["checked"]:
             log.warning(
                 "fid-helper features not verified against clean-fid's (%s): numbers are labelled FID*",
                 agreement["reason"],
             )
-    count = min(ev["num_ref"], len(cache))
-    if count < ev["num_ref"]:
-        log.warning("evaluate.num_ref=%d but the cache holds %d faces: using %d", ev["num_ref"], len(cache), count)
-    needed = min(len(cache), max(count, 2 * max(floor_sizes(ev))))
-    batch = ev["batch_size"]
+    count = min(eval_params["num_ref"], len(cache))
+    if count < eval_params["num_ref"]:
+        log.warning(
+            "evaluate.num_ref=%d but the cache holds %d faces: using %d", eval_params["num_ref"], len(cache), count
+        )
+    needed = min(len(cache), max(count, 2 * max(floor_sizes(eval_params))))
+    batch = eval_params["batch_size"]
     batches = (np.asarray(cache.faces[i : min(i + batch, needed)]) for i in range(0, needed, batch))
-    with resize_pool(ev, device) as pool:
+    with resize_pool(eval_params, device) as pool:
         features = extract(batches, extractor, pool)
-    floors = {str(n): noise_floor(features, n, FLOOR_KID_SEED) for n in floor_sizes(ev)}
+    floors = {str(n): noise_floor(features, n, FLOOR_KID_SEED) for n in floor_sizes(eval_params)}
     for n, floor in floors.items():
         log.info(
             "noise floor at n=%s: FID %.3f, KID %.5f (two disjoint sets of %d real faces)",
@@ -92,8 +94,8 @@ def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[
         count=int(count),
         cache_count=len(cache),
         cache_fingerprint=cache.fingerprint,
-        source=str(cache.meta.get("source")),
-        synthetic=bool(cache.meta.get("synthetic", False)),
+        source=cache.meta.source,
+        synthetic=cache.meta.synthetic,
         resolution=cache.resolution,
     )
     return features[:count], meta

@@ -440,7 +440,7 @@ def recipe_section(rows: list[Row]) -> str:
 
 
 def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows: list[Row]) -> str:
-    data, ev = view.data, view.evaluate
+    data, eval_params = view.data, view.evaluate
     trained = [r.metrics for r in rows if r.trained]
     lines = [
         f"- profile `{view.profile}`, model selection `{view.model}`, training seed {view.seed}",
@@ -475,9 +475,9 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
             f"pictures {first.seeds.get('pictures')}",
         ]
     lines.append(
-        f"- evaluate params: num_gen {ev['num_gen']}, num_ref {ev['num_ref']}, snapshot_num_gen "
-        f"{ev['snapshot_num_gen']}, ppl_samples {ev['ppl_samples']}, extractor `{ev['extractor']}`, "
-        f"lpips `{ev['lpips']}`"
+        f"- evaluate params: num_gen {eval_params['num_gen']}, num_ref {eval_params['num_ref']}, snapshot_num_gen "
+        f"{eval_params['snapshot_num_gen']}, ppl_samples {eval_params['ppl_samples']}, "
+        f"extractor `{eval_params['extractor']}`, lpips `{eval_params['lpips']}`"
     )
     fallbacks = {
         r.model: r.stats.kernel_fallbacks
