@@ -1,6 +1,6 @@
-"""dvc.yaml and the params schema, generated from the code.
+"""dvc.yaml, generated from the code.
 
-    python -m facegan.pipeline           # rewrite dvc.yaml and facegan/params_schema.yaml
+    python -m facegan.pipeline           # rewrite dvc.yaml
     python -m facegan.pipeline --check   # exit 1 naming what is out of date (the tests run this)
 
 DVC can only promise that a cached result was made by the code in the repo if every stage
@@ -270,14 +270,12 @@ class Generated:
 def generate(root: Path = ROOT) -> Generated:
     params = params_module.read_yaml(root / "params.yaml")
     models = list(params["models"])
-    schema_text = params_module.SCHEMA_HEADER + yaml.safe_dump(params_module.schema_of(params), sort_keys=False)
     pipeline = {
         "stages": {s.name: stage_entry(s, models, root) for s in stages(models)},
         "plots": top_level_plots(models),
     }
     dvc_text = HEADER + yaml.safe_dump(pipeline, sort_keys=False, width=120)
-    schema_path = str(params_module.SCHEMA_PATH.relative_to(ROOT))
-    return Generated({DVC_YAML: dvc_text, schema_path: schema_text})
+    return Generated({DVC_YAML: dvc_text})
 
 
 def main(argv: list[str] | None = None) -> int:

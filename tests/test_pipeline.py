@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = model_names()
 
 
-def test_dvc_yaml_and_params_schema_are_generated_from_the_code():
+def test_dvc_yaml_is_generated_from_the_code():
     for name, text in pipeline.generate().files.items():
         assert (REPO / name).read_text() == text, f"{name} is out of date: run `python -m facegan.pipeline`"
 

@@ -1,0 +1,403 @@
+"""The study's settings as one typed definition: every section of params.yaml a class, every key a field
+with its type and, beside it, what values it allows.
+
+params.yaml holds the values and this module what they may be, so a class has no defaults: a key
+missing from params.yaml is an error, not a silent default written a second time here. The classes
+are pydantic v2 models in strict mode (an int is not a bool, 16.0 is not a batch size, inf and NaN
+are not numbers), closed to unknown keys, and frozen. A value that breaks a rule fails with the
+rule's own words (`Rule.allowed`), which facegan.params turns into one line naming the key as the
+user wrote it (`profiles.<p>.<key>` for a profile's value).
+
+`models` has one class per model (its own `arch`, and `progressive` for the growing ones); the
+study's models are those params.yaml has a section for, in its order (the report's row order). A new
+model is a module in models/, a section in params.yaml and a class here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic_core import PydanticCustomError
+
+# ------------------------------------------------------------------------------------------------
+# Rules: a check and the words that say what it allows
+
+
+class Rule:
+    """A value rule: `check(value)` must hold; `allowed` completes "must be ..." in the error."""
+
+    def __init__(self, check: Callable[[Any], bool], allowed: str):
+        self.check, self.allowed = check, allowed
+
+    def __call__(self, value: Any) -> Any:
+        if not self.check(value):
+            raise PydanticCustomError("rule", "{allowed}", {"allowed": self.allowed})
+        return value
+
+
+def rule(check: Callable[[Any], bool], allowed: str) -> AfterValidator:
+    return AfterValidator(Rule(check, allowed))
+
+
+def positive(allowed: str = "a positive integer") -> AfterValidator:
+    return rule(lambda v: v > 0, allowed)
+
+
+def non_negative(allowed: str) -> AfterValidator:
+    return rule(lambda v: v >= 0, allowed)
+
+
+def within(lo: float, hi: float, allowed: str) -> AfterValidator:
+    return rule(lambda v: lo <= v <= hi, allowed)
+
+
+def power_of_two(lo: int, hi: int, allowed: str) -> AfterValidator:
+    return rule(lambda v: lo <= v <= hi and (v & (v - 1)) == 0, allowed)
+
+
+def spoken_choices(options: tuple[str, ...]) -> str:
+    return options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+
+
+def choice(*options: str, allowed: str | None = None):
+    """A str that is one of `options` (typed as their Literal); checked before the type, so that any other
+    value, a number included, is told the choices."""
+    words = allowed or spoken_choices(options)
+    return Annotated[Literal[options], BeforeValidator(Rule(lambda v: v in options, words))]
+
+
+Device = choice("auto", "cpu", "cuda")
+Probability = Annotated[float, within(0.0, 1.0, "a probability in [0, 1]")]
+Betas = Annotated[
+    list[float], rule(lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two Adam betas in [0, 1)")
+]
+Decay = Annotated[float, rule(lambda v: 0.0 <= v < 1.0, "a decay in [0, 1)")]
+PositiveInt = Annotated[int, positive()]
+PositiveNumber = Annotated[float, positive("a positive number")]
+Kimg = Annotated[float, positive("a positive number of kimg")]
+Off = Annotated[float, non_negative("0 (off) or positive")]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# data, placement, train, evaluate, tune
+
+
+class MtcnnSettings(Section):
+    min_confidence: Probability
+    min_face_size: Annotated[int, positive("a positive number of pixels")]
+    multi_face: choice("reject", "largest")
+    batch_size: PositiveInt
+    device: Device
+    max_side: Annotated[int, rule(lambda v: v >= 64, "at least 64 pixels")]
+    cpu_threads: Annotated[int, non_negative("0 (torch's default) or a number of threads")]
+
+
+class AlignSettings(Section):
+    eye_distance: Annotated[float, within(0.05, 0.8, "a fraction in [0.05, 0.8]")]
+    eye_height: Annotated[float, within(0.1, 0.9, "a fraction in [0.1, 0.9]")]
+    landmark_weights: Annotated[
+        list[float],
+        rule(
+            lambda v: len(v) == 5 and all(w >= 0 for w in v) and min(v[:2]) > 0,
+            "five non-negative weights (eyes, nose, mouth corners) with both eye weights positive",
+        ),
+    ]
+
+
+class DataSettings(Section):
+    source: choice("celeba", "url", "folder", "synthetic", allowed="one of celeba, url, folder, synthetic")
+    raw_dir: str
+    url: str
+    sha256: str
+    folder: str
+    download_dir: str
+    partition_file: str
+    checkpoint_every: Annotated[int, positive("a positive number of images")]
+    num_faces: PositiveInt
+    resolution: Annotated[int, power_of_two(32, 512, "a power of two from 32 to 512")]
+    synthetic_images: PositiveInt
+    mtcnn: MtcnnSettings
+    align: AlignSettings
+
+
+class PlacementSettings(Section):
+    gpus: Annotated[int, positive("a positive number of processes per node")]
+    nnodes: Annotated[int, positive("a positive number of nodes")]
+    rdzv_endpoint: str
+    gpu: Annotated[int, rule(lambda v: v >= -1, "-1 (every visible GPU) or a GPU index")]
+
+
+class SpeedSettings(Section):
+    cache_on_device: choice("auto", "on", "off")
+    check_every: Annotated[int, positive("a positive number of steps")]
+    fused_adam: bool
+    foreach_ema: bool
+    channels_last: bool
+    compile: choice("none", "default", "cudagraphs")
+
+
+class TrainSettings(Section):
+    device: Device
+    budget_minutes: Annotated[float, non_negative("0 (the kimg budget alone) or minutes of training")]
+    precision: choice("auto", "fp32", "fp16", "bf16")
+    checkpoint_kimg: Kimg
+    snapshot_kimg: Kimg
+    snapshot_level_ends: bool
+    sample_kimg: Kimg
+    grid_size: PositiveInt
+    num_workers: Annotated[int, non_negative("0 or more")]
+    deterministic: bool
+    log_kimg: Kimg
+    speed: SpeedSettings
+
+
+class EvaluateSettings(Section):
+    extractor: choice("auto", "inception", "fid_helper", "proxy")
+    inception_weights: str
+    fid_helper_weights: str
+    num_gen: PositiveInt
+    num_ref: PositiveInt
+    batch_size: PositiveInt
+    resize_workers: Annotated[
+        int, rule(lambda v: v >= -1, "-1 (auto), 0 (in the main process) or a number of processes")
+    ]
+    fid_seeds: PositiveInt
+    snapshot_num_gen: PositiveInt
+    pr_k: Annotated[int, positive("a positive number of neighbours")]
+    ppl_samples: Annotated[int, positive("a positive number of latent pairs")]
+    ppl_space: choice("auto", "z", "w")
+    ppl_sampling: choice("end", "full")
+    ppl_epsilon: Annotated[float, rule(lambda v: 0 < v < 0.1, "a small positive step such as 0.0001")]
+    ppl_crop: bool
+    lpips: choice("vgg", "proxy")
+    lpips_weights: str
+    grid_size: PositiveInt
+    truncation_psis: Annotated[
+        list[float], rule(lambda v: len(v) > 0 and all(0.0 <= p <= 2.0 for p in v), "a non-empty list of psi in [0, 2]")
+    ]
+    truncation_rows: PositiveInt
+    interpolation_steps: Annotated[int, rule(lambda v: v >= 2, "at least 2")]
+    device: Device
+
+
+class TuneSettings(Section):
+    trials: Annotated[int, positive("a positive number of trials")]
+    kimg: Kimg
+    snapshot_kimg: Kimg
+    num_gen: Annotated[int, positive("a positive number of images")]
+    warmup_kimg: Annotated[float, non_negative("0 or more kimg")]
+    startup_trials: Annotated[int, non_negative("0 or more trials")]
+    space: dict[str, Any]  # <model>: {<dotted key>: [kind, ...]}, checked by facegan.tune against the model sections
+
+
+# ------------------------------------------------------------------------------------------------
+# A model's section: its training recipe, loss, augmentation, architecture and growing schedule
+
+
+class AugmentSettings(Section):
+    mode: choice("ada", "fixed", "none")
+    p: Probability
+    target: Annotated[float, within(0.0, 1.0, "a target sign mean in [0, 1]")]
+    interval: Annotated[int, positive("a positive number of steps")]
+    kimg: Kimg
+
+
+class LossSettings(Section):
+    type: choice("ns", "wgan_gp", "hinge")
+    phase_order: choice("DG", "GD", allowed="DG (D phases first) or GD")
+    latents: choice("per_phase", "per_step")
+    r1_gamma: Off
+    r1_every: Annotated[int, positive("a positive number of steps")]
+    pl_weight: Off
+    pl_every: Annotated[int, positive("a positive number of steps")]
+    gp_weight: Off
+    drift: Off
+    style_mixing_prob: Probability
+    blur_init_sigma: Annotated[float, non_negative("0 (off) or a positive value")]
+    blur_fade_kimg: Annotated[float, non_negative("0 (off) or a positive value")]
+    bcr_real_lambda: Off
+    bcr_fake_lambda: Off
+
+
+class ProgressiveSettings(Section):
+    initial_resolution: Annotated[int, power_of_two(4, 1024, "a power of two from 4 up")]
+    stable_kimg: Annotated[
+        list[float], rule(lambda v: all(k >= 0 for k in v), "a list of kimg >= 0 (one per level, the last repeats)")
+    ]
+    fade_kimg: Annotated[
+        list[float], rule(lambda v: all(k >= 0 for k in v), "a list of kimg >= 0 (one per level, the last repeats)")
+    ]
+    batch_sizes: Annotated[
+        list[int],
+        rule(
+            lambda v: all(b > 0 for b in v),
+            "a list of positive batch sizes (one per level, the last repeats), or [] for the model's batch_size",
+        ),
+    ]
+    lrs: Annotated[list[float], rule(lambda v: all(lr > 0 for lr in v), "a list of positive learning rates, or []")]
+    reset_optimizer: bool
+
+
+Width = Annotated[int, positive("a positive number")]
+Fp16Resolutions = Annotated[int, non_negative("0 (fp32 everywhere) or a number of resolutions")]
+ConvClamp = Annotated[int, non_negative("0 (off) or a positive clamp")]
+
+
+class DcganArch(Section):
+    z_dim: Width
+    g_channels: Width
+    d_channels: Width
+    max_channels: Width
+
+
+class PgganArch(Section):
+    z_dim: Width
+    fmap_base: Width
+    fmap_max: Width
+    mbstd_group_size: Width
+
+
+class MappingArch(Section):
+    """The style-based generators' latent and mapping network."""
+
+    z_dim: Width
+    w_dim: Width
+    mapping_layers: Width
+    mapping_lr_multiplier: Annotated[float, positive("a positive number")]
+
+
+class StyleganArch(MappingArch):
+    fmap_base: Width
+    fmap_max: Width
+    num_fp16_res: Fp16Resolutions
+    conv_clamp: ConvClamp
+    mbstd_group_size: Width
+
+
+class Stylegan2Arch(MappingArch):
+    channel_base: Width
+    channel_max: Width
+    num_fp16_res: Fp16Resolutions
+    conv_clamp: ConvClamp
+    mbstd_group_size: Width
+
+
+class Stylegan3Arch(MappingArch):
+    channel_base: Width
+    channel_max: Width
+    config: choice("t", "r")
+    num_layers: Width
+    num_critical: Width
+    margin: Annotated[int, non_negative("0 or more pixels")]
+    output_scale: PositiveNumber
+    magnitude_ema_beta: Decay
+    num_fp16_res: Fp16Resolutions
+    conv_clamp: ConvClamp
+    mbstd_group_size: Width
+
+
+class StyleswinArch(MappingArch):
+    window_size: Width
+    window_layout: choice("masked", "split")
+    blocks_per_stage: Width
+    head_dim: Width
+    min_heads: Width
+    mlp_ratio: Annotated[float, positive("a positive ratio")]
+    g_channel_base: Width
+    d_channel_base: Width
+    channel_max: Width
+
+
+class ModelSettings(Section):
+    """What every model's section has: the budget, the optimiser, the G EMA and the loss."""
+
+    kimg: Annotated[float, positive("a positive number of kimg (the training budget)")]
+    batch_size: PositiveInt
+    lr_g: Annotated[float, positive("a positive learning rate")]
+    lr_d: Annotated[float, positive("a positive learning rate")]
+    betas_g: Betas
+    betas_d: Betas
+    ema_kimg: Annotated[float, non_negative("0 (off) or a positive half-life in kimg")]
+    ema_rampup: Annotated[float, non_negative("0 (off) or a positive ratio")]
+    grad_clip_d: Annotated[float, non_negative("0 (off) or a positive norm")]
+    lr_decay_kimg: Annotated[float, non_negative("0 (constant lr) or the kimg of the final linear decay")]
+    xflip: bool
+    augment: AugmentSettings
+    loss: LossSettings
+
+
+class DcganSettings(ModelSettings):
+    arch: DcganArch
+
+
+class PgganSettings(ModelSettings):
+    arch: PgganArch
+    progressive: ProgressiveSettings
+
+
+class StyleganSettings(ModelSettings):
+    arch: StyleganArch
+    progressive: ProgressiveSettings
+
+
+class Stylegan2Settings(ModelSettings):
+    arch: Stylegan2Arch
+
+
+class Stylegan3Settings(ModelSettings):
+    arch: Stylegan3Arch
+
+
+class StyleswinSettings(ModelSettings):
+    arch: StyleswinArch
+
+
+class ModelsSettings(Section):
+    """The models this module knows. A study trains the ones params.yaml has a section for, in that
+    section's order (a project may leave a model out by deleting its section; None here)."""
+
+    dcgan: DcganSettings | None = None
+    pggan: PgganSettings | None = None
+    stylegan: StyleganSettings | None = None
+    stylegan2: Stylegan2Settings | None = None
+    stylegan3: Stylegan3Settings | None = None
+    styleswin: StyleswinSettings | None = None
+
+
+MODEL_NAMES: tuple[str, ...] = tuple(ModelsSettings.model_fields)  # every model a study may have
+
+
+class Settings(Section):
+    """params.yaml after its profile is merged in (`profiles` is checked once merged, so it is free-form)."""
+
+    profile: str
+    model: choice("all", *MODEL_NAMES, allowed=f"one of all, {', '.join(MODEL_NAMES)}")
+    seed: int
+    data: DataSettings
+    placement: PlacementSettings
+    train: TrainSettings
+    evaluate: EvaluateSettings
+    models: ModelsSettings
+    tune: TuneSettings
+    profiles: dict[str, Any]
+
+
+def field_rules(section: type[Section] = Settings, prefix: str = "") -> dict[str, str]:
+    """Every key that has a rule, dotted, with what its rule allows (for the docs and the tests)."""
+    out = {}
+    for name, field in section.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            out.update(field_rules(annotation, f"{prefix}{name}."))
+            continue
+        for meta in field.metadata:
+            check = getattr(meta, "func", None)
+            if isinstance(check, Rule):
+                out[f"{prefix}{name}"] = check.allowed
+    return out
