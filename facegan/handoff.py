@@ -21,12 +21,11 @@ default further down (the bug this module exists to prevent: the report read
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
-import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar
+
+import pydantic
 
 from facegan.errors import UserError
 from facegan.io import read_json, write_json
@@ -38,44 +37,11 @@ class HandoffError(UserError):
     """A hand-off file does not have its declared shape (written by other code, or edited)."""
 
 
-def _type_name(annotation) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+class Handoff(pydantic.BaseModel):
+    """Base of every hand-off shape: exact keys and strict types on read, plain JSON on write. A pydantic
+    model, like facegan.settings' classes: one way to declare and check a shape in the project."""
 
-
-def _matches(value: Any, annotation) -> bool:
-    """Whether a JSON value fits a field's type annotation (nested hand-offs are checked by their own reader)."""
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return True
-    if origin in (Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(annotation))
-    if origin is Literal:
-        return value in typing.get_args(annotation)
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:  # JSON has one number type; NaN/inf are written by Python's json as NaN/Infinity
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if origin is list or annotation is list:
-        (item,) = typing.get_args(annotation) or (Any,)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if origin is dict or annotation is dict:
-        _, item = typing.get_args(annotation) or (str, Any)
-        return isinstance(value, dict) and all(_matches(v, item) for v in value.values())
-    if isinstance(annotation, type) and issubclass(annotation, Handoff):
-        return isinstance(value, dict)
-    raise TypeError(f"handoff field type {annotation} is not supported")
-
-
-@dataclasses.dataclass(frozen=True)
-class Handoff:
-    """Base of every hand-off shape: exact keys on read, plain JSON on write."""
-
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid", frozen=True)
     writer: ClassVar[str] = "its stage"  # the `dvc repro` target that writes this file
 
     @classmethod
@@ -87,10 +53,19 @@ class Handoff:
     def from_dict(cls: type[T], data: Any, source: str | Path) -> T:
         if not isinstance(data, dict):
             raise HandoffError(f"{source} is not a {cls.__name__} (a JSON object): re-run `{cls.rerun()}`")
-        hints = typing.get_type_hints(cls)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        missing, unknown = sorted(fields - set(data)), sorted(set(data) - fields)
-        if missing or unknown:
+        try:
+            return cls.model_validate(data)
+        except pydantic.ValidationError as err:
+            raise HandoffError(cls._problem(err.errors(), source)) from None
+
+    @classmethod
+    def _problem(cls, errors: list[dict], source: str | Path) -> str:
+        """The errors of one file as one line: its missing and unknown keys, or its first value of another
+        type; either way, the stage that writes it again."""
+        top = [e for e in errors if len(e["loc"]) == 1 and e["type"] in ("missing", "extra_forbidden")]
+        if top:
+            missing = sorted(str(e["loc"][0]) for e in top if e["type"] == "missing")
+            unknown = sorted(str(e["loc"][0]) for e in top if e["type"] == "extra_forbidden")
             detail = "; ".join(
                 part
                 for part in (
@@ -99,23 +74,19 @@ class Handoff:
                 )
                 if part
             )
-            raise HandoffError(
+            return (
                 f"{source} does not have the shape of {cls.__name__} ({detail}): "
                 f"it was written by other code; re-run `{cls.rerun()}`"
             )
-        values = {}
-        for name in fields:
-            annotation, value = hints[name], data[name]
-            if not _matches(value, annotation):
-                raise HandoffError(
-                    f"{source}: {cls.__name__}.{name} should be {_type_name(annotation)}, got {value!r:.60}: "
-                    f"re-run `{cls.rerun()}`"
-                )
-            values[name] = _nested(value, annotation, f"{source}:{name}")
-        return cls(**values)
+        first = errors[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return (
+            f"{source}: {cls.__name__}.{where} {first['msg'].lower()}, got {first.get('input')!r:.60}: "
+            f"re-run `{cls.rerun()}`"
+        )
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def write(self, path: str | Path) -> None:
         write_json(path, self.to_dict())
@@ -123,22 +94,6 @@ class Handoff:
     @classmethod
     def read(cls: type[T], path: str | Path) -> T:
         return cls.from_dict(read_json(path), path)
-
-
-def _nested(value: Any, annotation, source: str) -> Any:
-    """Turn nested dicts/lists of hand-offs into their dataclasses."""
-    origin = typing.get_origin(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, Handoff):
-        return annotation.from_dict(value, source)
-    if origin is list:
-        (item,) = typing.get_args(annotation)
-        if isinstance(item, type) and issubclass(item, Handoff):
-            return [item.from_dict(v, f"{source}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, item = typing.get_args(annotation)
-        if isinstance(item, type) and issubclass(item, Handoff):
-            return {k: item.from_dict(v, f"{source}.{k}") for k, v in value.items()}
-    return value
 
 
 def write_list(path: str | Path, items: list[Handoff]) -> None:
@@ -156,34 +111,29 @@ def read_list(cls: type[T], path: str | Path) -> list[T]:
 # runs/config/<view>.json: each stage's effective params, written by `configure`
 
 
-@dataclasses.dataclass(frozen=True)
 class DownloadView(Handoff):
     writer: ClassVar[str] = "configure"
     seed: int
     data: dict
 
 
-@dataclasses.dataclass(frozen=True)
 class PreprocessView(Handoff):
     writer: ClassVar[str] = "configure"
     data: dict
 
 
-@dataclasses.dataclass(frozen=True)
 class ReferenceView(Handoff):
     writer: ClassVar[str] = "configure"
     resolution: int  # data.resolution: the cache the statistics must come from
     evaluate: dict
 
 
-@dataclasses.dataclass(frozen=True)
 class EvaluateView(Handoff):
     writer: ClassVar[str] = "configure"
     seed: int
     evaluate: dict
 
 
-@dataclasses.dataclass(frozen=True)
 class PlacementView(Handoff):
     """Where the train and evaluate stages run. Read by them but not a DVC dependency of theirs, since
     nothing they compute depends on it (tests/test_scale.py: 2 processes train the weights 1 does)."""
@@ -195,7 +145,6 @@ class PlacementView(Handoff):
     gpu: int
 
 
-@dataclasses.dataclass(frozen=True)
 class ModelView(Handoff):
     """One model's training params; `selected` says whether this experiment trains it."""
 
@@ -216,7 +165,6 @@ class ModelView(Handoff):
         )
 
 
-@dataclasses.dataclass(frozen=True)
 class ReportView(Handoff):
     writer: ClassVar[str] = "configure"
     profile: str
@@ -233,7 +181,6 @@ class ReportView(Handoff):
 # runs/<model>/train_stats.json
 
 
-@dataclasses.dataclass(frozen=True)
 class HistoryRow(Handoff):
     """Training metrics averaged over one `train.log_kimg` interval."""
 
@@ -253,7 +200,6 @@ class HistoryRow(Handoff):
     losses: dict[str, float]  # loss terms by name, e.g. "D/adversarial", "D/r1" (facegan.training.phases)
 
 
-@dataclasses.dataclass(frozen=True)
 class SegmentStats(Handoff):
     writer: ClassVar[str] = "train@<model>"
     seconds: float
@@ -264,7 +210,6 @@ class SegmentStats(Handoff):
     peak_memory_bytes: int | None
 
 
-@dataclasses.dataclass(frozen=True)
 class ScheduleEntry(Handoff):
     writer: ClassVar[str] = "train@<model>"
     segment: str
@@ -275,7 +220,6 @@ class ScheduleEntry(Handoff):
     batch_size: int
 
 
-@dataclasses.dataclass(frozen=True)
 class SkippedRun(Handoff):
     writer: ClassVar[str] = "train@<model>"
     status: Literal["skipped"]
@@ -283,7 +227,6 @@ class SkippedRun(Handoff):
     reason: str
 
 
-@dataclasses.dataclass(frozen=True)
 class TrainedRun(Handoff):
     writer: ClassVar[str] = "train@<model>"
     status: Literal["trained"]
@@ -330,7 +273,6 @@ def read_train_stats(path: str | Path) -> TrainedRun | SkippedRun:
 # metrics/<model>.json and evals/<model>/*.json
 
 
-@dataclasses.dataclass(frozen=True)
 class FidPoint(Handoff):
     """FID of one training snapshot (FID vs kimg)."""
 
@@ -343,7 +285,6 @@ class FidPoint(Handoff):
     resolution: int  # the level the snapshot generated at (below the final one for a growing model)
 
 
-@dataclasses.dataclass(frozen=True)
 class SkippedMetrics(Handoff):
     writer: ClassVar[str] = "evaluate@<model>"
     status: Literal["skipped"]
@@ -351,7 +292,6 @@ class SkippedMetrics(Handoff):
     reason: str
 
 
-@dataclasses.dataclass(frozen=True)
 class ModelMetrics(Handoff):
     writer: ClassVar[str] = "evaluate@<model>"
     status: Literal["trained"]
@@ -383,7 +323,6 @@ class ModelMetrics(Handoff):
     seeds: dict[str, Any]
 
 
-@dataclasses.dataclass(frozen=True)
 class ModelSummary(Handoff):
     """metrics/<model>.json: the columns of `dvc exp show` (all None for a model this experiment skipped).
     Labels and sample counts are in the full file (ModelMetrics) and the report."""
@@ -420,7 +359,6 @@ def read_metrics(path: str | Path) -> ModelMetrics | SkippedMetrics:
     return shape.from_dict(data, path)
 
 
-@dataclasses.dataclass(frozen=True)
 class LossPoint(Handoff):
     """One row of evals/<model>/losses.json: flat, so that `dvc plots` can draw each term."""
 
@@ -434,7 +372,6 @@ class LossPoint(Handoff):
 # data/raw/SOURCE.json and data/faces/meta.json
 
 
-@dataclasses.dataclass(frozen=True)
 class RawSource(Handoff):
     """Where `download` found the images and what it verified; preprocess reads the images from image_root
     in files.jsonl's order. Fields another source does not have are empty ("", {}, 0, False)."""
@@ -473,7 +410,6 @@ class RawSource(Handoff):
         return cls(source=source, image_root=str(image_root), **{**empty, **fields})
 
 
-@dataclasses.dataclass(frozen=True)
 class FaceCacheMeta(Handoff):
     """The face cache's description beside faces.npy: what the pixels are and where they came from."""
 
@@ -492,7 +428,6 @@ class FaceCacheMeta(Handoff):
 # data/reference/meta.json
 
 
-@dataclasses.dataclass(frozen=True)
 class Floor(Handoff):
     """The real-vs-real noise floor at n: FID and KID between two disjoint sets of n cached faces."""
 
@@ -502,7 +437,6 @@ class Floor(Handoff):
     kid: float
 
 
-@dataclasses.dataclass(frozen=True)
 class ReferenceMeta(Handoff):
     writer: ClassVar[str] = "reference_stats"
     extractor: str  # the network used: inception | fid_helper | proxy (`auto` resolved)
@@ -527,7 +461,6 @@ def is_finite_number(value: Any) -> bool:
 # tune/<model>/study.json: an Optuna study's outcome (python -m facegan.tune), read by the report
 
 
-@dataclasses.dataclass(frozen=True)
 class TuneFile(Handoff):
     """Written by the tune command, not by a DVC stage."""
 
@@ -538,7 +471,6 @@ class TuneFile(Handoff):
         return cls.writer
 
 
-@dataclasses.dataclass(frozen=True)
 class TunePoint(TuneFile):
     """A trial's FID at one of its snapshots: what pruning decided on."""
 
@@ -546,7 +478,6 @@ class TunePoint(TuneFile):
     fid: float
 
 
-@dataclasses.dataclass(frozen=True)
 class TuneTrial(TuneFile):
     number: int
     state: Literal["complete", "pruned", "fail"]
@@ -558,7 +489,6 @@ class TuneTrial(TuneFile):
     error: str  # a failed trial's last error line
 
 
-@dataclasses.dataclass(frozen=True)
 class TuneStudy(TuneFile):
     model: str
     label_key: str  # facegan.metrics.labels key of the FID's network

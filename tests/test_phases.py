@@ -1,7 +1,6 @@
 """The training step against the official schedules: phases, lazy regularisation, EMAs, style mixing,
 StyleGAN3-R's blur, StyleSwin's clipping, lr decay and bCR, and the G EMA's arithmetic."""
 
-import dataclasses
 import math
 
 import pytest
@@ -313,7 +312,7 @@ def test_the_bf16_lever_trains_on_cpu_with_fp32_emas(model, cache_dir, tmp_path)
     """train.precision=bf16 is an advertised opt-in on CPU too. StyleGAN2's mapping used to run under CPU
     autocast and crash on its fp32 w_avg; reduced precision stays inside the marked blocks, as on CUDA."""
     cfg = tiny(model, steps=2)
-    cfg = dataclasses.replace(cfg, train=dict(TRAIN, precision="bf16"))
+    cfg = cfg.model_copy(update={"train": dict(TRAIN, precision="bf16")})
     stats = train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
     assert stats.precision == "bfloat16" and stats.steps == 2
     state = torch.load(tmp_path / "run" / "G_ema.pt", weights_only=True)["G_ema"]
@@ -325,7 +324,7 @@ def test_path_length_target_survives_resume(cache_dir, tmp_path):
     straight one bit for bit, lazy phases included."""
     cfg = tiny("stylegan2", steps=8, loss={"r1_every": 4, "pl_every": 4, "style_mixing_prob": 0.5})
     straight = train(cfg, cache_dir, tmp_path / "a" / "run", tmp_path / "a" / "ckpt")
-    cfg = dataclasses.replace(cfg, train=dict(TRAIN, checkpoint_kimg=0.024))
+    cfg = cfg.model_copy(update={"train": dict(TRAIN, checkpoint_kimg=0.024)})
     train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt", stop_after_kimg=0.024)
     resumed = train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt")
     assert resumed.steps == straight.steps

@@ -1,6 +1,5 @@
 """The comparison report: every number in its tables is the one in the metrics/stats files, labels are honest."""
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -361,8 +360,6 @@ def test_growing_model_is_judged_on_its_final_resolution_snapshots():
 
 def test_models_are_compared_at_equal_training_time():
     """The table reads every model's FID-vs-time curve at the shortest run's total time."""
-    from dataclasses import replace
-
     from facegan.report.render import Row, equal_time_section
 
     def row(name, hours, fids):
@@ -370,7 +367,7 @@ def test_models_are_compared_at_equal_training_time():
             handoff.FidPoint(kimg=i, train_hours=h, fid=f, num_gen=8, label_key="proxy", resolution=64)
             for i, (h, f) in enumerate(zip(hours, fids))
         ]
-        run = replace(stats(name, "cpu", None, 0.5), train_seconds=hours[-1] * 3600)
+        run = stats(name, "cpu", None, 0.5).model_copy(update={"train_seconds": hours[-1] * 3600})
         return Row(name, run, metrics(name, "proxy", 1, 0.5, "proxy", "w"), points)
 
     text = equal_time_section(
@@ -391,7 +388,7 @@ def test_a_model_that_got_worse_than_its_untrained_start_is_not_said_to_improve(
 
     better = metrics("dcgan", "fid_helper", 2, 0.5, "proxy", "z")  # FID 42.125 against 83.0 at kimg 0
     assert improvement(better) == "83.00 → 42.12: 1.97× lower (start n=256)"
-    worse = dataclasses.replace(metrics("stylegan2", "fid_helper", 1, 0.5, "proxy", "w"), fid_start=40.0)
+    worse = metrics("stylegan2", "fid_helper", 1, 0.5, "proxy", "w").model_copy(update={"fid_start": 40.0})
     # the demo's StyleGAN2 went 311.74 -> 314.25, which the report called "1.0× lower"
     assert improvement(worse) == "40.00 → 41.50: 1.04× higher, no improvement (start n=256)"
 

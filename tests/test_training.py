@@ -1,6 +1,5 @@
 """The shared training loop: growing schedule, resume, data-parallel equivalence, NaN stop."""
 
-import dataclasses
 import os
 import socket
 
@@ -181,9 +180,8 @@ def test_a_nan_loss_stops_with_step_and_last_good_checkpoint(cache_dir, tmp_path
         NonFiniteError, match=r"D/adversarial is not finite at step 6 \(last good checkpoint: .*last\.pt\)"
     ):
         cfg = config()
-        cfg = dataclasses.replace(
-            cfg, train={**cfg.train, "log_kimg": log_kimg, "speed": {**cfg.train["speed"], "check_every": check_every}}
-        )
+        speed = {**cfg.train["speed"], "check_every": check_every}
+        cfg = cfg.model_copy(update={"train": {**cfg.train, "log_kimg": log_kimg, "speed": speed}})
         train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
     state = checkpoint.load(next((tmp_path / "ckpt").rglob("last.pt")))
     assert state["step"] == 4  # checkpoint_kimg 0.032 = every 4 steps of 8
@@ -193,7 +191,7 @@ def test_a_nan_loss_stops_with_step_and_last_good_checkpoint(cache_dir, tmp_path
 
 
 def _with_speed(cfg: ModelView, **speed) -> ModelView:
-    return dataclasses.replace(cfg, train={**cfg.train, "speed": {**cfg.train["speed"], **speed}})
+    return cfg.model_copy(update={"train": {**cfg.train, "speed": {**cfg.train["speed"], **speed}}})
 
 
 def test_channels_last_trains_the_same_networks(cache_dir, tmp_path):

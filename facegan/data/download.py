@@ -29,7 +29,6 @@ once, and how many were skipped is logged and recorded in SOURCE.json.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import html.parser
@@ -451,7 +450,7 @@ def _write_source(raw_dir: Path, record: handoff.RawSource, listed: tuple[list[s
     raw_dir.mkdir(parents=True, exist_ok=True)
     (raw_dir / "files.txt").unlink(missing_ok=True)  # an older list: files.jsonl replaces it
     write_file_list(raw_dir, Path(record.image_root), files)
-    record = dataclasses.replace(record, count=len(files), symlinked_folders_skipped=skipped)
+    record = record.model_copy(update={"count": len(files), "symlinked_folders_skipped": skipped})
     record.write(raw_dir / SOURCE_FILE)
     return record
 
