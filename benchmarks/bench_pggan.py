@@ -112,6 +112,7 @@ def main() -> None:
     from facegan.handoff import ModelView
     from facegan.io import write_json
     from facegan.params import deep_merge
+    from facegan.settings import ProgressiveSettings
     from facegan.training.loop import train
     from facegan.training.progressive import growing_kimg
 
@@ -128,7 +129,7 @@ def main() -> None:
         )
     if args.batch_sizes:
         pggan["progressive"]["batch_sizes"] = [int(b) for b in args.batch_sizes.split(",")]
-    pggan["kimg"] = growing_kimg(pggan["progressive"], levels) + args.final_kimg
+    pggan["kimg"] = growing_kimg(ProgressiveSettings.model_validate(pggan["progressive"]), levels) + args.final_kimg
     phase_kimg = pggan["progressive"]["stable_kimg"][-1]
     train_params = deep_merge(
         raw["train"],

@@ -39,6 +39,7 @@ from facegan.data.preprocess import default_workers, ordered_files, preprocess
 from facegan.device import resolve_device
 from facegan.io import write_json
 from facegan.params import load_params
+from facegan.settings import DataSettings
 
 CELEBA_IMAGES = 202_599
 SHARED = Path("../shared/faces")
@@ -47,7 +48,9 @@ SHARED = Path("../shared/faces")
 def run_path(data: dict, raw: Path, out: Path, device: torch.device, workers: int) -> dict:
     """One preprocess run into `out`; its numbers, rates computed from the report."""
     start = time.perf_counter()
-    report = preprocess(data, raw, out / "faces", out / "report.json", device=device, workers=workers)
+    report = preprocess(
+        DataSettings.model_validate(data), raw, out / "faces", out / "report.json", device=device, workers=workers
+    )
     wall = time.perf_counter() - start
     per_image = 1.0 / report["images_per_s"]  # steady state: the loop, without the one-off model load
     keep_rate = report["kept"] / report["considered"]

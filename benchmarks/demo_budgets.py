@@ -50,6 +50,7 @@ def main() -> None:
     from facegan.metrics.features import build_extractor, extract
     from facegan.metrics.fid import fid_from_features
     from facegan.params import deep_merge, load_params
+    from facegan.settings import EvaluateSettings
     from facegan.training.loop import train
 
     torch.set_num_threads(2)
@@ -65,7 +66,7 @@ def main() -> None:
         params["train"],
         {"snapshot_kimg": args.snapshot_kimg, "sample_kimg": 1e6, "checkpoint_kimg": 1e6, "log_kimg": args.kimg / 10},
     )
-    extractor = build_extractor("fid_helper", {"fid_helper_weights": ""}, torch.device("cpu"))
+    extractor = build_extractor("fid_helper", EvaluateSettings.model_validate(params["evaluate"]), torch.device("cpu"))
     with tempfile.TemporaryDirectory(prefix="demo_budgets_") as tmp:
         work = Path(tmp)
         writer = CacheWriter(work / "faces", resolution, num_faces)

@@ -33,6 +33,7 @@ from facegan.metrics.features import build_extractor, extract
 from facegan.metrics.fid import fid_from_features
 from facegan.metrics.precision_recall import precision_recall
 from facegan.params import load_params
+from facegan.settings import EvaluateSettings
 from facegan.training.progressive import to_resolution
 
 BATCH = 250
@@ -65,7 +66,9 @@ def main() -> None:
     device = resolve_device("auto")
     params = load_params(overrides={"profile": args.profile})
     arch = params["models"][args.model]["arch"]
-    eval_params = dict(params["evaluate"], inception_weights=args.weights, fid_helper_weights=args.weights)
+    eval_params = EvaluateSettings.model_validate(
+        dict(params["evaluate"], inception_weights=args.weights, fid_helper_weights=args.weights)
+    )
     cache = FaceCache(args.cache)
     extractor = build_extractor(args.extractor, eval_params, device)
     n_ref = min(args.num, len(cache))

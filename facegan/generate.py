@@ -172,7 +172,7 @@ def load_generator(model: str, run: Path, config_dir: Path, device: torch.device
         )
     state = checkpoint.load(run / "G_ema.pt", fix=retrain)
     try:
-        G = models.from_snapshot(model, view.params["arch"], view.resolution, state)
+        G = models.from_snapshot(model, view.params.arch, view.resolution, state)
     except RuntimeError as err:  # load_state_dict: the arch params changed since training
         raise UserError(f"{run}/G_ema.pt does not fit models.{model}.arch of the current params: {retrain}") from err
     return G.to(device)

@@ -1,6 +1,7 @@
 """The JSON files stages hand to each other, as declared shapes.
 
-Each file a stage writes for another stage to read is a dataclass here; it is written with
+Each file a stage writes for another stage to read is a class here (a strict, closed, frozen pydantic
+model, like facegan.settings' classes, which the views carry); it is written with
 `write()` and read with `read()`, never as a bare dict. Reading checks the file against the
 declared shape: a missing key, an unknown key or a value of another type is a one-line
 `HandoffError` naming the file, the keys and the stage to re-run, instead of a silent `.get()`
@@ -26,7 +27,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import pydantic
+from pydantic import SerializeAsAny
 
+from facegan import settings
 from facegan.errors import UserError
 from facegan.io import read_json, write_json
 
@@ -114,24 +117,24 @@ def read_list(cls: type[T], path: str | Path) -> list[T]:
 class DownloadView(Handoff):
     writer: ClassVar[str] = "configure"
     seed: int
-    data: dict
+    data: settings.DataSettings
 
 
 class PreprocessView(Handoff):
     writer: ClassVar[str] = "configure"
-    data: dict
+    data: settings.DataSettings
 
 
 class ReferenceView(Handoff):
     writer: ClassVar[str] = "configure"
     resolution: int  # data.resolution: the cache the statistics must come from
-    evaluate: dict
+    evaluate: settings.EvaluateSettings
 
 
 class EvaluateView(Handoff):
     writer: ClassVar[str] = "configure"
     seed: int
-    evaluate: dict
+    evaluate: settings.EvaluateSettings
 
 
 class PlacementView(Handoff):
@@ -154,8 +157,24 @@ class ModelView(Handoff):
     skip_reason: str
     seed: int
     resolution: int
-    train: dict
-    params: dict  # the model's section of params.yaml (models.<model>), profile applied
+    train: settings.TrainSettings
+    params: SerializeAsAny[settings.ModelSettings]  # models.<model>, profile applied, as its own class
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _model_section_as_its_class(cls, data: Any) -> Any:
+        """`params` as the model's own settings class (its arch, its growing schedule), not the base."""
+        if isinstance(data, dict) and isinstance(data.get("params"), dict) and isinstance(data.get("model"), str):
+            try:
+                section = settings.model_settings_class(data["model"])
+            except KeyError:
+                return data  # an unknown model: the base class says what is wrong
+            data = {**data, "params": section.model_validate(data["params"])}
+        return data
+
+    def replaced(self, **fields: Any) -> ModelView:
+        """This view with `fields` replaced (plain mappings allowed), validated like a read."""
+        return type(self).model_validate({**self.to_dict(), **fields})
 
     @classmethod
     def selected_run(cls, model: str, params: dict, train: dict, seed: int, resolution: int) -> ModelView:
@@ -171,8 +190,8 @@ class ReportView(Handoff):
     model: str  # the selection (`all` or one name)
     models: list[str]  # every model of the study, in report order
     seed: int
-    data: dict
-    evaluate: dict
+    data: settings.DataSettings
+    evaluate: settings.EvaluateSettings
     loss_types: dict[str, str]  # models.<name>.loss.type: the stability heuristics depend on it
     notes: list[str]  # warnings about the params, e.g. an edit the profile overrides
 
@@ -340,7 +359,7 @@ class ModelSummary(Handoff):
     @classmethod
     def of(cls, metrics: ModelMetrics | SkippedMetrics, stats: TrainedRun | SkippedRun) -> ModelSummary:
         if not isinstance(metrics, ModelMetrics) or not isinstance(stats, TrainedRun):
-            return cls(None, None, None, None, None, None, None, None)
+            return cls(**dict.fromkeys(cls.model_fields))  # every figure unknown
         return cls(
             fid=round(metrics.fid, 4),
             fid_std=round(metrics.fid_std, 4),

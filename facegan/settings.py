@@ -15,6 +15,7 @@ model is a module in models/, a section in params.yaml and a class here.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -371,6 +372,15 @@ class ModelsSettings(Section):
 
 
 MODEL_NAMES: tuple[str, ...] = tuple(ModelsSettings.model_fields)  # every model a study may have
+
+
+def model_settings_class(model: str) -> type[ModelSettings]:
+    """The class of `models.<model>` (its arch, and its growing schedule if it grows)."""
+    field = ModelsSettings.model_fields.get(model)
+    if field is None:
+        raise KeyError(f"no settings class for model {model!r}: add one to facegan.settings.ModelsSettings")
+    (cls,) = [arg for arg in typing.get_args(field.annotation) if arg is not type(None)]
+    return cls
 
 
 class Settings(Section):

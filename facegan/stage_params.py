@@ -12,8 +12,9 @@ A model's view also says whether this experiment trains it (`model: all` or its 
 from `model: all` to `model: styleswin` leaves styleswin's file unchanged, so its cached training
 is reused, and changes the others' files, which then skip cheaply.
 
-This module does not import facegan.params (which only `configure` needs), so that a change to
-params validation does not make every stage's code dependency stale.
+The views are typed (facegan.settings' classes), so a stage reads `view.params.loss.r1_gamma`; a
+change to a rule in facegan/settings.py therefore makes every stage's code dependency stale. This
+module does not import facegan.params (the YAML reading and merging, which only `configure` needs).
 """
 
 from __future__ import annotations

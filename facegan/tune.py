@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from facegan import handoff, paths
+from facegan import handoff, paths, settings
 from facegan.checkpoint import RunLock
 from facegan.errors import UserError, stage_main
 from facegan.io import atomic_path, write_text
@@ -174,15 +174,15 @@ class SnapshotScorer:
         from facegan.metrics.features import build_extractor
         from facegan.metrics.reference import load_features
 
-        eval_params = params["evaluate"]
-        self.model, self.num_gen, self.batch_size = model, num_gen, eval_params["batch_size"]
+        eval_params = settings.EvaluateSettings.model_validate(params["evaluate"])
+        self.model, self.num_gen, self.batch_size = model, num_gen, eval_params.batch_size
         self.resolution = params["data"]["resolution"]
-        self.device = resolve_device(eval_params["device"])
+        self.device = resolve_device(eval_params.device)
         meta_file = reference_dir / "meta.json"
         if not meta_file.exists():
             raise UserError(f"{meta_file} is missing: run `dvc repro reference_stats` first")
         self.meta = handoff.ReferenceMeta.read(meta_file)
-        self.extractor = build_extractor(eval_params["extractor"], eval_params, self.device)
+        self.extractor = build_extractor(eval_params.extractor, eval_params, self.device)
         if self.meta.extractor != self.extractor.kind or self.meta.resolution != self.resolution:
             raise UserError(
                 f"reference statistics are {self.meta.extractor} at {self.meta.resolution}px, the params ask for "

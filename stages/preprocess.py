@@ -22,7 +22,7 @@ from stages import start_stage
 def main() -> None:
     start_stage()
     data = stage_params.load("preprocess").data
-    report = preprocess(data, Path(data["raw_dir"]), CACHE_DIR, PREPROCESS_REPORT)
+    report = preprocess(data, Path(data.raw_dir), CACHE_DIR, PREPROCESS_REPORT)
     rejected = ", ".join(f"{k}: {v}" for k, v in report["rejected"].items()) or "none rejected"
     logging.info(
         "kept %d of %d images (%s), %.1f images/s",

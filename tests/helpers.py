@@ -30,6 +30,32 @@ def study_model(model: str, **changes) -> dict:
     return deep_merge(study_params()["models"][model], changes)
 
 
+def model_settings(model: str, **changes):
+    """models.<model> of the study as its typed settings class, with `changes` deep-merged first."""
+    from facegan import settings
+
+    return settings.model_settings_class(model).model_validate(study_model(model, **changes))
+
+
+def loss_settings(model: str = "stylegan2", **changes):
+    """The typed `loss` of a study model, with `changes`."""
+    return model_settings(model, loss=changes).loss
+
+
+def eval_settings(**changes):
+    """The study's typed `evaluate` section, with `changes`."""
+    from facegan import settings
+
+    return settings.EvaluateSettings.model_validate(deep_merge(study_params()["evaluate"], changes))
+
+
+def data_settings(**changes):
+    """The study's typed `data` section, with `changes`."""
+    from facegan import settings
+
+    return settings.DataSettings.model_validate(deep_merge(study_params()["data"], changes))
+
+
 def study_train(**changes) -> dict:
     return deep_merge(study_params()["train"], changes)
 

@@ -27,6 +27,7 @@ from facegan.data.align import (
     warp_faces,
 )
 from facegan.params import load_params
+from facegan.settings import DataSettings
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "faces"
 TOLERANCE_PX = 2.0
@@ -36,7 +37,7 @@ TOLERANCE_PX = 2.0
 def aligner():
     data = load_params(overrides={"profile": "study"})["data"]
     data["resolution"] = 128
-    return FaceAligner(data, torch.device("cpu"))
+    return FaceAligner(DataSettings.model_validate(data), torch.device("cpu"))
 
 
 def _eye_error(aligner, image) -> float:
@@ -160,7 +161,7 @@ def test_batched_warps_match_warp_face():
 def test_fast_aligner_detects_as_the_reference(aligner):
     data = load_params(overrides={"profile": "study"})["data"]
     data["resolution"] = 128
-    fast = FaceAligner(data, torch.device("cpu"), fast=True)
+    fast = FaceAligner(DataSettings.model_validate(data), torch.device("cpu"), fast=True)
     photo = skdata.astronaut()
     images = [photo, photo[:, ::-1].copy(), skdata.coffee(), np.full((30, 30, 3), 128, np.uint8)]
     reference, reference_faces = aligner.process(images)

@@ -22,6 +22,7 @@ from PIL import Image
 from facegan.data import download as dl
 from facegan.data.preprocess import ordered_files
 from facegan.errors import UserError
+from tests.helpers import data_settings
 
 FAST = {"retries": 1, "backoff_s": 0.0, "timeout_s": 10.0}
 
@@ -281,7 +282,7 @@ def test_any_file_name_is_listed_byte_exact_and_read(tmp_path):
     for seed, name in enumerate(names):
         image, why = load_rgb(Path(record.image_root) / name)
         assert why == "" and np.array_equal(image, np.asarray(Image.open(io.BytesIO(_png(seed)))))
-    assert _fingerprint({"resolution": 64, "num_faces": 4, "mtcnn": {}, "align": {}}, listed, record)
+    assert _fingerprint(data_settings(resolution=64, num_faces=4), listed, record)
     manifest = _Manifest(tmp_path / PARTIAL_MANIFEST, None)
     for name in listed:
         manifest.add({"source_file": name, "status": "rejected", "reason": "no_face"})

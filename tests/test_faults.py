@@ -243,7 +243,9 @@ def test_training_killed_during_a_checkpoint_write_resumes_to_the_uninterrupted_
     make_cache(tmp_path / "faces", seed=1)
     cfg = config()
     straight = train(cfg, tmp_path / "faces", tmp_path / "a/run", tmp_path / "a/ckpt")
-    args = dict(model=cfg.model, params=cfg.params, train=cfg.train, seed=cfg.seed, resolution=16)
+    args = dict(
+        model=cfg.model, params=cfg.params.model_dump(), train=cfg.train.model_dump(), seed=cfg.seed, resolution=16
+    )
     killed = subprocess.run(
         [
             sys.executable,
@@ -375,7 +377,7 @@ def test_the_run_key_holds_the_resolved_precision_not_auto(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     make_cache(tmp_path / "faces", seed=1)
     cfg = config()
-    cfg.train["precision"] = "auto"
+    cfg = cfg.replaced(train={**cfg.train.model_dump(), "precision": "auto"})
     assert train(cfg, tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt", stop_after_kimg=0.032) is None
     fingerprint = FaceCache(tmp_path / "faces").fingerprint
     (key,) = [p.name for p in (tmp_path / "ckpt/dcgan").iterdir()]
@@ -387,7 +389,7 @@ def test_the_progress_bar_stops_at_the_budget_when_the_last_batch_passes_it(tmp_
     monkeypatch.chdir(tmp_path)
     make_cache(tmp_path / "faces", seed=1)
     cfg = config()
-    cfg.params["kimg"] = 0.1  # 13 batches of 8: 0.104 kimg
+    cfg = cfg.replaced(params={**cfg.params.model_dump(), "kimg": 0.1})  # 13 batches of 8: 0.104 kimg
     stats = train(cfg, tmp_path / "faces", tmp_path / "run", tmp_path / "ckpt")
     assert stats.kimg == pytest.approx(0.104)
     assert not [w for w in recwarn if "clamping frac" in str(w.message)]

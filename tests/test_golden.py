@@ -16,12 +16,13 @@ import torch
 import models
 from facegan.data.cache import CacheWriter, FaceCache
 from facegan.handoff import ModelView
+from facegan.settings import PgganSettings
 from facegan.training import ada, distributed, loop, losses, phases, terms
 from facegan.training import step as training_step
 from facegan.training.phases import build_phases
 from facegan.training.progressive import Schedule
 from facegan.training.step import new_level_of_detail
-from tests.helpers import cpu_train, offset_biases
+from tests.helpers import cpu_train, model_settings, offset_biases
 
 GOLDEN = Path(__file__).with_name("golden")
 CPU = torch.device("cpu")
@@ -75,8 +76,8 @@ class OurRun:
             model=model, params=params, train=cpu_train(), seed=int(golden["seed"]), resolution=resolution
         )
         spec = models.get_spec(model)
-        schedule = Schedule.for_model(model, params, int(math.log2(resolution)) - 2, spec.progressive)
-        phases = build_phases(params["loss"])
+        schedule = Schedule.for_model(model, cfg.params, int(math.log2(resolution)) - 2, spec.progressive)
+        phases = build_phases(cfg.params.loss)
         world = distributed.World()
         torch.manual_seed(int(golden["seed"]))  # the initial weights the official run started from, drawn again
         self.state = loop.build_state(cfg, spec, phases, CPU, torch.float32, world)
@@ -176,7 +177,10 @@ def our_schedule(table: dict, batch_sizes: list[int], lrs: list[float]) -> Sched
             "reset_optimizer": True,
         },
     }
-    return Schedule.progressive("golden", params, int(math.log2(table["resolution"])) - 2)
+    section = model_settings("pggan").model_dump() | params  # the schedule reads these keys; the rest is the study's
+    return Schedule.progressive(
+        "golden", PgganSettings.model_validate(section), int(math.log2(table["resolution"])) - 2
+    )
 
 
 # The growing models' per-level lists as params.yaml writes them, for the official dicts of the tables

@@ -7,6 +7,7 @@ import torch
 
 from facegan.training import losses
 from facegan.training.step import ema_beta, lazy_adam, lazy_ratio, update_ema
+from tests.helpers import model_settings
 
 REAL = torch.tensor([0.0, 1.0])
 FAKE = torch.tensor([0.0, -1.0])
@@ -70,13 +71,13 @@ def test_path_length_penalty_and_its_running_mean():
 
 
 def test_ema_half_life_and_ramp_up():
-    params = {"ema_kimg": 10.0, "ema_rampup": 0.0}
+    params = model_settings("stylegan2", ema_kimg=10.0, ema_rampup=0.0)
     assert ema_beta(params, 32, 1000) == pytest.approx(0.5 ** (32 / 10_000))
-    ramped = {"ema_kimg": 10.0, "ema_rampup": 0.05}
+    ramped = model_settings("stylegan2", ema_kimg=10.0, ema_rampup=0.05)
     assert ema_beta(ramped, 32, 1000) == pytest.approx(0.5 ** (32 / 50))  # min(10k, 0.05 * 1000 images)
     assert ema_beta(ramped, 32, 10**7) == pytest.approx(0.5 ** (32 / 10_000))
     assert ema_beta(ramped, 32, 0) == 0.0  # the first step copies G (official: cur_nimg before the step)
-    assert ema_beta({"ema_kimg": 0.0, "ema_rampup": 0.0}, 32, 1000) == 0.0
+    assert ema_beta(model_settings("stylegan2", ema_kimg=0.0, ema_rampup=0.0), 32, 1000) == 0.0
 
 
 def test_ema_update_moves_towards_the_generator():

@@ -14,6 +14,7 @@ from facegan.metrics.features import Extractor, build_extractor, extract, resize
 from facegan.metrics.fid import fid_from_features, fid_of_folders, folder_batches, spread
 from facegan.metrics.ppl import LpipsDistance, build_lpips, load_vgg_backbone, path_length, slerp, trimmed_mean
 from facegan.metrics.precision_recall import precision_recall
+from tests.helpers import eval_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
@@ -122,7 +123,9 @@ def test_fid_helper_inception_features_equal_cleanfids_folder_features_with_the_
     from cleanfid.fid import get_folder_features
 
     a = write_faces(tmp_path / "a", 4, seed=3, brightness=1.0)
-    extractor = build_extractor("fid_helper", {"fid_helper_weights": str(FID_HELPER)}, CPU)  # sha256-verified on load
+    extractor = build_extractor(
+        "fid_helper", eval_settings(fid_helper_weights=str(FID_HELPER)), CPU
+    )  # sha256-verified on load
     ours = extract(folder_batches(a, 4), extractor)
     theirs = get_folder_features(
         str(a), extractor.fn, num_workers=0, batch_size=4, device=CPU, mode="clean", verbose=False
@@ -141,7 +144,7 @@ def test_fid_helper_features_agree_with_cleanfid_inception():
     cleanfid_file = next(p for p in CLEANFID_CANDIDATES if p.exists())
     faces = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     result = check_agreement(
-        faces, {"inception_weights": str(cleanfid_file), "fid_helper_weights": str(FID_HELPER)}, CPU
+        faces, eval_settings(inception_weights=str(cleanfid_file), fid_helper_weights=str(FID_HELPER)), CPU
     )
     assert result["checked"] and result["max_rel_diff"] < 1e-3
 
@@ -150,7 +153,7 @@ def test_weights_with_a_wrong_checksum_are_refused(tmp_path):
     bogus = tmp_path / "inception-2015-12-05.pt"
     bogus.write_bytes(b"not the network")
     with pytest.raises(UserError, match="evaluate.inception_weights"):
-        build_extractor("inception", {"inception_weights": str(bogus)}, CPU)
+        build_extractor("inception", eval_settings(inception_weights=str(bogus)), CPU)
 
 
 def test_missing_weights_offline_name_both_fixes_and_leave_no_partial_file(tmp_path, monkeypatch):
@@ -387,7 +390,7 @@ def test_downloaded_weights_with_wrong_bytes_are_refused_and_leave_no_file(tmp_p
         monkeypatch.setattr(weights, "CLEANFID_INCEPTION", dataclasses.replace(weights.CLEANFID_INCEPTION, url=url))
         target = tmp_path / "weights" / "inception-2015-12-05.pt"
         with pytest.raises(UserError, match="is not clean-fid's Inception"):
-            build_extractor("inception", {"inception_weights": str(target)}, CPU)
+            build_extractor("inception", eval_settings(inception_weights=str(target)), CPU)
         assert list(target.parent.iterdir()) == []  # neither the file nor a temporary
     finally:
         server.shutdown()

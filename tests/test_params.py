@@ -40,6 +40,7 @@ def test_demo_profile_overrides_only_what_it_names(tmp_path):
 def test_quick_profile_is_celeba_at_64px_an_hour_a_model_and_fid_on_10k(tmp_path):
     """Every model stops at its time budget, not its kimg cap, and the growing ones get to 64x64 early enough
     to train there (a quarter of the cap at most)."""
+    from facegan import settings
     from facegan.training.progressive import growing_kimg
 
     quick = load(tmp_path, {"profile": "quick"})
@@ -47,7 +48,8 @@ def test_quick_profile_is_celeba_at_64px_an_hour_a_model_and_fid_on_10k(tmp_path
     assert quick["train"]["budget_minutes"] == 60 and quick["evaluate"]["num_gen"] == 10000
     for name, model in quick["models"].items():
         if "progressive" in model:
-            assert growing_kimg(model["progressive"], final_level=4) <= model["kimg"] / 4, name
+            section = settings.model_settings_class(name).model_validate(model)
+            assert growing_kimg(section.progressive, final_level=4) <= section.kimg / 4, name
 
 
 @pytest.mark.parametrize(
@@ -147,9 +149,10 @@ def test_stage_reads_back_what_configure_wrote(tmp_path):
     params = load(tmp_path, {"profile": "demo"})
     stage_params.write_views(params, tmp_path / "config")
     view = stage_params.load_model("pggan", config_dir=tmp_path / "config")
-    assert view.params == params["models"]["pggan"] and view.selected is True
+    assert view.params.model_dump() == params["models"]["pggan"] and view.selected is True  # typed, same values
+    assert view.params.progressive.batch_sizes == params["models"]["pggan"]["progressive"]["batch_sizes"]
     assert view.resolution == params["data"]["resolution"]
-    assert stage_params.load("evaluate", config_dir=tmp_path / "config").evaluate == params["evaluate"]
+    assert stage_params.load("evaluate", config_dir=tmp_path / "config").evaluate.model_dump() == params["evaluate"]
     with pytest.raises(UserError, match="dvc repro configure"):
         stage_params.load("preprocess", config_dir=tmp_path / "nowhere")
     with pytest.raises(UserError, match="unknown model 'biggan': the study's models are dcgan, pggan"):

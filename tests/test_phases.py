@@ -21,7 +21,7 @@ from facegan.training.progressive import Schedule
 from facegan.training.step import ema_beta, learning_rates, step_draws
 from facegan.training.terms import D_CONSISTENCY, D_R1, G_PATH_LENGTH
 from models.layers import MappingNetwork
-from tests.helpers import cpu_train, study_model, study_params
+from tests.helpers import cpu_train, loss_settings, model_settings, study_model, study_params
 
 torch.set_num_threads(1)
 
@@ -70,7 +70,7 @@ def test_each_model_gets_its_official_phases_in_the_official_order():
         "styleswin": ["Dmain", "Dreg", "Gmain"],
     }
     for model, names in expected.items():
-        assert [p.name for p in build_phases(study_params()["models"][model]["loss"])] == names, model
+        assert [p.name for p in build_phases(loss_settings(model))] == names, model
 
 
 class Recorder:
@@ -177,7 +177,7 @@ def test_path_length_batch_goes_through_style_mixing(cache_dir, tmp_path, monkey
 
 
 def test_every_phase_draws_its_own_latents():
-    draws = step_draws(0, 3, 8, 100, 16, True, build_phases(study_params()["models"]["stylegan2"]["loss"]))
+    draws = step_draws(0, 3, 8, 100, 16, True, build_phases(loss_settings("stylegan2")))
     z = draws["z"]
     assert set(z) == {"Gmain", "Greg", "Dmain", "Dreg"}
     assert not torch.equal(z["Gmain"], z["Dmain"]) and not torch.equal(z["Gmain"], z["Greg"])
@@ -193,7 +193,14 @@ def test_stylegan_mixes_styles_only_among_the_layers_of_the_current_level():
     G, D = models.build("stylegan", arch, 32)  # 8 ws: two per level 4..32
     G.set_progress(1, 1.0)  # 8x8: four ws in use
     assert G.num_active_ws == 4
-    gan = GanLoss(G, D, style_based=True, progressive=True, loss={"style_mixing_prob": 1.0}, all_mean=lambda t: t)
+    gan = GanLoss(
+        G,
+        D,
+        style_based=True,
+        progressive=True,
+        loss=loss_settings("stylegan", style_mixing_prob=1.0),
+        all_mean=lambda t: t,
+    )
     seen = []
     synthesis = G.synthesis.forward
     G.synthesis.forward = lambda ws, **kw: seen.append(ws.detach().clone()) or synthesis(ws, **kw)
@@ -206,9 +213,10 @@ def test_stylegan_mixes_styles_only_among_the_layers_of_the_current_level():
 
 
 def test_stylegan3_r_blurs_every_image_d_sees_fading_over_blur_fade_kimg():
-    loss = {"blur_init_sigma": 10.0, "blur_fade_kimg": 200.0}
+    loss = loss_settings("stylegan3", blur_init_sigma=10.0, blur_fade_kimg=200.0)
+    unfaded = loss_settings("stylegan3", blur_init_sigma=10.0, blur_fade_kimg=0.0)
     assert phases.blur_sigma(loss, 0) == 10.0 and phases.blur_sigma(loss, 100_000) == pytest.approx(5.0)
-    assert phases.blur_sigma(loss, 200_000) == 0.0 and phases.blur_sigma({**loss, "blur_fade_kimg": 0.0}, 0) == 0.0
+    assert phases.blur_sigma(loss, 200_000) == 0.0 and phases.blur_sigma(unfaded, 0) == 0.0
     # the official filter: exp2(-(x / sigma)^2) for |x| <= floor(3 sigma), normalised, separable, zero padded
     img = torch.randn(2, 3, 24, 24, dtype=torch.float64)
     sigma, size = 2.5, 7
@@ -221,7 +229,7 @@ def test_stylegan3_r_blurs_every_image_d_sees_fading_over_blur_fade_kimg():
     seen = []
     D = lambda x: seen.append(x.detach().clone()) or x.flatten(1).mean(1)  # noqa: E731
     G = lambda z: z.view(-1, 1, 4, 4).repeat(1, 3, 1, 1)  # noqa: E731
-    cfg = study_params()["models"]["stylegan3"]["loss"] | {"r1_gamma": 0.0}
+    cfg = loss_settings("stylegan3", r1_gamma=0.0)
     gan = GanLoss(G, D, style_based=False, progressive=False, loss=cfg, all_mean=lambda t: t)
     real, z = torch.randn(2, 3, 4, 4), torch.randn(2, 16)
     ctx = StepContext(4, 1.0, None)
@@ -245,19 +253,19 @@ def test_styleswin_clips_only_ds_main_step_at_norm_5(cache_dir, tmp_path, monkey
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
     cfg = tiny("styleswin", steps=4, loss={"bcr_real_lambda": 0.0, "bcr_fake_lambda": 0.0})
     stats = train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
-    n_d = stats.params_D and len(list(models.build("styleswin", cfg.params["arch"], 16)[1].parameters()))
+    n_d = stats.params_D and len(list(models.build("styleswin", cfg.params.arch, 16)[1].parameters()))
     assert calls == [(n_d, 5.0)] * 4  # once per Dmain, D's parameters only; not Dreg, not G
 
 
 def test_linear_lr_decay_reaches_zero_at_the_end_of_the_budget():
-    params = study_model("styleswin", kimg=10.0, lr_decay_kimg=4.0)
+    params = model_settings("styleswin", kimg=10.0, lr_decay_kimg=4.0)
     segment = Schedule.flat(params, 4).segments[0]
-    assert learning_rates(segment, params, 0, 10_000) == (params["lr_g"], params["lr_d"])
-    assert learning_rates(segment, params, 6_000, 10_000) == (params["lr_g"], params["lr_d"])
+    assert learning_rates(segment, params, 0, 10_000) == (params.lr_g, params.lr_d)
+    assert learning_rates(segment, params, 6_000, 10_000) == (params.lr_g, params.lr_d)
     lr_g, lr_d = learning_rates(segment, params, 8_000, 10_000)
-    assert lr_g == pytest.approx(params["lr_g"] / 2) and lr_d == pytest.approx(params["lr_d"] / 2)
+    assert lr_g == pytest.approx(params.lr_g / 2) and lr_d == pytest.approx(params.lr_d / 2)
     assert learning_rates(segment, params, 10_000, 10_000) == (0.0, 0.0)
-    plain = study_model("stylegan2")
+    plain = model_settings("stylegan2")
     assert learning_rates(Schedule.flat(plain, 4).segments[0], plain, 9_999_000, 10_000_000)[0] == 0.0025  # off
 
 
@@ -266,7 +274,7 @@ def test_bcr_adds_the_consistency_term_and_vanishes_for_an_identity_augmentation
     arch = deep_merge(study_params()["models"]["styleswin"]["arch"], TINY_ARCH["styleswin"])
     G, D = models.build("styleswin", arch, 16)
     D.eval()  # spectral norm's power iteration would move D between the two passes
-    cfg = study_params()["models"]["styleswin"]["loss"]
+    cfg = loss_settings("styleswin")
     gan = GanLoss(G, D, style_based=True, progressive=False, loss=cfg, all_mean=lambda t: t)
     dmain = phases.Phase("Dmain", "D", 1, True, False)
     real, z, ctx = torch.randn(4, 3, 16, 16), torch.randn(4, 16), StepContext(16, 0.0, None)
@@ -312,7 +320,7 @@ def test_the_bf16_lever_trains_on_cpu_with_fp32_emas(model, cache_dir, tmp_path)
     """train.precision=bf16 is an advertised opt-in on CPU too. StyleGAN2's mapping used to run under CPU
     autocast and crash on its fp32 w_avg; reduced precision stays inside the marked blocks, as on CUDA."""
     cfg = tiny(model, steps=2)
-    cfg = cfg.model_copy(update={"train": dict(TRAIN, precision="bf16")})
+    cfg = cfg.replaced(train=dict(TRAIN, precision="bf16"))
     stats = train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
     assert stats.precision == "bfloat16" and stats.steps == 2
     state = torch.load(tmp_path / "run" / "G_ema.pt", weights_only=True)["G_ema"]
@@ -324,7 +332,7 @@ def test_path_length_target_survives_resume(cache_dir, tmp_path):
     straight one bit for bit, lazy phases included."""
     cfg = tiny("stylegan2", steps=8, loss={"r1_every": 4, "pl_every": 4, "style_mixing_prob": 0.5})
     straight = train(cfg, cache_dir, tmp_path / "a" / "run", tmp_path / "a" / "ckpt")
-    cfg = cfg.model_copy(update={"train": dict(TRAIN, checkpoint_kimg=0.024)})
+    cfg = cfg.replaced(train=dict(TRAIN, checkpoint_kimg=0.024))
     train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt", stop_after_kimg=0.024)
     resumed = train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt")
     assert resumed.steps == straight.steps
@@ -336,4 +344,4 @@ def test_path_length_target_survives_resume(cache_dir, tmp_path):
 
 
 def test_ema_beta_is_zero_for_no_ema():
-    assert ema_beta({"ema_kimg": 0.0, "ema_rampup": 0.05}, 8, 800) == 0.0
+    assert ema_beta(model_settings("stylegan2", ema_kimg=0.0, ema_rampup=0.05), 8, 800) == 0.0

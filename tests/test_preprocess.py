@@ -19,16 +19,17 @@ from facegan.data.download import prepare_folder, prepare_synthetic
 from facegan.data.preprocess import load_rgb, preprocess
 from facegan.errors import UserError
 from facegan.params import load_params
+from facegan.settings import DataSettings
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "faces"
 
 
-def _data(tmp: Path, **changes) -> dict:
+def _data(tmp: Path, **changes) -> DataSettings:
     data = load_params(overrides={"profile": "study"})["data"]
     data.update(source="folder", raw_dir=str(tmp / "raw"), resolution=64, num_faces=100, checkpoint_every=1)
     data["mtcnn"]["batch_size"] = 2
     data.update(changes)
-    return data
+    return DataSettings.model_validate(data)
 
 
 @pytest.fixture(scope="module")

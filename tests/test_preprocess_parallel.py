@@ -18,16 +18,17 @@ from facegan.data.download import prepare_folder
 from facegan.data.preprocess import preprocess
 from facegan.errors import UserError
 from facegan.params import load_params
+from facegan.settings import DataSettings
 
 CELEBA = Path(__file__).resolve().parents[1] / ".." / "shared" / "faces" / "celeba_align"
 IMAGES = 80
 
 
-def _data(raw: Path, **changes) -> dict:
+def _data(raw: Path, **changes) -> DataSettings:
     data = load_params(overrides={"profile": "study"})["data"]
     data.update(source="folder", raw_dir=str(raw), num_faces=10**6, checkpoint_every=1, **changes)
     data["mtcnn"]["batch_size"] = 16  # 5 chunks: more than the 2 x workers the parallel path keeps in flight
-    return data
+    return DataSettings.model_validate(data)
 
 
 def _rows(cache: Path) -> list[dict]:

@@ -48,10 +48,10 @@ def test_a_time_budget_ends_the_run_at_the_first_checkpoint_past_it_and_resume_k
     assert (tmp_path / "a/run/G_ema.pt").exists() and len(list((tmp_path / "a/run/snapshots").glob("*.pt"))) == 2
     # interrupted at step 2 without a budget, then resumed with a budget the first part already spent: the
     # resumed run stops at its first checkpoint (step 4), and its time includes the first part's
-    cfg = cfg.model_copy(update={"train": dict(TRAIN)})
+    cfg = cfg.replaced(train=dict(TRAIN))
     assert train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt", stop_after_kimg=0.016) is None
     before = checkpoint.load(next((tmp_path / "b" / "ckpt").rglob("last.pt")))["train_seconds"]
-    cfg = cfg.model_copy(update={"train": dict(TRAIN, budget_minutes=before / 60 / 2)})
+    cfg = cfg.replaced(train=dict(TRAIN, budget_minutes=before / 60 / 2))
     resumed = train(cfg, cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt")
     assert resumed.stopped_by == "budget" and resumed.steps == 4 and resumed.train_seconds > before
 

@@ -19,7 +19,7 @@ from facegan.handoff import ModelView
 from facegan.training import losses
 from facegan.training.loop import NonFiniteError, train
 from facegan.training.progressive import Schedule, growing_kimg, prepare_reals
-from tests.helpers import cpu_train, study_model
+from tests.helpers import cpu_train, model_settings, study_model
 
 torch.set_num_threads(1)  # tiny nets: one thread is fastest, and the suite shares 2 cores
 
@@ -55,8 +55,8 @@ def g_ema(run_dir):
     return checkpoint.load(run_dir / "G_ema.pt")["G_ema"]
 
 
-def growing(kimg: float, batch_size: int = 16, **progressive) -> dict:
-    return study_model("pggan", kimg=kimg, batch_size=batch_size, progressive=progressive)
+def growing(kimg: float, batch_size: int = 16, **progressive):
+    return model_settings("pggan", kimg=kimg, batch_size=batch_size, progressive=progressive)
 
 
 def test_schedule_visits_every_resolution_with_fade_ins():
@@ -77,14 +77,14 @@ def test_schedule_visits_every_resolution_with_fade_ins():
 def test_stylegan_schedule_starts_at_8x8_with_the_official_per_resolution_learning_rates():
     """Official StyleGAN: lod_initial_resolution 8, G/D_lrate_dict {128: 0.0015}, base 0.001; the batch
     size and lr of a fade-in are those of the level fading in."""
-    params = study_model("stylegan", kimg=20.0, progressive={"stable_kimg": [1.0], "fade_kimg": [1.0]})
+    params = model_settings("stylegan", kimg=20.0, progressive={"stable_kimg": [1.0], "fade_kimg": [1.0]})
     sched = Schedule.progressive("stylegan", params, 5)  # 128x128
     assert sched.segments[0].name == "train8" and sched.segments[0].batch_size == 128
     by_name = {s.name: s for s in sched.segments}
     assert by_name["train64"].lr_g == by_name["train64"].lr_d == 0.001
     assert by_name["fade128"].lr_g == by_name["train128"].lr_d == 0.0015
     assert by_name["fade128"].batch_size == by_name["train128"].batch_size == 16
-    assert growing_kimg(params["progressive"], 5) == 4 * 1.0 + 4 * 1.0  # train 8..64, fade into 16..128
+    assert growing_kimg(params.progressive, 5) == 4 * 1.0 + 4 * 1.0  # train 8..64, fade into 16..128
 
 
 def test_reals_are_pooled_and_faded_like_the_generator():
@@ -180,8 +180,9 @@ def test_a_nan_loss_stops_with_step_and_last_good_checkpoint(cache_dir, tmp_path
         NonFiniteError, match=r"D/adversarial is not finite at step 6 \(last good checkpoint: .*last\.pt\)"
     ):
         cfg = config()
-        speed = {**cfg.train["speed"], "check_every": check_every}
-        cfg = cfg.model_copy(update={"train": {**cfg.train, "log_kimg": log_kimg, "speed": speed}})
+        train_params = cfg.train.model_dump()
+        train_params["log_kimg"], train_params["speed"]["check_every"] = log_kimg, check_every
+        cfg = cfg.replaced(train=train_params)
         train(cfg, cache_dir, tmp_path / "run", tmp_path / "ckpt")
     state = checkpoint.load(next((tmp_path / "ckpt").rglob("last.pt")))
     assert state["step"] == 4  # checkpoint_kimg 0.032 = every 4 steps of 8
@@ -191,7 +192,8 @@ def test_a_nan_loss_stops_with_step_and_last_good_checkpoint(cache_dir, tmp_path
 
 
 def _with_speed(cfg: ModelView, **speed) -> ModelView:
-    return cfg.model_copy(update={"train": {**cfg.train, "speed": {**cfg.train["speed"], **speed}}})
+    train_params = cfg.train.model_dump()
+    return cfg.replaced(train={**train_params, "speed": {**train_params["speed"], **speed}})
 
 
 def test_channels_last_trains_the_same_networks(cache_dir, tmp_path):
@@ -267,4 +269,4 @@ def test_growing_kimg_is_where_the_last_train_segment_starts():
     params = growing(40.0, 8, stable_kimg=[16, 4, 2], fade_kimg=[2, 1], batch_sizes=[])
     schedule = Schedule.progressive("pggan", params, 4)
     assert schedule.segments[-1].name == "train64"
-    assert schedule.segments[-1].start_nimg == round(growing_kimg(params["progressive"], 4) * 1000) == 29000
+    assert schedule.segments[-1].start_nimg == round(growing_kimg(params.progressive, 4) * 1000) == 29000

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.optim as optim
 
 import models
+from facegan.settings import LossSettings
 from facegan.training.phases import build_phases
 from facegan.training.step import step_draws
 from tests.helpers import study_model
@@ -87,7 +88,7 @@ def main() -> None:
     namespace["optimizerD"], namespace["optimizerG"] = spies["D"], spies["G"]
     body, first, last = loop_body(path, "for i, data in enumerate(dataloader, 0):", stop_before="print(")
 
-    phases = build_phases(params["loss"])
+    phases = build_phases(LossSettings.model_validate(params["loss"]))
     steps = []
     for step in range(STEPS):
         draws = step_draws(

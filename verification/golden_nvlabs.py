@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import models
+from facegan.settings import LossSettings
 from facegan.training.phases import build_phases
 from facegan.training.step import step_draws, step_seed
 from tests.helpers import study_model
@@ -126,7 +127,7 @@ def run(name: str, model: str, params: dict, steps: int, modules) -> None:
         blur_fade_kimg=lp["blur_fade_kimg"],
     )
     phases = official_phases(params, off_G, off_D)
-    ours = build_phases(lp)
+    ours = build_phases(LossSettings.model_validate(lp))
     # accumulate_gradients runs Gboth as Gmain when pl_weight is 0 (loss.py:68): our name for that phase
     for phase in phases:
         phase["ours"] = "Gmain" if phase["name"] == "Gboth" and lp["pl_weight"] == 0 else phase["name"]

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import autograd, nn, optim
 
 import models
+from facegan.settings import LossSettings
 from facegan.training.phases import build_phases
 from facegan.training.step import step_draws, step_seed
 from tests.helpers import offset_biases, study_model
@@ -162,7 +163,7 @@ def main() -> None:
         script, "for idx in range(args.iter):", stop_before="if get_rank() == 0", start_at="generator.train()"
     )
 
-    phases = build_phases(lp)
+    phases = build_phases(LossSettings.model_validate(lp))
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     steps, clip_norms = [], []
     clip = nn.utils.clip_grad_norm_

@@ -31,10 +31,14 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from facegan import settings
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -248,19 +252,19 @@ class FaceAligner:
     `seconds` adds up the time spent detecting and aligning (for the preprocess report).
     """
 
-    def __init__(self, data_params: dict, device: torch.device, fast: bool = False):
+    def __init__(self, data_params: settings.DataSettings, device: torch.device, fast: bool = False):
         from facenet_pytorch import MTCNN  # imported here: the synthetic path never needs it
 
-        mt, al = data_params["mtcnn"], data_params["align"]
+        mt, al = data_params.mtcnn, data_params.align
         self.device = device
-        self.min_confidence = float(mt["min_confidence"])
-        self.min_face_size = float(mt["min_face_size"])
-        self.multi_face = mt["multi_face"]
-        self.max_side = int(mt["max_side"])
-        self.cpu_threads = int(mt["cpu_threads"])
-        self.resolution = int(data_params["resolution"])
-        self.template = template_points(self.resolution, al["eye_distance"], al["eye_height"])
-        self.weights = np.asarray(al["landmark_weights"], np.float64)
+        self.min_confidence = float(mt.min_confidence)
+        self.min_face_size = float(mt.min_face_size)
+        self.multi_face = mt.multi_face
+        self.max_side = int(mt.max_side)
+        self.cpu_threads = int(mt.cpu_threads)
+        self.resolution = int(data_params.resolution)
+        self.template = template_points(self.resolution, al.eye_distance, al.eye_height)
+        self.weights = np.asarray(al.landmark_weights, np.float64)
         # keep_all: MTCNN's own face selection fails on a batch that holds a face-less image
         self.mtcnn = MTCNN(
             min_face_size=int(self.min_face_size), keep_all=True, select_largest=False, device=device

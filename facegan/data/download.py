@@ -44,7 +44,7 @@ from urllib.parse import urlencode, urljoin, urlparse
 
 from tqdm import tqdm
 
-from facegan import handoff
+from facegan import handoff, settings
 from facegan.errors import UserError
 from facegan.io import atomic_dir, write_json, write_text
 
@@ -550,16 +550,16 @@ def prepare_synthetic(raw_dir: Path, count: int, size: int, seed: int) -> handof
     return record
 
 
-def prepare(data: dict, seed: int) -> handoff.RawSource:
+def prepare(data: settings.DataSettings, seed: int) -> handoff.RawSource:
     """Run the source chosen by the `data` params; return the SOURCE.json record."""
-    raw_dir, download_dir = Path(data["raw_dir"]), Path(data["download_dir"])
-    source = data["source"]
+    raw_dir, download_dir = Path(data.raw_dir), Path(data.download_dir)
+    source = data.source
     if source == "synthetic":
-        return prepare_synthetic(raw_dir, data["synthetic_images"], data["resolution"], seed)
+        return prepare_synthetic(raw_dir, data.synthetic_images, data.resolution, seed)
     if source == "celeba":
         return prepare_celeba(raw_dir, download_dir)
     if source == "url":
-        return prepare_url(raw_dir, download_dir, data["url"], data["sha256"], data["partition_file"])
+        return prepare_url(raw_dir, download_dir, data.url, data.sha256, data.partition_file)
     if source == "folder":
-        return prepare_folder(raw_dir, data["folder"], data["partition_file"])
+        return prepare_folder(raw_dir, data.folder, data.partition_file)
     raise UserError(f"data.source={source} is unknown: use celeba, url, folder or synthetic")

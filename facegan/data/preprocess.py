@@ -42,7 +42,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from facegan import handoff
+from facegan import handoff, settings
 from facegan.data.cache import CacheWriter
 from facegan.data.download import read_file_list
 from facegan.errors import UserError
@@ -129,8 +129,8 @@ class _Manifest:
             return Counter(row["reason"] for row in csv.DictReader(handle))
 
 
-def _fingerprint(data: dict, files: list[str], source: handoff.RawSource) -> str:
-    relevant = {key: data[key] for key in ("resolution", "num_faces", "mtcnn", "align")}
+def _fingerprint(data: settings.DataSettings, files: list[str], source: handoff.RawSource) -> str:
+    relevant = data.model_dump(include={"resolution", "num_faces", "mtcnn", "align"})
     relevant["mtcnn"] = {k: v for k, v in relevant["mtcnn"].items() if k not in ("batch_size", "device", "cpu_threads")}
     digest = hashlib.sha256(json.dumps([relevant, source.image_root, source.source], sort_keys=True).encode())
     digest.update("\n".join(files).encode("utf-8", "surrogateescape"))
@@ -138,11 +138,11 @@ def _fingerprint(data: dict, files: list[str], source: handoff.RawSource) -> str
 
 
 def preprocess_synthetic(
-    data: dict, source: handoff.RawSource, files: list[str], cache_dir: Path, report_path: Path
+    data: settings.DataSettings, source: handoff.RawSource, files: list[str], cache_dir: Path, report_path: Path
 ) -> dict:
-    size, root = data["resolution"], Path(source.image_root)
+    size, root = data.resolution, Path(source.image_root)
     start = time.time()
-    writer = CacheWriter(cache_dir, size, min(len(files), data["num_faces"]))
+    writer = CacheWriter(cache_dir, size, min(len(files), data.num_faces))
     rows = []
     writer.count = 0  # drawing is fast and deterministic: always rewrite from the start
     for name in tqdm(files[: writer.capacity], desc="caching faces", disable=None):
@@ -219,7 +219,7 @@ class SequentialAlign:
     """The reference path: decode the next chunk on threads while this process detects the current one
     and warps its faces one by one (how preprocess ran before it ran in parallel)."""
 
-    def __init__(self, data: dict, device, root: Path):
+    def __init__(self, data: settings.DataSettings, device, root: Path):
         from facegan.data.align import FaceAligner
 
         self.aligner, self.root = FaceAligner(data, device, fast=False), root
@@ -292,12 +292,12 @@ class AlignWorkers:
     process detects and warps there.
     """
 
-    def __init__(self, data: dict, device, root: Path, workers: int):
+    def __init__(self, data: settings.DataSettings, device, root: Path, workers: int):
         from facegan.data.align import FaceAligner
 
         self.root, self.workers, self.device = root, workers, torch.device(device)
         self.aligner = FaceAligner(data, self.device, fast=True)  # CPU: built once here, copied into the workers
-        self.threads = int(data["mtcnn"]["cpu_threads"]) or max(1, cpu_cores() // workers)
+        self.threads = int(data.mtcnn.cpu_threads) or max(1, cpu_cores() // workers)
         # CPU: a chunk queued behind each running one, so no worker waits for this process; GPU: decoded
         # photos come back whole (a chunk of phone photos is ~1 GB), so one chunk ahead of the decoders
         self.in_flight = 2 * workers if self.device.type == "cpu" else workers + 1
@@ -360,7 +360,7 @@ def _manifest_row(name: str, index: int, chunk: Chunk) -> dict:
 
 
 def preprocess(
-    data: dict,
+    data: settings.DataSettings,
     raw_dir: Path,
     cache_dir: Path,
     report_path: Path,
@@ -375,8 +375,8 @@ def preprocess(
     core, or the decoders a GPU needs; 0: the sequential reference path).
     """
     source = handoff.RawSource.read(raw_dir / "SOURCE.json")
-    if source.source != data["source"]:
-        raise UserError(f"{raw_dir} holds {source.source} but data.source={data['source']}: run `dvc repro download`")
+    if source.source != data.source:
+        raise UserError(f"{raw_dir} holds {source.source} but data.source={data.source}: run `dvc repro download`")
     files = ordered_files(raw_dir, source)
     if not files:
         raise UserError(f"{raw_dir} lists no images: run `dvc repro download`")
@@ -385,15 +385,15 @@ def preprocess(
 
     from facegan.device import resolve_device
 
-    device = torch.device(device or resolve_device(data["mtcnn"]["device"]))
+    device = torch.device(device or resolve_device(data.mtcnn.device))
     root = Path(source.image_root)
     if not root.is_dir():
         raise UserError(f"image folder {root} is gone: run `dvc repro download` (or fix data.folder)")
-    workers = default_workers(device, data["mtcnn"]["cpu_threads"]) if workers is None else workers
+    workers = default_workers(device, data.mtcnn.cpu_threads) if workers is None else workers
     if workers < 0:
         raise UserError(f"workers={workers}: use 0 (sequential), a positive number, or None (one a core)")
-    resolution = data["resolution"]
-    writer = CacheWriter(cache_dir, resolution, min(len(files), data["num_faces"]), _fingerprint(data, files, source))
+    resolution = data.resolution
+    writer = CacheWriter(cache_dir, resolution, min(len(files), data.num_faces), _fingerprint(data, files, source))
     state = writer.resume_state()
     position = int(state.get("position", 0))
     elapsed_before = float(state.get("elapsed_s", 0.0))
@@ -401,8 +401,8 @@ def preprocess(
         log.info("resuming preprocess at image %d of %d (%d faces kept so far)", position, len(files), writer.count)
     manifest = _Manifest(writer.work / PARTIAL_MANIFEST, state.get("manifest_bytes") if position else None)
     runner = SequentialAlign(data, device, root) if workers == 0 else AlignWorkers(data, device, root, workers)
-    batch = data["mtcnn"]["batch_size"]
-    every = data["checkpoint_every"]
+    batch = data.mtcnn.batch_size
+    every = data.checkpoint_every
     # totals over every session of this run: a resumed run carries the interrupted sessions' counts on
     busy: Counter = Counter(state.get("busy_s", {}) if position else {})
     detected = int(state.get("detected", 0)) if position else 0
@@ -458,7 +458,7 @@ def preprocess(
         "source": source.source,
         "device": str(device),
         "resolution": resolution,
-        "num_faces_requested": data["num_faces"],
+        "num_faces_requested": data.num_faces,
         "considered": kept + sum(counts.values()),
         "kept": kept,
         "rejected": dict(sorted(counts.items())),
@@ -474,8 +474,8 @@ def preprocess(
         # seconds spent on each step, added over the workers (which run side by side)
         "busy_s": {step: round(busy[step], 2) for step in ("decode", "detect", "align")},
     }
-    if kept < data["num_faces"]:
-        log.warning("only %d faces accepted out of %d images (data.num_faces=%d)", kept, len(files), data["num_faces"])
+    if kept < data.num_faces:
+        log.warning("only %d faces accepted out of %d images (data.num_faces=%d)", kept, len(files), data.num_faces)
         report["short_of_num_faces"] = True
     manifest.close()
     if writer.count == 0:
@@ -488,8 +488,8 @@ def preprocess(
         synthetic=False,
         manifest=manifest.path,
         image_root=source.image_root,
-        align=data["align"],
-        mtcnn={k: v for k, v in data["mtcnn"].items() if k != "device"},
+        align=data.align.model_dump(),
+        mtcnn=data.mtcnn.model_dump(exclude={"device"}),
     )
     write_json(report_path, report)
     return report

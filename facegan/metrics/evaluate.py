@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import models
-from facegan import checkpoint, handoff
+from facegan import checkpoint, handoff, settings
 from facegan.data.cache import to_uint8
 from facegan.device import resolve_device
 from facegan.errors import UserError
@@ -81,12 +81,12 @@ def train_hours_at(kimg: float, history: list[handoff.HistoryRow]) -> float | No
     return float(np.interp(kimg, [h.kimg for h in history], [h.train_seconds for h in history])) / 3600
 
 
-def ppl_space(eval_params: dict, style_based: bool, model: str) -> str:
-    if eval_params["ppl_space"] == "auto":
+def ppl_space(eval_params: settings.EvaluateSettings, style_based: bool, model: str) -> str:
+    if eval_params.ppl_space == "auto":
         return "w" if style_based else "z"
-    if eval_params["ppl_space"] == "w" and not style_based:
+    if eval_params.ppl_space == "w" and not style_based:
         raise UserError(f"evaluate.ppl_space=w needs a style-based generator and {model} is not: use auto or z")
-    return eval_params["ppl_space"]
+    return eval_params.ppl_space
 
 
 def loss_curve(history: list[handoff.HistoryRow]) -> list[handoff.LossPoint]:
@@ -103,7 +103,7 @@ class Run:
     """What every part of the evaluation reads: the trained run, the reference and the feature path."""
 
     view: handoff.ModelView
-    eval_params: dict  # the evaluate params
+    eval_params: settings.EvaluateSettings  # the evaluate params
     run_dir: Path
     stats: handoff.TrainedRun
     meta: handoff.ReferenceMeta
@@ -120,7 +120,7 @@ class Run:
 
     def features(self, G, count: int, seed: int) -> np.ndarray:
         return extract(
-            generated_batches(G, count, self.eval_params["batch_size"], seed, self.device), self.extractor, self.pool
+            generated_batches(G, count, self.eval_params.batch_size, seed, self.device), self.extractor, self.pool
         )
 
 
@@ -152,16 +152,16 @@ def evaluate_run(
     stats = handoff.read_train_stats(run_dir / "train_stats.json")
     if isinstance(stats, handoff.SkippedRun):
         return Evaluation(handoff.SkippedMetrics(status="skipped", model=model, reason=stats.reason))
-    device = resolve_device(eval_params["device"])
+    device = resolve_device(eval_params.device)
     meta = handoff.ReferenceMeta.read(reference_dir / "meta.json")
-    extractor = build_extractor(eval_params["extractor"], eval_params, device)
+    extractor = build_extractor(eval_params.extractor, eval_params, device)
     check_reference(model, view, stats, meta, extractor)
     # every input is read and checked before the first metric: a bad file never costs the minutes before it
     restore = f"restore it with `dvc checkout --force train@{model}` or train again with `dvc repro -f train@{model}`"
     trained = checkpoint.load(run_dir / "G_ema.pt", fix=restore)
     for snapshot in snapshot_files(run_dir):
         checkpoint.load(snapshot, fix=restore)
-    G = models.from_snapshot(model, view.params["arch"], view.resolution, trained).to(device)
+    G = models.from_snapshot(model, view.params.arch, view.resolution, trained).to(device)
     with resize_pool(eval_params, device) as pool:
         run = Run(
             view,
@@ -172,7 +172,7 @@ def evaluate_run(
             load_features(reference_dir),
             extractor,
             G,
-            seeds_for(ev_view.seed, eval_params["fid_seeds"]),
+            seeds_for(ev_view.seed, eval_params.fid_seeds),
             device,
             pool,
         )
@@ -200,11 +200,11 @@ def fid_kid_pr(run: Run) -> dict:
     eval_params = run.eval_params
     fids, first = [], None
     for seed in run.seeds["fid"]:
-        feats = run.features(run.G, eval_params["num_gen"], seed)
+        feats = run.features(run.G, eval_params.num_gen, seed)
         fids.append(fid_from_features(feats, run.reference))
         first = feats if first is None else first
     fid = spread(fids)
-    pr = precision_recall(run.reference, first, eval_params["pr_k"], run.device)
+    pr = precision_recall(run.reference, first, eval_params.pr_k, run.device)
     variance = np.trace(np.cov(first, rowvar=False)) / np.trace(np.cov(run.reference, rowvar=False))
     log.info(
         "%s: %s %.3f (std %.3f over %d sets of %d), precision %.3f, recall %.3f",
@@ -229,25 +229,25 @@ def fid_kid_pr(run: Run) -> dict:
 def perceptual_path_length(run: Run) -> dict:
     eval_params = run.eval_params
     space = ppl_space(eval_params, run.spec.style_based, run.view.model)
-    lpips_net = build_lpips(eval_params["lpips"], eval_params["lpips_weights"], run.device)
+    lpips_net = build_lpips(eval_params.lpips, eval_params.lpips_weights, run.device)
     ppl = path_length(
         run.G,
         lpips_net,
         space,
-        eval_params["ppl_sampling"],
-        eval_params["ppl_samples"],
-        eval_params["ppl_epsilon"],
-        eval_params["batch_size"],
+        eval_params.ppl_sampling,
+        eval_params.ppl_samples,
+        eval_params.ppl_epsilon,
+        eval_params.batch_size,
         run.seeds["ppl"],
-        eval_params["ppl_crop"],
+        eval_params.ppl_crop,
         run.device,
     )
     log.info(
         "%s: PPL in %s (%s, %s LPIPS) %.2f over %d pairs",
         run.view.model,
         space.upper(),
-        eval_params["ppl_sampling"],
-        eval_params["lpips"],
+        eval_params.ppl_sampling,
+        eval_params.lpips,
         ppl["ppl"],
         ppl["num"],
     )
@@ -264,11 +264,11 @@ def fid_curve(run: Run, first: np.ndarray) -> list[handoff.FidPoint]:
     for snap in snapshot_files(run.run_dir):
         weights = checkpoint.load(snap)
         kimg = float(weights["kimg"])
-        if kimg == run.stats.kimg and eval_params["snapshot_num_gen"] == eval_params["num_gen"]:
+        if kimg == run.stats.kimg and eval_params.snapshot_num_gen == eval_params.num_gen:
             feats = first  # the final snapshot is G_ema itself, with the first set's latents
         else:
-            G = models.from_snapshot(run.view.model, run.view.params["arch"], run.view.resolution, weights)
-            feats = run.features(G.to(run.device), eval_params["snapshot_num_gen"], run.seeds["snapshots"])
+            G = models.from_snapshot(run.view.model, run.view.params.arch, run.view.resolution, weights)
+            feats = run.features(G.to(run.device), eval_params.snapshot_num_gen, run.seeds["snapshots"])
         level = int(weights["level"])  # a growing model's snapshot shows its level, upsampled to full size
         curve.append(
             handoff.FidPoint(
@@ -290,14 +290,14 @@ def pictures_of(run: Run) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
     """The report's pictures of G_ema, and the last training grid of each resolution (growing models)."""
     eval_params, G, seed, device = run.eval_params, run.G, run.seeds["pictures"], run.device
     pictures = {
-        "samples": visuals.sample_grid(G, eval_params["grid_size"], seed, device),
+        "samples": visuals.sample_grid(G, eval_params.grid_size, seed, device),
         "interpolation": visuals.interpolation_strips(
-            G, run.spec.style_based, eval_params["interpolation_steps"], seed, device
+            G, run.spec.style_based, eval_params.interpolation_steps, seed, device
         ),
     }
     if run.spec.style_based:
         pictures["truncation"] = visuals.truncation_sweep(
-            G, eval_params["truncation_psis"], eval_params["truncation_rows"], seed, device
+            G, eval_params.truncation_psis, eval_params.truncation_rows, seed, device
         )
     last_per_res = {}
     for grid in sorted((run.run_dir / "samples").glob("res*_*.png")):
@@ -324,7 +324,7 @@ def metrics_of(run: Run, sets: dict, ppl: dict, curve: list[handoff.FidPoint], t
         fid_seeds=len(fid["values"]),
         fid_start=None if start is None else start.fid,
         fid_start_n=None if start is None else start.num_gen,
-        floor=run.meta.floors[str(eval_params["num_gen"])],
+        floor=run.meta.floors[str(eval_params.num_gen)],
         kid=sets["kid"],
         num_gen=int(len(sets["first"])),
         num_ref=int(len(run.reference)),
@@ -338,8 +338,8 @@ def metrics_of(run: Run, sets: dict, ppl: dict, curve: list[handoff.FidPoint], t
         ppl_space=ppl["space"],
         ppl_sampling=ppl["sampling"],
         ppl_epsilon=ppl["epsilon"],
-        ppl_crop=eval_params["ppl_crop"],
-        ppl_label_key=labels.lpips_label_key(eval_params["lpips"]),
+        ppl_crop=eval_params.ppl_crop,
+        ppl_label_key=labels.lpips_label_key(eval_params.lpips),
         eval_seconds={k: round(v, 2) for k, v in timings.items()},
         seeds={k: v for k, v in run.seeds.items() if k != "kid_subsets"},
     )

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facegan import settings
 from facegan.errors import UserError
 from facegan.metrics import weights
 from facegan.metrics.resize_pool import ResizePool, clean_resize
@@ -79,25 +80,23 @@ def fid_helper_wheel_file() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
 
 
-def fid_helper_path(eval_params: dict) -> Path:
-    return Path(eval_params["fid_helper_weights"]) if eval_params["fid_helper_weights"] else fid_helper_wheel_file()
+def fid_helper_path(eval_params: settings.EvaluateSettings) -> Path:
+    return Path(eval_params.fid_helper_weights) if eval_params.fid_helper_weights else fid_helper_wheel_file()
 
 
-def build_extractor(kind: str, eval_params: dict, device: torch.device) -> Extractor:
+def build_extractor(kind: str, eval_params: settings.EvaluateSettings, device: torch.device) -> Extractor:
     """The extractor `kind` with its weights from the `evaluate` params section `eval_params`."""
     if kind == "proxy":
         return build_proxy(device)
     if kind == "inception":
         return build_cleanfid_inception(
-            weights.resolve(eval_params["inception_weights"], weights.CLEANFID_INCEPTION), device
+            weights.resolve(eval_params.inception_weights, weights.CLEANFID_INCEPTION), device
         )
     if kind == "fid_helper":
         return build_fid_helper(weights.resolve(fid_helper_path(eval_params), weights.FID_HELPER_INCEPTION), device)
     if kind == "auto":
         try:
-            path = weights.resolve(
-                eval_params["inception_weights"], weights.CLEANFID_INCEPTION, AUTO_DOWNLOAD_TIMEOUT_S
-            )
+            path = weights.resolve(eval_params.inception_weights, weights.CLEANFID_INCEPTION, AUTO_DOWNLOAD_TIMEOUT_S)
         except UserError as err:
             extractor = build_fid_helper(
                 weights.resolve(fid_helper_path(eval_params), weights.FID_HELPER_INCEPTION), device
@@ -194,13 +193,13 @@ def extract(batches: Iterable[np.ndarray], extractor: Extractor, pool: ResizePoo
     return np.concatenate(feats).astype(np.float64)
 
 
-def check_agreement(images: np.ndarray, eval_params: dict, device: torch.device) -> dict:
+def check_agreement(images: np.ndarray, eval_params: settings.EvaluateSettings, device: torch.device) -> dict:
     """Compare fid-helper's features with clean-fid's on `images` when both weight files are here.
 
     Returns what `reference_stats` records: {"checked": False, "reason"} when clean-fid's file is
     absent, else the images used and the largest relative difference; disagreement is an error.
     """
-    cleanfid_path = Path(eval_params["inception_weights"])
+    cleanfid_path = Path(eval_params.inception_weights)
     if not cleanfid_path.exists():
         return {"checked": False, "reason": f"clean-fid's file not at {cleanfid_path}"}
     reference = extract(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facegan import handoff
+from facegan import handoff, settings
 from facegan.data.cache import FaceCache
 from facegan.device import resolve_device
 from facegan.errors import UserError
@@ -33,9 +33,9 @@ AGREEMENT_FACES = 8
 FLOOR_KID_SEED = 0  # KID's random subsets for the floors: fixed, the floor is a property of the data
 
 
-def floor_sizes(eval_params: dict) -> list[int]:
+def floor_sizes(eval_params: settings.EvaluateSettings) -> list[int]:
     """The sample counts whose floor the report shows: the FID sets' and the snapshot points'."""
-    return sorted({eval_params["num_gen"], eval_params["snapshot_num_gen"]})
+    return sorted({eval_params.num_gen, eval_params.snapshot_num_gen})
 
 
 def noise_floor(features: np.ndarray, n: int, seed: int) -> handoff.Floor:
@@ -55,8 +55,8 @@ def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[
         raise UserError(
             f"the face cache is {cache.resolution}px but data.resolution={view.resolution}: run `dvc repro preprocess`"
         )
-    device = resolve_device(eval_params["device"])
-    extractor = build_extractor(eval_params["extractor"], eval_params, device)
+    device = resolve_device(eval_params.device)
+    extractor = build_extractor(eval_params.extractor, eval_params, device)
     agreement = None
     if extractor.kind == "fid_helper":
         agreement = check_agreement(np.asarray(cache.faces[:AGREEMENT_FACES]), eval_params, device)
@@ -65,13 +65,13 @@ def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[
                 "fid-helper features not verified against clean-fid's (%s): numbers are labelled FID*",
                 agreement["reason"],
             )
-    count = min(eval_params["num_ref"], len(cache))
-    if count < eval_params["num_ref"]:
+    count = min(eval_params.num_ref, len(cache))
+    if count < eval_params.num_ref:
         log.warning(
-            "evaluate.num_ref=%d but the cache holds %d faces: using %d", eval_params["num_ref"], len(cache), count
+            "evaluate.num_ref=%d but the cache holds %d faces: using %d", eval_params.num_ref, len(cache), count
         )
     needed = min(len(cache), max(count, 2 * max(floor_sizes(eval_params))))
-    batch = eval_params["batch_size"]
+    batch = eval_params.batch_size
     batches = (np.asarray(cache.faces[i : min(i + batch, needed)]) for i in range(0, needed, batch))
     with resize_pool(eval_params, device) as pool:
         features = extract(batches, extractor, pool)

@@ -23,9 +23,13 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # the workers import this module: keep it free of the project's imports
+    from facegan import settings
 
 INCEPTION_SIZE = 299
 
@@ -57,13 +61,13 @@ def workers_for(requested: int, device: torch.device) -> int:
     return max((os.cpu_count() or 1) - 1, 1) if device.type == "cuda" else 0
 
 
-def resize_pool(eval_params: dict, device: torch.device) -> contextlib.AbstractContextManager:
+def resize_pool(eval_params: settings.EvaluateSettings, device: torch.device) -> contextlib.AbstractContextManager:
     """The worker processes that resize images for the Inception per the `evaluate` params (none on a
     CPU-only machine, none for the proxy network, whose own small resize runs in the main process)."""
-    workers = workers_for(eval_params["resize_workers"], device)
-    if workers == 0 or eval_params["extractor"] == "proxy":
+    workers = workers_for(eval_params.resize_workers, device)
+    if workers == 0 or eval_params.extractor == "proxy":
         return contextlib.nullcontext()
-    return ResizePool(workers, eval_params["batch_size"])
+    return ResizePool(workers, eval_params.batch_size)
 
 
 class ResizePool:

@@ -444,7 +444,7 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
     trained = [r.metrics for r in rows if r.trained]
     lines = [
         f"- profile `{view.profile}`, model selection `{view.model}`, training seed {view.seed}",
-        f"- data: source `{meta.source}`, {meta.cache_count} faces in the cache ({data['num_faces']} requested), "
+        f"- data: source `{meta.source}`, {meta.cache_count} faces in the cache ({data.num_faces} requested), "
         f"{meta.resolution}x{meta.resolution}",
         f"- features: {label(meta.label_key).description}; reference statistics from {meta.count} real faces",
         f"- Inception file: `{meta.weights or 'none (proxy network)'}`" + (f"; {meta.choice}" if meta.choice else ""),
@@ -475,9 +475,9 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
             f"pictures {first.seeds.get('pictures')}",
         ]
     lines.append(
-        f"- evaluate params: num_gen {eval_params['num_gen']}, num_ref {eval_params['num_ref']}, snapshot_num_gen "
-        f"{eval_params['snapshot_num_gen']}, ppl_samples {eval_params['ppl_samples']}, "
-        f"extractor `{eval_params['extractor']}`, lpips `{eval_params['lpips']}`"
+        f"- evaluate params: num_gen {eval_params.num_gen}, num_ref {eval_params.num_ref}, snapshot_num_gen "
+        f"{eval_params.snapshot_num_gen}, ppl_samples {eval_params.ppl_samples}, "
+        f"extractor `{eval_params.extractor}`, lpips `{eval_params.lpips}`"
     )
     fallbacks = {
         r.model: r.stats.kernel_fallbacks
@@ -509,7 +509,7 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
     banners = [features.banner] + sorted({label(r.metrics.ppl_label_key).banner for r in rows if r.trained})
     parts += [f"> {banner}\n\n" for banner in banners if banner]
     parts += [f"> **Params:** {note}\n\n" for note in view.notes]
-    if samples_overview(rows, figures / "samples_overview.png", view.evaluate["grid_size"]):
+    if samples_overview(rows, figures / "samples_overview.png", view.evaluate.grid_size):
         parts.append("## Samples, one row per model\n\n![samples of every model](figures/samples_overview.png)\n\n")
     parts += [f"## Ranking by {features.axis}\n\n", ranking_section(rows)]
     parts += ["\n## Settings\n\n", settings_section(view, meta, rows)]

@@ -60,22 +60,22 @@ def budget_spent(train_seconds: float, budget_minutes: float, world: distributed
 
 
 def set_up_torch(cfg: handoff.ModelView, spec: models.ModelSpec) -> tuple[distributed.World, torch.device, torch.dtype]:
-    world = distributed.init_from_env(cfg.train["device"])
-    device = distributed.device_for(world, resolve_device(cfg.train["device"]))
+    world = distributed.init_from_env(cfg.train.device)
+    device = distributed.device_for(world, resolve_device(cfg.train.device))
     torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
-    if cfg.train["deterministic"]:
+    if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.train["deterministic"]
-    return world, device, resolve_precision(cfg.train["precision"], device, spec.official_precision)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.train.deterministic
+    return world, device, resolve_precision(cfg.train.precision, device, spec.official_precision)
 
 
 def check_config(cfg: handoff.ModelView, spec: models.ModelSpec, schedule: Schedule, world: distributed.World) -> None:
     model_params = cfg.params
-    if model_params["loss"]["pl_weight"] > 0 and not spec.style_based:
+    if model_params.loss.pl_weight > 0 and not spec.style_based:
         raise UserError(f"models.{cfg.model}.loss.pl_weight needs a style-based generator: set it to 0")
-    if model_params["loss"]["style_mixing_prob"] > 0 and not spec.style_based:
+    if model_params.loss.style_mixing_prob > 0 and not spec.style_based:
         raise UserError(f"models.{cfg.model}.loss.style_mixing_prob needs a style-based generator: set it to 0")
-    if model_params["arch"].get("config") == "r" and model_params["loss"]["blur_init_sigma"] == 0:
+    if getattr(model_params.arch, "config", "t") == "r" and model_params.loss.blur_init_sigma == 0:
         log.warning(
             "models.%s.arch.config=r without the official D blur: set loss.blur_init_sigma=10 and "
             "loss.blur_fade_kimg=batch*200/32",
@@ -97,35 +97,35 @@ def build_state(
     dtype: torch.dtype,
     world: distributed.World,
 ) -> TrainState:
-    model_params, speed = cfg.params, cfg.train["speed"]
-    if speed["compile"] == "cudagraphs" and device.type != "cuda":
+    model_params, speed = cfg.params, cfg.train.speed
+    if speed.compile == "cudagraphs" and device.type != "cuda":
         raise UserError(
             f"train.speed.compile=cudagraphs needs a CUDA device, training runs on {device.type}: "
             "set train.speed.compile to default or none"
         )
-    G, D = models.build(cfg.model, model_params["arch"], cfg.resolution)
+    G, D = models.build(cfg.model, model_params.arch, cfg.resolution)
     G, D = G.to(device).train(), D.to(device).train()
-    if speed["channels_last"]:
+    if speed.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    fused = speed["fused_adam"] and device.type == "cuda"
+    fused = speed.fused_adam and device.type == "cuda"
     world.broadcast_module(G), world.broadcast_module(D)
-    augment = model_params["augment"]
-    pipe = None if augment["mode"] == "none" else AugmentPipe(p=augment["p"]).to(device)
+    augment = model_params.augment
+    pipe = None if augment.mode == "none" else AugmentPipe(p=augment.p).to(device)
     return TrainState(
         G=G,
         D=D,
         G_ema=copy.deepcopy(G).eval().requires_grad_(False),
-        opt_G=lazy_adam(G.parameters(), model_params["betas_g"], lazy_interval(phases, "G"), fused),
-        opt_D=lazy_adam(D.parameters(), model_params["betas_d"], lazy_interval(phases, "D"), fused),
+        opt_G=lazy_adam(G.parameters(), model_params.betas_g, lazy_interval(phases, "G"), fused),
+        opt_D=lazy_adam(D.parameters(), model_params.betas_d, lazy_interval(phases, "D"), fused),
         scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16),
         loss=GanLoss(
             G,
             D,
             spec.style_based,
             spec.progressive,
-            model_params["loss"],
+            model_params.loss,
             world.all_mean,
-            speed["compile"],
+            speed.compile,
             data_space=spec.data_space,
             augment_pipe=pipe,
         ),
@@ -175,7 +175,7 @@ def train_locked(
 ) -> handoff.TrainedRun | None:
     """The training itself, holding the run's lock: resume, steps, outputs (see `train`)."""
     train_params = cfg.train
-    phases = build_phases(cfg.params["loss"])
+    phases = build_phases(cfg.params.loss)
     state = build_state(cfg, spec, phases, device, dtype, world)
     resume = checkpoint.latest(files.dir)
     if resume is not None:
@@ -189,7 +189,7 @@ def train_locked(
     files.before_training(state, schedule.segments[0])
 
     check = TermCheck(world, files.dir)
-    cache.to_device(device, train_params["speed"]["cache_on_device"])
+    cache.to_device(device, train_params.speed.cache_on_device)
     step = StepRunner(cfg, spec, schedule, phases, cache, world, device, dtype)
     out_of_time = False
     while state.nimg < stop_nimg:
@@ -201,11 +201,11 @@ def train_locked(
 
         level_done = state.nimg >= schedule.total_nimg or schedule.segment_at(state.nimg).level != segment.level
         checkpoint_due = files.checkpoint_due(before, state.nimg, stop_nimg)
-        out_of_time = checkpoint_due and budget_spent(state.train_seconds, train_params["budget_minutes"], world)
-        log_due = files.crossed(before, state.nimg, train_params["log_kimg"]) or state.nimg >= stop_nimg or level_done
+        out_of_time = checkpoint_due and budget_spent(state.train_seconds, train_params.budget_minutes, world)
+        log_due = files.crossed(before, state.nimg, train_params.log_kimg) or state.nimg >= stop_nimg or level_done
         # the finiteness check syncs with the device: every check_every steps, and always before a
         # history row or a checkpoint, so that no checkpoint holds a run that has diverged
-        if log_due or checkpoint_due or state.step % train_params["speed"]["check_every"] == 0:
+        if log_due or checkpoint_due or state.step % train_params.speed.check_every == 0:
             progress.terms.add_terms(check.flush())
         if log_due or out_of_time:
             progress.row(state, segment, alpha, device)

@@ -35,7 +35,7 @@ def run_identity(cfg: handoff.ModelView, cache_fingerprint: str, dtype: torch.dt
     `auto` run checkpointed in bf16 on a GPU never resumes in fp32 on a CPU), and its face cache."""
     return {
         "model": cfg.model,
-        "params": cfg.params,
+        "params": cfg.params.model_dump(),
         "seed": cfg.seed,
         "resolution": cfg.resolution,
         "precision": str(dtype).replace("torch.", ""),
@@ -89,11 +89,11 @@ class RunFiles:
         dtype: torch.dtype,
     ):
         self.dir = checkpoint.checkpoint_dir(cfg.model, run_identity(cfg, cache.fingerprint, dtype), ckpt_root)
-        self.model, self.z_dim = cfg.model, cfg.params["arch"]["z_dim"]
+        self.model, self.z_dim = cfg.model, cfg.params.arch.z_dim
         self.run_dir, self.world, self.train, self.total_nimg = run_dir, world, cfg.train, total_nimg
         self.grid_z = torch.randn(
-            cfg.train["grid_size"] ** 2,
-            cfg.params["arch"]["z_dim"],
+            cfg.train.grid_size**2,
+            cfg.params.arch.z_dim,
             generator=torch.Generator().manual_seed(cfg.seed + 1),
         )
 
@@ -122,7 +122,7 @@ class RunFiles:
         return int(after / (every_kimg * 1000)) > int(before / (every_kimg * 1000))
 
     def checkpoint_due(self, before: int, after: int, stop_nimg: int) -> bool:
-        return self.crossed(before, after, self.train["checkpoint_kimg"]) or after >= stop_nimg
+        return self.crossed(before, after, self.train.checkpoint_kimg) or after >= stop_nimg
 
     def after_step(
         self,
@@ -137,20 +137,20 @@ class RunFiles:
         if not self.world.is_main:
             return
         nimg, train_params = state.nimg, self.train
-        if self.crossed(before, nimg, train_params["sample_kimg"]) or level_done or final:
+        if self.crossed(before, nimg, train_params.sample_kimg) or level_done or final:
             with torch.no_grad():
                 G_ema = self.ready_to_sample(state)
                 images = to_resolution(
                     G_ema(self.grid_z.to(next(G_ema.parameters()).device)).float(), segment.resolution
                 )
             name = f"res{segment.resolution:04d}_kimg{nimg / 1000:08.2f}.png"
-            save_grid(to_uint8(images), self.dir / "samples" / name, train_params["grid_size"])
+            save_grid(to_uint8(images), self.dir / "samples" / name, train_params.grid_size)
         # a snapshot at the end of every resolution too: FID per resolution for growing models
         if (
-            self.crossed(before, nimg, train_params["snapshot_kimg"])
+            self.crossed(before, nimg, train_params.snapshot_kimg)
             or nimg >= self.total_nimg
             or final
-            or (level_done and train_params["snapshot_level_ends"])
+            or (level_done and train_params.snapshot_level_ends)
         ):
             self.snapshot(state, segment, alpha)
         if self.checkpoint_due(before, nimg, stop_nimg):
@@ -247,14 +247,14 @@ def trained_stats(
         dvclive=live.enabled,
         kernel_fallbacks=kernel_fallbacks(),
         cache_fingerprint=cache.fingerprint,
-        augment=cfg.params["augment"]["mode"],
+        augment=cfg.params.augment.mode,
         augment_p=augment_p(state),
-        xflip=cfg.params["xflip"],
+        xflip=cfg.params.xflip,
         data_space=spec.data_space.name,
-        ema_kimg=cfg.params["ema_kimg"],
+        ema_kimg=cfg.params.ema_kimg,
         batchnorm="re-estimated" if batchnorm_layers(state.G_ema) else "none",
         stopped_by=stopped_by,
-        budget_minutes=cfg.train["budget_minutes"],
+        budget_minutes=cfg.train.budget_minutes,
     )
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from facegan import settings
 from facegan.training import augment, losses
 from facegan.training.ada import AugmentPipe, SignTally
 from facegan.training.progressive import to_resolution
@@ -72,11 +73,11 @@ def _net_phases(net: str, regularised: bool, every: int) -> list[Phase]:
     return [Phase(f"{net}main", net, 1, True, False), Phase(f"{net}reg", net, every, False, True)]
 
 
-def build_phases(loss: dict) -> list[Phase]:
+def build_phases(loss: settings.LossSettings) -> list[Phase]:
     """The phases of a model's `loss` params, in its official order."""
-    g = _net_phases("G", loss["pl_weight"] > 0, loss["pl_every"])
-    d = _net_phases("D", loss["r1_gamma"] > 0, loss["r1_every"])
-    return g + d if loss["phase_order"] == "GD" else d + g
+    g = _net_phases("G", loss.pl_weight > 0, loss.pl_every)
+    d = _net_phases("D", loss.r1_gamma > 0, loss.r1_every)
+    return g + d if loss.phase_order == "GD" else d + g
 
 
 def lazy_interval(phases: list[Phase], net: str) -> int:
@@ -84,11 +85,11 @@ def lazy_interval(phases: list[Phase], net: str) -> int:
     return max((p.interval for p in phases if p.net == net and not p.main), default=1)
 
 
-def blur_sigma(loss: dict, nimg: int) -> float:
+def blur_sigma(loss: settings.LossSettings, nimg: int) -> float:
     """StyleGAN3-R's D blur: blur_init_sigma px at the start, linearly to 0 at blur_fade_kimg."""
-    if loss["blur_fade_kimg"] <= 0:
+    if loss.blur_fade_kimg <= 0:
         return 0.0
-    return max(1 - nimg / (loss["blur_fade_kimg"] * 1000), 0.0) * loss["blur_init_sigma"]
+    return max(1 - nimg / (loss.blur_fade_kimg * 1000), 0.0) * loss.blur_init_sigma
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -133,7 +134,7 @@ class GanLoss:
         D,
         style_based: bool,
         progressive: bool,
-        loss: dict,
+        loss: settings.LossSettings,
         all_mean: Callable[[torch.Tensor], torch.Tensor],
         compile: str = "none",
         data_space: DataSpace = UNIT,
@@ -167,8 +168,8 @@ class GanLoss:
         if self.style_based:
             ws = nets["mapping"](z, update_emas=update_emas)
             num_active = self.G.num_active_ws if self.progressive else ws.shape[1]
-            if self.loss["style_mixing_prob"] > 0 and num_active >= 2:
-                cutoff = mixing_cutoff(num_active, ws.shape[1], self.loss["style_mixing_prob"], ws.device)
+            if self.loss.style_mixing_prob > 0 and num_active >= 2:
+                cutoff = mixing_cutoff(num_active, ws.shape[1], self.loss.style_mixing_prob, ws.device)
                 mixed = nets["mapping"](torch.randn_like(z), update_emas=False)  # drawn on every call (official)
                 first = torch.arange(ws.shape[1], device=ws.device) < cutoff  # the layers that keep z's w
                 ws = torch.where(first.view(1, -1, 1), ws, mixed)
@@ -198,13 +199,13 @@ class GanLoss:
     def _g_terms(self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext) -> dict:
         terms = {}
         if phase.main:
-            terms[G_ADVERSARIAL] = losses.g_adversarial(self.loss["type"], self.run_D(self.run_G(z, ctx), ctx))
+            terms[G_ADVERSARIAL] = losses.g_adversarial(self.loss.type, self.run_D(self.run_G(z, ctx), ctx))
         if phase.reg:
             n = max(1, z.shape[0] // losses.PL_BATCH_SHRINK)
             images, ws = self.run_G(z[:n], ctx, return_ws=True, fast=False)
             penalty, self.pl_mean = losses.path_length(images, ws, self.pl_mean, self.all_mean)
             self.pl_mean = self.pl_mean.detach()
-            terms[G_PATH_LENGTH] = penalty * self.loss["pl_weight"]
+            terms[G_PATH_LENGTH] = penalty * self.loss.pl_weight
         return terms
 
     def _d_terms(self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext) -> dict:
@@ -216,21 +217,21 @@ class GanLoss:
         real_logits = self.run_D(real, ctx, fast=not phase.reg)
         self.real_signs.add(real_logits)  # ADA's statistic: every phase that shows D reals (official)
         if phase.main:
-            terms[D_ADVERSARIAL] = losses.d_adversarial(cfg["type"], real_logits, fake_logits)
-            if cfg["drift"] > 0:
-                terms[D_DRIFT] = losses.drift_penalty(real_logits, cfg["drift"])
-            if cfg["gp_weight"] > 0:
+            terms[D_ADVERSARIAL] = losses.d_adversarial(cfg.type, real_logits, fake_logits)
+            if cfg.drift > 0:
+                terms[D_DRIFT] = losses.drift_penalty(real_logits, cfg.drift)
+            if cfg.gp_weight > 0:
                 run_D = lambda images: self.run_D(images, ctx, fast=False)
-                terms[D_GRADIENT_PENALTY] = losses.gradient_penalty(run_D, real, fake, cfg["gp_weight"], ctx.gp_eps)
-            if cfg["bcr_real_lambda"] > 0 or cfg["bcr_fake_lambda"] > 0:
+                terms[D_GRADIENT_PENALTY] = losses.gradient_penalty(run_D, real, fake, cfg.gp_weight, ctx.gp_eps)
+            if cfg.bcr_real_lambda > 0 or cfg.bcr_fake_lambda > 0:
                 terms[D_CONSISTENCY] = losses.balanced_consistency(
                     lambda images: self.run_D(images, ctx),
-                    (real.detach(), real_logits, cfg["bcr_real_lambda"]),
-                    (fake, fake_logits, cfg["bcr_fake_lambda"]),
+                    (real.detach(), real_logits, cfg.bcr_real_lambda),
+                    (fake, fake_logits, cfg.bcr_fake_lambda),
                     augment.consistency_augment,
                 )
         if phase.reg:
-            terms[D_R1] = losses.r1_penalty(real_logits, real, cfg["r1_gamma"])
+            terms[D_R1] = losses.r1_penalty(real_logits, real, cfg.r1_gamma)
         return terms
 
 

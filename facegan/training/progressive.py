@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from facegan import settings
 from facegan.errors import UserError
 
 
@@ -62,15 +63,15 @@ def _per_level(values: list, level: int, fallback):
     return values[min(level, len(values) - 1)]
 
 
-def initial_level(cfg: dict) -> int:
-    return int(math.log2(cfg["initial_resolution"])) - 2
+def initial_level(cfg: settings.ProgressiveSettings) -> int:
+    return int(math.log2(cfg.initial_resolution)) - 2
 
 
-def growing_kimg(cfg: dict, final_level: int) -> float:
+def growing_kimg(cfg: settings.ProgressiveSettings, final_level: int) -> float:
     """kimg of every segment before the last level's train segment (the `progressive` block `cfg`)."""
     first = initial_level(cfg)
-    stable = sum(_per_level(cfg["stable_kimg"], level - first, 0.0) for level in range(first, final_level))
-    fade = sum(_per_level(cfg["fade_kimg"], level - first - 1, 0.0) for level in range(first + 1, final_level + 1))
+    stable = sum(_per_level(cfg.stable_kimg, level - first, 0.0) for level in range(first, final_level))
+    fade = sum(_per_level(cfg.fade_kimg, level - first - 1, 0.0) for level in range(first + 1, final_level + 1))
     return float(stable + fade)
 
 
@@ -82,37 +83,35 @@ class Schedule:
         self.total_nimg = segments[-1].end_nimg
 
     @classmethod
-    def flat(cls, model_params: dict, level: int) -> Schedule:
+    def flat(cls, model_params: settings.ModelSettings, level: int) -> Schedule:
         p = model_params
-        return cls([Segment(0, level, False, 0, round(p["kimg"] * 1000), p["batch_size"], p["lr_g"], p["lr_d"])])
+        return cls([Segment(0, level, False, 0, round(p.kimg * 1000), p.batch_size, p.lr_g, p.lr_d)])
 
     @classmethod
-    def progressive(cls, model: str, model_params: dict, final_level: int) -> Schedule:
-        p, cfg = model_params, model_params["progressive"]
+    def progressive(cls, model: str, model_params: settings.ModelSettings, final_level: int) -> Schedule:
+        p, cfg = model_params, model_params.progressive
         first = initial_level(cfg)
         if first > final_level:
             raise UserError(
-                f"models.{model}.progressive.initial_resolution={cfg['initial_resolution']} is above the final "
+                f"models.{model}.progressive.initial_resolution={cfg.initial_resolution} is above the final "
                 f"resolution {4 * 2**final_level}: lower it"
             )
         segments: list[Segment] = []
         nimg = 0
         for level in range(first, final_level + 1):
-            batch = _per_level(cfg["batch_sizes"], level, p["batch_size"])
-            lr_g, lr_d = _per_level(cfg["lrs"], level, p["lr_g"]), _per_level(cfg["lrs"], level, p["lr_d"])
+            batch = _per_level(cfg.batch_sizes, level, p.batch_size)
+            lr_g, lr_d = _per_level(cfg.lrs, level, p.lr_g), _per_level(cfg.lrs, level, p.lr_d)
             for fade in [True, False] if level > first else [False]:
                 if not fade and level == final_level:
-                    length = round(p["kimg"] * 1000) - nimg
+                    length = round(p.kimg * 1000) - nimg
                     if length <= 0:
                         raise UserError(
-                            f"models.{model}.kimg={p['kimg']} ends before the growing schedule reaches "
+                            f"models.{model}.kimg={p.kimg} ends before the growing schedule reaches "
                             f"{4 * 2**final_level}x{4 * 2**final_level} ({nimg / 1000:g} kimg): raise kimg or "
                             f"shorten models.{model}.progressive.stable_kimg/fade_kimg"
                         )
                 else:
-                    source, index = (
-                        (cfg["fade_kimg"], level - first - 1) if fade else (cfg["stable_kimg"], level - first)
-                    )
+                    source, index = (cfg.fade_kimg, level - first - 1) if fade else (cfg.stable_kimg, level - first)
                     length = round(_per_level(source, index, 0.0) * 1000)
                     if length <= 0:
                         continue  # a zero-length segment (e.g. no fade): skip it
@@ -121,7 +120,9 @@ class Schedule:
         return cls(segments)
 
     @classmethod
-    def for_model(cls, model: str, model_params: dict, final_level: int, progressive: bool) -> Schedule:
+    def for_model(
+        cls, model: str, model_params: settings.ModelSettings, final_level: int, progressive: bool
+    ) -> Schedule:
         if not progressive:
             return cls.flat(model_params, final_level)
         return cls.progressive(model, model_params, final_level)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 import models
-from facegan import handoff
+from facegan import handoff, settings
 from facegan.data.cache import FaceCache
 from facegan.training import distributed
 from facegan.training.ada import AdaRule, update_p
@@ -23,14 +23,14 @@ from facegan.training.progressive import Schedule, Segment, prepare_reals
 from facegan.training.state import TrainState
 
 
-def ema_beta(model_params: dict, batch: int, nimg: int) -> float:
+def ema_beta(model_params: settings.ModelSettings, batch: int, nimg: int) -> float:
     """Per-step G EMA decay for a half-life of ema_kimg, ramped up to ema_rampup * nimg, where nimg
     counts the images before this step (official: step 0 copies G)."""
-    half_life = model_params["ema_kimg"] * 1000
+    half_life = model_params.ema_kimg * 1000
     if half_life <= 0:
         return 0.0
-    if model_params["ema_rampup"] > 0:
-        half_life = min(half_life, nimg * model_params["ema_rampup"])
+    if model_params.ema_rampup > 0:
+        half_life = min(half_life, nimg * model_params.ema_rampup)
     return 0.5 ** (batch / max(half_life, 1e-8))
 
 
@@ -63,11 +63,13 @@ def lazy_adam(params, betas, interval: int, fused: bool = False) -> torch.optim.
     return torch.optim.Adam(params, lr=0.0, betas=tuple(b**ratio for b in betas), eps=1e-8, fused=fused or None)
 
 
-def learning_rates(segment: Segment, model_params: dict, nimg: int, total_nimg: int) -> tuple[float, float]:
+def learning_rates(
+    segment: Segment, model_params: settings.ModelSettings, nimg: int, total_nimg: int
+) -> tuple[float, float]:
     """(lr_g, lr_d) of a step: the segment's, times a linear decay to 0 over the last lr_decay_kimg."""
     decay = 1.0
-    if model_params["lr_decay_kimg"] > 0:
-        decay = min(max((total_nimg - nimg) / (model_params["lr_decay_kimg"] * 1000), 0.0), 1.0)
+    if model_params.lr_decay_kimg > 0:
+        decay = min(max((total_nimg - nimg) / (model_params.lr_decay_kimg * 1000), 0.0), 1.0)
     return segment.lr_g * decay, segment.lr_d * decay
 
 
@@ -132,14 +134,14 @@ def enter_step(
     state: TrainState,
     schedule: Schedule,
     spec: models.ModelSpec,
-    model_params: dict,
+    model_params: settings.ModelSettings,
     lazy: dict[str, float],
     device: torch.device,
 ) -> tuple[Segment, float]:
     """The step's segment and alpha, with the networks' level and the optimizers' lr set for it."""
     segment = schedule.segment_at(state.nimg)
     if segment.index != state.segment_index:  # entering a segment: a growing model's new block
-        reset = spec.progressive and model_params["progressive"]["reset_optimizer"]
+        reset = spec.progressive and model_params.progressive.reset_optimizer
         previous = schedule.segments[state.segment_index] if state.segment_index >= 0 else None
         if reset and previous is not None and new_level_of_detail(previous, segment):
             state.opt_G.state.clear(), state.opt_D.state.clear()
@@ -164,11 +166,11 @@ def new_level_of_detail(previous: Segment, segment: Segment) -> bool:
     return segment.fade or previous.fade
 
 
-def ada_rule(augment: dict) -> AdaRule | None:
+def ada_rule(augment: settings.AugmentSettings) -> AdaRule | None:
     """The adaptive p's rule of a model's `augment` params (None unless mode is ada)."""
-    if augment["mode"] != "ada":
+    if augment.mode != "ada":
         return None
-    return AdaRule(target=augment["target"], interval=augment["interval"], kimg=augment["kimg"])
+    return AdaRule(target=augment.target, interval=augment.interval, kimg=augment.kimg)
 
 
 @dataclass
@@ -199,7 +201,7 @@ class StepRunner:
 
     def __post_init__(self):
         self.lazy = {net: lazy_ratio(lazy_interval(self.phases, net)) for net in ("G", "D")}
-        self.ada = ada_rule(self.cfg.params["augment"])
+        self.ada = ada_rule(self.cfg.params.augment)
         self.autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def reals(self, draws: dict, segment: Segment, alpha: float) -> torch.Tensor:
@@ -207,7 +209,7 @@ class StepRunner:
         flips = None if draws["flips"] is None else self.world.shard(draws["flips"])
         images = self.cache.batch(self.world.shard(draws["idx"]).numpy(), self.device, flips)
         real = prepare_reals(images, segment.resolution, alpha)
-        if self.cfg.train["speed"]["channels_last"]:
+        if self.cfg.train.speed.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         return real
 
@@ -221,22 +223,20 @@ class StepRunner:
             state.step,
             batch,
             len(self.cache),
-            model_params["arch"]["z_dim"],
-            model_params["xflip"],
+            model_params.arch.z_dim,
+            model_params.xflip,
             self.phases,
-            model_params["loss"]["latents"],
+            model_params.loss.latents,
         )
         torch.manual_seed(step_seed(cfg.seed, state.step, world.rank + 1))  # the models' noise, mixing, augmentation
         real = self.reals(draws, segment, alpha)
-        ctx = StepContext(
-            segment.resolution, blur_sigma(model_params["loss"], state.nimg), world.shard(draws["gp_eps"])
-        )
+        ctx = StepContext(segment.resolution, blur_sigma(model_params.loss, state.nimg), world.shard(draws["gp_eps"]))
         terms = {}
         for phase in self.phases:
             if phase.runs_at(state.step):
                 z = world.shard(draws["z"][phase.name]).to(self.device)
-                terms.update(run_phase(state, phase, z, real, ctx, world, self.autocast, model_params["grad_clip_d"]))
-        update_ema(state.G_ema, state.G, ema_beta(model_params, batch, state.nimg), cfg.train["speed"]["foreach_ema"])
+                terms.update(run_phase(state, phase, z, real, ctx, world, self.autocast, model_params.grad_clip_d))
+        update_ema(state.G_ema, state.G, ema_beta(model_params, batch, state.nimg), cfg.train.speed.foreach_ema)
         seconds = time.perf_counter() - t0
         state.account(segment.name, batch, seconds, self.device)
         if self.ada is not None and state.step % self.ada.interval == 0:  # after every interval-th step (official)
