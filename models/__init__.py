@@ -103,11 +103,12 @@ def get_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
-def build(name: str, arch: dict, resolution: int) -> tuple[nn.Module, nn.Module]:
-    """Build (G, D) for `name` at `resolution`; a bad arch key is a one-line UserError."""
+def build(name: str, arch, resolution: int) -> tuple[nn.Module, nn.Module]:
+    """Build (G, D) for `name` at `resolution` from `models.<name>.arch` (its settings class, or a mapping of
+    the same keys); a bad arch key is a one-line UserError."""
     spec = get_spec(name)
     try:
-        return spec.build(resolution=resolution, **arch)
+        return spec.build(resolution=resolution, **dict(arch))
     except TypeError as err:
         raise UserError(f"models.{name}.arch does not fit {name}: {err}") from err
 
@@ -116,7 +117,7 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def from_snapshot(name: str, arch: dict, resolution: int, state: dict) -> nn.Module:
+def from_snapshot(name: str, arch, resolution: int, state: dict) -> nn.Module:
     """G_ema of a checkpoint/snapshot, in eval mode; a progressive snapshot keeps its level and alpha."""
     G, _ = build(name, arch, resolution)
     G.load_state_dict(state["G_ema"])
