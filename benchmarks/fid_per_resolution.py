@@ -108,8 +108,8 @@ def main() -> None:
                 "alpha": float(state.get("alpha", 1.0)),
                 "fid": fid_from_features(feats, reference),
                 "feature_spread_ratio": spread,
-                "precision": pr["precision"],
-                "recall": pr["recall"],
+                "precision": pr.precision,
+                "recall": pr.recall,
                 "num_gen": int(len(feats)),
                 "num_ref": int(len(reference)),
             }

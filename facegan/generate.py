@@ -131,7 +131,7 @@ def models_with_runs(runs_dir: Path) -> list[str]:
 
 
 def train_hint(model: str) -> str:
-    return f"train it with `dvc repro train@{model}` or `dvc exp run -S model={model}`"
+    return f"train it with `dvc repro train-{model}` or `dvc exp run -S model={model}`"
 
 
 def find_run(model: str, runs_dir: Path, config_dir: Path) -> Path:
@@ -164,7 +164,7 @@ def load_generator(model: str, run: Path, config_dir: Path, device: torch.device
     """G_ema as the train stage left it, built from the same params view it was trained with."""
     stats = check_trained(model, run)
     view = stage_params.load_model(model, config_dir)
-    retrain = f"re-run `dvc repro train@{model}`"
+    retrain = f"re-run `dvc repro train-{model}`"
     if view.resolution != stats.resolution:
         raise UserError(
             f"{run} was trained at {stats.resolution}x{stats.resolution} but the params now say "

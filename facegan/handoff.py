@@ -5,18 +5,17 @@ model, like facegan.settings' classes, which the views carry); it is written wit
 `write()` and read with `read()`, never as a bare dict. Reading checks the file against the
 declared shape: a missing key, an unknown key or a value of another type is a one-line
 `HandoffError` naming the file, the keys and the stage to re-run, instead of a silent `.get()`
-default further down (the bug this module exists to prevent: the report read
-`resolution_reached` while the loop wrote `resolutions_reached`).
+default further down, where a writer's renamed key would go unnoticed.
 
   file                                  shape                        written by     read by
   runs/config/<view>.json               DownloadView ... ReportView  configure      every stage
   data/raw/SOURCE.json                  RawSource                    download       preprocess
-  data/faces/meta.json                  FaceCacheMeta                preprocess     train@, reference_stats, ...
-  runs/<model>/train_stats.json         TrainedRun | SkippedRun      train@         evaluate@, report
-  metrics/<model>.json                  ModelMetrics | SkippedMetrics evaluate@     report, dvc metrics
-  evals/<model>/fid_vs_kimg.json        list[FidPoint]               evaluate@      report, dvc plots
-  evals/<model>/losses.json             list[LossPoint]              evaluate@      dvc plots
-  data/reference/meta.json              ReferenceMeta                reference_stats evaluate@, report
+  data/faces/meta.json                  FaceCacheMeta                preprocess     train-*, reference_stats, ...
+  runs/<model>/train_stats.json         TrainedRun | SkippedRun      train-*        evaluate-*, report
+  metrics/<model>.json                  ModelMetrics | SkippedMetrics evaluate-*    report, dvc metrics
+  evals/<model>/fid_vs_kimg.json        list[FidPoint]               evaluate-*     report, dvc plots
+  evals/<model>/losses.json             list[LossPoint]              evaluate-*     dvc plots
+  data/reference/meta.json              ReferenceMeta                reference_stats evaluate-*, report
   tune/<model>/study.json               TuneStudy                    facegan.tune   report
 """
 
@@ -203,7 +202,7 @@ class ReportView(Handoff):
 class HistoryRow(Handoff):
     """Training metrics averaged over one `train.log_kimg` interval."""
 
-    writer: ClassVar[str] = "train@<model>"
+    writer: ClassVar[str] = "train-<model>"
     kimg: float
     step: int
     train_seconds: float
@@ -220,7 +219,7 @@ class HistoryRow(Handoff):
 
 
 class SegmentStats(Handoff):
-    writer: ClassVar[str] = "train@<model>"
+    writer: ClassVar[str] = "train-<model>"
     seconds: float
     nimg: int
     steps: int
@@ -230,7 +229,7 @@ class SegmentStats(Handoff):
 
 
 class ScheduleEntry(Handoff):
-    writer: ClassVar[str] = "train@<model>"
+    writer: ClassVar[str] = "train-<model>"
     segment: str
     level: int
     resolution: int
@@ -240,14 +239,14 @@ class ScheduleEntry(Handoff):
 
 
 class SkippedRun(Handoff):
-    writer: ClassVar[str] = "train@<model>"
+    writer: ClassVar[str] = "train-<model>"
     status: Literal["skipped"]
     model: str
     reason: str
 
 
 class TrainedRun(Handoff):
-    writer: ClassVar[str] = "train@<model>"
+    writer: ClassVar[str] = "train-<model>"
     status: Literal["trained"]
     model: str
     paper: str
@@ -295,7 +294,7 @@ def read_train_stats(path: str | Path) -> TrainedRun | SkippedRun:
 class FidPoint(Handoff):
     """FID of one training snapshot (FID vs kimg)."""
 
-    writer: ClassVar[str] = "evaluate@<model>"
+    writer: ClassVar[str] = "evaluate-<model>"
     kimg: float
     train_hours: float | None
     fid: float
@@ -305,14 +304,14 @@ class FidPoint(Handoff):
 
 
 class SkippedMetrics(Handoff):
-    writer: ClassVar[str] = "evaluate@<model>"
+    writer: ClassVar[str] = "evaluate-<model>"
     status: Literal["skipped"]
     model: str
     reason: str
 
 
 class ModelMetrics(Handoff):
-    writer: ClassVar[str] = "evaluate@<model>"
+    writer: ClassVar[str] = "evaluate-<model>"
     status: Literal["trained"]
     model: str
     label_key: str  # facegan.metrics.labels key: how FID/KID/P&R are labelled wherever shown
@@ -346,7 +345,7 @@ class ModelSummary(Handoff):
     """metrics/<model>.json: the columns of `dvc exp show` (all None for a model this experiment skipped).
     Labels and sample counts are in the full file (ModelMetrics) and the report."""
 
-    writer: ClassVar[str] = "evaluate@<model>"
+    writer: ClassVar[str] = "evaluate-<model>"
     fid: float | None
     fid_std: float | None
     kid: float | None
@@ -381,7 +380,7 @@ def read_metrics(path: str | Path) -> ModelMetrics | SkippedMetrics:
 class LossPoint(Handoff):
     """One row of evals/<model>/losses.json: flat, so that `dvc plots` can draw each term."""
 
-    writer: ClassVar[str] = "evaluate@<model>"
+    writer: ClassVar[str] = "evaluate-<model>"
     kimg: float
     loss_D: float  # the adversarial terms under fixed names, so one plot definition serves every model
     loss_G: float

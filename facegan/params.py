@@ -101,6 +101,11 @@ def _section_at(loc: tuple) -> type[settings.Section] | None:
     return section
 
 
+RETIRED = {  # keys an older params.yaml may still hold -> why they went, and the fix
+    "data.raw_dir": "the source images are always in data/raw, dvc.yaml's download output; delete the key",
+}
+
+
 def problem_line(error: dict, params: dict, where: Callable[[str], str]) -> str:
     """One pydantic error as the one line a user reads: the key as written, and what is allowed."""
     loc = tuple(error["loc"])
@@ -113,6 +118,8 @@ def problem_line(error: dict, params: dict, where: Callable[[str], str]) -> str:
         return f"params.yaml has no '{key}': restore it from git (git checkout params.yaml)"
     section = _section_at(loc)
     if kind == "extra_forbidden":
+        if key in RETIRED:
+            return f"param '{where(key)}' is no longer read: {RETIRED[key]}"
         allowed = ", ".join(section.model_fields) if section is not None else "none"
         return f"unknown param '{where(key)}' in params.yaml; allowed keys here: {allowed}"
     value = _value_at(params, field_loc)

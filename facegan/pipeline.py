@@ -5,13 +5,13 @@
 
 DVC can only promise that a cached result was made by the code in the repo if every stage
 depends on all the code it runs. Kept by hand, those lists drift (a shared layer or a kernel
-missing from train@, the model code missing from evaluate@), so they are derived here:
+missing from a train stage, the model code missing from an evaluate stage), so they are derived here:
 
 - a stage's code dependencies are the project files its script imports, directly or through
   other modules (import statements anywhere in a module, read from the source, not executed),
   plus the non-Python files a module names beside itself (`Path(__file__).with_name(...)`);
 - the per-model stages also import `models/<name>.py` (loaded by name at run time), and each
-  model's closure is its own: train@dcgan does not depend on StyleGAN3's code;
+  model's closure is its own: train-dcgan does not depend on StyleGAN3's code;
 - the models are the keys of params.yaml's `models` section, so a new model is its module plus
   its params section, and this command adds its stages, report inputs and plots.
 
@@ -43,6 +43,8 @@ HEADER = """\
 # Params flow from params.yaml (profile applied) through `configure`, which writes each stage's
 # own view of them (runs/config/<view>.json); each stage depends on its view and on every project
 # file it imports, so changing one model's params or one model's code re-runs only that model.
+# Each model has its own train-<model> and evaluate-<model> stage, written out in full so that each
+# lists exactly its own code files (a foreach could not: DVC splices no lists into deps).
 """
 
 
@@ -199,38 +201,35 @@ def _uncached(files: tuple[str, ...], extra: dict | None = None) -> list[dict]:
     return [{path: {"cache": False, **(extra or {})}} for path in files]
 
 
-def stage_entry(stage: Stage, models: list[str], root: Path = ROOT) -> dict:
-    entry: dict = {"cmd": f"python -m {stage.script}" + (" ${key}" if stage.per_model else "")}
-    if stage.per_model:
-        per_model = {m: code_deps(stage, m, root) for m in models}
-        shared = sorted(set.intersection(*(set(d) for d in per_model.values())))
-        own = {m: [d for d in deps if d not in shared] for m, deps in per_model.items()}
-        slots = max(len(d) for d in own.values())
-        # DVC cannot splice a list into deps, so each model's own files fill numbered slots (repeating its
-        # module where it has fewer files than the model with the most)
-        entry["foreach"] = {
-            m: {f"code{i}": (d + [f"models/{m}.py"] * slots)[i] for i in range(slots)} for m, d in own.items()
-        }
-        deps = shared + [f"${{item.code{i}}}" for i in range(slots)]
-        reads = [p.replace("{model}", "${key}") for p in stage.reads]
-    else:
-        deps = code_deps(stage, None, root)
-        reads = list(stage.reads) + [p.replace("{model}", m) for p in stage.every_model for m in models]
-    entry["deps"] = deps + reads
+def stage_name(stage: Stage, model: str | None = None) -> str:
+    """`train-dcgan`: DVC names a stage with letters, digits, `_` and `-` only (its `@` is foreach's)."""
+    return f"{stage.name}-{model}" if model else stage.name
+
+
+def stage_entry(stage: Stage, models: list[str], model: str | None = None, root: Path = ROOT) -> dict:
+    """One stage, or one model's copy of a per-model stage, written out in full: DVC cannot splice a list
+    into `deps`, so a `foreach` could not give each model its own list of code files."""
+    for_model = (lambda p: p.replace("{model}", model)) if model else (lambda p: p)
+    entry: dict = {"cmd": f"python -m {stage.script}" + (f" {model}" if model else "")}
+    reads = [for_model(p) for p in stage.reads] + [p.replace("{model}", m) for p in stage.every_model for m in models]
+    entry["deps"] = code_deps(stage, model, root) + reads
     if stage.params:
         entry["params"] = list(stage.params)
-    per = (lambda p: p.replace("{model}", "${key}")) if stage.per_model else (lambda p: p)
     if stage.outs or stage.records:
         # records are cached like any output: DVC keeps no run-cache entry for a stage with an uncached plain
         # output (only metrics and plots may be), and `dvc exp run -S model=x` would then train again
-        entry["outs"] = [per(p) for p in (*stage.outs, *stage.records)]
+        entry["outs"] = [for_model(p) for p in (*stage.outs, *stage.records)]
     if stage.metrics:
-        entry["metrics"] = _uncached(tuple(per(p) for p in stage.metrics))
+        entry["metrics"] = _uncached(tuple(for_model(p) for p in stage.metrics))
     if stage.plots:
-        entry["plots"] = _uncached(tuple(per(p) for p in stage.plots), {"x": "step"})
-    if stage.per_model:
-        return {"foreach": entry.pop("foreach"), "do": entry}
+        entry["plots"] = _uncached(tuple(for_model(p) for p in stage.plots), {"x": "step"})
     return entry
+
+
+def stage_entries(stage: Stage, models: list[str], root: Path = ROOT) -> dict[str, dict]:
+    if not stage.per_model:
+        return {stage_name(stage): stage_entry(stage, models, None, root)}
+    return {stage_name(stage, m): stage_entry(stage, models, m, root) for m in models}
 
 
 def top_level_plots(models: list[str]) -> list:
@@ -271,7 +270,7 @@ def generate(root: Path = ROOT) -> Generated:
     params = params_module.read_yaml(root / "params.yaml")
     models = list(params["models"])
     pipeline = {
-        "stages": {s.name: stage_entry(s, models, root) for s in stages(models)},
+        "stages": {name: entry for s in stages(models) for name, entry in stage_entries(s, models, root).items()},
         "plots": top_level_plots(models),
     }
     dvc_text = HEADER + yaml.safe_dump(pipeline, sort_keys=False, width=120)

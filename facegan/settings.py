@@ -113,7 +113,6 @@ class AlignSettings(Section):
 
 class DataSettings(Section):
     source: choice("celeba", "url", "folder", "synthetic", allowed="one of celeba, url, folder, synthetic")
-    raw_dir: str
     url: str
     sha256: str
     folder: str
@@ -304,11 +303,11 @@ class Stylegan3Arch(MappingArch):
 
 
 class StyleswinArch(MappingArch):
-    window_size: Width
+    window_size: Annotated[int, power_of_two(2, 1 << 30, "a power of two >= 2")]
     window_layout: choice("masked", "split")
     blocks_per_stage: Width
     head_dim: Width
-    min_heads: Width
+    min_heads: Annotated[int, rule(lambda v: v >= 2, "2 or more heads")]
     mlp_ratio: Annotated[float, positive("a positive ratio")]
     g_channel_base: Width
     d_channel_base: Width

@@ -4,7 +4,7 @@ The search space is `tune.space.<model>` in params.yaml: keys of the model's sec
 `loss.r1_gamma`), each `[log, low, high]`, `[uniform, low, high]` or `[choice, a, b, ...]`.
 Each trial is a short training run as a DVC experiment:
 
-    dvc exp run train@<model> --name tune-<model>-<tag>-<n> -S models.<model>.<key>=<value> ...
+    dvc exp run train-<model> --name tune-<model>-<tag>-<n> -S models.<model>.<key>=<value> ...
                               -S models.<model>.kimg=<tune.kimg> -S train.snapshot_kimg=<tune.snapshot_kimg>
 
 (written under `profiles.<profile>.` where the active profile sets a key, so that the profile does not
@@ -170,7 +170,7 @@ class SnapshotScorer:
 
     def __init__(self, model: str, params: dict, num_gen: int, reference_dir: Path = paths.REFERENCE_DIR):
         from facegan.device import resolve_device
-        from facegan.metrics.evaluate import seeds_for
+        from facegan.metrics.evaluate import EvalSeeds
         from facegan.metrics.features import build_extractor
         from facegan.metrics.reference import load_features
 
@@ -189,7 +189,7 @@ class SnapshotScorer:
                 f"{self.extractor.kind} at {self.resolution}px: run `dvc repro reference_stats` first"
             )
         self.reference = load_features(reference_dir)
-        self.seed = seeds_for(params["seed"], 1)["snapshots"]
+        self.seed = EvalSeeds.of(params["seed"], 1).snapshots
 
     def fid(self, weights: dict, arch: dict) -> float:
         import models
@@ -447,7 +447,7 @@ def one_trial(model, tag, trial, values, tune, raw, scorer, folder) -> Trial:
     settings = trial_settings(model, tune, values)
     merged = deep_merge(load_raw_merged(raw), nest(settings))
     arch = merged["models"][model]["arch"]
-    command = [sys.executable, "-m", "dvc", "exp", "run", f"train@{model}", "--name", name]
+    command = [sys.executable, "-m", "dvc", "exp", "run", f"train-{model}", "--name", name]
     for key, value in placed(raw, settings).items():
         command += ["-S", set_flag(key, value)]
     record = Trial(trial.number, values, name)

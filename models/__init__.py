@@ -21,8 +21,9 @@ code trains in another range (StyleSwin: ImageNet-normalised reals) names it in 
 its synthesis network ends with `data_space.to_unit`, and the training loss moves reals and fakes into
 that space (`from_unit`) before D sees them, so that D, R1 and augmentations work in the official units.
 
-`build(arch, resolution)` receives the model's `arch` section of params.yaml as keyword
-arguments; constructors take explicit, documented hyper-parameters, never globals.
+A model's `build(resolution, arch)` receives its `arch` section of params.yaml as the typed class that
+facegan.settings declares for it (the one place its keys are listed); constructors take explicit,
+documented hyper-parameters, never globals.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from pydantic import ValidationError
 
+from facegan import settings
 from facegan.errors import UserError
 
 
@@ -103,14 +106,27 @@ def get_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
+def arch_settings(name: str, arch) -> settings.Section:
+    """`models.<name>.arch` as its settings class: a mapping of the same keys (benchmarks, tests, the
+    verification scripts) is checked by the same rules as params.yaml, with a one-line error."""
+    cls = settings.model_settings_class(name).model_fields["arch"].annotation
+    if isinstance(arch, cls):
+        return arch
+    try:
+        return cls.model_validate(dict(arch))
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = f"models.{name}.arch." + ".".join(str(part) for part in first["loc"])
+        if first["type"] in ("missing", "extra_forbidden"):
+            raise UserError(f"{key}: {first['msg'].lower()} (the keys are facegan.settings' {cls.__name__})") from None
+        must = "must be " if first["type"] == "rule" else ""
+        raise UserError(f"{key} = {first['input']!r} is invalid: {must}{first['msg']}") from None
+
+
 def build(name: str, arch, resolution: int) -> tuple[nn.Module, nn.Module]:
     """Build (G, D) for `name` at `resolution` from `models.<name>.arch` (its settings class, or a mapping of
-    the same keys); a bad arch key is a one-line UserError."""
-    spec = get_spec(name)
-    try:
-        return spec.build(resolution=resolution, **dict(arch))
-    except TypeError as err:
-        raise UserError(f"models.{name}.arch does not fit {name}: {err}") from err
+    the same keys)."""
+    return get_spec(name).build(resolution, arch_settings(name, arch))
 
 
 def count_params(module: nn.Module) -> int:

@@ -36,6 +36,7 @@ import math
 import torch
 import torch.nn as nn
 
+from facegan import settings
 from models import ModelSpec, register
 
 
@@ -91,10 +92,10 @@ class DCGANDiscriminator(nn.Module):
         return self.net(images).flatten()
 
 
-def build(resolution: int, z_dim: int, g_channels: int, d_channels: int, max_channels: int):
+def build(resolution: int, arch: settings.DcganArch) -> tuple[nn.Module, nn.Module]:
     return (
-        DCGANGenerator(resolution, z_dim, g_channels, max_channels),
-        DCGANDiscriminator(resolution, d_channels, max_channels),
+        DCGANGenerator(resolution, arch.z_dim, arch.g_channels, arch.max_channels),
+        DCGANDiscriminator(resolution, arch.d_channels, arch.max_channels),
     )
 
 

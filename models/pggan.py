@@ -52,6 +52,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facegan import settings
 from facegan.errors import UserError
 from models import ModelSpec, layers, register
 
@@ -180,13 +181,11 @@ class Discriminator(Progress):
         return self.epilogue(x)
 
 
-def build(
-    resolution: int, z_dim: int, fmap_base: int, fmap_max: int, mbstd_group_size: int
-) -> tuple[nn.Module, nn.Module]:
+def build(resolution: int, arch: settings.PgganArch) -> tuple[nn.Module, nn.Module]:
     """(G, D) from models.pggan.arch, both at the final level until set_progress says otherwise."""
     return (
-        Generator(resolution, z_dim, fmap_base, fmap_max),
-        Discriminator(resolution, fmap_base, fmap_max, mbstd_group_size),
+        Generator(resolution, arch.z_dim, arch.fmap_base, arch.fmap_max),
+        Discriminator(resolution, arch.fmap_base, arch.fmap_max, arch.mbstd_group_size),
     )
 
 

@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facegan import settings
 from facegan.errors import UserError
 from facegan.ops import bias_act, filter2d, setup_filter
 from models import ModelSpec, layers, register
@@ -298,35 +299,25 @@ class Discriminator(nn.Module):
         return self.epilogue(x.to(torch.float32))
 
 
-def build(
-    resolution: int,
-    z_dim: int,
-    w_dim: int,
-    mapping_layers: int,
-    mapping_lr_multiplier: float,
-    fmap_base: int,
-    fmap_max: int,
-    num_fp16_res: int,
-    conv_clamp: int,
-    mbstd_group_size: int,
-    img_channels: int = 3,
-) -> tuple[nn.Module, nn.Module]:
+def build(resolution: int, arch: settings.StyleganArch, img_channels: int = 3) -> tuple[nn.Module, nn.Module]:
     """(G, D) from models.stylegan.arch. conv_clamp 0 disables the clamp (the paper had none)."""
     layers.check_resolution("stylegan", resolution)
-    clamp = conv_clamp if conv_clamp > 0 else None
+    clamp = arch.conv_clamp if arch.conv_clamp > 0 else None
     G = Generator(
         resolution,
-        z_dim,
-        w_dim,
-        mapping_layers,
-        mapping_lr_multiplier,
-        fmap_base,
-        fmap_max,
-        num_fp16_res=num_fp16_res,
+        arch.z_dim,
+        arch.w_dim,
+        arch.mapping_layers,
+        arch.mapping_lr_multiplier,
+        arch.fmap_base,
+        arch.fmap_max,
+        num_fp16_res=arch.num_fp16_res,
         conv_clamp=clamp,
         img_channels=img_channels,
     )
-    D = Discriminator(resolution, img_channels, fmap_base, fmap_max, mbstd_group_size, num_fp16_res, clamp)
+    D = Discriminator(
+        resolution, img_channels, arch.fmap_base, arch.fmap_max, arch.mbstd_group_size, arch.num_fp16_res, clamp
+    )
     return G, D
 
 

@@ -54,6 +54,7 @@ import math
 import torch
 import torch.nn as nn
 
+from facegan import settings
 from facegan.ops import bias_act, setup_filter, upsample2d
 from models import ModelSpec, layers, register
 
@@ -214,36 +215,24 @@ class Generator(nn.Module):
         return self.synthesis(ws, noise_mode)
 
 
-def build(
-    resolution: int,
-    z_dim: int,
-    w_dim: int,
-    mapping_layers: int,
-    mapping_lr_multiplier: float,
-    channel_base: int,
-    channel_max: int,
-    num_fp16_res: int,
-    conv_clamp: int,
-    mbstd_group_size: int,
-    img_channels: int = 3,
-) -> tuple[nn.Module, nn.Module]:
+def build(resolution: int, arch: settings.Stylegan2Arch, img_channels: int = 3) -> tuple[nn.Module, nn.Module]:
     """(G, D) from models.stylegan2.arch. conv_clamp 0 disables the clamp."""
     layers.check_resolution("stylegan2", resolution)
-    clamp = conv_clamp if conv_clamp > 0 else None
+    clamp = arch.conv_clamp if arch.conv_clamp > 0 else None
     G = Generator(
         resolution,
-        z_dim,
-        w_dim,
-        mapping_layers,
-        mapping_lr_multiplier,
-        channel_base,
-        channel_max,
-        num_fp16_res,
+        arch.z_dim,
+        arch.w_dim,
+        arch.mapping_layers,
+        arch.mapping_lr_multiplier,
+        arch.channel_base,
+        arch.channel_max,
+        arch.num_fp16_res,
         clamp,
         img_channels,
     )
     D = layers.ResidualDiscriminator(
-        resolution, img_channels, channel_base, channel_max, mbstd_group_size, clamp, num_fp16_res
+        resolution, img_channels, arch.channel_base, arch.channel_max, arch.mbstd_group_size, clamp, arch.num_fp16_res
     )
     return G, D
 

@@ -57,6 +57,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facegan import settings
 from facegan.errors import UserError
 from facegan.ops import filtered_lrelu
 from models import ModelSpec, layers, register
@@ -412,62 +413,41 @@ class Generator(nn.Module):
         return self.synthesis(ws)
 
 
-CONFIGS = ("t", "r")
-
-
-def build(
-    resolution: int,
-    config: str,
-    z_dim: int,
-    w_dim: int,
-    mapping_layers: int,
-    mapping_lr_multiplier: float,
-    channel_base: int,
-    channel_max: int,
-    num_layers: int,
-    num_critical: int,
-    margin: int,
-    output_scale: float,
-    num_fp16_res: int,
-    conv_clamp: int,
-    magnitude_ema_beta: float,
-    mbstd_group_size: int,
-    img_channels: int = 3,
-) -> tuple[nn.Module, nn.Module]:
+def build(resolution: int, arch: settings.Stylegan3Arch, img_channels: int = 3) -> tuple[nn.Module, nn.Module]:
     """(G, D) from models.stylegan3.arch. config 'r' doubles the G widths (not D's) and uses 1x1
     convs and radial filters. conv_clamp 0 disables the clamp. magnitude_ema_beta: the official
     code uses 0.5 ** (batch_size / 20k), i.e. a half-life of 20k images."""
-    if config not in CONFIGS:
-        raise UserError(f"models.stylegan3.arch.config = {config!r} is invalid: use t or r")
-    if num_layers <= num_critical:
-        raise UserError(f"models.stylegan3.arch: num_layers ({num_layers}) must exceed num_critical ({num_critical})")
+    if arch.num_layers <= arch.num_critical:
+        raise UserError(
+            f"models.stylegan3.arch: num_layers ({arch.num_layers}) must exceed num_critical ({arch.num_critical})"
+        )
     layers.check_resolution("stylegan3", resolution, smallest=16)
-    clamp = conv_clamp if conv_clamp > 0 else None
-    scale = 2 if config == "r" else 1
+    clamp = arch.conv_clamp if arch.conv_clamp > 0 else None
+    scale = 2 if arch.config == "r" else 1
     G = Generator(
         resolution,
-        z_dim,
-        w_dim,
-        mapping_layers,
-        mapping_lr_multiplier,
+        arch.z_dim,
+        arch.w_dim,
+        arch.mapping_layers,
+        arch.mapping_lr_multiplier,
         img_channels,
-        channel_base=channel_base * scale,
-        channel_max=channel_max * scale,
-        num_layers=num_layers,
-        num_critical=num_critical,
+        channel_base=arch.channel_base * scale,
+        channel_max=arch.channel_max * scale,
+        num_layers=arch.num_layers,
+        num_critical=arch.num_critical,
         first_cutoff=FIRST_CUTOFF,
         first_stopband=FIRST_STOPBAND,
         last_stopband_rel=LAST_STOPBAND_REL,
-        margin=margin,
-        output_scale=output_scale,
-        conv_kernel=1 if config == "r" else 3,
-        use_radial_filters=config == "r",
-        num_fp16_res=num_fp16_res,
+        margin=arch.margin,
+        output_scale=arch.output_scale,
+        conv_kernel=1 if arch.config == "r" else 3,
+        use_radial_filters=arch.config == "r",
+        num_fp16_res=arch.num_fp16_res,
         conv_clamp=clamp,
-        magnitude_ema_beta=magnitude_ema_beta,
+        magnitude_ema_beta=arch.magnitude_ema_beta,
     )
     D = layers.ResidualDiscriminator(
-        resolution, img_channels, channel_base, channel_max, mbstd_group_size, clamp, num_fp16_res
+        resolution, img_channels, arch.channel_base, arch.channel_max, arch.mbstd_group_size, clamp, arch.num_fp16_res
     )
     return G, D
 

@@ -100,6 +100,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facegan import settings
 from facegan.errors import UserError
 from facegan.ops import bias_act, downsample2d, setup_filter, upfirdn2d, upsample2d
 from models import IMAGENET, ModelSpec, layers, register
@@ -687,51 +688,26 @@ class WaveletDiscriminator(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-def build(
-    resolution: int,
-    z_dim: int,
-    w_dim: int,
-    mapping_layers: int,
-    mapping_lr_multiplier: float,
-    window_size: int,
-    window_layout: str,
-    blocks_per_stage: int,
-    head_dim: int,
-    min_heads: int,
-    mlp_ratio: float,
-    g_channel_base: int,
-    d_channel_base: int,
-    channel_max: int,
-):
+def build(resolution: int, arch: settings.StyleswinArch) -> tuple[nn.Module, nn.Module]:
     """(G, D) from models.styleswin.arch; see the module docstring for what each key sizes."""
-
-    def power_of_two(v: int) -> bool:
-        return v >= 1 and v & (v - 1) == 0
-
-    if not power_of_two(resolution) or resolution < 16:
+    if resolution < 16 or resolution & (resolution - 1):
         raise UserError(f"styleswin needs a power-of-two resolution >= 16, got {resolution}: change data.resolution")
-    if not power_of_two(window_size) or window_size < 2:
-        raise UserError(f"models.styleswin.arch.window_size = {window_size}: use a power of two >= 2")
-    if blocks_per_stage < 1 or head_dim < 1 or min_heads < 2 or mlp_ratio <= 0:
-        raise UserError(
-            "models.styleswin.arch: blocks_per_stage and head_dim must be >= 1, min_heads >= 2 and mlp_ratio > 0"
-        )
     G = StyleSwinGenerator(
         resolution,
-        z_dim,
-        w_dim,
-        mapping_layers,
-        mapping_lr_multiplier,
-        channel_base=g_channel_base,
-        channel_max=channel_max,
-        window_size=window_size,
-        window_layout=window_layout,
-        blocks_per_stage=blocks_per_stage,
-        head_dim=head_dim,
-        min_heads=min_heads,
-        mlp_ratio=mlp_ratio,
+        arch.z_dim,
+        arch.w_dim,
+        arch.mapping_layers,
+        arch.mapping_lr_multiplier,
+        channel_base=arch.g_channel_base,
+        channel_max=arch.channel_max,
+        window_size=arch.window_size,
+        window_layout=arch.window_layout,
+        blocks_per_stage=arch.blocks_per_stage,
+        head_dim=arch.head_dim,
+        min_heads=arch.min_heads,
+        mlp_ratio=arch.mlp_ratio,
     )
-    D = WaveletDiscriminator(resolution, d_channel_base, channel_max)
+    D = WaveletDiscriminator(resolution, arch.d_channel_base, arch.channel_max)
     return G, D
 
 

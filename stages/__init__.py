@@ -16,7 +16,7 @@ def start_stage() -> None:
 
 
 def start_model_stage(doc: str) -> str:
-    """Common start of the per-model stages (train@, evaluate@): the model name, logging set up."""
+    """Common start of the per-model stages (train-<model>, evaluate-<model>): the model name, logging set up."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("model", help="a model of params.yaml's `models` section")
     args = parser.parse_args()

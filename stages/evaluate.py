@@ -1,4 +1,4 @@
-"""Stage `evaluate@<model>`: every metric of a trained generator, FID along its snapshots, and its pictures.
+"""Stage `evaluate-<model>`: every metric of a trained generator, FID along its snapshots, and its pictures.
 
 Writes metrics/<model>.json (facegan.handoff.ModelSummary: the few numbers `dvc exp show` lists) and
 evals/<model>/:

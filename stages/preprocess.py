@@ -9,12 +9,11 @@ manifest.csv, preview.png} and reports/preprocess.json.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from facegan import stage_params
 from facegan.data.preprocess import preprocess
 from facegan.errors import stage_main
-from facegan.paths import CACHE_DIR, PREPROCESS_REPORT
+from facegan.paths import CACHE_DIR, PREPROCESS_REPORT, RAW_DIR
 from stages import start_stage
 
 
@@ -22,7 +21,7 @@ from stages import start_stage
 def main() -> None:
     start_stage()
     data = stage_params.load("preprocess").data
-    report = preprocess(data, Path(data.raw_dir), CACHE_DIR, PREPROCESS_REPORT)
+    report = preprocess(data, RAW_DIR, CACHE_DIR, PREPROCESS_REPORT)
     rejected = ", ".join(f"{k}: {v}" for k, v in report["rejected"].items()) or "none rejected"
     logging.info(
         "kept %d of %d images (%s), %.1f images/s",

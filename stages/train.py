@@ -1,4 +1,4 @@
-"""Stage `train@<model>`: train one GAN of the study on the face cache.
+"""Stage `train-<model>`: train one GAN of the study on the face cache.
 
 Writes runs/<model>/: G_ema.pt (final EMA generator), snapshots/ (G_ema every
 train.snapshot_kimg), samples/ (grids of fixed latents, `res<RRRR>_kimg<kimg>.png`: one every

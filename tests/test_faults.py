@@ -273,8 +273,8 @@ def test_training_killed_during_a_checkpoint_write_resumes_to_the_uninterrupted_
 
 def test_a_missing_trained_generator_names_the_stage_to_run(tmp_path):
     with pytest.raises(UserError) as err:
-        checkpoint.load(tmp_path / "runs/dcgan/G_ema.pt", fix="run `dvc repro -f train@dcgan`")
-    assert "G_ema.pt is missing: run `dvc repro -f train@dcgan`" in one_line(err)
+        checkpoint.load(tmp_path / "runs/dcgan/G_ema.pt", fix="run `dvc repro -f train-dcgan`")
+    assert "G_ema.pt is missing: run `dvc repro -f train-dcgan`" in one_line(err)
     (tmp_path / "last.pt").write_bytes(b"garbage")
     with pytest.raises(UserError, match="delete .*last.pt to start the run over"):
         checkpoint.load(tmp_path / "last.pt")

@@ -15,7 +15,7 @@ from facegan.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 32  # the demo profile's data.resolution
-TRAIN_HINT = "`dvc repro train@{m}` or `dvc exp run -S model={m}`"
+TRAIN_HINT = "`dvc repro train-{m}` or `dvc exp run -S model={m}`"
 
 
 def trained_stats(model: str) -> handoff.TrainedRun:

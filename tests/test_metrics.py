@@ -11,9 +11,9 @@ from PIL import Image
 from facegan.errors import UserError
 from facegan.metrics import weights
 from facegan.metrics.features import Extractor, build_extractor, extract, resize_for_inception
-from facegan.metrics.fid import fid_from_features, fid_of_folders, folder_batches, spread
+from facegan.metrics.fid import Spread, fid_from_features, fid_of_folders, folder_batches, spread
 from facegan.metrics.ppl import LpipsDistance, build_lpips, load_vgg_backbone, path_length, slerp, trimmed_mean
-from facegan.metrics.precision_recall import precision_recall
+from facegan.metrics.precision_recall import PrecisionRecall, precision_recall
 from tests.helpers import eval_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,8 +168,8 @@ def test_missing_weights_offline_name_both_fixes_and_leave_no_partial_file(tmp_p
 
 
 def test_fid_spread_reports_mean_and_sample_std():
-    assert spread([10.0, 12.0, 14.0]) == {"mean": 12.0, "std": 2.0, "values": [10.0, 12.0, 14.0]}
-    assert spread([7.5])["std"] == 0.0
+    assert spread([10.0, 12.0, 14.0]) == Spread(mean=12.0, std=2.0, values=[10.0, 12.0, 14.0])
+    assert spread([7.5]).std == 0.0
 
 
 def test_fid_grows_with_the_distance_between_feature_sets():
@@ -184,7 +184,7 @@ def test_precision_recall_on_a_hand_checked_example():
     fake = np.array([[0.5], [5.0], [1.5], [9.0]])
     # k=1 radii: real all 1; fake 1, 3.5, 1, 4. Precision: 0.5 and 1.5 are within 1 of a real point, 5 and 9 are not.
     # Recall: 0, 1, 2 are within 1 of 0.5 or 1.5; 3 is within 3.5 of 5.
-    assert precision_recall(real, fake, k=1) == {"precision": 0.5, "recall": 1.0, "num": 4, "k": 1}
+    assert precision_recall(real, fake, k=1) == PrecisionRecall(precision=0.5, recall=1.0, num=4, k=1)
 
 
 def test_precision_recall_tell_fidelity_from_collapse():
@@ -193,9 +193,9 @@ def test_precision_recall_tell_fidelity_from_collapse():
     same = precision_recall(real, rng.normal(size=(300, 16)), k=3)
     collapsed = precision_recall(real, real[:1] + 0.01 * rng.normal(size=(300, 16)), k=3)
     far = precision_recall(real, rng.normal(size=(300, 16)) + 10, k=3)
-    assert same["precision"] > 0.7 and same["recall"] > 0.7
-    assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.05
-    assert far["precision"] == 0.0 and far["recall"] == 0.0
+    assert same.precision > 0.7 and same.recall > 0.7
+    assert collapsed.precision == 1.0 and collapsed.recall < 0.05
+    assert far.precision == 0.0 and far.recall == 0.0
 
 
 def test_slerp_keeps_endpoints_and_moves_along_the_great_circle():
@@ -245,7 +245,7 @@ MSE = LpipsDistance(lambda a, b: ((a - b) ** 2).mean(dim=(1, 2, 3)), "test")
 
 
 def ppl_of(G, space="w", sampling="full", num=64, epsilon=1e-4):
-    return path_length(G, MSE, space, sampling, num, epsilon, 16, seed=7, crop=False, device=CPU)["ppl"]
+    return path_length(G, MSE, space, sampling, num, epsilon, 16, seed=7, crop=False, device=CPU).ppl
 
 
 def test_ppl_in_w_of_a_linear_generator_matches_the_closed_form():

@@ -71,6 +71,7 @@ def test_quick_profile_is_celeba_at_64px_an_hour_a_model_and_fid_on_10k(tmp_path
         ({"models": {"dcgan": {"dropout": 0.1}}}, "unknown param 'models.dcgan.dropout'"),
         ({"models": {"dcgan": {"xflip": "yes"}}}, "param 'models.dcgan.xflip' must be true/false"),
         ({"train": {"xflip": True}}, "unknown param 'train.xflip'"),  # per model now
+        ({"data": {"raw_dir": "elsewhere"}}, "param 'data.raw_dir' is no longer read: the source images are always in"),
         (
             {"models": {"stylegan2": {"augment": {"mode": "always"}}}},
             "param 'models.stylegan2.augment.mode' = 'always' is invalid: must be ada, fixed or none",
@@ -235,3 +236,22 @@ def test_rules_between_params_stop_configure_before_any_stage(tmp_path, override
 
 def test_a_batch_split_over_the_processes_passes(tmp_path):
     assert load(tmp_path, {"placement": {"gpus": 4}})["placement"]["gpus"] == 4
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_each_model_builds_from_exactly_the_keys_of_its_arch_section(tmp_path, model):
+    """The arch keys are written once, in facegan.settings: the model's build reads each of them."""
+    import inspect
+    import re
+
+    import models
+
+    arch = load(tmp_path, {})["models"][model]["arch"]
+    read = set(re.findall(r"\barch\.(\w+)", inspect.getsource(models.get_spec(model).build)))
+    assert read == set(arch), f"models/{model}.py build() reads {sorted(read)}, its params {sorted(arch)}"
+    with pytest.raises(UserError, match=rf"^models\.{model}\.arch\.z_dim = 'wide' is invalid: "):
+        models.build(model, {**arch, "z_dim": "wide"}, 32)
+    with pytest.raises(UserError, match=rf"^models\.{model}\.arch\.z_dim = 0 is invalid: must be a positive number$"):
+        models.build(model, {**arch, "z_dim": 0}, 32)
+    with pytest.raises(UserError, match=rf"^models\.{model}\.arch\.depth: extra inputs are not permitted"):
+        models.build(model, {**arch, "depth": 3}, 32)

@@ -178,7 +178,7 @@ def test_path_length_batch_goes_through_style_mixing(cache_dir, tmp_path, monkey
 
 def test_every_phase_draws_its_own_latents():
     draws = step_draws(0, 3, 8, 100, 16, True, build_phases(loss_settings("stylegan2")))
-    z = draws["z"]
+    z = draws.z
     assert set(z) == {"Gmain", "Greg", "Dmain", "Dreg"}
     assert not torch.equal(z["Gmain"], z["Dmain"]) and not torch.equal(z["Gmain"], z["Greg"])
 

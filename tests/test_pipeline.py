@@ -24,15 +24,9 @@ def test_dvc_yaml_is_generated_from_the_code():
 
 
 def declared_code(stage: str, model: str | None = None) -> set[str]:
-    """The project files dvc.yaml says `stage` (for `model`) depends on, after foreach expansion."""
-    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
-    if "foreach" in spec:
-        item = spec["foreach"][model]
-        deps = [d.replace("${key}", model) for d in spec["do"]["deps"]]
-        deps = [item[d[7:-1]] if d.startswith("${item.") else d for d in deps]
-    else:
-        deps = spec["deps"]
-    return {d for d in deps if d.endswith((".py", ".yaml"))}
+    """The project files dvc.yaml says `stage` (for `model`: stage `<stage>-<model>`) depends on."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][f"{stage}-{model}" if model else stage]
+    return {d for d in spec["deps"] if d.endswith((".py", ".yaml"))}
 
 
 RUNTIME_PROBE = r"""
@@ -81,6 +75,16 @@ def test_every_module_a_stage_loads_at_run_time_is_among_its_dependencies():
         assert not missing, f"{stage}@{model} loads {sorted(missing)} but dvc.yaml does not list them"
 
 
+def test_every_stage_lists_each_dependency_once_and_each_model_has_its_own_stages():
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in spec.items():
+        assert len(stage["deps"]) == len(set(stage["deps"])), f"{name} lists a dependency twice"
+        assert not any("${" in d for d in stage["deps"]), f"{name} pads or templates its dependencies"
+    for model in MODELS:
+        assert spec[f"train-{model}"]["cmd"] == f"python -m stages.train {model}"
+        assert spec[f"evaluate-{model}"]["outs"] == [f"evals/{model}"]
+
+
 def test_each_model_depends_on_its_own_code_only():
     assert "models/dcgan.py" in declared_code("train", "dcgan")
     assert not {"models/layers.py", "models/stylegan3.py"} & declared_code("train", "dcgan")
@@ -120,19 +124,15 @@ def locked_project(tmp_path_factory):
     dvc(root, "config", "core.analytics", "false")
     spec = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     for name, stage in spec.items():
-        keys = list(stage["foreach"]) if "foreach" in stage else [None]
-        body = stage.get("do", stage)
-        for key in keys:
-            declared = body.get("outs", []) + body.get("metrics", []) + body.get("plots", [])
-            entries = [entry if isinstance(entry, str) else next(iter(entry)) for entry in declared]
-            for out in entries:
-                path = root / out.replace("${key}", key or "")
-                if path.suffix:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(f"{name} {key}\n")
-                else:
-                    path.mkdir(parents=True, exist_ok=True)
-                    (path / "placeholder").write_text(f"{name} {key}\n")
+        declared = stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", [])
+        for out in [entry if isinstance(entry, str) else next(iter(entry)) for entry in declared]:
+            path = root / out
+            if path.suffix:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(f"{name}\n")
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                (path / "placeholder").write_text(f"{name}\n")
     dvc(root, "commit", "-f", "-q")
     assert json.loads(dvc(root, "status", "--json")) == {}
     return root
@@ -151,11 +151,11 @@ def stale_after_touching(project: Path, relative: str) -> set[str]:
 def test_dvc_status_marks_exactly_the_stages_whose_code_changed(locked_project):
     style_models = set(MODELS) - {"dcgan"}
     stale = stale_after_touching(locked_project, "models/layers.py")
-    assert stale == {f"train@{m}" for m in style_models} | {f"evaluate@{m}" for m in style_models}
+    assert stale == {f"train-{m}" for m in style_models} | {f"evaluate-{m}" for m in style_models}
     stale = stale_after_touching(locked_project, "facegan/ops/filtered_lrelu.py")  # ADA loads the ops in every train
-    assert stale == {f"train@{m}" for m in MODELS} | {f"evaluate@{m}" for m in style_models}
-    assert stale_after_touching(locked_project, "facegan/training/loop.py") == {f"train@{m}" for m in MODELS}
-    assert stale_after_touching(locked_project, "facegan/training/phases.py") == {f"train@{m}" for m in MODELS}
+    assert stale == {f"train-{m}" for m in MODELS} | {f"evaluate-{m}" for m in style_models}
+    assert stale_after_touching(locked_project, "facegan/training/loop.py") == {f"train-{m}" for m in MODELS}
+    assert stale_after_touching(locked_project, "facegan/training/phases.py") == {f"train-{m}" for m in MODELS}
     assert stale_after_touching(locked_project, "facegan/report/render.py") == {"report"}
     # one model's module re-runs that model alone: no model imports another's
-    assert stale_after_touching(locked_project, "models/stylegan2.py") == {"train@stylegan2", "evaluate@stylegan2"}
+    assert stale_after_touching(locked_project, "models/stylegan2.py") == {"train-stylegan2", "evaluate-stylegan2"}

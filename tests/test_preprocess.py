@@ -26,7 +26,7 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "faces"
 
 def _data(tmp: Path, **changes) -> DataSettings:
     data = load_params(overrides={"profile": "study"})["data"]
-    data.update(source="folder", raw_dir=str(tmp / "raw"), resolution=64, num_faces=100, checkpoint_every=1)
+    data.update(source="folder", resolution=64, num_faces=100, checkpoint_every=1)
     data["mtcnn"]["batch_size"] = 2
     data.update(changes)
     return DataSettings.model_validate(data)

@@ -26,7 +26,7 @@ IMAGES = 80
 
 def _data(raw: Path, **changes) -> DataSettings:
     data = load_params(overrides={"profile": "study"})["data"]
-    data.update(source="folder", raw_dir=str(raw), num_faces=10**6, checkpoint_every=1, **changes)
+    data.update(source="folder", num_faces=10**6, checkpoint_every=1, **changes)
     data["mtcnn"]["batch_size"] = 16  # 5 chunks: more than the 2 x workers the parallel path keeps in flight
     return DataSettings.model_validate(data)
 

@@ -61,14 +61,14 @@ def test_two_gloo_processes_through_dvc_repro_train_the_weights_of_one(tmp_path)
     processes on the CPU; the result equals the single-process run's (the same global batch, split)."""
     project = scratch_project(tmp_path / "project", dict(TINY_PROFILE, model="pggan"))
     set_params(project, model="pggan", **{"placement.gpus": 2})
-    dvc(project, "repro", "train@pggan")
+    dvc(project, "repro", "train-pggan")
     two = checkpoint.load(project / "runs/pggan/G_ema.pt")["G_ema"]
     assert json.loads((project / "runs/pggan/train_stats.json").read_text())["world_size"] == 2
     set_params(project, **{"placement.gpus": 1})
-    dvc(project, "repro", "configure")  # placement is no dependency of train@: its cached result stays valid...
-    status = json.loads(dvc(project, "status", "--json", "train@pggan"))
+    dvc(project, "repro", "configure")  # placement is no dependency of train-pggan: its cached result stays valid...
+    status = json.loads(dvc(project, "status", "--json", "train-pggan"))
     assert status == {}  # ...so DVC would reuse it; train again to compare with one process
-    dvc(project, "repro", "-f", "-s", "train@pggan")
+    dvc(project, "repro", "-f", "-s", "train-pggan")
     one = checkpoint.load(project / "runs/pggan/G_ema.pt")["G_ema"]
     assert json.loads((project / "runs/pggan/train_stats.json").read_text())["world_size"] == 1
     for key in one:
@@ -87,7 +87,7 @@ def test_queued_single_model_experiments_are_reused_by_the_whole_study(tmp_path)
     finished = [exp for row in rows for exp in row.get("experiments") or []]
     assert len(finished) == 2, rows
     log = dvc(project, "exp", "run", "-S", "model=all")
-    for stage in ("train@dcgan", "train@pggan", "evaluate@dcgan", "evaluate@pggan"):
+    for stage in ("train-dcgan", "train-pggan", "evaluate-dcgan", "evaluate-pggan"):
         assert f"Stage '{stage}' is cached" in log, log
     assert "Running stage 'report'" in log, log  # the report itself is new: it shows both models
     for model in ("dcgan", "pggan"):  # both trained (not skipped), by the queued experiments

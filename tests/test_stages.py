@@ -212,7 +212,7 @@ def test_evaluate_refuses_reference_statistics_of_another_resolution_or_cache(pi
 
 
 def test_a_corrupt_snapshot_stops_evaluate_before_any_metric(pipeline, monkeypatch, capsys):
-    """Every input is read first: a truncated snapshot costs no FID/PPL work and names train@<model>."""
+    """Every input is read first: a truncated snapshot costs no FID/PPL work and names train-<model>."""
     from facegan.metrics import evaluate
 
     snapshot = pipeline / "runs/dcgan/snapshots/kimg00000.06.pt"
@@ -230,7 +230,7 @@ def test_a_corrupt_snapshot_stops_evaluate_before_any_metric(pipeline, monkeypat
         snapshot.write_bytes(original)
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert exit_info.value.code == 2
-    assert "kimg00000.06.pt cannot be read" in line and "dvc checkout --force train@dcgan" in line, line
+    assert "kimg00000.06.pt cannot be read" in line and "dvc checkout --force train-dcgan" in line, line
 
 
 def test_a_batch_that_does_not_split_over_the_processes_stops_configure(project, tmp_path, monkeypatch, capsys):

@@ -114,7 +114,7 @@ def test_a_failed_trial_keeps_its_last_error_line(tmp_path):
 
 def test_three_trials_of_a_tiny_dcgan_are_dvc_experiments_and_the_best_reaches_the_report(tmp_path):
     """The documented flow on CPU: `python -m facegan.tune dcgan` runs 3 trials (each `dvc exp run
-    train@dcgan` with its sampled lrs and the study's budget), scores them from their snapshots, keeps the
+    train-dcgan` with its sampled lrs and the study's budget), scores them from their snapshots, keeps the
     complete ones as DVC experiments, writes study.json, best.yaml and the Optuna plots, puts params.yaml
     back, and resumes the study from study.db when run again."""
     project = git_project(tmp_path / "study", ("dcgan", "pggan"), QUEUE_PROFILE)

@@ -94,9 +94,9 @@ def main() -> None:
         draws = step_draws(
             SEED, step, BATCH, len(faces), ARCH["z_dim"], params["xflip"], phases, params["loss"]["latents"]
         )
-        z = draws["z"]["Dmain"]
-        assert torch.equal(z, draws["z"]["Gmain"])  # latents per_step: G's step scores D's fakes
-        images = golden_io.reals(faces, draws["idx"], draws["flips"])
+        z = draws.z["Dmain"]
+        assert torch.equal(z, draws.z["Gmain"])  # latents per_step: G's step scores D's fakes
+        images = golden_io.reals(faces, draws.idx, draws.flips)
         namespace.update({"data": (images,), "i": step, "epoch": 0, "torch": TorchWithNoise(z.view(BATCH, -1, 1, 1))})
         exec(body, namespace)  # noqa: S102 - the example's own loop body
         steps.append(

@@ -143,7 +143,7 @@ def run(name: str, model: str, params: dict, steps: int, modules) -> None:
     for batch_idx in range(steps):
         draws = step_draws(SEED, batch_idx, BATCH, len(faces), SG2_ARCH["z_dim"], params["xflip"], ours, lp["latents"])
         torch.manual_seed(step_seed(SEED, batch_idx, 1))  # the project loop's global seed of this step (rank 0)
-        real_img = golden_io.reals(faces, draws["idx"], draws["flips"])
+        real_img = golden_io.reals(faces, draws.idx, draws.flips)
         step_terms = {}
         for phase in phases:  # training_loop.py:274-297
             if batch_idx % phase["interval"] != 0:
@@ -151,7 +151,7 @@ def run(name: str, model: str, params: dict, steps: int, modules) -> None:
             recorder.terms = {}
             phase["opt"].zero_grad(set_to_none=True)
             phase["module"].requires_grad_(True)
-            gen_z = draws["z"][phase["ours"]]
+            gen_z = draws.z[phase["ours"]]
             loss.accumulate_gradients(phase["name"], real_img, empty_c, gen_z, empty_c, phase["interval"], cur_nimg)
             phase["module"].requires_grad_(False)
             params_with_grad = [p for p in phase["module"].parameters() if p.grad is not None]

@@ -177,11 +177,11 @@ def main() -> None:
             draws = step_draws(
                 SEED, step, BATCH, len(faces), params["arch"]["z_dim"], params["xflip"], phases, lp["latents"]
             )
-            assert draws["flips"] is None  # --use_flip is off in the official face commands
-            images = torch.from_numpy(faces[draws["idx"].numpy()]).permute(0, 3, 1, 2).float() / 255
+            assert draws.flips is None  # --use_flip is off in the official face commands
+            images = torch.from_numpy(faces[draws.idx.numpy()]).permute(0, 3, 1, 2).float() / 255
             real = (images - mean) / std  # transforms.ToTensor() then Normalize(mean, std)
             ns["loader"] = iter([(real, None), (real, None)])  # D's batch, then G's (drawn, unused)
-            ns["torch"] = TorchWithLatents([draws["z"]["Dmain"], draws["z"]["Gmain"]])
+            ns["torch"] = TorchWithLatents([draws.z["Dmain"], draws.z["Gmain"]])
             ns["i"] = step
             torch.manual_seed(step_seed(SEED, step, 1))  # the project loop's global seed of this step
             exec(body, ns)  # noqa: S102 - train_styleswin.py's own loop body

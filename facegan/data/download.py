@@ -1,4 +1,4 @@
-"""The `download` stage's library: bring source images into data.raw_dir, verified.
+"""The `download` stage's library: bring source images into data/raw, verified.
 
 Sources (data.source):
   celeba     the official aligned-and-cropped CelebA (img_align_celeba.zip, 202,599 JPEGs) plus
@@ -39,6 +39,7 @@ import shutil
 import tarfile
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urljoin, urlparse
 
@@ -145,109 +146,142 @@ def fetch(
     HtmlPageError) with a one-line reason: unreachable host, HTTP error, HTML page, a download that
     keeps breaking off, or a checksum mismatch (then the bad file is deleted).
     """
-    import requests  # here, so folder/synthetic sources (and the benchmark) do not need it
-
     dest = Path(dest)
-    name = dest.name
     digest = digest.lower() if digest else None
-    recorded = _stamp_matches(dest, algorithm, digest)
-    if recorded:
-        return recorded
-    if dest.exists():
-        actual = file_digest(dest, algorithm)
-        if digest is None or actual == digest:
-            _write_stamp(dest, algorithm, actual)
-            return actual
-        log.warning("%s is there but its %s is %s, not %s: downloading it again", dest, algorithm, actual, digest)
-        dest.unlink()
+    kept = _verified_copy(dest, algorithm, digest)
+    if kept:
+        return kept
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(name + ".part")
-    host = urlparse(url).netloc or url
-    last_problem = ""
+    part = dest.with_name(dest.name + ".part")
+    request = _Request(url, part, dest.name, headers or {}, params, timeout_s)
+    problem = ""
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff_s * 2 ** (attempt - 1))
-        offset = part.stat().st_size if part.exists() else 0
-        request_headers = dict(headers or {})
-        if offset:
-            request_headers["Range"] = f"bytes={offset}-"
-        try:
-            with requests.get(
-                url, params=params, headers=request_headers, stream=True, timeout=(15, timeout_s)
-            ) as response:
-                if response.status_code == 416 and offset:
-                    break  # the part already holds the whole file
-                if response.status_code >= 400:
-                    if response.status_code in (429, 500, 502, 503, 504) and attempt < retries:
-                        last_problem = f"HTTP {response.status_code}"
-                        continue
-                    raise UserError(
-                        f"{host} answered HTTP {response.status_code} {response.reason} for {name}: "
-                        f"check the address, or {BY_HAND}"
-                    )
-                resumed = (
-                    offset
-                    and response.status_code == 206
-                    and response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
-                )
-                if offset and not resumed:
-                    log.warning("%s ignored the resume request for %s: starting it again", host, name)
-                    offset = 0
-                length = response.headers.get("Content-Length")
-                total = offset + int(length) if length and length.isdigit() else None
-                chunks = response.iter_content(NET_CHUNK)
-                first = next(chunks, b"")
-                if offset == 0 and _looks_like_html(first, response.headers.get("Content-Type", "")):
-                    page = first + b"".join(c for _, c in zip(range(4), chunks))
-                    raise HtmlPageError(
-                        f"{host} sent a web page instead of {name} (quota, login or error page): {BY_HAND}",
-                        page.decode("utf-8", "replace"),
-                        response.url,
-                    )
-                with open(part, "ab" if offset else "wb") as handle, _progress(total, offset, name) as bar:
-                    handle.write(first)
-                    bar.update(len(first))
-                    for chunk in chunks:
-                        handle.write(chunk)
-                        bar.update(len(chunk))
-            size = part.stat().st_size
-            if total is not None and size < total:
-                last_problem = f"connection closed after {size:,} of {total:,} bytes"
-                continue
+        problem = request.attempt(may_retry=attempt < retries)
+        if problem is None:
             break
-        except HtmlPageError:
-            raise
-        except UserError:
-            raise
-        except OSError as err:
-            if full := _disk_full(err, part):
-                raise full from err
-            if not isinstance(err, requests.RequestException):
-                raise
-            got = part.stat().st_size if part.exists() else 0
-            unreachable = isinstance(err, requests.ConnectionError) and got == 0
-            last_problem = "unreachable" if unreachable else f"{type(err).__name__} after {got:,} bytes"
     else:
-        got = part.stat().st_size if part.exists() else 0
-        if got == 0 and last_problem == "unreachable":
-            raise UserError(f"cannot reach {host} to download {name} (no network?): {BY_HAND}")
-        if got == 0:
-            raise UserError(f"cannot download {name} from {host} ({last_problem}): {BY_HAND}")
-        raise UserError(
-            f"download of {name} from {host} broke off {retries + 1} times ({last_problem}); "
-            f"{got:,} bytes kept in {part}: re-run to resume, or {BY_HAND}"
-        )
+        request.give_up(retries, problem)
     actual = file_digest(part, algorithm)
     if digest and actual != digest:
         size = part.stat().st_size
         part.unlink()
         raise UserError(
-            f"{name} from {host} has the wrong {algorithm} ({actual[:12]}..., expected {digest[:12]}...; "
+            f"{dest.name} from {request.host} has the wrong {algorithm} ({actual[:12]}..., expected {digest[:12]}...; "
             f"{size:,} bytes, truncated or a different file): deleted it; re-run, or {BY_HAND}"
         )
     os.replace(part, dest)
     _write_stamp(dest, algorithm, actual)
     return actual
+
+
+def _verified_copy(dest: Path, algorithm: str, digest: str | None) -> str | None:
+    """The digest of a `dest` already there and right (stamped, or hashed now); a wrong one is deleted."""
+    recorded = _stamp_matches(dest, algorithm, digest)
+    if recorded:
+        return recorded
+    if not dest.exists():
+        return None
+    actual = file_digest(dest, algorithm)
+    if digest is None or actual == digest:
+        _write_stamp(dest, algorithm, actual)
+        return actual
+    log.warning("%s is there but its %s is %s, not %s: downloading it again", dest, algorithm, actual, digest)
+    dest.unlink()
+    return None
+
+
+@dataclass
+class _Request:
+    """One file's download into its `.part`, attempt by attempt, each resuming where the last stopped."""
+
+    url: str
+    part: Path
+    name: str  # the file's name, as the messages say it
+    headers: dict
+    params: dict | None
+    timeout_s: float
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).netloc or self.url
+
+    def kept_bytes(self) -> int:
+        return self.part.stat().st_size if self.part.exists() else 0
+
+    def attempt(self, may_retry: bool) -> str | None:
+        """One request, appended to the part: None once the part holds the whole file, else why to try again."""
+        import requests  # here, so folder/synthetic sources (and the benchmark) do not need it
+
+        try:
+            return self._get(requests, may_retry)
+        except UserError:
+            raise
+        except OSError as err:
+            if full := _disk_full(err, self.part):
+                raise full from err
+            if not isinstance(err, requests.RequestException):
+                raise
+            got = self.kept_bytes()
+            unreachable = isinstance(err, requests.ConnectionError) and got == 0
+            return "unreachable" if unreachable else f"{type(err).__name__} after {got:,} bytes"
+
+    def _get(self, requests, may_retry: bool) -> str | None:
+        offset = self.kept_bytes()
+        headers = {**self.headers, **({"Range": f"bytes={offset}-"} if offset else {})}
+        with requests.get(
+            self.url, params=self.params, headers=headers, stream=True, timeout=(15, self.timeout_s)
+        ) as response:
+            if response.status_code == 416 and offset:
+                return None  # the part already holds the whole file
+            if response.status_code >= 400:
+                if response.status_code in (429, 500, 502, 503, 504) and may_retry:
+                    return f"HTTP {response.status_code}"
+                raise UserError(
+                    f"{self.host} answered HTTP {response.status_code} {response.reason} for {self.name}: "
+                    f"check the address, or {BY_HAND}"
+                )
+            resumed = (
+                offset
+                and response.status_code == 206
+                and response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+            )
+            if offset and not resumed:
+                log.warning("%s ignored the resume request for %s: starting it again", self.host, self.name)
+                offset = 0
+            length = response.headers.get("Content-Length")
+            total = offset + int(length) if length and length.isdigit() else None
+            chunks = response.iter_content(NET_CHUNK)
+            first = next(chunks, b"")
+            if offset == 0 and _looks_like_html(first, response.headers.get("Content-Type", "")):
+                page = first + b"".join(c for _, c in zip(range(4), chunks))
+                raise HtmlPageError(
+                    f"{self.host} sent a web page instead of {self.name} (quota, login or error page): {BY_HAND}",
+                    page.decode("utf-8", "replace"),
+                    response.url,
+                )
+            with open(self.part, "ab" if offset else "wb") as handle, _progress(total, offset, self.name) as bar:
+                handle.write(first)
+                bar.update(len(first))
+                for chunk in chunks:
+                    handle.write(chunk)
+                    bar.update(len(chunk))
+        size = self.part.stat().st_size
+        if total is not None and size < total:
+            return f"connection closed after {size:,} of {total:,} bytes"
+        return None
+
+    def give_up(self, retries: int, problem: str) -> None:
+        got = self.kept_bytes()
+        if got == 0 and problem == "unreachable":
+            raise UserError(f"cannot reach {self.host} to download {self.name} (no network?): {BY_HAND}")
+        if got == 0:
+            raise UserError(f"cannot download {self.name} from {self.host} ({problem}): {BY_HAND}")
+        raise UserError(
+            f"download of {self.name} from {self.host} broke off {retries + 1} times ({problem}); "
+            f"{got:,} bytes kept in {self.part}: re-run to resume, or {BY_HAND}"
+        )
 
 
 class _FormParser(html.parser.HTMLParser):
@@ -550,9 +584,9 @@ def prepare_synthetic(raw_dir: Path, count: int, size: int, seed: int) -> handof
     return record
 
 
-def prepare(data: settings.DataSettings, seed: int) -> handoff.RawSource:
-    """Run the source chosen by the `data` params; return the SOURCE.json record."""
-    raw_dir, download_dir = Path(data.raw_dir), Path(data.download_dir)
+def prepare(data: settings.DataSettings, seed: int, raw_dir: Path) -> handoff.RawSource:
+    """Run the source chosen by the `data` params into `raw_dir`; return the SOURCE.json record."""
+    download_dir = Path(data.download_dir)
     source = data.source
     if source == "synthetic":
         return prepare_synthetic(raw_dir, data.synthetic_images, data.resolution, seed)

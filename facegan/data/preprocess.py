@@ -223,6 +223,7 @@ class SequentialAlign:
         from facegan.data.align import FaceAligner
 
         self.aligner, self.root = FaceAligner(data, device, fast=False), root
+        self.device, self.workers = torch.device(device), 0
 
     def __enter__(self) -> SequentialAlign:
         self.pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)))
@@ -359,6 +360,132 @@ def _manifest_row(name: str, index: int, chunk: Chunk) -> dict:
     return row
 
 
+@dataclass
+class AlignTally:
+    """Where the alignment stands, over every session of this run: a resumed run carries the interrupted
+    sessions' counts on (the resume state holds them), so the report covers the whole run."""
+
+    position: int = 0  # source images done (the next one's index in the ordered list)
+    detected: int = 0  # faces MTCNN found, before the filters
+    busy: Counter = field(default_factory=Counter)  # seconds per step, added over the workers
+    elapsed_before: float = 0.0  # seconds of the interrupted sessions
+    processed: int = 0  # source images done in this session
+    started: float = field(default_factory=time.time)
+
+    @classmethod
+    def resumed(cls, state: dict) -> AlignTally:
+        if not state.get("position"):
+            return cls()
+        return cls(
+            position=int(state["position"]),
+            detected=int(state.get("detected", 0)),
+            busy=Counter(state.get("busy_s", {})),
+            elapsed_before=float(state.get("elapsed_s", 0.0)),
+        )
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def checkpoint(self, writer: CacheWriter, manifest: _Manifest) -> None:
+        writer.checkpoint(
+            position=self.position,
+            manifest_bytes=manifest.flush(),
+            elapsed_s=self.elapsed_before + self.elapsed,
+            detected=self.detected,
+            busy_s=dict(self.busy),
+        )
+
+
+def checked_source(data: settings.DataSettings, raw_dir: Path) -> tuple[handoff.RawSource, list[str]]:
+    """download's record and its ordered file list, refused when they are of another source or empty."""
+    source = handoff.RawSource.read(raw_dir / "SOURCE.json")
+    if source.source != data.source:
+        raise UserError(f"{raw_dir} holds {source.source} but data.source={data.source}: run `dvc repro download`")
+    files = ordered_files(raw_dir, source)
+    if not files:
+        raise UserError(f"{raw_dir} lists no images: run `dvc repro download`")
+    return source, files
+
+
+def align_into(
+    runner: SequentialAlign | AlignWorkers,
+    files: list[str],
+    data: settings.DataSettings,
+    writer: CacheWriter,
+    manifest: _Manifest,
+    tally: AlignTally,
+    stop_after: int | None,
+) -> None:
+    """Align the files from `tally.position` on into the cache until it is full (or `stop_after` images),
+    one manifest row a source image, saving the resume state every data.checkpoint_every images."""
+    batch = data.mtcnn.batch_size
+    chunks = [files[i : i + batch] for i in range(tally.position, len(files), batch)]
+    since_checkpoint = 0
+    desc = f"aligning faces ({runner.device}, {runner.workers} workers)"
+    with tqdm(total=len(files), initial=tally.position, desc=desc, unit="img", disable=None) as bar:
+        for chunk in runner.chunks(chunks if not writer.full else []):
+            tally.busy.update(chunk.seconds)
+            tally.detected += len(chunk.detections)
+            for i, name in enumerate(chunk.names):
+                if writer.full:
+                    break
+                row = _manifest_row(name, i, chunk)
+                if i in chunk.faces:
+                    row.update(status="kept", cache_index=writer.add(chunk.faces[i]))
+                manifest.add(row)
+                tally.position += 1
+                tally.processed += 1
+                since_checkpoint += 1
+            bar.update(len(chunk.names))
+            bar.set_postfix(kept=writer.count, refresh=False)
+            if since_checkpoint >= data.checkpoint_every:
+                tally.checkpoint(writer, manifest)
+                since_checkpoint = 0
+            if writer.full or (stop_after is not None and tally.processed >= stop_after):
+                break
+    tally.checkpoint(writer, manifest)
+
+
+def alignment_report(
+    data: settings.DataSettings,
+    source: handoff.RawSource,
+    files: list[str],
+    manifest: _Manifest,
+    tally: AlignTally,
+    runner: SequentialAlign | AlignWorkers,
+    resumed_from: int,
+) -> dict:
+    """reports/preprocess.json of a photograph source: what was kept and rejected, and the time it took."""
+    elapsed = tally.elapsed
+    counts = manifest.counts()
+    kept = counts.pop("kept", 0)
+    report = {
+        "source": source.source,
+        "device": str(runner.device),
+        "resolution": data.resolution,
+        "num_faces_requested": data.num_faces,
+        "considered": kept + sum(counts.values()),
+        "kept": kept,
+        "rejected": dict(sorted(counts.items())),
+        "source_images": len(files),
+        "images_per_s": round(tally.processed / max(elapsed, 1e-9), 2),
+        "elapsed_s": round(elapsed, 1),
+        "elapsed_total_s": round(tally.elapsed_before + elapsed, 1),
+        "resumed_from": resumed_from,
+        "mtcnn": True,
+        "workers": runner.workers,
+        "mtcnn_fast_max_pools": runner.aligner.fast_max_pools,
+        "detected": tally.detected,  # over all sessions, as busy_s
+        # seconds spent on each step, added over the workers (which run side by side)
+        "busy_s": {step: round(tally.busy[step], 2) for step in ("decode", "detect", "align")},
+    }
+    if kept < data.num_faces:
+        log.warning("only %d faces accepted out of %d images (data.num_faces=%d)", kept, len(files), data.num_faces)
+        report["short_of_num_faces"] = True
+    return report
+
+
 def preprocess(
     data: settings.DataSettings,
     raw_dir: Path,
@@ -374,12 +501,7 @@ def preprocess(
     leaving the resume state as an interruption would. `workers`: worker processes (None: one a CPU
     core, or the decoders a GPU needs; 0: the sequential reference path).
     """
-    source = handoff.RawSource.read(raw_dir / "SOURCE.json")
-    if source.source != data.source:
-        raise UserError(f"{raw_dir} holds {source.source} but data.source={data.source}: run `dvc repro download`")
-    files = ordered_files(raw_dir, source)
-    if not files:
-        raise UserError(f"{raw_dir} lists no images: run `dvc repro download`")
+    source, files = checked_source(data, raw_dir)
     if source.source == "synthetic":
         return preprocess_synthetic(data, source, files, cache_dir, report_path)
 
@@ -392,91 +514,20 @@ def preprocess(
     workers = default_workers(device, data.mtcnn.cpu_threads) if workers is None else workers
     if workers < 0:
         raise UserError(f"workers={workers}: use 0 (sequential), a positive number, or None (one a core)")
-    resolution = data.resolution
-    writer = CacheWriter(cache_dir, resolution, min(len(files), data.num_faces), _fingerprint(data, files, source))
+    writer = CacheWriter(cache_dir, data.resolution, min(len(files), data.num_faces), _fingerprint(data, files, source))
     state = writer.resume_state()
-    position = int(state.get("position", 0))
-    elapsed_before = float(state.get("elapsed_s", 0.0))
-    if position:
-        log.info("resuming preprocess at image %d of %d (%d faces kept so far)", position, len(files), writer.count)
-    manifest = _Manifest(writer.work / PARTIAL_MANIFEST, state.get("manifest_bytes") if position else None)
+    tally = AlignTally.resumed(state)
+    resumed_from = tally.position
+    if resumed_from:
+        log.info("resuming preprocess at image %d of %d (%d faces kept so far)", resumed_from, len(files), writer.count)
+    manifest = _Manifest(writer.work / PARTIAL_MANIFEST, state.get("manifest_bytes") if resumed_from else None)
     runner = SequentialAlign(data, device, root) if workers == 0 else AlignWorkers(data, device, root, workers)
-    batch = data.mtcnn.batch_size
-    every = data.checkpoint_every
-    # totals over every session of this run: a resumed run carries the interrupted sessions' counts on
-    busy: Counter = Counter(state.get("busy_s", {}) if position else {})
-    detected = int(state.get("detected", 0)) if position else 0
-    start, processed, since_checkpoint = time.time(), 0, 0
-
-    def checkpoint():
-        writer.checkpoint(
-            position=position,
-            manifest_bytes=manifest.flush(),
-            elapsed_s=elapsed_before + time.time() - start,
-            detected=detected,
-            busy_s=dict(busy),
-        )
-
-    chunks = [files[i : i + batch] for i in range(position, len(files), batch)]
     with runner:
-        bar = tqdm(
-            total=len(files),
-            initial=position,
-            desc=f"aligning faces ({device}, {workers} workers)",
-            unit="img",
-            disable=None,
-        )
-        for chunk in runner.chunks(chunks if not writer.full else []):
-            busy.update(chunk.seconds)
-            detected += len(chunk.detections)
-            for i, name in enumerate(chunk.names):
-                if writer.full:
-                    break
-                row = _manifest_row(name, i, chunk)
-                if i in chunk.faces:
-                    row.update(status="kept", cache_index=writer.add(chunk.faces[i]))
-                manifest.add(row)
-                position += 1
-                processed += 1
-                since_checkpoint += 1
-            bar.update(len(chunk.names))
-            bar.set_postfix(kept=writer.count, refresh=False)
-            if since_checkpoint >= every:
-                checkpoint()
-                since_checkpoint = 0
-            if writer.full or (stop_after is not None and processed >= stop_after):
-                break
-        bar.close()
-    checkpoint()
-    elapsed = time.time() - start
-    if stop_after is not None and not writer.full and position < len(files):
+        align_into(runner, files, data, writer, manifest, tally, stop_after)
+    if stop_after is not None and not writer.full and tally.position < len(files):
         manifest.close()
-        return {"interrupted_at": position, "kept": writer.count}
-    counts = manifest.counts()
-    kept = counts.pop("kept", 0)
-    report = {
-        "source": source.source,
-        "device": str(device),
-        "resolution": resolution,
-        "num_faces_requested": data.num_faces,
-        "considered": kept + sum(counts.values()),
-        "kept": kept,
-        "rejected": dict(sorted(counts.items())),
-        "source_images": len(files),
-        "images_per_s": round(processed / max(elapsed, 1e-9), 2),
-        "elapsed_s": round(elapsed, 1),
-        "elapsed_total_s": round(elapsed_before + elapsed, 1),
-        "resumed_from": int(state.get("position", 0)),
-        "mtcnn": True,
-        "workers": workers,
-        "mtcnn_fast_max_pools": runner.aligner.fast_max_pools,
-        "detected": detected,  # over all sessions, as busy_s
-        # seconds spent on each step, added over the workers (which run side by side)
-        "busy_s": {step: round(busy[step], 2) for step in ("decode", "detect", "align")},
-    }
-    if kept < data.num_faces:
-        log.warning("only %d faces accepted out of %d images (data.num_faces=%d)", kept, len(files), data.num_faces)
-        report["short_of_num_faces"] = True
+        return {"interrupted_at": tally.position, "kept": writer.count}
+    report = alignment_report(data, source, files, manifest, tally, runner, resumed_from)
     manifest.close()
     if writer.count == 0:
         raise UserError(

@@ -1,6 +1,6 @@
 """Every metric of a trained generator, its FID along the training snapshots, and its pictures.
 
-`evaluate_run` is what the `evaluate@<model>` stage calls: from the run folder written by
+`evaluate_run` is what the `evaluate-<model>` stage calls: from the run folder written by
 training, the reference statistics and the params views it returns an `Evaluation` (the metrics
 file's content, the FID-vs-kimg curve, the loss curve for `dvc plots` and the report's pictures);
 the stage writes it. Numbers: FID (mean/std over `evaluate.fid_seeds` generated sets), KID,
@@ -26,9 +26,9 @@ from facegan.device import resolve_device
 from facegan.errors import UserError
 from facegan.metrics import labels, visuals
 from facegan.metrics.features import Extractor, build_extractor, extract
-from facegan.metrics.fid import fid_from_features, kid_from_features, spread
-from facegan.metrics.ppl import build_lpips, path_length
-from facegan.metrics.precision_recall import precision_recall
+from facegan.metrics.fid import Spread, fid_from_features, kid_from_features, spread
+from facegan.metrics.ppl import PathLength, build_lpips, path_length
+from facegan.metrics.precision_recall import PrecisionRecall, precision_recall
 from facegan.metrics.reference import load_features
 from facegan.metrics.resize_pool import ResizePool, resize_pool
 
@@ -45,16 +45,53 @@ class Evaluation:
     copied: dict[str, Path] = field(default_factory=dict)  # file name -> a training grid to copy as it is
 
 
-def seeds_for(seed: int, fid_seeds: int) -> dict:
+@dataclass(frozen=True)
+class EvalSeeds:
     """Every random draw of the evaluation, derived from params `seed` (disjoint from training's). The
     snapshots use the first FID set's latents, so the final snapshot's point reuses that set's features."""
-    return {
-        "fid": [seed + 1000 + i for i in range(fid_seeds)],
-        "snapshots": seed + 1000,
-        "ppl": seed + 3000,
-        "pictures": seed + 4000,
-        "kid_subsets": seed,
-    }
+
+    fid: list[int]  # one per generated set
+    snapshots: int
+    ppl: int
+    pictures: int
+    kid_subsets: int
+
+    @classmethod
+    def of(cls, seed: int, fid_seeds: int) -> EvalSeeds:
+        return cls(
+            fid=[seed + 1000 + i for i in range(fid_seeds)],
+            snapshots=seed + 1000,
+            ppl=seed + 3000,
+            pictures=seed + 4000,
+            kid_subsets=seed,
+        )
+
+    def recorded(self) -> dict[str, int | list[int]]:
+        """The seeds of the generated images, as metrics.json records them."""
+        return {"fid": self.fid, "snapshots": self.snapshots, "ppl": self.ppl, "pictures": self.pictures}
+
+
+@dataclass(frozen=True)
+class FeatureSets:
+    """The metrics of the generated sets' features against the reference."""
+
+    fid: Spread  # over evaluate.fid_seeds sets
+    first: np.ndarray  # the first set's features: KID, precision/recall and the final snapshot's point
+    pr: PrecisionRecall
+    kid: float
+    spread_ratio: float  # trace of the generated covariance over the reference's
+
+
+class Stopwatch:
+    """Seconds per named part of the evaluation, for metrics.json's eval_seconds."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.seconds[part], self._start = round(now - self._start, 2), now
 
 
 NOISE_SEED_STRIDE = 1 << 20  # batches a set may have before its noise seeds meet the next set's
@@ -63,8 +100,8 @@ NOISE_SEED_STRIDE = 1 << 20  # batches a set may have before its noise seeds mee
 def generated_batches(G, count: int, batch_size: int, seed: int, device: torch.device):
     """uint8 (B, H, W, 3) batches of `count` images from seeded latents. The per-pixel noise inputs of
     StyleGAN and StyleGAN2 are drawn under a random state seeded per batch too, so that a set is the same
-    images on every run (drawn from the process's random state, the same weights gave FIDs 308.4 and
-    307.3 in two runs of the demo's evaluate)."""
+    images on every run (from the process's random state, the same weights would give another FID on
+    each run)."""
     gen = torch.Generator().manual_seed(seed)
     devices = [device] if device.type == "cuda" else []
     for number, start in enumerate(range(0, count, batch_size)):
@@ -110,7 +147,7 @@ class Run:
     reference: np.ndarray
     extractor: Extractor
     G: torch.nn.Module
-    seeds: dict
+    seeds: EvalSeeds
     device: torch.device
     pool: ResizePool | None = None
 
@@ -157,7 +194,7 @@ def evaluate_run(
     extractor = build_extractor(eval_params.extractor, eval_params, device)
     check_reference(model, view, stats, meta, extractor)
     # every input is read and checked before the first metric: a bad file never costs the minutes before it
-    restore = f"restore it with `dvc checkout --force train@{model}` or train again with `dvc repro -f train@{model}`"
+    restore = f"restore it with `dvc checkout --force train-{model}` or train again with `dvc repro -f train-{model}`"
     trained = checkpoint.load(run_dir / "G_ema.pt", fix=restore)
     for snapshot in snapshot_files(run_dir):
         checkpoint.load(snapshot, fix=restore)
@@ -172,22 +209,21 @@ def evaluate_run(
             load_features(reference_dir),
             extractor,
             G,
-            seeds_for(ev_view.seed, eval_params.fid_seeds),
+            EvalSeeds.of(ev_view.seed, eval_params.fid_seeds),
             device,
             pool,
         )
-        timings = {}
-        t0 = time.perf_counter()
+        clock = Stopwatch()
         sets = fid_kid_pr(run)
-        timings["fid_kid_pr"], t0 = time.perf_counter() - t0, time.perf_counter()
+        clock.lap("fid_kid_pr")
         ppl = perceptual_path_length(run)
-        timings["ppl"], t0 = time.perf_counter() - t0, time.perf_counter()
-        curve = fid_curve(run, sets["first"])
-        timings["snapshots"], t0 = time.perf_counter() - t0, time.perf_counter()
+        clock.lap("ppl")
+        curve = fid_curve(run, sets.first)
+        clock.lap("snapshots")
         pictures, copied = pictures_of(run)
-        timings["pictures"] = time.perf_counter() - t0
+        clock.lap("pictures")
     return Evaluation(
-        metrics=metrics_of(run, sets, ppl, curve, timings),
+        metrics=metrics_of(run, sets, ppl, curve, clock.seconds),
         curve=curve,
         losses=loss_curve(stats.history),
         pictures=pictures,
@@ -195,11 +231,11 @@ def evaluate_run(
     )
 
 
-def fid_kid_pr(run: Run) -> dict:
+def fid_kid_pr(run: Run) -> FeatureSets:
     """FID over evaluate.fid_seeds generated sets; KID, precision/recall and feature spread on the first."""
     eval_params = run.eval_params
     fids, first = [], None
-    for seed in run.seeds["fid"]:
+    for seed in run.seeds.fid:
         feats = run.features(run.G, eval_params.num_gen, seed)
         fids.append(fid_from_features(feats, run.reference))
         first = feats if first is None else first
@@ -210,23 +246,23 @@ def fid_kid_pr(run: Run) -> dict:
         "%s: %s %.3f (std %.3f over %d sets of %d), precision %.3f, recall %.3f",
         run.view.model,
         run.extractor.kind,
-        fid["mean"],
-        fid["std"],
+        fid.mean,
+        fid.std,
         len(fids),
         len(first),
-        pr["precision"],
-        pr["recall"],
+        pr.precision,
+        pr.recall,
     )
-    return {
-        "fid": fid,
-        "first": first,
-        "pr": pr,
-        "kid": kid_from_features(first, run.reference, run.seeds["kid_subsets"]),
-        "spread_ratio": float(variance),
-    }
+    return FeatureSets(
+        fid=fid,
+        first=first,
+        pr=pr,
+        kid=kid_from_features(first, run.reference, run.seeds.kid_subsets),
+        spread_ratio=float(variance),
+    )
 
 
-def perceptual_path_length(run: Run) -> dict:
+def perceptual_path_length(run: Run) -> PathLength:
     eval_params = run.eval_params
     space = ppl_space(eval_params, run.spec.style_based, run.view.model)
     lpips_net = build_lpips(eval_params.lpips, eval_params.lpips_weights, run.device)
@@ -238,7 +274,7 @@ def perceptual_path_length(run: Run) -> dict:
         eval_params.ppl_samples,
         eval_params.ppl_epsilon,
         eval_params.batch_size,
-        run.seeds["ppl"],
+        run.seeds.ppl,
         eval_params.ppl_crop,
         run.device,
     )
@@ -248,8 +284,8 @@ def perceptual_path_length(run: Run) -> dict:
         space.upper(),
         eval_params.ppl_sampling,
         eval_params.lpips,
-        ppl["ppl"],
-        ppl["num"],
+        ppl.ppl,
+        ppl.num,
     )
     return ppl
 
@@ -268,7 +304,7 @@ def fid_curve(run: Run, first: np.ndarray) -> list[handoff.FidPoint]:
             feats = first  # the final snapshot is G_ema itself, with the first set's latents
         else:
             G = models.from_snapshot(run.view.model, run.view.params.arch, run.view.resolution, weights)
-            feats = run.features(G.to(run.device), eval_params.snapshot_num_gen, run.seeds["snapshots"])
+            feats = run.features(G.to(run.device), eval_params.snapshot_num_gen, run.seeds.snapshots)
         level = int(weights["level"])  # a growing model's snapshot shows its level, upsampled to full size
         curve.append(
             handoff.FidPoint(
@@ -288,7 +324,7 @@ def fid_curve(run: Run, first: np.ndarray) -> list[handoff.FidPoint]:
 
 def pictures_of(run: Run) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
     """The report's pictures of G_ema, and the last training grid of each resolution (growing models)."""
-    eval_params, G, seed, device = run.eval_params, run.G, run.seeds["pictures"], run.device
+    eval_params, G, seed, device = run.eval_params, run.G, run.seeds.pictures, run.device
     pictures = {
         "samples": visuals.sample_grid(G, eval_params.grid_size, seed, device),
         "interpolation": visuals.interpolation_strips(
@@ -307,39 +343,37 @@ def pictures_of(run: Run) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
     return pictures, {f"res{res}.png": grid for res, grid in sorted(last_per_res.items())}
 
 
-def metrics_of(run: Run, sets: dict, ppl: dict, curve: list[handoff.FidPoint], timings: dict) -> handoff.ModelMetrics:
-    eval_params, fid, pr, start = (
-        run.eval_params,
-        sets["fid"],
-        sets["pr"],
-        next((p for p in curve if p.kimg == 0), None),
-    )
+def metrics_of(
+    run: Run, sets: FeatureSets, ppl: PathLength, curve: list[handoff.FidPoint], seconds: dict[str, float]
+) -> handoff.ModelMetrics:
+    eval_params, fid, pr = run.eval_params, sets.fid, sets.pr
+    start = next((p for p in curve if p.kimg == 0), None)
     return handoff.ModelMetrics(
         status="trained",
         model=run.view.model,
         label_key=run.meta.label_key,
-        fid=fid["mean"],
-        fid_std=fid["std"],
-        fid_values=fid["values"],
-        fid_seeds=len(fid["values"]),
+        fid=fid.mean,
+        fid_std=fid.std,
+        fid_values=fid.values,
+        fid_seeds=len(fid.values),
         fid_start=None if start is None else start.fid,
         fid_start_n=None if start is None else start.num_gen,
         floor=run.meta.floors[str(eval_params.num_gen)],
-        kid=sets["kid"],
-        num_gen=int(len(sets["first"])),
+        kid=sets.kid,
+        num_gen=int(len(sets.first)),
         num_ref=int(len(run.reference)),
-        precision=pr["precision"],
-        recall=pr["recall"],
-        pr_num=pr["num"],
-        pr_k=pr["k"],
-        feature_spread_ratio=sets["spread_ratio"],
-        ppl=ppl["ppl"],
-        ppl_num=ppl["num"],
-        ppl_space=ppl["space"],
-        ppl_sampling=ppl["sampling"],
-        ppl_epsilon=ppl["epsilon"],
+        precision=pr.precision,
+        recall=pr.recall,
+        pr_num=pr.num,
+        pr_k=pr.k,
+        feature_spread_ratio=sets.spread_ratio,
+        ppl=ppl.ppl,
+        ppl_num=ppl.num,
+        ppl_space=ppl.space,
+        ppl_sampling=ppl.sampling,
+        ppl_epsilon=ppl.epsilon,
         ppl_crop=eval_params.ppl_crop,
         ppl_label_key=labels.lpips_label_key(eval_params.lpips),
-        eval_seconds={k: round(v, 2) for k, v in timings.items()},
-        seeds={k: v for k, v in run.seeds.items() if k != "kid_subsets"},
+        eval_seconds=seconds,
+        seeds=run.seeds.recorded(),
     )

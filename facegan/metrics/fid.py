@@ -14,6 +14,7 @@ takes ~10 s on 2 cores; with more samples than dimensions clean-fid's own `frech
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,14 +58,19 @@ def kid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0) -
     return float(total / num_subsets / m)
 
 
-def spread(values: list[float]) -> dict:
+@dataclass(frozen=True)
+class Spread:
+    mean: float
+    std: float  # sample std (ddof 1), 0 for a single value
+    values: list[float]
+
+
+def spread(values: list[float]) -> Spread:
     """Mean and sample std of FIDs over several generated sets (std 0 for a single set)."""
     arr = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(arr.mean()),
-        "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
-        "values": [float(v) for v in arr],
-    }
+    return Spread(
+        mean=float(arr.mean()), std=float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, values=[float(v) for v in arr]
+    )
 
 
 def folder_batches(folder: str | Path, batch_size: int):

@@ -22,6 +22,7 @@ verified, when absent and online); `evaluate.lpips=proxy` uses a seeded random b
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,16 @@ def trimmed_mean(dist: np.ndarray) -> float:
     return float(dist[(dist >= lo) & (dist <= hi)].mean())
 
 
+@dataclass(frozen=True)
+class PathLength:
+    ppl: float  # mean of the distances between the 1st and 99th percentiles
+    num: int  # latent pairs
+    space: str  # z or w
+    sampling: str  # full (t uniform) or end (t = 0)
+    epsilon: float
+    lpips: str  # the distance network's kind
+
+
 @torch.no_grad()
 def path_length(
     G,
@@ -113,7 +124,7 @@ def path_length(
     seed: int,
     crop: bool,
     device: torch.device,
-) -> dict:
+) -> PathLength:
     """PPL of G over `num_samples` latent pairs; returns the trimmed mean and the raw distances' count."""
     if space not in ("z", "w") or sampling not in ("full", "end"):
         raise ValueError(f"space must be z or w and sampling full or end, got {space}, {sampling}")
@@ -135,11 +146,6 @@ def path_length(
         img_a, img_b = (lpips_view(generate_same_noise(fn, latents, noise_seed), crop) for latents in pair)
         dists.append((distance(img_a, img_b) / epsilon**2).double().cpu().numpy())
     dist = np.concatenate(dists)
-    return {
-        "ppl": trimmed_mean(dist),
-        "num": int(len(dist)),
-        "space": space,
-        "sampling": sampling,
-        "epsilon": epsilon,
-        "lpips": distance.kind,
-    }
+    return PathLength(
+        ppl=trimmed_mean(dist), num=int(len(dist)), space=space, sampling=sampling, epsilon=epsilon, lpips=distance.kind
+    )

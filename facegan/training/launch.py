@@ -5,7 +5,7 @@ relaunches itself under torch's elastic launcher (`python -m torch.distributed.r
 placement asks for more than one process, and waits for it. Each process then finds its rank in
 torchrun's environment (facegan/training/distributed.py), splits the global batch and averages the
 gradients, so the weights are those one process would train. Several nodes use torchrun's c10d
-rendezvous at `placement.rdzv_endpoint`: node 0 runs `dvc repro train@<model>` and the other nodes
+rendezvous at `placement.rdzv_endpoint`: node 0 runs `dvc repro train-<model>` and the other nodes
 the stage command `python -m stages.train <model>` with the same params (README: a SLURM script).
 
 `placement.gpu` pins a single-process run to one GPU through CUDA_VISIBLE_DEVICES, so that queued

@@ -77,6 +77,16 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + step * 65_537 + rank) % (2**62)
 
 
+@dataclass(frozen=True)
+class StepDraws:
+    """Every random input of one step, for the global batch (each process takes its shard)."""
+
+    idx: torch.Tensor  # (batch,) indices of the reals in the face cache
+    flips: torch.Tensor | None  # (batch,) bool, which reals are mirrored; None without x-flips
+    z: dict[str, torch.Tensor]  # phase name -> (batch, z_dim) latents
+    gp_eps: torch.Tensor  # (batch,) WGAN-GP's interpolation weights
+
+
 def step_draws(
     seed: int,
     step: int,
@@ -86,21 +96,19 @@ def step_draws(
     xflip: bool,
     phases: list[Phase],
     latents: str = "per_phase",
-) -> dict:
+) -> StepDraws:
     """Every random input of one step for the global batch, from a (seed, step) generator: reals'
     indices and flips, the latents (`per_phase`: a batch per phase, as NVlabs' loop; `per_step`: one
     batch every phase reuses, as PyTorch's DCGAN example, whose G step scores D's fakes), WGAN-GP weights."""
     gen = torch.Generator().manual_seed(step_seed(seed, step))
-    draws = {"idx": torch.randint(dataset_size, (batch,), generator=gen)}
-    flips = torch.rand(batch, generator=gen) < 0.5
-    draws["flips"] = flips if xflip else None
+    idx = torch.randint(dataset_size, (batch,), generator=gen)
+    flips = torch.rand(batch, generator=gen) < 0.5  # drawn without x-flips too, so the latents stay the same
     if latents == "per_step":
-        z = torch.randn(batch, z_dim, generator=gen)
-        draws["z"] = {phase.name: z for phase in phases}
+        shared = torch.randn(batch, z_dim, generator=gen)
+        z = {phase.name: shared for phase in phases}
     else:
-        draws["z"] = {phase.name: torch.randn(batch, z_dim, generator=gen) for phase in phases}
-    draws["gp_eps"] = torch.rand(batch, generator=gen)
-    return draws
+        z = {phase.name: torch.randn(batch, z_dim, generator=gen) for phase in phases}
+    return StepDraws(idx=idx, flips=flips if xflip else None, z=z, gp_eps=torch.rand(batch, generator=gen))
 
 
 def run_phase(
@@ -204,10 +212,10 @@ class StepRunner:
         self.ada = ada_rule(self.cfg.params.augment)
         self.autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
-    def reals(self, draws: dict, segment: Segment, alpha: float) -> torch.Tensor:
+    def reals(self, draws: StepDraws, segment: Segment, alpha: float) -> torch.Tensor:
         """This rank's share of the step's real faces, flipped as drawn, at the segment's resolution."""
-        flips = None if draws["flips"] is None else self.world.shard(draws["flips"])
-        images = self.cache.batch(self.world.shard(draws["idx"]).numpy(), self.device, flips)
+        flips = None if draws.flips is None else self.world.shard(draws.flips)
+        images = self.cache.batch(self.world.shard(draws.idx).numpy(), self.device, flips)
         real = prepare_reals(images, segment.resolution, alpha)
         if self.cfg.train.speed.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
@@ -230,11 +238,11 @@ class StepRunner:
         )
         torch.manual_seed(step_seed(cfg.seed, state.step, world.rank + 1))  # the models' noise, mixing, augmentation
         real = self.reals(draws, segment, alpha)
-        ctx = StepContext(segment.resolution, blur_sigma(model_params.loss, state.nimg), world.shard(draws["gp_eps"]))
+        ctx = StepContext(segment.resolution, blur_sigma(model_params.loss, state.nimg), world.shard(draws.gp_eps))
         terms = {}
         for phase in self.phases:
             if phase.runs_at(state.step):
-                z = world.shard(draws["z"][phase.name]).to(self.device)
+                z = world.shard(draws.z[phase.name]).to(self.device)
                 terms.update(run_phase(state, phase, z, real, ctx, world, self.autocast, model_params.grad_clip_d))
         update_ema(state.G_ema, state.G, ema_beta(model_params, batch, state.nimg), cfg.train.speed.foreach_ema)
         seconds = time.perf_counter() - t0
