@@ -271,11 +271,11 @@ class TrainedRun(Handoff):
     dvclive: bool
     kernel_fallbacks: dict[str, str]  # op -> the error that sent it from Triton to the reference path
     cache_fingerprint: str  # the face cache trained on (facegan.data.cache.fingerprint_of)
-    augment: Literal["ada", "fixed", "none"]  # models.<model>.augment.mode (facegan/training/ada.py)
+    augment: Literal["ada", "fixed", "cosine", "none"]  # models.<model>.augment.mode (facegan/training/ada.py)
     augment_p: float | None  # ADA's p at the end (None without augmentation)
     xflip: bool  # models.<model>.xflip: the reals were mirrored at random
     data_space: str  # the units D trained in (models.ModelSpec.data_space: unit = [-1, 1], imagenet)
-    ema_kimg: float  # G EMA half-life; 0: G_ema is G
+    ema_kimg: float  # G EMA half-life at the end of training (R3GAN's grows on its cosine); 0: G_ema is G
     batchnorm: Literal["none", "re-estimated"]  # G_ema's BatchNorm statistics, re-estimated for its own weights
     stopped_by: Literal["kimg", "budget"]  # the kimg budget, or train.budget_minutes of training time first
     budget_minutes: float

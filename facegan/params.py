@@ -195,6 +195,13 @@ def cross_field_problems(params: dict) -> Iterator[str]:
     chosen = tuple(params["models"]) if params["model"] == "all" else (params["model"],)
     for model in chosen:
         model_params = params["models"][model]
+        if model_params["augment"]["mode"] == "cosine" and "cosine" not in model_params:
+            yield (
+                f"models.{model}.augment.mode = cosine needs a cosine schedule, which only R3GAN has: "
+                "use ada, fixed or none"
+            )
+        if model_params["loss"]["type"] == "rpgan" and model_params["loss"]["r1_every"] != 1:
+            yield f"models.{model}.loss.type = rpgan applies R1 and R2 on every step: set loss.r1_every to 1"
         growing = (model_params.get("progressive") or {}).get("batch_sizes") or []
         key, sizes = (
             (f"models.{model}.progressive.batch_sizes", growing)

@@ -201,7 +201,8 @@ class TuneSettings(Section):
 
 
 class AugmentSettings(Section):
-    mode: choice("ada", "fixed", "none")
+    mode: choice("ada", "fixed", "cosine", "none")  # cosine: p from 0 to `p` on R3GAN's schedule
+    pipe: choice("bgc", "r3gan")  # bgc: ADA's --augpipe=bgc; r3gan: bgc with colour at half probability, plus cutout
     p: Probability
     target: Annotated[float, within(0.0, 1.0, "a target sign mean in [0, 1]")]
     interval: Annotated[int, positive("a positive number of steps")]
@@ -209,7 +210,7 @@ class AugmentSettings(Section):
 
 
 class LossSettings(Section):
-    type: choice("ns", "wgan_gp", "hinge")
+    type: choice("ns", "wgan_gp", "hinge", "rpgan")  # rpgan: relativistic pairing, with R1 and R2 at r1_gamma
     phase_order: choice("DG", "GD", allowed="DG (D phases first) or GD")
     latents: choice("per_phase", "per_step")
     r1_gamma: Off
@@ -314,6 +315,26 @@ class StyleswinArch(MappingArch):
     channel_max: Width
 
 
+class R3ganArch(Section):
+    z_dim: Width
+    channel_base: Width  # stage width min(channel_base / res, channel_max)
+    channel_max: Width
+    group_channels: Width  # channels per group of the grouped conv: cardinality = width x expansion / this
+    blocks_per_stage: Width
+    expansion: Width
+    bf16_stages: Fp16Resolutions
+
+
+class CosineSettings(Section):
+    """R3GAN's schedules (brownvc/R3GAN training_loop.py cosine_decay_with_warmup, no warmup): each value
+    moves from its start to its end along half a cosine over decay_kimg of images seen, then stays."""
+
+    decay_kimg: Kimg
+    lr_final: Annotated[float, positive("a positive learning rate")]  # from lr_g / lr_d
+    beta2_final: Decay  # from betas_g[1] / betas_d[1]
+    gamma_final: Off  # from loss.r1_gamma; the EMA half-life goes from 0 to ema_kimg, augment p from 0 to augment.p
+
+
 class ModelSettings(Section):
     """What every model's section has: the budget, the optimiser, the G EMA and the loss."""
 
@@ -358,6 +379,11 @@ class StyleswinSettings(ModelSettings):
     arch: StyleswinArch
 
 
+class R3ganSettings(ModelSettings):
+    arch: R3ganArch
+    cosine: CosineSettings
+
+
 class ModelsSettings(Section):
     """The models this module knows. A study trains the ones params.yaml has a section for, in that
     section's order (a project may leave a model out by deleting its section; None here)."""
@@ -368,6 +394,7 @@ class ModelsSettings(Section):
     stylegan2: Stylegan2Settings | None = None
     stylegan3: Stylegan3Settings | None = None
     styleswin: StyleswinSettings | None = None
+    r3gan: R3ganSettings | None = None
 
 
 MODEL_NAMES: tuple[str, ...] = tuple(ModelsSettings.model_fields)  # every model a study may have

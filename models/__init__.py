@@ -79,7 +79,7 @@ class ModelSpec:
     style_based: bool = False  # has mapping/synthesis and w_avg (PPL in W, truncation sweeps)
     progressive: bool = False  # has set_progress(level, alpha) on G and D
     data_space: DataSpace = UNIT  # the range the official code trains D in (see the module docstring)
-    official_precision: str = "fp32"  # fp32 | fp16 (low precision in the blocks the model marks, as NVlabs' code)
+    official_precision: str = "fp32"  # fp32 | fp16 | bf16 (low precision in the blocks the model marks, as its code)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

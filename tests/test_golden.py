@@ -355,3 +355,41 @@ def test_styleswin_trains_step_for_step_as_microsofts_train_styleswin(tmp_path):
     for net in ("G", "D", "G_ema"):
         ours = tensor_norms(getattr(run.state, net), names[net[0]])
         assert_norms_close(ours, golden["final"][net], 1e-4, net, sum_atol=2e-3)
+
+
+def test_r3gan_networks_give_brownvc_r3gans_outputs():
+    """G(z) and D(x) of R3GAN/Networks.py (through training/networks.py) holding our initial weights
+    (golden: verification/golden_r3gan.py)."""
+    golden = load_golden("r3gan")
+    G, D = models.build("r3gan", json.loads(golden["params"])["arch"], int(golden["resolution"]))
+    G.load_state_dict(golden["init"]["G"])
+    D.load_state_dict(golden["init"]["D"])
+    with torch.no_grad():
+        torch.testing.assert_close(G(golden["outputs"]["z"]), golden["outputs"]["G"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(D(golden["outputs"]["x"]), golden["outputs"]["D"], rtol=1e-5, atol=1e-6)
+
+
+def test_r3gan_trains_step_for_step_as_brownvc_r3gan(tmp_path):
+    """4 iterations of the official loop body: the D phase (RpGAN + R1 + R2 at gamma/2, reals and fakes through
+    the --aug=1 pipe), then the G phase on its own reals, with lr, beta2, gamma, the EMA length and p on the
+    official cosine (a 32-image decay, so that each moves): losses, first gradients, p, final G, D and G_ema."""
+    golden = load_golden("r3gan")
+    assert golden["meta"]["repository"] == "brownvc+R3GAN"
+    assert_matches_golden(golden, tmp_path, loss_rtol=1e-5, grad_rtol=1e-4, atol=2e-6, rtol=1e-4)
+
+
+def test_r3gan_schedules_are_the_official_cosine_at_three_points_of_training():
+    """cosine_decay_with_warmup of the FFHQ presets (lr, beta2, gamma, EMA images, augment p over 20M images)
+    at 0, 5M and 15M images, and past the decay, against our schedule of the same start and end values."""
+    from facegan.training.cosine import cosine_values
+    from tests.helpers import model_settings
+
+    golden = load_golden("r3gan")
+    presets = {"FFHQ-64": (2.0, 0.2), "FFHQ-256": (150.0, 15.0)}  # gamma's start and end
+    for preset, (gamma, gamma_final) in presets.items():
+        params = model_settings("r3gan", loss={"r1_gamma": gamma}, cosine={"gamma_final": gamma_final})
+        for row in golden["schedules"][preset]:
+            ours = cosine_values(params, row["nimg"])
+            expected = (row["lr"], row["lr"], row["beta2"], row["gamma"], row["ema"], row["aug"])
+            got = (ours.lr_g, ours.lr_d, ours.beta2_g, ours.r1_gamma, ours.ema_nimg, ours.augment_p)
+            assert got == pytest.approx(expected, rel=1e-12, abs=1e-15), (preset, row)

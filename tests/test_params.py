@@ -74,7 +74,7 @@ def test_quick_profile_is_celeba_at_64px_an_hour_a_model_and_fid_on_10k(tmp_path
         ({"data": {"raw_dir": "elsewhere"}}, "param 'data.raw_dir' is no longer read: the source images are always in"),
         (
             {"models": {"stylegan2": {"augment": {"mode": "always"}}}},
-            "param 'models.stylegan2.augment.mode' = 'always' is invalid: must be ada, fixed or none",
+            "param 'models.stylegan2.augment.mode' = 'always' is invalid: must be ada, fixed, cosine or none",
         ),
         ({"models": {"stylegan2": {"augment": {"target": 1.5}}}}, "must be a target sign mean in [0, 1]"),
         ({"models": {"dcgan": {"loss": {"latents": "one"}}}}, "must be per_phase or per_step"),
@@ -227,6 +227,11 @@ def test_every_probability_and_ratio_param_is_bounded_on_both_sides(tmp_path):
             "models.pggan.progressive.batch_sizes = 128 does not split over placement.gpus x placement.nnodes = 3",
         ),
         ({"evaluate": {"pr_k": 50000}}, "evaluate.pr_k = 50000 needs more than 50000 images per set"),
+        (
+            {"models": {"stylegan2": {"augment": {"mode": "cosine"}}}},
+            "models.stylegan2.augment.mode = cosine needs a cosine schedule, which only R3GAN has",
+        ),
+        ({"models": {"r3gan": {"loss": {"r1_every": 16}}}}, "models.r3gan.loss.type = rpgan applies R1 and R2 on"),
     ],
 )
 def test_rules_between_params_stop_configure_before_any_stage(tmp_path, overrides, message):
@@ -247,8 +252,9 @@ def test_each_model_builds_from_exactly_the_keys_of_its_arch_section(tmp_path, m
     import models
 
     arch = load(tmp_path, {})["models"][model]["arch"]
-    read = set(re.findall(r"\barch\.(\w+)", inspect.getsource(models.get_spec(model).build)))
-    assert read == set(arch), f"models/{model}.py build() reads {sorted(read)}, its params {sorted(arch)}"
+    source = inspect.getsource(inspect.getmodule(models.get_spec(model).build))
+    read = set(re.findall(r"\barch\.(\w+)", source))
+    assert read == set(arch), f"models/{model}.py reads arch keys {sorted(read)}, its params have {sorted(arch)}"
     with pytest.raises(UserError, match=rf"^models\.{model}\.arch\.z_dim = 'wide' is invalid: "):
         models.build(model, {**arch, "z_dim": "wide"}, 32)
     with pytest.raises(UserError, match=rf"^models\.{model}\.arch\.z_dim = 0 is invalid: must be a positive number$"):

@@ -206,7 +206,7 @@ def test_stylegan_mixes_styles_only_among_the_layers_of_the_current_level():
     G.synthesis.forward = lambda ws, **kw: seen.append(ws.detach().clone()) or synthesis(ws, **kw)
     torch.manual_seed(1)
     for _ in range(20):
-        gan.run_G(torch.randn(2, 16), StepContext(8, 0.0, None))
+        gan.run_G(torch.randn(2, 16), StepContext(8, 0.0, None, 0.0))
     for ws in seen:
         first_other = next(i for i in range(8) if not torch.equal(ws[:, i], ws[:, 0]))
         assert 1 <= first_other < 4
@@ -232,7 +232,7 @@ def test_stylegan3_r_blurs_every_image_d_sees_fading_over_blur_fade_kimg():
     cfg = loss_settings("stylegan3", r1_gamma=0.0)
     gan = GanLoss(G, D, style_based=False, progressive=False, loss=cfg, all_mean=lambda t: t)
     real, z = torch.randn(2, 3, 4, 4), torch.randn(2, 16)
-    ctx = StepContext(4, 1.0, None)
+    ctx = StepContext(4, 1.0, None, 0.0)
     gan.phase_terms(phases.Phase("Dmain", "D", 1, True, False), z, real, ctx)
     gan.phase_terms(phases.Phase("Gmain", "G", 1, True, False), z, real, ctx)
     assert len(seen) == 3  # D saw fakes, reals (Dmain, the official order) and fakes (Gmain): each one blurred
@@ -277,7 +277,7 @@ def test_bcr_adds_the_consistency_term_and_vanishes_for_an_identity_augmentation
     cfg = loss_settings("styleswin")
     gan = GanLoss(G, D, style_based=True, progressive=False, loss=cfg, all_mean=lambda t: t)
     dmain = phases.Phase("Dmain", "D", 1, True, False)
-    real, z, ctx = torch.randn(4, 3, 16, 16), torch.randn(4, 16), StepContext(16, 0.0, None)
+    real, z, ctx = torch.randn(4, 3, 16, 16), torch.randn(4, 16), StepContext(16, 0.0, None, 0.0)
     assert gan.phase_terms(dmain, z, real, ctx)[D_CONSISTENCY] > 0
     monkeypatch.setattr(augment, "consistency_augment", lambda x: x)
     assert gan.phase_terms(dmain, z, real, ctx)[D_CONSISTENCY].abs() < 1e-10

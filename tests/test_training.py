@@ -100,6 +100,7 @@ def test_precision_choice():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == torch.float32
     assert resolve_precision("bf16", cpu) == torch.bfloat16  # asked for: CPU autocast
+    assert resolve_precision("auto", torch.device("cuda"), "bf16") == torch.bfloat16  # R3GAN's official stages
     with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", cpu)
 
@@ -270,3 +271,42 @@ def test_growing_kimg_is_where_the_last_train_segment_starts():
     schedule = Schedule.progressive("pggan", params, 4)
     assert schedule.segments[-1].name == "train64"
     assert schedule.segments[-1].start_nimg == round(growing_kimg(params.progressive, 4) * 1000) == 29000
+
+
+R3GAN = study_model(
+    "r3gan",
+    kimg=0.064,
+    batch_size=8,
+    ema_kimg=0.016,
+    augment={"p": 0.5},
+    cosine={"decay_kimg": 0.048},  # every schedule moves within the run, and ends before it
+    arch={
+        "z_dim": 8,
+        "channel_base": 64,
+        "channel_max": 16,
+        "group_channels": 8,
+        "blocks_per_stage": 1,
+        "bf16_stages": 2,
+    },
+)
+
+
+def test_r3gan_resumed_mid_schedule_ends_with_the_uninterrupted_weights(cache_dir, tmp_path, monkeypatch):
+    """R3GAN's lr, beta2, gamma, EMA length and p follow its cosine from the images seen, so a run stopped
+    half-way and resumed trains the same networks, and its schedules reach their ends."""
+    monkeypatch.chdir(tmp_path)
+
+    def cfg():
+        return ModelView.selected_run(model="r3gan", params=R3GAN, train=dict(TRAIN), seed=3, resolution=16)
+
+    straight = train(cfg(), cache_dir, tmp_path / "a" / "run", tmp_path / "a" / "ckpt")
+    assert straight.training_phases == ["Dboth", "Gmain"]
+    assert {"D/adversarial", "D/r1", "D/r2", "G/adversarial"} <= set(straight.history[-1].losses)
+    assert straight.augment == "cosine" and straight.augment_p == pytest.approx(0.5)  # the schedule's end
+    assert straight.ema_kimg == pytest.approx(0.016)
+    assert train(cfg(), cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt", stop_after_kimg=0.032) is None
+    resumed = train(cfg(), cache_dir, tmp_path / "b" / "run", tmp_path / "b" / "ckpt")
+    assert resumed.steps == straight.steps
+    a, b = g_ema(tmp_path / "a" / "run"), g_ema(tmp_path / "b" / "run")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

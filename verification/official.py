@@ -36,6 +36,7 @@ PINNED_COMMITS = {
     "pytorch+examples": "77f55b912142e11fcfdf5b530231fb9c52f181e8",
     "NVlabs+stylegan": "1e0d5c781384ef12b50ef20a62fee5d78b38e88f",
     "tkarras+progressive_growing_of_gans": "2504c3f3cb98ca58751610ad61fa1097313152bd",
+    "brownvc+R3GAN": "19a7ddf463fbac2bd39b4c1c73d63f1c441c7403",
 }
 
 # NVlabs' top-level packages; imported under these names, as the official code imports itself.

@@ -421,7 +421,10 @@ RECIPE_COLUMNS = ["model", "precision", "D's units", "augmentation", "x-flips", 
 
 def recipe_cells(stats: handoff.TrainedRun) -> list[str]:
     """How a model trained, as its official recipe fixes it (models/<model>.py lists the deviations)."""
-    augment = "none" if stats.augment == "none" else f"ADA {stats.augment}, p {fmt(stats.augment_p, 3)} at the end"
+    augment = {
+        "none": "none",
+        "cosine": f"p on R3GAN's cosine schedule, {fmt(stats.augment_p, 3)} at the end",
+    }.get(stats.augment, f"ADA {stats.augment}, p {fmt(stats.augment_p, 3)} at the end")
     units = {"unit": "[-1, 1]", "imagenet": "ImageNet-normalised (official)"}.get(stats.data_space, stats.data_space)
     ema = f"half-life {stats.ema_kimg:g} kimg" if stats.ema_kimg > 0 else "none (G itself)"
     sampling = (

@@ -24,14 +24,19 @@ so that the official pipe and this one give the same images for the same random 
   color  hue           theta ~ U(-pi, pi)                            rotation by theta around v
   color  saturation    s ~ 2^N(0, 1)                                 v v^T + (I - v v^T) s
 
-p_rot = 1 - sqrt(1 - p) so that a pre- or a post-rotation happens with probability p. The geometric
+Each transform's probability is its multiplier times p (`Multipliers`; a transform at 0 draws nothing,
+as in the official pipe): all 1 in bgc; R3GAN's `train.py --aug=1` (pipe `r3gan`) halves the colour
+transforms' and adds cutout (a square of half the image's side zeroed at a uniform centre, after the
+colour transforms; the gate drawn first, then the centre). p_rot = 1 - sqrt(1 - rotate x p) so that a
+pre- or a post-rotation happens with probability rotate x p. The geometric
 part composes the inverse matrices and resamples once: reflect-pad by the margin the transform
 needs, 2x up-sampling with the orthogonal sym6 wavelet low-pass, bilinear grid_sample, 2x
 down-sampling with the same filter, crop; it runs whenever the pipe has geometric transforms, also
 at p = 0 (as the official pipe). grid_sample has a second derivative on CPU and CUDA (checked by
 tests/test_ada.py), so R1 through augmented reals works.
 
-The adaptive p (`AdaptiveP`): D's real logits' signs, from every phase that evaluates D on reals
+R3GAN does not adapt p: its loop sets it every step from its cosine schedule (facegan/training/cosine.py).
+The adaptive p (`AdaRule`): D's real logits' signs, from every phase that evaluates D on reals
 (Dmain and Dreg), are averaged over `interval` steps (and over data-parallel ranks);
 p += sign(mean - target) * batch * interval / (kimg * 1000), floored at 0, after every `interval`-th
 step (official: ada_target 0.6, ada_interval 4, ada_kimg 500; train.py --aug=ada).
@@ -67,6 +72,34 @@ SYM6 = (
 
 
 @dataclass(frozen=True)
+class Multipliers:
+    """Each transform's probability multiplier (its probability is multiplier x p); a transform at 0 draws
+    nothing, as in the official pipe. The defaults are ADA's bgc pipe (train.py --augpipe=bgc)."""
+
+    xflip: float = 1.0
+    rotate90: float = 1.0
+    xint: float = 1.0
+    scale: float = 1.0
+    rotate: float = 1.0
+    aniso: float = 1.0
+    xfrac: float = 1.0
+    brightness: float = 1.0
+    contrast: float = 1.0
+    lumaflip: float = 1.0
+    hue: float = 1.0
+    saturation: float = 1.0
+    cutout: float = 0.0
+
+
+PIPES = {
+    "bgc": Multipliers(),
+    # brownvc/R3GAN train.py --aug=1: AugmentPipe(xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1,
+    # xfrac=1, brightness=0.5, contrast=0.5, lumaflip=0.5, hue=0.5, saturation=0.5, cutout=1)
+    "r3gan": Multipliers(brightness=0.5, contrast=0.5, lumaflip=0.5, hue=0.5, saturation=0.5, cutout=1.0),
+}
+
+
+@dataclass(frozen=True)
 class Ranges:
     """The official AugmentPipe defaults for the bgc pipe (each a constructor argument there)."""
 
@@ -79,6 +112,7 @@ class Ranges:
     contrast_std: float = 0.5  # log2 std
     hue_max: float = 1.0  # hue rotation range, 1 = the full circle
     saturation_std: float = 1.0  # log2 std
+    cutout_size: float = 0.5  # the cut square's side, as a fraction of the image size
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,49 +173,81 @@ def _gate(value: torch.Tensor, prob, identity: float) -> torch.Tensor:
 # The three groups: each draws its values in the official order and returns its matrix
 
 
-def blit_and_geom_inverse(n: int, width: int, height: int, p: torch.Tensor, r: Ranges, device) -> torch.Tensor:
+def blit_and_geom_inverse(
+    n: int, width: int, height: int, p: torch.Tensor, r: Ranges, device, m: Multipliers = PIPES["bgc"]
+) -> torch.Tensor:
     """G_inv (N, 3, 3): output pixel -> input pixel, the product of every geometric transform's inverse."""
     one = torch.ones(n, device=device)
     G_inv = torch.eye(3, device=device).expand(n, 3, 3)
-    i = _gate(torch.floor(torch.rand(n, device=device) * 2), p, 0.0)  # xflip
-    G_inv = G_inv @ scale2d(1 / (1 - 2 * i), one, one)
-    i = _gate(torch.floor(torch.rand(n, device=device) * 4), p, 0.0)  # rotate90
-    G_inv = G_inv @ rotate2d(math.pi / 2 * i)  # the inverse of a rotation by -pi/2 i
-    t = _gate((torch.rand(n, 2, device=device) * 2 - 1) * r.xint_max, p, 0.0)  # xint
-    G_inv = G_inv @ translate2d(-torch.round(t[:, 0] * width), -torch.round(t[:, 1] * height), one)
-
-    s = _gate(torch.exp2(torch.randn(n, device=device) * r.scale_std), p, 1.0)  # scale
-    G_inv = G_inv @ scale2d(1 / s, 1 / s, one)
-    p_rot = 1 - torch.sqrt((1 - p).clamp(0, 1))  # P(pre or post rotation) = p
-    theta = _gate((torch.rand(n, device=device) * 2 - 1) * math.pi * r.rotate_max, p_rot, 0.0)  # pre-rotation
-    G_inv = G_inv @ rotate2d(theta)
-    s = _gate(torch.exp2(torch.randn(n, device=device) * r.aniso_std), p, 1.0)  # aniso
-    G_inv = G_inv @ scale2d(1 / s, s, one)
-    theta = _gate((torch.rand(n, device=device) * 2 - 1) * math.pi * r.rotate_max, p_rot, 0.0)  # post-rotation
-    G_inv = G_inv @ rotate2d(theta)
-    t = _gate(torch.randn(n, 2, device=device) * r.xfrac_std, p, 0.0)  # xfrac
-    return G_inv @ translate2d(-t[:, 0] * width, -t[:, 1] * height, one)
+    if m.xflip > 0:
+        i = _gate(torch.floor(torch.rand(n, device=device) * 2), m.xflip * p, 0.0)
+        G_inv = G_inv @ scale2d(1 / (1 - 2 * i), one, one)
+    if m.rotate90 > 0:
+        i = _gate(torch.floor(torch.rand(n, device=device) * 4), m.rotate90 * p, 0.0)
+        G_inv = G_inv @ rotate2d(math.pi / 2 * i)  # the inverse of a rotation by -pi/2 i
+    if m.xint > 0:
+        t = _gate((torch.rand(n, 2, device=device) * 2 - 1) * r.xint_max, m.xint * p, 0.0)
+        G_inv = G_inv @ translate2d(-torch.round(t[:, 0] * width), -torch.round(t[:, 1] * height), one)
+    if m.scale > 0:
+        s = _gate(torch.exp2(torch.randn(n, device=device) * r.scale_std), m.scale * p, 1.0)
+        G_inv = G_inv @ scale2d(1 / s, 1 / s, one)
+    p_rot = 1 - torch.sqrt((1 - m.rotate * p).clamp(0, 1))  # P(pre or post rotation) = rotate x p
+    if m.rotate > 0:  # pre-rotation
+        theta = _gate((torch.rand(n, device=device) * 2 - 1) * math.pi * r.rotate_max, p_rot, 0.0)
+        G_inv = G_inv @ rotate2d(theta)
+    if m.aniso > 0:
+        s = _gate(torch.exp2(torch.randn(n, device=device) * r.aniso_std), m.aniso * p, 1.0)
+        G_inv = G_inv @ scale2d(1 / s, s, one)
+    if m.rotate > 0:  # post-rotation
+        theta = _gate((torch.rand(n, device=device) * 2 - 1) * math.pi * r.rotate_max, p_rot, 0.0)
+        G_inv = G_inv @ rotate2d(theta)
+    if m.xfrac > 0:
+        t = _gate(torch.randn(n, 2, device=device) * r.xfrac_std, m.xfrac * p, 0.0)
+        G_inv = G_inv @ translate2d(-t[:, 0] * width, -t[:, 1] * height, one)
+    return G_inv
 
 
 LUMA_AXIS = torch.tensor([1.0, 1.0, 1.0, 0.0]) / math.sqrt(3)
 
 
-def color_matrix(n: int, p: torch.Tensor, r: Ranges, device) -> torch.Tensor:
+def color_matrix(n: int, p: torch.Tensor, r: Ranges, device, m: Multipliers = PIPES["bgc"]) -> torch.Tensor:
     """C (N, 4, 4): colour_out = C @ colour_in, in homogeneous RGB."""
     eye = torch.eye(4, device=device)
     v = LUMA_AXIS.to(device)
     vvT = torch.outer(v, v)
     C = eye.expand(n, 4, 4)
-    b = _gate(torch.randn(n, device=device) * r.brightness_std, p, 0.0)
-    C = translate3d(b) @ C
-    c = _gate(torch.exp2(torch.randn(n, device=device) * r.contrast_std), p, 1.0)
-    C = scale3d(c) @ C
-    i = _gate(torch.floor(torch.rand(n, 1, 1, device=device) * 2), p, 0.0)  # lumaflip: a Householder reflection
-    C = (eye - 2 * vvT * i) @ C
-    theta = _gate((torch.rand(n, device=device) * 2 - 1) * math.pi * r.hue_max, p, 0.0)
-    C = rotate3d(v, theta) @ C
-    s = _gate(torch.exp2(torch.randn(n, 1, 1, device=device) * r.saturation_std), p, 1.0)
-    return (vvT + (eye - vvT) * s) @ C
+    if m.brightness > 0:
+        b = _gate(torch.randn(n, device=device) * r.brightness_std, m.brightness * p, 0.0)
+        C = translate3d(b) @ C
+    if m.contrast > 0:
+        c = _gate(torch.exp2(torch.randn(n, device=device) * r.contrast_std), m.contrast * p, 1.0)
+        C = scale3d(c) @ C
+    if m.lumaflip > 0:  # a Householder reflection
+        i = _gate(torch.floor(torch.rand(n, 1, 1, device=device) * 2), m.lumaflip * p, 0.0)
+        C = (eye - 2 * vvT * i) @ C
+    if m.hue > 0:
+        theta = _gate((torch.rand(n, device=device) * 2 - 1) * math.pi * r.hue_max, m.hue * p, 0.0)
+        C = rotate3d(v, theta) @ C
+    if m.saturation > 0:
+        s = _gate(torch.exp2(torch.randn(n, 1, 1, device=device) * r.saturation_std), m.saturation * p, 1.0)
+        C = (vvT + (eye - vvT) * s) @ C
+    return C
+
+
+def cutout(images: torch.Tensor, prob: torch.Tensor, size: float) -> torch.Tensor:
+    """Zero a square of side `size` (a fraction of the image) at a uniform centre, per image with
+    probability `prob` (the gate drawn first, then the centre, as the official pipe)."""
+    n, _, height, width = images.shape
+    device = images.device
+    side = torch.full([n, 2, 1, 1, 1], size, device=device)
+    side = torch.where(torch.rand([n, 1, 1, 1, 1], device=device) < prob, side, torch.zeros_like(side))
+    centre = torch.rand([n, 2, 1, 1, 1], device=device)
+    x = torch.arange(width, device=device).reshape([1, 1, 1, -1])
+    y = torch.arange(height, device=device).reshape([1, 1, -1, 1])
+    outside_x = ((x + 0.5) / width - centre[:, 0]).abs() >= side[:, 0] / 2
+    outside_y = ((y + 0.5) / height - centre[:, 1]).abs() >= side[:, 1] / 2
+    outside_x, outside_y = torch.broadcast_tensors(outside_x, outside_y)
+    return images * torch.logical_or(outside_x, outside_y).to(images.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,11 +294,11 @@ def recolor(images: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
 
 
 class AugmentPipe(nn.Module):
-    """ADA's bgc pipe; `p` (a buffer) is the probability multiplier the adaptive rule moves."""
+    """ADA's pipe (bgc by default); `p` (a buffer) is the probability multiplier the adaptive rule moves."""
 
-    def __init__(self, p: float = 0.0, ranges: Ranges = Ranges()):
+    def __init__(self, p: float = 0.0, ranges: Ranges = Ranges(), multipliers: Multipliers = PIPES["bgc"]):
         super().__init__()
-        self.ranges = ranges
+        self.ranges, self.multipliers = ranges, multipliers
         self.register_buffer("p", torch.tensor(float(p)))
         self.register_buffer("filter", setup_filter(list(SYM6)), persistent=False)
 
@@ -243,10 +309,13 @@ class AugmentPipe(nn.Module):
         n, _, height, width = images.shape
         with torch.autocast(images.device.type, enabled=False):
             x = images.to(torch.promote_types(images.dtype, torch.float32))
-            G_inv = blit_and_geom_inverse(n, width, height, self.p, self.ranges, x.device)
+            G_inv = blit_and_geom_inverse(n, width, height, self.p, self.ranges, x.device, self.multipliers)
             x = resample(x, G_inv.to(x.dtype), self.filter.to(x.dtype))
-            C = color_matrix(n, self.p, self.ranges, x.device)
-            return recolor(x, C.to(x.dtype)).to(images.dtype)
+            C = color_matrix(n, self.p, self.ranges, x.device, self.multipliers)
+            x = recolor(x, C.to(x.dtype))
+            if self.multipliers.cutout > 0:
+                x = cutout(x, self.multipliers.cutout * self.p, self.ranges.cutout_size)
+            return x.to(images.dtype)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from facegan.data.cache import FaceCache
 from facegan.device import resolve_device, resolve_precision
 from facegan.errors import UserError
 from facegan.training import distributed
-from facegan.training.ada import AugmentPipe
+from facegan.training.ada import PIPES, AugmentPipe
 from facegan.training.live import LiveLog
 from facegan.training.outputs import NonFiniteError, Progress, RunFiles, TermCheck, non_finite_error, trained_stats
 from facegan.training.phases import GanLoss, Phase, build_phases, lazy_interval
@@ -110,7 +110,8 @@ def build_state(
     fused = speed.fused_adam and device.type == "cuda"
     world.broadcast_module(G), world.broadcast_module(D)
     augment = model_params.augment
-    pipe = None if augment.mode == "none" else AugmentPipe(p=augment.p).to(device)
+    start_p = 0.0 if augment.mode == "cosine" else augment.p  # a cosine p starts at 0 (facegan.training.cosine)
+    pipe = None if augment.mode == "none" else AugmentPipe(p=start_p, multipliers=PIPES[augment.pipe]).to(device)
     return TrainState(
         G=G,
         D=D,

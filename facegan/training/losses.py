@@ -6,6 +6,8 @@ Adversarial losses (selected by `loss.type` in a model's params):
   wgan_gp  Wasserstein loss (Arjovsky et al. 2017) with gradient penalty (Gulrajani et al. 2017)
            and PGGAN's epsilon drift term  drift * real**2  (Karras et al. 2018)
   hinge    D: relu(1 - real) + relu(1 + fake), G: -fake (Lim & Ye 2017; Miyato et al. 2018)
+  rpgan    relativistic pairing: D: softplus(-(real - fake)), G: softplus(-(fake - real)), with R1 on reals
+           and R2 (the same penalty on fakes) at gamma/2 every step (R3GAN, Huang et al. 2024)
 Regularisers:
   r1_penalty        gamma/2 * ||grad_x D(x)||^2 on reals (Mescheder et al. 2018), from D's logits
                     of inputs that require grad, as the official StyleGAN2-ADA/3 loss computes it
@@ -44,12 +46,19 @@ def g_adversarial(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown loss type {kind}")
 
 
+def relativistic(first_logits: torch.Tensor, second_logits: torch.Tensor) -> torch.Tensor:
+    """RpGAN (Jolicoeur-Martineau 2019, as R3GAN trains): softplus(-(first - second)), paired per sample;
+    D passes (real, fake), G passes (fake, real)."""
+    return F.softplus(-(first_logits - second_logits)).mean()
+
+
 def drift_penalty(real_logits: torch.Tensor, weight: float) -> torch.Tensor:
     return weight * real_logits.square().mean()
 
 
 def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor, gamma: float) -> torch.Tensor:
-    """gamma/2 * E||grad_x D(x)||^2; `real` must require grad and `real_logits` be D(real)."""
+    """gamma/2 * E||grad_x D(x)||^2; `real` must require grad and `real_logits` be D(real). Given fakes and
+    their logits, the same function is R2."""
     (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
     return 0.5 * gamma * grad.float().square().flatten(1).sum(1).mean()
 

@@ -17,11 +17,12 @@ import torch
 from tqdm import tqdm
 
 import models
-from facegan import checkpoint, handoff
+from facegan import checkpoint, handoff, settings
 from facegan.data.cache import FaceCache, save_grid, to_uint8
 from facegan.errors import UserError
 from facegan.io import atomic_dir, write_json
 from facegan.training import distributed
+from facegan.training.cosine import cosine_values
 from facegan.training.live import LiveLog
 from facegan.training.phases import Phase
 from facegan.training.progressive import Schedule, Segment, to_resolution
@@ -198,6 +199,12 @@ def history_row(state: TrainState, terms: TermLog, segment: Segment, alpha: floa
     }
 
 
+def ema_kimg_at(model_params: settings.ModelSettings, nimg: int) -> float:
+    """The G EMA's half-life in kimg after `nimg` images: ema_kimg, or where R3GAN's cosine has taken it."""
+    scheduled = cosine_values(model_params, nimg)
+    return model_params.ema_kimg if scheduled is None else scheduled.ema_nimg / 1000
+
+
 def augment_p(state: TrainState) -> float | None:
     """ADA's current p (None for a model trained without augmentation)."""
     pipe = state.loss.augment_pipe
@@ -251,7 +258,7 @@ def trained_stats(
         augment_p=augment_p(state),
         xflip=cfg.params.xflip,
         data_space=spec.data_space.name,
-        ema_kimg=cfg.params.ema_kimg,
+        ema_kimg=ema_kimg_at(cfg.params, state.nimg),
         batchnorm="re-estimated" if batchnorm_layers(state.G_ema) else "none",
         stopped_by=stopped_by,
         budget_minutes=cfg.train.budget_minutes,

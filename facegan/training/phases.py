@@ -46,6 +46,7 @@ from facegan.training.terms import (
     D_DRIFT,
     D_GRADIENT_PENALTY,
     D_R1,
+    D_R2,
     G_ADVERSARIAL,
     G_PATH_LENGTH,
     LAZY_TERMS,
@@ -123,6 +124,7 @@ class StepContext:
     resolution: int  # the current level's (growing models) or the final resolution
     blur_sigma: float
     gp_eps: torch.Tensor | None  # WGAN-GP mixing weights of this rank's samples
+    r1_gamma: float  # R1's (and R2's) weight this step: loss.r1_gamma, or R3GAN's cosine schedule of it
 
 
 class GanLoss:
@@ -194,6 +196,8 @@ class GanLoss:
         """The named loss terms of `phase` (scalars of this rank's samples)."""
         if self.cuda_graphs:  # a phase runs forward and backward to the end: its graphs' outputs may be reused
             torch.compiler.cudagraph_mark_step_begin()
+        if self.loss.type == "rpgan":
+            return (self._rpgan_g_terms if phase.net == "G" else self._rpgan_d_terms)(z, real, ctx)
         return (self._g_terms if phase.net == "G" else self._d_terms)(phase, z, real, ctx)
 
     def _g_terms(self, phase: Phase, z: torch.Tensor, real: torch.Tensor, ctx: StepContext) -> dict:
@@ -231,8 +235,29 @@ class GanLoss:
                     augment.consistency_augment,
                 )
         if phase.reg:
-            terms[D_R1] = losses.r1_penalty(real_logits, real, cfg.r1_gamma)
+            terms[D_R1] = losses.r1_penalty(real_logits, real, ctx.r1_gamma)
         return terms
+
+    def _rpgan_g_terms(self, z: torch.Tensor, real: torch.Tensor, ctx: StepContext) -> dict:
+        """R3GAN's G step (R3GAN/Trainer.py AccumulateGeneratorGradients): D scores the fakes, then the reals,
+        and G lowers softplus(-(D(fake) - D(real)))."""
+        fake_logits = self.run_D(self.run_G(z, ctx), ctx)
+        real_logits = self.run_D(self.data_space.from_unit(real.detach()), ctx)
+        return {G_ADVERSARIAL: losses.relativistic(fake_logits, real_logits)}
+
+    def _rpgan_d_terms(self, z: torch.Tensor, real: torch.Tensor, ctx: StepContext) -> dict:
+        """R3GAN's D step (AccumulateDiscriminatorGradients): softplus(-(D(real) - D(fake))) plus gamma/2 times
+        R1 on the reals and R2 on the fakes, every step, each through the augmentation (reals scored first)."""
+        real = self.data_space.from_unit(real.detach()).requires_grad_(True)
+        fake = self.run_G(z, ctx, update_emas=True).detach().requires_grad_(True)
+        real_logits = self.run_D(real, ctx, fast=False)
+        fake_logits = self.run_D(fake, ctx, fast=False)
+        self.real_signs.add(real_logits)
+        return {
+            D_ADVERSARIAL: losses.relativistic(real_logits, fake_logits),
+            D_R1: losses.r1_penalty(real_logits, real, ctx.r1_gamma),
+            D_R2: losses.r1_penalty(fake_logits, fake, ctx.r1_gamma),
+        }
 
 
 def phase_loss(phase: Phase, terms: dict[str, torch.Tensor]) -> torch.Tensor:

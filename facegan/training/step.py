@@ -18,6 +18,7 @@ from facegan import handoff, settings
 from facegan.data.cache import FaceCache
 from facegan.training import distributed
 from facegan.training.ada import AdaRule, update_p
+from facegan.training.cosine import cosine_values
 from facegan.training.phases import Phase, StepContext, blur_sigma, lazy_interval, phase_loss
 from facegan.training.progressive import Schedule, Segment, prepare_reals
 from facegan.training.state import TrainState
@@ -25,7 +26,11 @@ from facegan.training.state import TrainState
 
 def ema_beta(model_params: settings.ModelSettings, batch: int, nimg: int) -> float:
     """Per-step G EMA decay for a half-life of ema_kimg, ramped up to ema_rampup * nimg, where nimg
-    counts the images before this step (official: step 0 copies G)."""
+    counts the images before this step (official: step 0 copies G); R3GAN's half-life follows its cosine
+    schedule from 0 (facegan.training.cosine)."""
+    scheduled = cosine_values(model_params, nimg)
+    if scheduled is not None:
+        return 0.5 ** (batch / max(scheduled.ema_nimg, 1e-8))
     half_life = model_params.ema_kimg * 1000
     if half_life <= 0:
         return 0.0
@@ -66,7 +71,11 @@ def lazy_adam(params, betas, interval: int, fused: bool = False) -> torch.optim.
 def learning_rates(
     segment: Segment, model_params: settings.ModelSettings, nimg: int, total_nimg: int
 ) -> tuple[float, float]:
-    """(lr_g, lr_d) of a step: the segment's, times a linear decay to 0 over the last lr_decay_kimg."""
+    """(lr_g, lr_d) of a step: the segment's, times a linear decay to 0 over the last lr_decay_kimg (R3GAN:
+    its cosine schedule's)."""
+    scheduled = cosine_values(model_params, nimg)
+    if scheduled is not None:
+        return scheduled.lr_g, scheduled.lr_d
     decay = 1.0
     if model_params.lr_decay_kimg > 0:
         decay = min(max((total_nimg - nimg) / (model_params.lr_decay_kimg * 1000), 0.0), 1.0)
@@ -85,6 +94,8 @@ class StepDraws:
     flips: torch.Tensor | None  # (batch,) bool, which reals are mirrored; None without x-flips
     z: dict[str, torch.Tensor]  # phase name -> (batch, z_dim) latents
     gp_eps: torch.Tensor  # (batch,) WGAN-GP's interpolation weights
+    idx_g: torch.Tensor  # (batch,) the reals of G's phases (a relativistic G loss scores reals too)
+    flips_g: torch.Tensor | None
 
 
 def step_draws(
@@ -108,7 +119,13 @@ def step_draws(
         z = {phase.name: shared for phase in phases}
     else:
         z = {phase.name: torch.randn(batch, z_dim, generator=gen) for phase in phases}
-    return StepDraws(idx=idx, flips=flips if xflip else None, z=z, gp_eps=torch.rand(batch, generator=gen))
+    gp_eps = torch.rand(batch, generator=gen)
+    # drawn last, so that every earlier draw is what it was before G's phases had reals of their own
+    idx_g = torch.randint(dataset_size, (batch,), generator=gen)
+    flips_g = torch.rand(batch, generator=gen) < 0.5
+    return StepDraws(
+        idx=idx, flips=flips if xflip else None, z=z, gp_eps=gp_eps, idx_g=idx_g, flips_g=flips_g if xflip else None
+    )
 
 
 def run_phase(
@@ -164,7 +181,20 @@ def enter_step(
     for opt, lr, ratio in ((state.opt_G, lr_g, lazy["G"]), (state.opt_D, lr_d, lazy["D"])):
         for group in opt.param_groups:
             group["lr"] = lr * ratio
+    scheduled = cosine_values(model_params, state.nimg)
+    if scheduled is not None:  # R3GAN: Adam's beta2 and the augmentation's p follow the cosine too
+        for opt, beta2 in ((state.opt_G, scheduled.beta2_g), (state.opt_D, scheduled.beta2_d)):
+            for group in opt.param_groups:
+                group["betas"] = (group["betas"][0], beta2)
+        if state.loss.augment_pipe is not None:
+            state.loss.augment_pipe.p.fill_(scheduled.augment_p)
     return segment, alpha
+
+
+def r1_gamma_at(model_params: settings.ModelSettings, nimg: int) -> float:
+    """R1's (and R2's) gamma of a step: loss.r1_gamma, or R3GAN's cosine schedule from it."""
+    scheduled = cosine_values(model_params, nimg)
+    return model_params.loss.r1_gamma if scheduled is None else scheduled.r1_gamma
 
 
 def new_level_of_detail(previous: Segment, segment: Segment) -> bool:
@@ -212,10 +242,10 @@ class StepRunner:
         self.ada = ada_rule(self.cfg.params.augment)
         self.autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
-    def reals(self, draws: StepDraws, segment: Segment, alpha: float) -> torch.Tensor:
-        """This rank's share of the step's real faces, flipped as drawn, at the segment's resolution."""
-        flips = None if draws.flips is None else self.world.shard(draws.flips)
-        images = self.cache.batch(self.world.shard(draws.idx).numpy(), self.device, flips)
+    def reals(self, idx: torch.Tensor, flips: torch.Tensor | None, segment: Segment, alpha: float) -> torch.Tensor:
+        """This rank's share of a batch of real faces, flipped as drawn, at the segment's resolution."""
+        flips = None if flips is None else self.world.shard(flips)
+        images = self.cache.batch(self.world.shard(idx).numpy(), self.device, flips)
         real = prepare_reals(images, segment.resolution, alpha)
         if self.cfg.train.speed.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
@@ -237,13 +267,21 @@ class StepRunner:
             model_params.loss.latents,
         )
         torch.manual_seed(step_seed(cfg.seed, state.step, world.rank + 1))  # the models' noise, mixing, augmentation
-        real = self.reals(draws, segment, alpha)
-        ctx = StepContext(segment.resolution, blur_sigma(model_params.loss, state.nimg), world.shard(draws.gp_eps))
+        real = self.reals(draws.idx, draws.flips, segment, alpha)
+        # a relativistic G loss scores reals too: its own batch, as the official R3GAN loop fetches one per phase
+        real_g = self.reals(draws.idx_g, draws.flips_g, segment, alpha) if model_params.loss.type == "rpgan" else real
+        ctx = StepContext(
+            segment.resolution,
+            blur_sigma(model_params.loss, state.nimg),
+            world.shard(draws.gp_eps),
+            r1_gamma_at(model_params, state.nimg),
+        )
         terms = {}
         for phase in self.phases:
             if phase.runs_at(state.step):
                 z = world.shard(draws.z[phase.name]).to(self.device)
-                terms.update(run_phase(state, phase, z, real, ctx, world, self.autocast, model_params.grad_clip_d))
+                reals = real_g if phase.net == "G" else real
+                terms.update(run_phase(state, phase, z, reals, ctx, world, self.autocast, model_params.grad_clip_d))
         update_ema(state.G_ema, state.G, ema_beta(model_params, batch, state.nimg), cfg.train.speed.foreach_ema)
         seconds = time.perf_counter() - t0
         state.account(segment.name, batch, seconds, self.device)

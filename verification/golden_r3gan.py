@@ -1,0 +1,254 @@
+"""R3GAN against brownvc/R3GAN: its networks, its loss (R3GAN/Trainer.py through training/loss.py), its
+augmentation pipe and the body of its training loop (training/training_loop.py), whole steps.
+
+The official networks (training/networks.py, which wraps R3GAN/Networks.py) get the project's weights,
+tensor by tensor in registration order. Each step then does what the official iteration does, with the
+project's draws handed in: the D phase on its reals and latents, then the G phase on a second batch of
+reals and its own latents, each through R3GANLoss.accumulate_gradients with the official AugmentPipe of
+`train.py --aug=1`; lr, Adam's beta2, gamma, the EMA length and the augmentation p from the official
+cosine_decay_with_warmup; the G EMA as the loop updates it. The schedule runs over a tiny decay_kimg so
+that every value moves within the few steps. It also records the official schedules of the FFHQ presets
+at three points of training, and G's and D's outputs at the initial weights.
+
+    python -m verification.golden_r3gan     # writes tests/golden/r3gan.pt
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+import models
+from facegan.settings import LossSettings
+from facegan.training.phases import build_phases
+from facegan.training.step import step_draws, step_seed
+from tests.helpers import study_model
+from verification import golden_io
+from verification.official import import_nvlabs
+
+REPO = "brownvc+R3GAN"
+STEPS, BATCH, RESOLUTION, SEED = 4, 8, 16, 5
+ARCH = {  # widths 16, 8, 4 at 4, 8, 16 px (1x1 transitions between them), cardinalities 4, 2, 1
+    "z_dim": 8,
+    "channel_base": 64,
+    "channel_max": 16,
+    "group_channels": 8,
+    "blocks_per_stage": 2,
+    "expansion": 2,
+    "bf16_stages": 0,
+}
+COSINE = {"decay_kimg": 0.032, "lr_final": 5e-5, "beta2_final": 0.99, "gamma_final": 0.2}  # 4 steps of 8 images
+AUGMENT = {"mode": "cosine", "pipe": "r3gan", "p": 0.6, "target": 0.6, "interval": 4, "kimg": 500.0}
+AUGMENT_KWARGS = dict(  # official train.py --aug=1
+    xflip=1,
+    rotate90=1,
+    xint=1,
+    scale=1,
+    rotate=1,
+    aniso=1,
+    xfrac=1,
+    brightness=0.5,
+    contrast=0.5,
+    lumaflip=0.5,
+    hue=0.5,
+    saturation=0.5,
+    cutout=1,
+)
+# The FFHQ presets of train.py (lr, beta2, gamma, ema_nimg, aug p: base -> final over decay_nimg 2e7)
+PRESETS = {
+    "FFHQ-64": {"lr": (2e-4, 5e-5), "beta2": (0.9, 0.99), "gamma": (2, 0.2), "ema": (0, 5e5), "aug": (0, 0.3)},
+    "FFHQ-256": {"lr": (2e-4, 5e-5), "beta2": (0.9, 0.99), "gamma": (150, 15), "ema": (0, 5e5), "aug": (0, 0.3)},
+}
+SCHEDULE_POINTS = (0, 5_000_000, 15_000_000, 25_000_000)  # images seen; the last is past the decay
+
+
+def perturb_zeros(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """R3GAN starts every residual branch's last conv and every bias at 0, which would hide them from the
+    comparison: give them small values (in both copies, through the stored initial weights)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+
+
+def copy_into(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    """The project's tensors into the official network, in registration order, shapes checked."""
+    mine, official = list(ours.state_dict().items()), list(theirs.state_dict().items())
+    assert len(mine) == len(official), (len(mine), len(official))
+    mapped = {}
+    for (name, value), (their_name, their_value) in zip(mine, official):
+        assert value.shape == their_value.shape, (name, their_name)
+        mapped[their_name] = value.clone()
+    theirs.load_state_dict(mapped, strict=True)
+
+
+def back(theirs: torch.nn.Module, ours: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The official network's tensors under the project's names."""
+    return {name: value.detach().clone() for name, value in zip(ours.state_dict(), theirs.state_dict().values())}
+
+
+def official_networks(networks, arch: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
+    from facegan.settings import R3ganArch
+    from models.r3gan import stage_widths
+
+    stages = stage_widths(RESOLUTION, R3ganArch.model_validate(arch))
+    widths, cardinalities = [w for w, _ in stages], [c for _, c in stages]
+    blocks = [arch["blocks_per_stage"]] * len(stages)
+    common = dict(c_dim=0, img_resolution=RESOLUTION, FP16Stages=[], ExpansionFactor=arch["expansion"])
+    G = networks.Generator(
+        NoiseDimension=arch["z_dim"],
+        WidthPerStage=widths,
+        CardinalityPerStage=cardinalities,
+        BlocksPerStage=blocks,
+        **common,
+    )
+    D = networks.Discriminator(
+        WidthPerStage=widths[::-1], CardinalityPerStage=cardinalities[::-1], BlocksPerStage=blocks[::-1], **common
+    )
+    return G.train().requires_grad_(False), D.train().requires_grad_(False)
+
+
+def official_schedules(cosine_decay_with_warmup) -> dict:
+    table = {}
+    for preset, values in PRESETS.items():
+        table[preset] = [
+            {
+                "nimg": nimg,
+                **{
+                    key: cosine_decay_with_warmup(nimg, base_value=start, total_nimg=2e7, final_value=end)
+                    for key, (start, end) in values.items()
+                },
+            }
+            for nimg in SCHEDULE_POINTS
+        ]
+    return table
+
+
+def main() -> None:
+    networks, loss_module, augment, training_loop = import_nvlabs(
+        REPO, "training.networks", "training.loss", "training.augment", "training.training_loop"
+    )
+    schedule = training_loop.cosine_decay_with_warmup
+    params = study_model(
+        "r3gan",
+        batch_size=BATCH,
+        kimg=STEPS * BATCH / 1000,
+        lr_g=2e-4,
+        lr_d=2e-4,
+        betas_g=[0.0, 0.9],
+        betas_d=[0.0, 0.9],
+        ema_kimg=0.016,
+        xflip=True,
+        arch=ARCH,
+        cosine=COSINE,
+        augment=AUGMENT,
+        loss={"r1_gamma": 2.0},
+    )
+    faces = golden_io.synthetic_faces(32, RESOLUTION)
+    torch.manual_seed(SEED)
+    G, D = models.build("r3gan", params["arch"], RESOLUTION)
+    generator = torch.Generator().manual_seed(SEED)
+    perturb_zeros(G, generator)
+    perturb_zeros(D, generator)
+    init = {"G": golden_io.state_dict(G), "D": golden_io.state_dict(D)}
+    their_G, their_D = official_networks(networks, params["arch"])
+    copy_into(G, their_G)
+    copy_into(D, their_D)
+    G_ema = copy.deepcopy(their_G).eval()
+
+    # the networks' outputs at the initial weights
+    probe_z = torch.randn(4, ARCH["z_dim"], generator=generator)
+    probe_x = torch.randn(4, 3, RESOLUTION, RESOLUTION, generator=generator)
+    with torch.no_grad():
+        outputs = {"z": probe_z, "x": probe_x, "G": their_G(probe_z, None).clone(), "D": their_D(probe_x, None).clone()}
+
+    pipe = augment.AugmentPipe(**AUGMENT_KWARGS).train().requires_grad_(False)
+    loss = loss_module.R3GANLoss(G=their_G, D=their_D, augment_pipe=pipe)
+    opts = {
+        "D": torch.optim.Adam(their_D.parameters(), betas=[0.0, 0.0], eps=1e-8),  # official [0, 0]: torch wants floats
+        "G": torch.optim.Adam(their_G.parameters(), betas=[0.0, 0.0], eps=1e-8),  # official [0, 0]: torch wants floats
+    }
+    modules = {"D": their_D, "G": their_G}
+    total_nimg = COSINE["decay_kimg"] * 1000
+    phases = build_phases(LossSettings.model_validate(params["loss"]))
+    assert [p.name for p in phases] == ["Dboth", "Gmain"]
+    steps, gradients, augment_p = [], {}, []
+    for step in range(STEPS):
+        nimg = step * BATCH
+        draws = step_draws(
+            SEED, step, BATCH, len(faces), ARCH["z_dim"], params["xflip"], phases, params["loss"]["latents"]
+        )
+        inputs = {
+            "D": (golden_io.reals(faces, draws.idx, draws.flips), draws.z["Dboth"]),
+            "G": (golden_io.reals(faces, draws.idx_g, draws.flips_g), draws.z["Gmain"]),
+        }
+        cur_lr = schedule(nimg, base_value=params["lr_g"], total_nimg=total_nimg, final_value=COSINE["lr_final"])
+        cur_beta2 = schedule(nimg, base_value=0.9, total_nimg=total_nimg, final_value=COSINE["beta2_final"])
+        cur_gamma = schedule(nimg, base_value=2.0, total_nimg=total_nimg, final_value=COSINE["gamma_final"])
+        cur_ema_nimg = schedule(nimg, base_value=0, total_nimg=total_nimg, final_value=params["ema_kimg"] * 1000)
+        cur_aug_p = schedule(nimg, base_value=0, total_nimg=total_nimg, final_value=AUGMENT["p"])
+        pipe.p.copy_(torch.as_tensor(cur_aug_p, dtype=torch.float32))
+        torch.manual_seed(step_seed(SEED, step, 1))  # the project's loop seeds the phases' draws (augmentation)
+        recorded = {}
+        for name, phase in (("D", "Dboth"), ("G", "Gmain")):
+            real_img, gen_z = inputs[name]
+            module, opt = modules[name], opts[name]
+            opt.zero_grad(set_to_none=True)
+            module.requires_grad_(True)
+            if name == "D":
+                adv, _, r1, r2 = loss.trainer.AccumulateDiscriminatorGradients(
+                    gen_z, real_img, None, cur_gamma, 1, loss.preprocessor
+                )
+                recorded[phase] = {
+                    "D/adversarial": adv.mean(),
+                    "D/r1": cur_gamma / 2 * r1.mean(),
+                    "D/r2": cur_gamma / 2 * r2.mean(),
+                }
+            else:
+                adv, _ = loss.trainer.AccumulateGeneratorGradients(gen_z, real_img, None, 1, loss.preprocessor)
+                recorded[phase] = {"G/adversarial": adv.mean()}
+            module.requires_grad_(False)
+            for group in opt.param_groups:
+                group["lr"] = cur_lr
+                group["betas"] = (0.0, cur_beta2)
+            if step == 0:
+                gradients[phase] = golden_io.gradient_record(module)
+            opt.step()
+        ema_beta = 0.5 ** (BATCH / max(cur_ema_nimg, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(G_ema.parameters(), their_G.parameters()):
+                p_ema.copy_(p.lerp(p_ema, ema_beta))
+            for b_ema, b in zip(G_ema.buffers(), their_G.buffers()):
+                b_ema.copy_(b)
+        steps.append({phase: {k: v.detach().clone() for k, v in terms.items()} for phase, terms in recorded.items()})
+        augment_p.append(pipe.p.clone())
+        print(step, {k: float(v) for terms in recorded.values() for k, v in terms.items()}, float(pipe.p))
+    golden_io.save(
+        "r3gan",
+        "brownvc+R3GAN",
+        [
+            "R3GAN/Networks.py, R3GAN/Resamplers.py, R3GAN/FusedOperators.py (networks)",
+            "R3GAN/Trainer.py, training/loss.py (RpGAN + R1 + R2)",
+            "training/augment.py (AugmentPipe, train.py --aug=1)",
+            "training/training_loop.py:29 (cosine_decay_with_warmup), :285-355 (the iteration body)",
+        ],
+        "outputs and losses rel 1e-5; gradients rel 1e-4; weights atol 2e-6 rel 1e-4; schedules rel 1e-12",
+        params,
+        model="r3gan",
+        seed=SEED,
+        resolution=RESOLUTION,
+        faces=torch.from_numpy(np.ascontiguousarray(faces)),
+        init=init,
+        outputs=outputs,
+        steps=steps,
+        gradients=gradients,
+        augment_p=augment_p,
+        final={"G": back(their_G, G), "D": back(their_D, D), "G_ema": back(G_ema, G)},
+        schedules=official_schedules(schedule),
+    )
+
+
+if __name__ == "__main__":
+    main()
