@@ -3,7 +3,7 @@
     python benchmarks/carry_wheels.py DEST
 
 The versions are this venv's: dvc's and dvclive's dependency closure as installed here, plus the packages
-our stages import that the GPU image lacks. Packages that image already holds (the device library's
+our stages import that the GPU image lacks (pydantic, timm). Packages that image already holds (the device library's
 KINDS.md list, as of 2026-11-17) are left out, so that one version of each is installed there. Each wheel is
 downloaded for CPython 3.12 on manylinux x86-64; a project that publishes only an sdist is built into a
 (pure-Python) wheel here.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-ROOTS = ("dvc", "dvclive")
+ROOTS = ("dvc", "dvclive", "pydantic", "timm")  # pydantic: facegan.settings; timm: FD-DINOv2's ViT
 NO_DEPS = ("facenet-pytorch", "clean-fid", "lpips")  # their own requirements pin or pull torch
 ON_IMAGE = set(  # the GPU image's Python packages (device library, KINDS.md)
     """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build

@@ -31,7 +31,7 @@ from facegan.device import resolve_device
 from facegan.io import write_json
 from facegan.metrics.features import build_extractor, extract
 from facegan.metrics.fid import fid_from_features
-from facegan.metrics.precision_recall import precision_recall
+from facegan.metrics.precision_recall import knn_metrics
 from facegan.params import load_params
 from facegan.settings import EvaluateSettings
 from facegan.training.progressive import to_resolution
@@ -97,7 +97,7 @@ def main() -> None:
                     yield to_uint8(at_level(G(z).float().cpu(), resolution))
 
         feats = extract(batches(), extractor)
-        pr = precision_recall(reference, feats, k=3)
+        pr = knn_metrics(reference, feats, k=3)
         spread = float(np.trace(np.cov(feats, rowvar=False)) / np.trace(np.cov(reference, rowvar=False)))
         points.append(
             {

@@ -10,6 +10,7 @@
 # fails or times out loses only itself. Estimates are for one H200 (none measured yet):
 #   vs_nvlabs_stylegan2  ours vs NVlabs' train.py, StyleGAN2 128 px row: img/s, peak memory   ~150 s (14)
 #   bench_eval           FID-50k end to end, study's StyleGAN2, random-weight Inception         ~90 s (13)
+#   bench_metrics        FD-DINOv2 ViT-L/14 vs the Inception pass per 1000 images; FID-inf, k-NN  ~60 s (27)
 #   bench_r3gan          R3GAN vs StyleGAN2 img/s at 128 px, batch 32, each model's full recipe ~80 s (26)
 #   vs_nvlabs_stylegan3  StyleGAN3-T rows: batch-gpu 16 (NVlabs' 7.2 GB row), and 32 in one round ~250 s (14)
 #   bench_attention      StyleSwin 128 px: masked vs split shifted windows, per SDPA kernel      ~60 s (14)
@@ -79,6 +80,7 @@ if [ "$CPU_CHECK" = 1 ]; then  # toy sizes: checks the plumbing, the numbers mea
   TRAIN=(--profile demo --models stylegan2 --kimg 0.064 --warmup-kimg 0.032)
   ATT=(--profile demo --resolution 32 --batch 4 --steps 1 --warmup 1 --rounds 1)
   R3=(--sizes demo --kimg 0.032 --warmup-kimg 0.016)
+  METRICS=(--images 8 --batch 4 --features 300)
 else
   # NVlabs reports tick 0 after its first batch (compile, cudnn autotuning), then every whole kimg (--tick=1):
   # a warm-up of 0.5 kimg leaves out tick 0 and measures the ticks at 1, 2, 3 kimg (StyleGAN3: at 1 kimg)
@@ -91,11 +93,13 @@ else
          --variants baseline levers levers+channels_last levers+compile levers+cudagraphs)
   ATT=(--profile study --resolution 128 --batch 32 --steps 10 --warmup 3 --rounds 1)
   R3=(--sizes study --study-resolution 128 --study-batch 32 --kimg 0.5 --warmup-kimg 0.25)
+  METRICS=(--images 5000 --batch 250 --features 10000)
 fi
 
 step vs_nvlabs_stylegan2 180 $PY -m benchmarks.vs_nvlabs "${NVLABS[@]}" --device $DEV --rows stylegan2 "${SG2[@]}" \
   --out "$RESULTS/vs_nvlabs_stylegan2_$DEV.json"
 step bench_eval 120 $PY -m benchmarks.bench_eval --device $DEV "${EVAL[@]}" --out "$RESULTS/eval_$DEV.json"
+step bench_metrics 120 $PY -m benchmarks.bench_metrics --device $DEV "${METRICS[@]}" --out "$RESULTS/metrics_$DEV.json"
 step bench_r3gan 120 $PY -m benchmarks.bench_r3gan --device $DEV "${R3[@]}" --out "$RESULTS/r3gan_vs_stylegan2_$DEV.json"
 step vs_nvlabs_stylegan3 300 $PY -m benchmarks.vs_nvlabs "${NVLABS[@]}" --device $DEV \
   --rows stylegan3-t_batch-gpu-16 stylegan3-t_batch-32 "${SG3[@]}" --out "$RESULTS/vs_nvlabs_stylegan3_$DEV.json"

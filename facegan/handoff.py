@@ -327,8 +327,19 @@ class ModelMetrics(Handoff):
     num_ref: int
     precision: float
     recall: float
-    pr_num: int
+    density: float  # Naeem et al. 2020, from the same real k-NN radii as precision
+    coverage: float
+    pr_num: int  # features per set of the k-NN metrics (precision, recall, density, coverage)
     pr_k: int
+    fid_inf: float  # FID-infinity (Chong & Forsyth 2020): FID(n)'s line in 1/n at 1/n = 0, from the first set
+    fid_inf_slope: float  # FID(n) = fid_inf + slope / n
+    fid_by_n: dict[str, float]  # the points of the fit: str(n) -> FID of n of the first set's features
+    kid_by_n: dict[str, float]
+    fd_dinov2: float | None  # mean over the fid_seeds sets; None: evaluate.dinov2 off
+    fd_dinov2_std: float | None
+    fd_dinov2_values: list[float] | None
+    fd_dinov2_label_key: str | None  # facegan.metrics.labels: dinov2 | dinov2_stand_in
+    fd_dinov2_floor: Floor | None
     feature_spread_ratio: float  # generated features' total variance / the real ones': far below 1 hints collapse
     ppl: float
     ppl_num: int
@@ -348,9 +359,13 @@ class ModelSummary(Handoff):
     writer: ClassVar[str] = "evaluate-<model>"
     fid: float | None
     fid_std: float | None
+    fid_inf: float | None
     kid: float | None
+    fd_dinov2: float | None  # labelled in the full file: a stand-in in the demo
     precision: float | None
     recall: float | None
+    density: float | None
+    coverage: float | None
     ppl: float | None
     kimg: float | None
     train_hours: float | None  # on the training device (GPU-hours on CUDA, CPU-hours on the CPU demo)
@@ -362,9 +377,13 @@ class ModelSummary(Handoff):
         return cls(
             fid=round(metrics.fid, 4),
             fid_std=round(metrics.fid_std, 4),
+            fid_inf=round(metrics.fid_inf, 4),
             kid=round(metrics.kid, 6),
+            fd_dinov2=None if metrics.fd_dinov2 is None else round(metrics.fd_dinov2, 4),
             precision=round(metrics.precision, 4),
             recall=round(metrics.recall, 4),
+            density=round(metrics.density, 4),
+            coverage=round(metrics.coverage, 4),
             ppl=round(metrics.ppl, 3),
             kimg=stats.kimg,
             train_hours=round(stats.train_seconds / 3600, 4),
@@ -455,6 +474,28 @@ class Floor(Handoff):
     kid: float
 
 
+class FeatureChain(Handoff):
+    """Every step between a face and its feature vector: statistics of one chain are never compared with
+    images that went through another."""
+
+    writer: ClassVar[str] = "reference_stats"
+    crop: str  # how the cached faces were cut from the photographs (or drawn)
+    resolution: int  # the cached faces' and the generators' size
+    resize: str  # to the network's input
+    extractor: str  # the network
+
+
+class DinoReference(Handoff):
+    """The reals' DINOv2 features (features_dinov2.npz beside features.npz) for FD-DINOv2."""
+
+    writer: ClassVar[str] = "reference_stats"
+    label_key: str  # facegan.metrics.labels: dinov2 | dinov2_stand_in
+    network: str  # the timm architecture and input size (its chain's resize: PIL bicubic to that size)
+    weights: str  # the checkpoint ("" for a stand-in)
+    floors: dict[str, Floor]  # by n, as the Inception floors
+    count: int
+
+
 class ReferenceMeta(Handoff):
     writer: ClassVar[str] = "reference_stats"
     extractor: str  # the network used: inception | fid_helper | proxy (`auto` resolved)
@@ -469,6 +510,8 @@ class ReferenceMeta(Handoff):
     source: str
     synthetic: bool
     resolution: int
+    chain: FeatureChain  # crop, resolution, resize and network of the Inception features
+    dinov2: DinoReference | None  # None: evaluate.dinov2 was off
 
 
 def is_finite_number(value: Any) -> bool:

@@ -170,6 +170,14 @@ class EvaluateSettings(Section):
     fid_seeds: PositiveInt
     snapshot_num_gen: PositiveInt
     pr_k: Annotated[int, positive("a positive number of neighbours")]
+    fid_inf_points: Annotated[int, rule(lambda v: v >= 2, "at least 2 sample counts")]
+    fid_inf_smallest: Annotated[float, rule(lambda v: 0 < v < 1, "a fraction of num_gen in (0, 1)")]
+    dinov2: choice("official", "stand_in", "off")
+    dinov2_weights: str
+    dinov2_stand_in: choice("vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_large_patch14_dinov2")
+    dinov2_input: Annotated[
+        int, rule(lambda v: v >= 14 and v % 14 == 0, "a multiple of the 14 px patch (224: dgm-eval)")
+    ]
     ppl_samples: Annotated[int, positive("a positive number of latent pairs")]
     ppl_space: choice("auto", "z", "w")
     ppl_sampling: choice("end", "full")

@@ -11,9 +11,17 @@ from PIL import Image
 from facegan.errors import UserError
 from facegan.metrics import weights
 from facegan.metrics.features import Extractor, build_extractor, extract, resize_for_inception
-from facegan.metrics.fid import Spread, fid_from_features, fid_of_folders, folder_batches, spread
+from facegan.metrics.fid import (
+    Spread,
+    extrapolate_fid,
+    fid_from_features,
+    fid_of_folders,
+    folder_batches,
+    sample_sizes,
+    spread,
+)
 from facegan.metrics.ppl import LpipsDistance, build_lpips, load_vgg_backbone, path_length, slerp, trimmed_mean
-from facegan.metrics.precision_recall import PrecisionRecall, precision_recall
+from facegan.metrics.precision_recall import KnnMetrics, knn_metrics
 from tests.helpers import eval_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,23 +187,62 @@ def test_fid_grows_with_the_distance_between_feature_sets():
     assert fid_from_features(real, rng.normal(size=(400, 8)) + 2.0) == pytest.approx(8 * 4.0, rel=0.1)
 
 
-def test_precision_recall_on_a_hand_checked_example():
+def test_knn_metrics_on_a_hand_checked_example():
     real = np.array([[0.0], [1.0], [2.0], [3.0]])
     fake = np.array([[0.5], [5.0], [1.5], [9.0]])
     # k=1 radii: real all 1; fake 1, 3.5, 1, 4. Precision: 0.5 and 1.5 are within 1 of a real point, 5 and 9 are not.
-    # Recall: 0, 1, 2 are within 1 of 0.5 or 1.5; 3 is within 3.5 of 5.
-    assert precision_recall(real, fake, k=1) == PrecisionRecall(precision=0.5, recall=1.0, num=4, k=1)
+    # Recall: 0, 1, 2 are within 1 of 0.5 or 1.5; 3 is within 3.5 of 5. Density: 0.5 and 1.5 each lie in two real
+    # balls, 5 and 9 in none: 4 / (k x 4) = 1. Coverage: the balls of 0, 1 and 2 hold a fake, 3's does not.
+    expected = KnnMetrics(precision=0.5, recall=1.0, density=1.0, coverage=0.75, num=4, k=1)
+    assert knn_metrics(real, fake, k=1) == expected
+    assert knn_metrics(real, fake, k=1, rows_per_batch=3) == expected  # the batched pass, blocks of rows
 
 
-def test_precision_recall_tell_fidelity_from_collapse():
+def test_knn_metrics_tell_fidelity_from_collapse():
     rng = np.random.default_rng(1)
     real = rng.normal(size=(300, 16))
-    same = precision_recall(real, rng.normal(size=(300, 16)), k=3)
-    collapsed = precision_recall(real, real[:1] + 0.01 * rng.normal(size=(300, 16)), k=3)
-    far = precision_recall(real, rng.normal(size=(300, 16)) + 10, k=3)
-    assert same.precision > 0.7 and same.recall > 0.7
-    assert collapsed.precision == 1.0 and collapsed.recall < 0.05
-    assert far.precision == 0.0 and far.recall == 0.0
+    same = knn_metrics(real, rng.normal(size=(300, 16)), k=3)
+    collapsed = knn_metrics(real, real[:1] + 0.01 * rng.normal(size=(300, 16)), k=3)
+    far = knn_metrics(real, rng.normal(size=(300, 16)) + 10, k=3)
+    assert same.precision > 0.7 and same.recall > 0.7 and 0.7 < same.density < 1.3 and same.coverage > 0.7
+    assert collapsed.precision == 1.0 and collapsed.recall < 0.05 and collapsed.coverage < 0.1
+    assert collapsed.density > 3  # every fake crowds the same few real balls
+    assert far.precision == far.recall == far.density == far.coverage == 0.0
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_knn_metrics_equal_the_prdc_packages(k):
+    """Naeem et al.'s own implementation (the `prdc` package, numpy) on the same features: the same four numbers
+    (prdc's balls are open, ours closed: continuous features have no ties)."""
+    prdc = pytest.importorskip("prdc")
+    rng = np.random.default_rng(k)
+    real = rng.normal(size=(500, 32)).astype(np.float32)
+    fake = (rng.normal(size=(500, 32)) * 1.2 + 0.3).astype(np.float32)
+    theirs = prdc.compute_prdc(real, fake, nearest_k=k)
+    ours = knn_metrics(real, fake, k=k, rows_per_batch=128)
+    for name in ("precision", "recall", "density", "coverage"):  # shares of 500: float32 means, exact counts
+        assert getattr(ours, name) == pytest.approx(theirs[name], abs=1e-6), name
+
+
+def test_fid_infinity_removes_the_finite_n_bias_of_gaussian_features():
+    """Two Gaussians with a known Frechet distance (mean shift and a diagonal scale) in the paper's regime, n well
+    above the dimension: FID of n generated samples is biased upwards by about c / n, and the 1/n fit's intercept
+    removes it. Over 6 generated pools of 4,000 (the reference a fixed 20,000, large as the paper's training
+    statistics), FID at 4,000 is 0.4 too high on average and FID-infinity within noise of the truth (measured:
+    +0.40 and -0.03 over 8 pools at a 50k reference)."""
+    dim, shift, scale, pool = 64, 0.25, 1.5, 4000
+    true_fd = dim * shift**2 + dim * (1 - scale) ** 2  # |mu|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) for S1 = I, S2 = scale^2 I
+    reference = np.random.default_rng(100).normal(size=(20_000, dim))
+    sizes = sample_sizes(pool, 15, 0.1)
+    finite, infinite = [], []
+    for seed in range(6):
+        fake = np.random.default_rng(seed).normal(size=(pool, dim)) * scale + shift
+        result = extrapolate_fid(fake, reference, sizes, seed=seed, with_kid=False)
+        finite.append(result.fid_by_n[str(pool)] - true_fd)
+        infinite.append(result.value - true_fd)
+        assert result.slope > 0 and list(result.fid_by_n) == [str(n) for n in sizes]
+    assert np.mean(finite) > 0.25, finite  # the bias FID-infinity removes
+    assert abs(np.mean(infinite)) < np.mean(finite) / 3, (infinite, finite)
 
 
 def test_slerp_keeps_endpoints_and_moves_along_the_great_circle():
@@ -394,3 +441,47 @@ def test_downloaded_weights_with_wrong_bytes_are_refused_and_leave_no_file(tmp_p
         assert list(target.parent.iterdir()) == []  # neither the file nor a temporary
     finally:
         server.shutdown()
+
+
+def test_dinov2_stand_in_features_are_cls_tokens_deterministic_and_their_fd_to_themselves_is_zero():
+    """The random stand-in (the demo's): one CLS vector per image of the architecture's width, the same on a second
+    build (seeded) and in any batching; the Frechet distance of a set to itself is 0."""
+    from facegan.metrics import dinov2
+
+    params = eval_settings(dinov2="stand_in", dinov2_stand_in="vit_small_patch14_dinov2", dinov2_input=56)
+    images = (np.random.default_rng(0).random((6, 32, 32, 3)) * 255).astype(np.uint8)
+    first = extract([images[:4], images[4:]], dinov2.build_dinov2(params, CPU))
+    again = extract([images], dinov2.build_dinov2(params, CPU))
+    assert first.shape == (6, 384)
+    np.testing.assert_allclose(first, again, rtol=1e-5, atol=1e-5)
+    assert fid_from_features(first, first) == pytest.approx(0.0, abs=1e-6)
+    assert dinov2.build_dinov2(eval_settings(dinov2="off"), CPU) is None
+
+
+def test_dinov2_official_loads_metas_checkpoint_format_through_timm_and_checks_its_file(tmp_path, monkeypatch):
+    """Meta's checkpoint keys (a mask token, the 518 px position embedding) load into timm's 224 px ViT; the ViT-L/14
+    gives 1024 values; a missing file offline, or a wrong one, is one line naming evaluate.dinov2_weights."""
+    from facegan.metrics import dinov2
+
+    source = dinov2.vit("vit_small_patch14_dinov2", 518)  # Meta's checkpoints are 518 px
+    state = {**source.state_dict(), "mask_token": torch.zeros(1, 384)}
+    torch.save(state, tmp_path / "small.pth")
+    target = dinov2.vit("vit_small_patch14_dinov2")
+    dinov2.load_official(target, tmp_path / "small.pth")
+    torch.testing.assert_close(target.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight)
+    assert target.pos_embed.shape == (1, 1 + 16 * 16, 384)
+    large = dinov2.vit(dinov2.OFFICIAL_ARCH)
+    assert large(torch.zeros(1, 3, 224, 224)).shape == (1, 1024)
+
+    def offline(*args, **kwargs):
+        raise weights.urllib.error.URLError("offline")
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
+    missing = eval_settings(dinov2="official", dinov2_weights=str(tmp_path / "absent.pth"))
+    with pytest.raises(UserError, match=r"absent\.pth.*evaluate\.dinov2_weights") as err:
+        dinov2.build_dinov2(missing, CPU)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="is not Meta's DINOv2 ViT-L/14 checkpoint"):
+        dinov2.build_dinov2(eval_settings(dinov2="official", dinov2_weights=str(tmp_path / "small.pth")), CPU)
+    with pytest.raises(UserError, match="dinov2_input to 224"):
+        dinov2.build_dinov2(eval_settings(dinov2="official", dinov2_input=112), CPU)

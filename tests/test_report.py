@@ -93,8 +93,19 @@ def metrics(model: str, label_key: str, fid_seeds: int, recall: float, lpips: st
         num_ref=500,
         precision=0.6789,
         recall=recall,
+        density=0.9123,
+        coverage=0.7456,
         pr_num=500,
         pr_k=3,
+        fid_inf=38.75 + 0.5 * fid_seeds,
+        fid_inf_slope=1400.0,
+        fid_by_n={"256": 44.2, "384": 42.4, "512": 41.5},
+        kid_by_n={"256": 0.0125, "384": 0.0124, "512": 0.012345},
+        fd_dinov2=310.5 - 2 * fid_seeds,
+        fd_dinov2_std=3.25 if fid_seeds > 1 else 0.0,
+        fd_dinov2_values=[310.5 - 2 * fid_seeds] * fid_seeds,
+        fd_dinov2_label_key="dinov2_stand_in",
+        fd_dinov2_floor=handoff.Floor(n=512, fid=55.5, kid=0.001),
         feature_spread_ratio=0.8,
         ppl=123.456,
         ppl_num=64,
@@ -162,6 +173,19 @@ def project(tmp_path, monkeypatch):
         source="synthetic",
         synthetic=True,
         resolution=64,
+        chain=handoff.FeatureChain(
+            crop="synthetic faces drawn aligned (no crop)",
+            resolution=64,
+            resize="torch bilinear with antialias to 75x75",
+            extractor="proxy",
+        ),
+        dinov2=handoff.DinoReference(
+            label_key="dinov2_stand_in",
+            network="vit_small_patch14_dinov2 at 112 px",
+            weights="",
+            floors={"512": handoff.Floor(n=512, fid=55.5, kid=0.001)},
+            count=500,
+        ),
     )
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     view = stage_params.views(load_params(tmp_path / "params.yaml", overrides={"profile": "demo"}))["report"]
@@ -253,7 +277,31 @@ def test_the_report_leads_with_every_models_samples_then_the_ranking_with_spread
         assert_numbers_match(
             row["FID at kimg 0 → final"], [m["fid_start"], m["fid"], ratio, m["fid_start_n"]], row["model"]
         )
+        sizes = [int(n) for n in m["fid_by_n"]]
+        assert_numbers_match(row["FID∞ (n range)"], [m["fid_inf"], min(sizes), max(sizes), len(sizes)], row["model"])
+        dino = [m["fd_dinov2"]] + ([m["fd_dinov2_std"]] if m["fid_seeds"] > 1 else [])
+        assert_numbers_match(
+            row["FD-DINOv2 (n × sets; floor)"],
+            dino + [m["num_gen"], m["fid_seeds"], m["fd_dinov2_floor"]["fid"]],
+            row["model"],
+        )
+        assert "(stand-in)" in row["FD-DINOv2 (n × sets; floor)"]
+        assert_numbers_match(
+            row["density / coverage (n, k)"], [m["density"], m["coverage"], m["pr_num"], m["pr_k"]], row["model"]
+        )
     assert "Not ranked: pggan, stylegan, stylegan3" in text
+    assert "FD-DINOv2 uses a STAND-IN" in text  # the banner, as the proxy Inception's
+    assert "- feature chain: synthetic faces drawn aligned (no crop) → 64x64 → torch bilinear" in text
+
+
+def test_the_report_says_which_rankings_the_metrics_agree_on(project):
+    """FID ranks dcgan, styleswin, stylegan2; FD-DINOv2 (310.5 - 2 x sets) ranks stylegan2 first: the line says the
+    distances disagree and gives each order with its Kendall tau against FID's."""
+    text = render(project)
+    agreement = text[text.index("**What the metrics agree on**") :]
+    assert "do not all rank the models alike" in agreement.splitlines()[0]
+    assert "- FID: dcgan > styleswin > stylegan2 (Kendall τ with FID +1.00)" in agreement
+    assert "- FD-DINOv2: stylegan2 > dcgan > styleswin (Kendall τ with FID -0.33)" in agreement
 
 
 def test_kernel_fallbacks_are_shown(project):
@@ -281,7 +329,8 @@ def test_every_sample_count_is_in_the_files(project):
     text = render(project)
     rows = table(text, "model")  # the results table comes first; the counts table is the next one
     counts = table(text[text.index("### Sample counts") :], "model")
-    assert {r["model"] for r in counts} == {"dcgan", "stylegan2", "styleswin"} and len(rows) == 6
+    assert {r["model"] for r in counts} == {"dcgan", "stylegan2", "styleswin"}
+    assert len(rows) == len(MODEL_NAMES)  # every model of params.yaml, run or not
     for row in counts:
         m = json.loads(Path("evals", row["model"], "metrics.json").read_text())
         c = json.loads(Path("evals", row["model"], "fid_vs_kimg.json").read_text())

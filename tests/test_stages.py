@@ -22,6 +22,10 @@ TINY = {
         "num_ref": 48,
         "snapshot_num_gen": 24,
         "batch_size": 24,
+        "fid_inf_points": 4,
+        "fid_inf_smallest": 0.5,
+        "dinov2": "stand_in",
+        "dinov2_input": 28,
     },
     "models": {
         "dcgan": {
@@ -123,14 +127,24 @@ def test_evaluate_writes_labelled_metrics(pipeline):
     assert summary == {
         "fid": round(metrics["fid"], 4),
         "fid_std": round(metrics["fid_std"], 4),
+        "fid_inf": round(metrics["fid_inf"], 4),
         "kid": round(metrics["kid"], 6),
+        "fd_dinov2": round(metrics["fd_dinov2"], 4),
         "precision": round(metrics["precision"], 4),
         "recall": round(metrics["recall"], 4),
+        "density": round(metrics["density"], 4),
+        "coverage": round(metrics["coverage"], 4),
         "ppl": round(metrics["ppl"], 3),
         "kimg": 0.128,
         "train_hours": summary["train_hours"],
     }
     assert set(json.loads((pipeline / "metrics/pggan.json").read_text()).values()) == {None}
+    # the newer metrics, each with its n: FID-infinity from 4 counts of the 40, FD-DINOv2 (the labelled stand-in)
+    assert list(metrics["fid_by_n"]) == ["20", "26", "33", "40"] and list(metrics["kid_by_n"]) == ["20", "33", "40"]
+    assert metrics["fd_dinov2_label_key"] == "dinov2_stand_in" and metrics["fd_dinov2"] > 0
+    assert metrics["fd_dinov2_floor"] == meta["dinov2"]["floors"]["40"]
+    assert 0 <= metrics["coverage"] <= 1 and metrics["density"] >= 0
+    assert meta["chain"]["extractor"] == "proxy" and meta["chain"]["resolution"] == 32
 
 
 def test_report_table_matches_metrics_files(pipeline):
@@ -202,6 +216,11 @@ def test_evaluate_refuses_reference_statistics_of_another_resolution_or_cache(pi
         for change, expected in [
             ({"resolution": 64}, "reference statistics were computed at 64px but data.resolution=32"),
             ({"cache_fingerprint": "ffffffffffffffff"}, "but the reference statistics are of cache ffffffffffffffff"),
+            (
+                {"chain": {**json.loads(original)["chain"], "resize": "PIL bilinear to 299x299"}},
+                "reference statistics come from another feature chain (resize: 'PIL bilinear to 299x299'",
+            ),
+            ({"dinov2": None}, "the reference statistics hold DINOv2 features of none, evaluate.dinov2 asks for"),
         ]:
             meta_path.write_text(json.dumps({**json.loads(original), **change}))
             with pytest.raises(SystemExit) as exit_info:

@@ -25,11 +25,20 @@ from facegan.data.cache import to_uint8
 from facegan.device import resolve_device
 from facegan.errors import UserError
 from facegan.metrics import labels, visuals
-from facegan.metrics.features import Extractor, build_extractor, extract
-from facegan.metrics.fid import Spread, fid_from_features, kid_from_features, spread
+from facegan.metrics.dinov2 import build_dinov2
+from facegan.metrics.features import Extractor, build_extractor, extract, feature_chain
+from facegan.metrics.fid import (
+    Extrapolated,
+    Spread,
+    extrapolate_fid,
+    fid_from_features,
+    kid_from_features,
+    sample_sizes,
+    spread,
+)
 from facegan.metrics.ppl import PathLength, build_lpips, path_length
-from facegan.metrics.precision_recall import PrecisionRecall, precision_recall
-from facegan.metrics.reference import load_features
+from facegan.metrics.precision_recall import KnnMetrics, knn_metrics
+from facegan.metrics.reference import DINOV2_FILE, load_features
 from facegan.metrics.resize_pool import ResizePool, resize_pool
 
 log = logging.getLogger(__name__)
@@ -76,9 +85,11 @@ class FeatureSets:
     """The metrics of the generated sets' features against the reference."""
 
     fid: Spread  # over evaluate.fid_seeds sets
-    first: np.ndarray  # the first set's features: KID, precision/recall and the final snapshot's point
-    pr: PrecisionRecall
+    first: np.ndarray  # the first set's features: KID, the k-NN metrics, FID-infinity, the final snapshot's point
+    knn: KnnMetrics
     kid: float
+    extrapolated: Extrapolated  # FID-infinity and KID at several n, from the first set's features
+    fd_dinov2: Spread | None  # over the same sets (None: evaluate.dinov2 off)
     spread_ratio: float  # trace of the generated covariance over the reference's
 
 
@@ -136,6 +147,15 @@ def loss_curve(history: list[handoff.HistoryRow]) -> list[handoff.LossPoint]:
 
 
 @dataclass
+class DinoSide:
+    """FD-DINOv2's network and the reals' features (evaluate.dinov2 on)."""
+
+    extractor: Extractor
+    reference: np.ndarray
+    meta: handoff.DinoReference
+
+
+@dataclass
 class Run:
     """What every part of the evaluation reads: the trained run, the reference and the feature path."""
 
@@ -150,6 +170,7 @@ class Run:
     seeds: EvalSeeds
     device: torch.device
     pool: ResizePool | None = None
+    dino: DinoSide | None = None
 
     @property
     def spec(self) -> models.ModelSpec:
@@ -159,6 +180,11 @@ class Run:
         return extract(
             generated_batches(G, count, self.eval_params.batch_size, seed, self.device), self.extractor, self.pool
         )
+
+    def dino_features(self, count: int, seed: int) -> np.ndarray:
+        """The DINOv2 features of the same images `features(G, count, seed)` saw (generated again: same seeds)."""
+        batches = generated_batches(self.G, count, self.eval_params.batch_size, seed, self.device)
+        return extract(batches, self.dino.extractor)
 
 
 def check_reference(
@@ -180,6 +206,15 @@ def check_reference(
             f"reference statistics were computed at {meta.resolution}px but data.resolution="
             f"{view.resolution}: run `dvc repro reference_stats`"
         )
+    # the crop is the cache's, which the fingerprint check above has matched
+    expected = feature_chain(meta.chain.crop, view.resolution, extractor)
+    if meta.chain != expected:
+        differs = [k for k in expected.model_fields if getattr(meta.chain, k) != getattr(expected, k)]
+        key = differs[0]
+        raise UserError(
+            f"reference statistics come from another feature chain ({key}: {getattr(meta.chain, key)!r}, this "
+            f"evaluation: {getattr(expected, key)!r}): run `dvc repro reference_stats`"
+        )
 
 
 def evaluate_run(
@@ -193,6 +228,7 @@ def evaluate_run(
     meta = handoff.ReferenceMeta.read(reference_dir / "meta.json")
     extractor = build_extractor(eval_params.extractor, eval_params, device)
     check_reference(model, view, stats, meta, extractor)
+    dino = dino_side(eval_params, meta, reference_dir, device)
     # every input is read and checked before the first metric: a bad file never costs the minutes before it
     restore = f"restore it with `dvc checkout --force train-{model}` or train again with `dvc repro -f train-{model}`"
     trained = checkpoint.load(run_dir / "G_ema.pt", fix=restore)
@@ -212,6 +248,7 @@ def evaluate_run(
             EvalSeeds.of(ev_view.seed, eval_params.fid_seeds),
             device,
             pool,
+            dino,
         )
         clock = Stopwatch()
         sets = fid_kid_pr(run)
@@ -231,33 +268,59 @@ def evaluate_run(
     )
 
 
+def dino_side(
+    eval_params: settings.EvaluateSettings, meta: handoff.ReferenceMeta, reference_dir: Path, device: torch.device
+) -> DinoSide | None:
+    """FD-DINOv2's network and the reals' features, refused when the reference has none or another network's."""
+    extractor = build_dinov2(eval_params, device)
+    if extractor is None:
+        return None
+    if meta.dinov2 is None or (meta.dinov2.label_key, meta.dinov2.network) != (extractor.kind, extractor.note):
+        had = "none" if meta.dinov2 is None else f"{meta.dinov2.label_key} {meta.dinov2.network}"
+        raise UserError(
+            f"the reference statistics hold DINOv2 features of {had}, evaluate.dinov2 asks for {extractor.kind} "
+            f"{extractor.note}: run `dvc repro reference_stats`"
+        )
+    return DinoSide(extractor, load_features(reference_dir, DINOV2_FILE), meta.dinov2)
+
+
 def fid_kid_pr(run: Run) -> FeatureSets:
     """FID over evaluate.fid_seeds generated sets; KID, precision/recall and feature spread on the first."""
     eval_params = run.eval_params
-    fids, first = [], None
+    fids, fds, first = [], [], None
     for seed in run.seeds.fid:
         feats = run.features(run.G, eval_params.num_gen, seed)
         fids.append(fid_from_features(feats, run.reference))
         first = feats if first is None else first
+        if run.dino is not None:
+            fds.append(fid_from_features(run.dino_features(eval_params.num_gen, seed), run.dino.reference))
     fid = spread(fids)
-    pr = precision_recall(run.reference, first, eval_params.pr_k, run.device)
+    knn = knn_metrics(run.reference, first, eval_params.pr_k, run.device)
+    sizes = sample_sizes(len(first), eval_params.fid_inf_points, eval_params.fid_inf_smallest)
+    extrapolated = extrapolate_fid(first, run.reference, sizes, run.seeds.kid_subsets)
     variance = np.trace(np.cov(first, rowvar=False)) / np.trace(np.cov(run.reference, rowvar=False))
     log.info(
-        "%s: %s %.3f (std %.3f over %d sets of %d), precision %.3f, recall %.3f",
+        "%s: %s %.3f (std %.3f over %d sets of %d; infinity %.3f), precision %.3f, recall %.3f, density %.3f, "
+        "coverage %.3f",
         run.view.model,
         run.extractor.kind,
         fid.mean,
         fid.std,
         len(fids),
         len(first),
-        pr.precision,
-        pr.recall,
+        extrapolated.value,
+        knn.precision,
+        knn.recall,
+        knn.density,
+        knn.coverage,
     )
     return FeatureSets(
         fid=fid,
         first=first,
-        pr=pr,
+        knn=knn,
+        extrapolated=extrapolated,
         kid=kid_from_features(first, run.reference, run.seeds.kid_subsets),
+        fd_dinov2=spread(fds) if fds else None,
         spread_ratio=float(variance),
     )
 
@@ -346,7 +409,7 @@ def pictures_of(run: Run) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
 def metrics_of(
     run: Run, sets: FeatureSets, ppl: PathLength, curve: list[handoff.FidPoint], seconds: dict[str, float]
 ) -> handoff.ModelMetrics:
-    eval_params, fid, pr = run.eval_params, sets.fid, sets.pr
+    eval_params, fid, knn = run.eval_params, sets.fid, sets.knn
     start = next((p for p in curve if p.kimg == 0), None)
     return handoff.ModelMetrics(
         status="trained",
@@ -362,10 +425,21 @@ def metrics_of(
         kid=sets.kid,
         num_gen=int(len(sets.first)),
         num_ref=int(len(run.reference)),
-        precision=pr.precision,
-        recall=pr.recall,
-        pr_num=pr.num,
-        pr_k=pr.k,
+        precision=knn.precision,
+        recall=knn.recall,
+        density=knn.density,
+        coverage=knn.coverage,
+        pr_num=knn.num,
+        pr_k=knn.k,
+        fid_inf=sets.extrapolated.value,
+        fid_inf_slope=sets.extrapolated.slope,
+        fid_by_n=sets.extrapolated.fid_by_n,
+        kid_by_n=sets.extrapolated.kid_by_n,
+        fd_dinov2=None if sets.fd_dinov2 is None else sets.fd_dinov2.mean,
+        fd_dinov2_std=None if sets.fd_dinov2 is None else sets.fd_dinov2.std,
+        fd_dinov2_values=None if sets.fd_dinov2 is None else sets.fd_dinov2.values,
+        fd_dinov2_label_key=None if run.dino is None else run.dino.meta.label_key,
+        fd_dinov2_floor=None if run.dino is None else run.dino.meta.floors[str(eval_params.num_gen)],
         feature_spread_ratio=sets.spread_ratio,
         ppl=ppl.ppl,
         ppl_num=ppl.num,

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facegan import settings
+from facegan import handoff, settings
 from facegan.errors import UserError
 from facegan.metrics import weights
 from facegan.metrics.resize_pool import ResizePool, clean_resize
@@ -154,6 +154,27 @@ def build_fid_helper(path: Path, device: torch.device) -> Extractor:
         return net(((x - 128) / 128).contiguous(memory_format=torch.channels_last)).reshape(x.shape[0], 2048)
 
     return Extractor("fid_helper", features, device, resize_for_inception, str(path))
+
+
+RESIZES = {  # the resize each extractor's `prepare` applies, as the feature chain records it
+    "inception": "clean-fid clean mode: PIL bicubic to 299x299, float",
+    "fid_helper": "clean-fid clean mode: PIL bicubic to 299x299, float",
+    "proxy": f"torch bilinear with antialias to {PROXY_INPUT}x{PROXY_INPUT}",
+}
+
+
+def cache_crop(meta: handoff.FaceCacheMeta) -> str:
+    """The crop of a face cache, in words: the first link of its feature chain."""
+    if meta.synthetic:
+        return "synthetic faces drawn aligned (no crop)"
+    align = ", ".join(f"{k} {v}" for k, v in sorted(meta.align.items()))
+    return f"MTCNN landmarks, similarity-aligned crop ({align})"
+
+
+def feature_chain(crop: str, resolution: int, extractor: Extractor) -> handoff.FeatureChain:
+    return handoff.FeatureChain(
+        crop=crop, resolution=resolution, resize=RESIZES[extractor.kind], extractor=extractor.kind
+    )
 
 
 def resize_for_inception(images: np.ndarray) -> torch.Tensor:

@@ -45,6 +45,21 @@ LABELS: dict[str, MetricLabel] = {
         "**FID/KID/precision/recall use the PROXY extractor** (a seeded random Inception-v3, offline "
         "stand-in): values marked (proxy) are not comparable with published FID.",
     ),
+    # DINOv2 features: FD-DINOv2
+    "dinov2": MetricLabel(
+        "FD-DINOv2 (dgm-eval protocol: Meta's DINOv2 ViT-L/14 checkpoint, CLS token, 224 px bicubic, ImageNet "
+        "normalisation)",
+        "",
+        "FD-DINOv2",
+        "",
+    ),
+    "dinov2_stand_in": MetricLabel(
+        "stand-in FD (a seeded RANDOM DINOv2-architecture ViT, offline stand-in; not FD-DINOv2, not comparable)",
+        " (stand-in)",
+        "stand-in FD (random ViT, not FD-DINOv2)",
+        "**FD-DINOv2 uses a STAND-IN** (a randomly initialised ViT, offline): values marked (stand-in) are not "
+        "FD-DINOv2 and not comparable with published numbers.",
+    ),
     # LPIPS networks: PPL
     "lpips_vgg": MetricLabel("PPL (LPIPS, ImageNet VGG16 backbone)", "", "PPL", ""),
     "lpips_proxy": MetricLabel(

@@ -15,6 +15,7 @@ it. When the cache holds fewer than 2n faces the floor uses n' = half the cache 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from facegan import handoff, settings
 from facegan.data.cache import FaceCache
 from facegan.device import resolve_device
 from facegan.errors import UserError
-from facegan.metrics.features import build_extractor, check_agreement, extract
+from facegan.metrics.dinov2 import build_dinov2
+from facegan.metrics.features import build_extractor, cache_crop, check_agreement, extract, feature_chain
 from facegan.metrics.fid import fid_from_features, kid_from_features
 from facegan.metrics.labels import feature_label_key
 from facegan.metrics.resize_pool import resize_pool
@@ -47,8 +49,33 @@ def noise_floor(features: np.ndarray, n: int, seed: int) -> handoff.Floor:
     return handoff.Floor(n=int(half), fid=fid_from_features(a, b), kid=kid_from_features(a, b, seed))
 
 
-def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[np.ndarray, handoff.ReferenceMeta]:
-    """(features (N, D) of the first evaluate.num_ref cached faces, their meta with the noise floors)."""
+@dataclass
+class ReferenceFeatures:
+    inception: np.ndarray  # (num_ref, 2048) (256 for the proxy)
+    dinov2: np.ndarray | None  # (num_ref, 1024) (the stand-in's width); None with evaluate.dinov2 off
+
+
+def dinov2_reference(
+    eval_params: settings.EvaluateSettings, cache: FaceCache, needed: int, count: int, device
+) -> tuple[np.ndarray | None, handoff.DinoReference | None]:
+    """The reals' DINOv2 features and floors (FD-DINOv2's own real-vs-real floor), or (None, None) when off."""
+    extractor = build_dinov2(eval_params, device)
+    if extractor is None:
+        return None, None
+    batch = eval_params.batch_size
+    batches = (np.asarray(cache.faces[i : min(i + batch, needed)]) for i in range(0, needed, batch))
+    features = extract(batches, extractor)
+    floors = {str(n): noise_floor(features, n, FLOOR_KID_SEED) for n in floor_sizes(eval_params)}
+    meta = handoff.DinoReference(
+        label_key=extractor.kind, network=extractor.note, weights=extractor.weights, floors=floors, count=int(count)
+    )
+    return features[:count], meta
+
+
+def reference_statistics(
+    view: handoff.ReferenceView, cache_dir: Path
+) -> tuple[ReferenceFeatures, handoff.ReferenceMeta]:
+    """(features of the first evaluate.num_ref cached faces, their meta with the noise floors)."""
     eval_params = view.evaluate
     cache = FaceCache(cache_dir)
     if cache.resolution != view.resolution:
@@ -84,6 +111,7 @@ def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[
             floor.kid,
             floor.n,
         )
+    dino_features, dino_meta = dinov2_reference(eval_params, cache, needed, count, device)
     meta = handoff.ReferenceMeta(
         extractor=extractor.kind,
         weights=extractor.weights,
@@ -97,8 +125,13 @@ def reference_statistics(view: handoff.ReferenceView, cache_dir: Path) -> tuple[
         source=cache.meta.source,
         synthetic=cache.meta.synthetic,
         resolution=cache.resolution,
+        chain=feature_chain(cache_crop(cache.meta), cache.resolution, extractor),
+        dinov2=dino_meta,
     )
-    return features[:count], meta
+    return ReferenceFeatures(features[:count], dino_features), meta
+
+
+DINOV2_FILE = "features_dinov2.npz"
 
 
 def save_features(path: Path, features: np.ndarray) -> None:
@@ -106,8 +139,8 @@ def save_features(path: Path, features: np.ndarray) -> None:
         np.savez(handle, features=features)
 
 
-def load_features(reference_dir: Path) -> np.ndarray:
-    path = reference_dir / "features.npz"
+def load_features(reference_dir: Path, name: str = "features.npz") -> np.ndarray:
+    path = reference_dir / name
     if not path.exists():
         raise UserError(f"{path} is missing: run `dvc repro reference_stats`")
     try:

