@@ -335,7 +335,7 @@ class ModelMetrics(Handoff):
     fid_inf_slope: float  # FID(n) = fid_inf + slope / n
     fid_by_n: dict[str, float]  # the points of the fit: str(n) -> FID of n of the first set's features
     kid_by_n: dict[str, float]
-    fd_dinov2: float | None  # mean over the fid_seeds sets; None: evaluate.dinov2 off
+    fd_dinov2: float | None  # mean over the fid_seeds sets; None: evaluate.dinov2 none
     fd_dinov2_std: float | None
     fd_dinov2_values: list[float] | None
     fd_dinov2_label_key: str | None  # facegan.metrics.labels: dinov2 | dinov2_stand_in

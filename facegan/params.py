@@ -15,6 +15,7 @@ facegan.pipeline` regenerates dvc.yaml).
 from __future__ import annotations
 
 import copy
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,12 @@ def _section_at(loc: tuple) -> type[settings.Section] | None:
     section: Any = settings.Settings
     for part in loc[:-1]:
         field = section.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, settings.Section)):
+        annotation = None if field is None else field.annotation
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]  # a model's section is Optional
+        annotation = members[0] if len(members) == 1 else annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, settings.Section)):
             return None
-        section = field.annotation
+        section = annotation
     return section
 
 

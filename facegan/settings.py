@@ -172,7 +172,7 @@ class EvaluateSettings(Section):
     pr_k: Annotated[int, positive("a positive number of neighbours")]
     fid_inf_points: Annotated[int, rule(lambda v: v >= 2, "at least 2 sample counts")]
     fid_inf_smallest: Annotated[float, rule(lambda v: 0 < v < 1, "a fraction of num_gen in (0, 1)")]
-    dinov2: choice("official", "stand_in", "off")
+    dinov2: choice("official", "stand_in", "none")  # not "off": YAML 1.1 reads that as false
     dinov2_weights: str
     dinov2_stand_in: choice("vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_large_patch14_dinov2")
     dinov2_input: Annotated[
@@ -437,6 +437,8 @@ def field_rules(section: type[Section] = Settings, prefix: str = "") -> dict[str
     out = {}
     for name, field in section.model_fields.items():
         annotation = field.annotation
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]  # a model's section is Optional
+        annotation = members[0] if len(members) == 1 else annotation
         if isinstance(annotation, type) and issubclass(annotation, Section):
             out.update(field_rules(annotation, f"{prefix}{name}."))
             continue

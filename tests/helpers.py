@@ -182,6 +182,9 @@ QUEUE_PROFILE = {
         "batch_size": 8,
         "grid_size": 2,
         "interpolation_steps": 3,
+        "fid_inf_points": 3,
+        "fid_inf_smallest": 0.5,
+        "dinov2": "none",  # the study's official ViT-L/14 needs Meta's file; the stages' test runs the stand-in
     },
     "models": {
         "dcgan": {"kimg": 0.064, "batch_size": 8, "arch": DCGAN_ARCH},

@@ -67,6 +67,7 @@ class OurRun:
 
     def __init__(self, golden: dict, tmp_path: Path):
         params, faces = json.loads(golden["params"]), golden["faces"].numpy()
+        params["augment"].setdefault("pipe", "bgc")  # goldens written before the key ran ADA's bgc pipe
         resolution, model = int(golden["resolution"]), golden["model"]
         writer = CacheWriter(tmp_path / "faces", resolution, len(faces))
         for face in faces:

@@ -455,7 +455,7 @@ def test_dinov2_stand_in_features_are_cls_tokens_deterministic_and_their_fd_to_t
     assert first.shape == (6, 384)
     np.testing.assert_allclose(first, again, rtol=1e-5, atol=1e-5)
     assert fid_from_features(first, first) == pytest.approx(0.0, abs=1e-6)
-    assert dinov2.build_dinov2(eval_settings(dinov2="off"), CPU) is None
+    assert dinov2.build_dinov2(eval_settings(dinov2="none"), CPU) is None
 
 
 def test_dinov2_official_loads_metas_checkpoint_format_through_timm_and_checks_its_file(tmp_path, monkeypatch):

@@ -69,6 +69,10 @@ def test_quick_profile_is_celeba_at_64px_an_hour_a_model_and_fid_on_10k(tmp_path
         ({"models": {"dcgan": {"lr_g": "fast"}}}, "param 'models.dcgan.lr_g' must be a number"),
         ({"models": {"dcgan": {"betas_g": [0.5, 1.5]}}}, "must be two Adam betas in [0, 1)"),
         ({"models": {"dcgan": {"dropout": 0.1}}}, "unknown param 'models.dcgan.dropout'"),
+        (
+            {"models": {"stylegan2": {"loss": {"r1_gama": 1.0}}}},
+            "unknown param 'models.stylegan2.loss.r1_gama' in params.yaml; allowed keys here: type, phase_order",
+        ),
         ({"models": {"dcgan": {"xflip": "yes"}}}, "param 'models.dcgan.xflip' must be true/false"),
         ({"train": {"xflip": True}}, "unknown param 'train.xflip'"),  # per model now
         ({"data": {"raw_dir": "elsewhere"}}, "param 'data.raw_dir' is no longer read: the source images are always in"),
@@ -189,6 +193,8 @@ OUT_OF_BOUNDS = {
     "models.*.arch.*_beta": [1.0, -0.1],
     "models.*.arch.mlp_ratio": [0.0, -1.0],
     "evaluate.truncation_psis": [[2.5], [-0.1], []],
+    "evaluate.fid_inf_smallest": [0.0, 1.0],
+    "models.*.cosine.beta2_final": [1.0, -0.1],
 }
 
 

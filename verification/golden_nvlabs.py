@@ -39,7 +39,8 @@ REPO = "NVlabs+stylegan3"
 BATCH, RESOLUTION, SEED = 8, 16, 5
 SG2_ARCH = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16)
 SG3_ARCH = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16, num_layers=4, margin=4)
-AUGMENT = dict(mode="ada", p=0.2, target=0.6, interval=4, kimg=1.0)  # p moves 0.032 per update: visible in 17 steps
+# p moves 0.032 per update: visible in 17 steps
+AUGMENT = dict(mode="ada", pipe="bgc", p=0.2, target=0.6, interval=4, kimg=1.0)
 
 
 def configurations() -> dict[str, tuple[str, dict, int]]:

@@ -16,7 +16,7 @@ as FID (facegan.metrics.fid), with its own real-vs-real floor.
   stand_in  a randomly initialised ViT of the architecture `evaluate.dinov2_stand_in` (seeded), at
             `evaluate.dinov2_input` px: the demo's offline stand-in (ViT-S/14 at 112 px, what 2 cores afford),
             labelled "stand-in" wherever shown, never comparable with FD-DINOv2
-  off       no DINOv2 features
+  none      no DINOv2 features ("off" would be read by YAML as false)
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def load_official(net: torch.nn.Module, path) -> None:
 
 
 def build_dinov2(eval_params: settings.EvaluateSettings, device: torch.device) -> Extractor | None:
-    """The DINOv2 extractor `evaluate.dinov2` asks for, or None when it is off."""
-    if eval_params.dinov2 == "off":
+    """The DINOv2 extractor `evaluate.dinov2` asks for, or None for `none`."""
+    if eval_params.dinov2 == "none":
         return None
     size = eval_params.dinov2_input
     if eval_params.dinov2 == "official":

@@ -89,7 +89,7 @@ class FeatureSets:
     knn: KnnMetrics
     kid: float
     extrapolated: Extrapolated  # FID-infinity and KID at several n, from the first set's features
-    fd_dinov2: Spread | None  # over the same sets (None: evaluate.dinov2 off)
+    fd_dinov2: Spread | None  # over the same sets (None: evaluate.dinov2 none)
     spread_ratio: float  # trace of the generated covariance over the reference's
 
 

@@ -52,7 +52,7 @@ def noise_floor(features: np.ndarray, n: int, seed: int) -> handoff.Floor:
 @dataclass
 class ReferenceFeatures:
     inception: np.ndarray  # (num_ref, 2048) (256 for the proxy)
-    dinov2: np.ndarray | None  # (num_ref, 1024) (the stand-in's width); None with evaluate.dinov2 off
+    dinov2: np.ndarray | None  # (num_ref, 1024) (the stand-in's width); None with evaluate.dinov2 none
 
 
 def dinov2_reference(

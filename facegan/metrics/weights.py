@@ -49,7 +49,7 @@ DINOV2_VITL14 = WeightsFile(
     # the digest projects that pin this file record (not computed here: the file cannot be had on this machine)
     "d5383ea8f4877b2472eb973e0fd72d557c7da5d3611bd527ceeb1d7162cbf428",
     "evaluate.dinov2_weights",
-    "or set evaluate.dinov2 to stand_in (a labelled random ViT) or off",
+    "or set evaluate.dinov2 to stand_in (a labelled random ViT) or none",
 )
 LPIPS_VGG16 = WeightsFile(
     "torchvision's ImageNet VGG16 (the LPIPS backbone)",

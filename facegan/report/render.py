@@ -211,7 +211,7 @@ def fid_inf_cell(m: handoff.ModelMetrics) -> str:
 
 def dino_cell(m: handoff.ModelMetrics) -> str:
     if m.fd_dinov2 is None:
-        return "– (evaluate.dinov2 off)"
+        return "– (evaluate.dinov2 none)"
     spread = f" ± {metric(m.fd_dinov2_std)}" if m.fid_seeds > 1 else ""
     floor = m.fd_dinov2_floor
     return (
