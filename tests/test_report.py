@@ -295,13 +295,15 @@ def test_the_report_leads_with_every_models_samples_then_the_ranking_with_spread
 
 
 def test_the_report_says_which_rankings_the_metrics_agree_on(project):
-    """FID ranks dcgan, styleswin, stylegan2; FD-DINOv2 (310.5 - 2 x sets) ranks stylegan2 first: the line says the
-    distances disagree and gives each order with its Kendall tau against FID's."""
+    """FID ranks dcgan = styleswin (41.5) above stylegan2; FD-DINOv2 (310.5 - 2 x sets) ranks stylegan2 first: the line
+    says the distances disagree and gives each order, ties as '=', with its Kendall tau-b against FID's."""
     text = render(project)
     agreement = text[text.index("**What the metrics agree on**") :]
     assert "do not all rank the models alike" in agreement.splitlines()[0]
-    assert "- FID: dcgan > styleswin > stylegan2 (Kendall τ with FID +1.00)" in agreement
-    assert "- FD-DINOv2: stylegan2 > dcgan > styleswin (Kendall τ with FID -0.33)" in agreement
+    assert "- FID: dcgan = styleswin > stylegan2 (Kendall τ with FID +1.00)" in agreement
+    assert "- FD-DINOv2: stylegan2 > dcgan = styleswin (Kendall τ with FID -1.00)" in agreement
+    # tied scores are no order: precision is 0.6789 for all three
+    assert "- precision: dcgan = styleswin = stylegan2 (Kendall τ with FID undefined: ties leave no order)" in agreement
 
 
 def test_kernel_fallbacks_are_shown(project):

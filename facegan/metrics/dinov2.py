@@ -14,7 +14,9 @@ as FID (facegan.metrics.fid), with its own real-vs-real floor.
             model interpolates it in every forward pass: the features have not been compared with
             dgm-eval's here (the file cannot be had on this machine)
   stand_in  a randomly initialised ViT of the architecture `evaluate.dinov2_stand_in` (seeded), at
-            `evaluate.dinov2_input` px: the demo's offline stand-in (ViT-S/14 at 112 px, what 2 cores afford),
+            `evaluate.dinov2_input` px, its layer scales set to 1 (DINOv2 initialises them to 1e-5, which leaves
+            an untrained CLS token blind to the image): the demo's offline stand-in (ViT-S/14 at 112 px, what 2
+            cores afford),
             labelled "stand-in" wherever shown, never comparable with FD-DINOv2
   none      no DINOv2 features ("off" would be read by YAML as false)
 """
@@ -79,6 +81,10 @@ def build_dinov2(eval_params: settings.EvaluateSettings, device: torch.device) -
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(STAND_IN_SEED)
             net = vit(eval_params.dinov2_stand_in, size)
+        with torch.no_grad():  # DINOv2 starts its layer scales at 1e-5: untrained, the CLS token ignores the image
+            for name, param in net.named_parameters():
+                if name.endswith(("ls1.gamma", "ls2.gamma")):
+                    param.fill_(1.0)
         kind, source = "dinov2_stand_in", ""
     net = net.eval().requires_grad_(False).to(device)
 

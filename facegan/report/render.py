@@ -256,39 +256,61 @@ def ranking_section(rows: list[Row]) -> str:
     return text
 
 
-def metric_orders(metrics: list[handoff.ModelMetrics], models: list[str]) -> dict[str, list[str]]:
-    """Best-first model order of every ranked metric that every model has."""
-    orders = {}
+def metric_scores(metrics: list[handoff.ModelMetrics], models: list[str]) -> dict[str, dict[str, float]]:
+    """Per ranked metric that every model has: model -> score, higher better (distances negated)."""
+    scores = {}
     for name, value, higher_is_better in RANKED_METRICS:
         values = [value(m) for m in metrics]
         if any(v is None for v in values):
             continue
-        pairs = sorted(zip(values, models), key=lambda p: -p[0] if higher_is_better else p[0])
-        orders[name] = [model for _, model in pairs]
-    return orders
+        scores[name] = {model: v if higher_is_better else -v for model, v in zip(models, values)}
+    return scores
 
 
-def kendall_tau(first: list[str], second: list[str]) -> float:
-    """Kendall's rank correlation of two orders of the same models: 1 the same order, -1 reversed."""
-    position = {model: i for i, model in enumerate(second)}
-    n, score = len(first), 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            score += 1 if position[first[i]] < position[first[j]] else -1
-    return score / (n * (n - 1) / 2) if n > 1 else 1.0
+def spoken_order(score: dict[str, float]) -> str:
+    """Best first, '>' between different scores and '=' between equal ones (ties are no order)."""
+    ranked = sorted(score, key=lambda model: -score[model])
+    text = ranked[0]
+    for before, model in zip(ranked, ranked[1:]):
+        text += (" = " if score[model] == score[before] else " > ") + model
+    return text
+
+
+def kendall_tau(first: dict[str, float], second: dict[str, float]) -> float | None:
+    """Kendall's tau-b of two scorings of the same models: +1 the same order, -1 reversed; ties in either
+    scoring are no order. None when one scoring ties every pair the other orders (no order to compare)."""
+    models = list(first)
+    concordant = discordant = tied_first = tied_second = 0
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            product = sign(first[a] - first[b]) * sign(second[a] - second[b])
+            concordant += product > 0
+            discordant += product < 0
+            tied_first += first[a] == first[b] and second[a] != second[b]
+            tied_second += second[a] == second[b] and first[a] != first[b]
+    denominator = ((concordant + discordant + tied_first) * (concordant + discordant + tied_second)) ** 0.5
+    return (concordant - discordant) / denominator if denominator else None
+
+
+def tau_text(tau: float | None) -> str:
+    return "Kendall τ with FID undefined: ties leave no order" if tau is None else f"Kendall τ with FID {tau:+.2f}"
+
+
+def sign(x: float) -> int:
+    return (x > 0) - (x < 0)
 
 
 def agreement_text(metrics: list[handoff.ModelMetrics], models: list[str]) -> str:
     """What the metrics agree on: each metric's order, and its rank correlation with FID's."""
     if len(models) < 2:
         return ""
-    orders = metric_orders(metrics, models)
+    scores = metric_scores(metrics, models)
     lines = [
-        f"- {name}: {' > '.join(order)} (Kendall τ with FID {kendall_tau(orders['FID'], order):+.2f})"
-        for name, order in orders.items()
+        f"- {name}: {spoken_order(score)} ({tau_text(kendall_tau(scores['FID'], score))})"
+        for name, score in scores.items()
     ]
-    distances = [n for n in ("FID", "FID∞", "KID", "FD-DINOv2") if n in orders]
-    same = all(orders[n] == orders["FID"] for n in distances)
+    distances = [n for n in ("FID", "FID∞", "KID", "FD-DINOv2") if n in scores]
+    same = all(kendall_tau(scores["FID"], scores[n]) == 1.0 for n in distances)
     verdict = (
         f"{', '.join(distances)} rank the models in the same order."
         if same
