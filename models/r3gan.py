@@ -191,6 +191,16 @@ class Stage(nn.Module):
         return x
 
 
+def residual_blocks(
+    width: int, cardinality: int, arch: settings.R3ganArch, kernel_size: int, variance_scaling: int
+) -> list[ResidualBlock]:
+    """A stage's `blocks_per_stage` residual blocks (variance_scaling: the number of blocks in the network)."""
+    return [
+        ResidualBlock(width, cardinality, arch.expansion, kernel_size, variance_scaling)
+        for _ in range(arch.blocks_per_stage)
+    ]
+
+
 def stage_widths(resolution: int, arch: settings.R3ganArch) -> list[tuple[int, int]]:
     """(width, cardinality) of each stage, 4x4 first."""
     out = []
@@ -207,12 +217,9 @@ class Generator(nn.Module):
         scaling = arch.blocks_per_stage * len(stages)  # the number of residual blocks in G
 
         def blocks(width: int, cardinality: int) -> list[ResidualBlock]:
-            return [
-                ResidualBlock(width, cardinality, arch.expansion, kernel_size, scaling)
-                for _ in range(arch.blocks_per_stage)
-            ]
+            return residual_blocks(width, cardinality, arch, kernel_size, scaling)
 
-        first_width, first_cardinality = stages[0]
+        first_width, _ = stages[0]
         main = [Stage(GenerativeBasis(arch.z_dim, first_width), blocks(*stages[0]), transition_first=True)]
         for (before, _), (width, cardinality) in zip(stages, stages[1:]):
             main.append(Stage(UpsampleLayer(before, width), blocks(width, cardinality), transition_first=True))
@@ -240,10 +247,7 @@ class Discriminator(nn.Module):
         scaling = arch.blocks_per_stage * len(stages)
 
         def blocks(width: int, cardinality: int) -> list[ResidualBlock]:
-            return [
-                ResidualBlock(width, cardinality, arch.expansion, kernel_size, scaling)
-                for _ in range(arch.blocks_per_stage)
-            ]
+            return residual_blocks(width, cardinality, arch, kernel_size, scaling)
 
         main = [
             Stage(DownsampleLayer(width, after), blocks(width, cardinality), transition_first=False)

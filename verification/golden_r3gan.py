@@ -126,6 +126,43 @@ def official_schedules(cosine_decay_with_warmup) -> dict:
     return table
 
 
+def official_schedule_values(schedule, nimg: int, params: dict) -> dict[str, float]:
+    """The official loop's scheduled values at the top of an iteration (training_loop.py:307-311)."""
+    total_nimg = COSINE["decay_kimg"] * 1000
+
+    def at(start: float, end: float) -> float:
+        return schedule(nimg, base_value=start, total_nimg=total_nimg, final_value=end)
+
+    return {
+        "lr": at(params["lr_g"], COSINE["lr_final"]),
+        "beta2": at(0.9, COSINE["beta2_final"]),
+        "gamma": at(2.0, COSINE["gamma_final"]),
+        "ema_nimg": at(0, params["ema_kimg"] * 1000),
+        "aug_p": at(0, AUGMENT["p"]),
+    }
+
+
+def official_phase(name: str, module, opt, loss, real_img, gen_z, values: dict) -> dict[str, torch.Tensor]:
+    """One phase of the official iteration up to its optimizer step (training_loop.py:317-332): gradients
+    through R3GANLoss's trainer, then lr and betas from the schedule. Returns our names for its loss terms."""
+    opt.zero_grad(set_to_none=True)
+    module.requires_grad_(True)
+    gamma = values["gamma"]
+    if name == "D":
+        adv, _, r1, r2 = loss.trainer.AccumulateDiscriminatorGradients(
+            gen_z, real_img, None, gamma, 1, loss.preprocessor
+        )
+        terms = {"D/adversarial": adv.mean(), "D/r1": gamma / 2 * r1.mean(), "D/r2": gamma / 2 * r2.mean()}
+    else:
+        adv, _ = loss.trainer.AccumulateGeneratorGradients(gen_z, real_img, None, 1, loss.preprocessor)
+        terms = {"G/adversarial": adv.mean()}
+    module.requires_grad_(False)
+    for group in opt.param_groups:
+        group["lr"] = values["lr"]
+        group["betas"] = (0.0, values["beta2"])
+    return terms
+
+
 def main() -> None:
     networks, loss_module, augment, training_loop = import_nvlabs(
         REPO, "training.networks", "training.loss", "training.augment", "training.training_loop"
@@ -171,7 +208,6 @@ def main() -> None:
         "G": torch.optim.Adam(their_G.parameters(), betas=[0.0, 0.0], eps=1e-8),  # official [0, 0]: torch wants floats
     }
     modules = {"D": their_D, "G": their_G}
-    total_nimg = COSINE["decay_kimg"] * 1000
     phases = build_phases(LossSettings.model_validate(params["loss"]))
     assert [p.name for p in phases] == ["Dboth", "Gmain"]
     steps, gradients, augment_p = [], {}, []
@@ -184,38 +220,16 @@ def main() -> None:
             "D": (golden_io.reals(faces, draws.idx, draws.flips), draws.z["Dboth"]),
             "G": (golden_io.reals(faces, draws.idx_g, draws.flips_g), draws.z["Gmain"]),
         }
-        cur_lr = schedule(nimg, base_value=params["lr_g"], total_nimg=total_nimg, final_value=COSINE["lr_final"])
-        cur_beta2 = schedule(nimg, base_value=0.9, total_nimg=total_nimg, final_value=COSINE["beta2_final"])
-        cur_gamma = schedule(nimg, base_value=2.0, total_nimg=total_nimg, final_value=COSINE["gamma_final"])
-        cur_ema_nimg = schedule(nimg, base_value=0, total_nimg=total_nimg, final_value=params["ema_kimg"] * 1000)
-        cur_aug_p = schedule(nimg, base_value=0, total_nimg=total_nimg, final_value=AUGMENT["p"])
-        pipe.p.copy_(torch.as_tensor(cur_aug_p, dtype=torch.float32))
+        values = official_schedule_values(schedule, nimg, params)
+        pipe.p.copy_(torch.as_tensor(values["aug_p"], dtype=torch.float32))
         torch.manual_seed(step_seed(SEED, step, 1))  # the project's loop seeds the phases' draws (augmentation)
         recorded = {}
         for name, phase in (("D", "Dboth"), ("G", "Gmain")):
-            real_img, gen_z = inputs[name]
-            module, opt = modules[name], opts[name]
-            opt.zero_grad(set_to_none=True)
-            module.requires_grad_(True)
-            if name == "D":
-                adv, _, r1, r2 = loss.trainer.AccumulateDiscriminatorGradients(
-                    gen_z, real_img, None, cur_gamma, 1, loss.preprocessor
-                )
-                recorded[phase] = {
-                    "D/adversarial": adv.mean(),
-                    "D/r1": cur_gamma / 2 * r1.mean(),
-                    "D/r2": cur_gamma / 2 * r2.mean(),
-                }
-            else:
-                adv, _ = loss.trainer.AccumulateGeneratorGradients(gen_z, real_img, None, 1, loss.preprocessor)
-                recorded[phase] = {"G/adversarial": adv.mean()}
-            module.requires_grad_(False)
-            for group in opt.param_groups:
-                group["lr"] = cur_lr
-                group["betas"] = (0.0, cur_beta2)
+            recorded[phase] = official_phase(name, modules[name], opts[name], loss, *inputs[name], values)
             if step == 0:
-                gradients[phase] = golden_io.gradient_record(module)
-            opt.step()
+                gradients[phase] = golden_io.gradient_record(modules[name])
+            opts[name].step()
+        cur_ema_nimg = values["ema_nimg"]
         ema_beta = 0.5 ** (BATCH / max(cur_ema_nimg, 1e-8))
         with torch.no_grad():
             for p_ema, p in zip(G_ema.parameters(), their_G.parameters()):

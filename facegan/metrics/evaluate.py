@@ -406,6 +406,21 @@ def pictures_of(run: Run) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
     return pictures, {f"res{res}.png": grid for res, grid in sorted(last_per_res.items())}
 
 
+def dino_fields(run: Run, fd: Spread | None) -> dict:
+    """ModelMetrics' FD-DINOv2 fields: the spread over the sets, its label and floor (all None when off)."""
+    if run.dino is None or fd is None:
+        return dict.fromkeys(
+            ("fd_dinov2", "fd_dinov2_std", "fd_dinov2_values", "fd_dinov2_label_key", "fd_dinov2_floor")
+        )
+    return {
+        "fd_dinov2": fd.mean,
+        "fd_dinov2_std": fd.std,
+        "fd_dinov2_values": fd.values,
+        "fd_dinov2_label_key": run.dino.meta.label_key,
+        "fd_dinov2_floor": run.dino.meta.floors[str(run.eval_params.num_gen)],
+    }
+
+
 def metrics_of(
     run: Run, sets: FeatureSets, ppl: PathLength, curve: list[handoff.FidPoint], seconds: dict[str, float]
 ) -> handoff.ModelMetrics:
@@ -435,11 +450,7 @@ def metrics_of(
         fid_inf_slope=sets.extrapolated.slope,
         fid_by_n=sets.extrapolated.fid_by_n,
         kid_by_n=sets.extrapolated.kid_by_n,
-        fd_dinov2=None if sets.fd_dinov2 is None else sets.fd_dinov2.mean,
-        fd_dinov2_std=None if sets.fd_dinov2 is None else sets.fd_dinov2.std,
-        fd_dinov2_values=None if sets.fd_dinov2 is None else sets.fd_dinov2.values,
-        fd_dinov2_label_key=None if run.dino is None else run.dino.meta.label_key,
-        fd_dinov2_floor=None if run.dino is None else run.dino.meta.floors[str(eval_params.num_gen)],
+        **dino_fields(run, sets.fd_dinov2),
         feature_spread_ratio=sets.spread_ratio,
         ppl=ppl.ppl,
         ppl_num=ppl.num,
