@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 $(VENV)/.installed: requirements.txt overrides.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip uv
-	$(BIN)/python -m uv pip install -q --python $(BIN)/python -r requirements.txt --overrides overrides.txt
+	$(BIN)/python -m uv pip install -q --compile-bytecode --python $(BIN)/python -r requirements.txt --overrides overrides.txt
 	touch $@
 
 venv: $(VENV)/.installed
@@ -21,7 +21,9 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/python -m facegan.pipeline --check
 	dvc config --local core.analytics false && dvc config --local core.check_update false
-	dvc exp run -S profile=demo
+	$(BIN)/python -m compileall -q facegan models stages   # bytecode once, not in every stage's process
+	$(BIN)/python -m facegan.parallel_repro --jobs 2 --set profile=demo
+	dvc exp run -S profile=demo   # records the demo as a DVC experiment: every stage is up to date by now
 	@echo "report: reports/comparison.md   (params.yaml now says profile: demo; 'git checkout params.yaml' restores the study)"
 
 study: venv

@@ -1,0 +1,134 @@
+"""`python -m facegan.parallel_repro`: the demo's stages side by side, in dependency order, as DVC runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from facegan import parallel_repro
+from facegan.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a diamond and a long side chain: prep -> (a, b) -> join; long1 -> long2
+GRAPH = {"prep": set(), "a": {"prep"}, "b": {"prep"}, "join": {"a", "b"}, "long1": set(), "long2": {"long1"}}
+
+
+class FakeStages:
+    """Starts `python -c sleep` for a stage, checks that no more than `jobs` run at once, records the order."""
+
+    def __init__(self, jobs: int, fail: str | None = None, seconds: float = 0.3):
+        self.jobs, self.fail, self.seconds = jobs, fail, seconds
+        self.started: list[str] = []
+        self.processes: list[subprocess.Popen] = []
+        self.threads: set[int] = set()
+
+    def __call__(self, name: str, threads: int, log: Path) -> subprocess.Popen:
+        assert sum(p.poll() is None for p in self.processes) < self.jobs, f"{name} started beyond {self.jobs} lanes"
+        self.started.append(name)
+        self.threads.add(threads)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        code = f"import time,sys; print('Running stage {name}'); time.sleep({self.seconds}); "
+        code += "print('Traceback: boom'); sys.exit(1)" if name == self.fail else "print('done')"
+        with open(log, "w") as out:
+            process = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+
+def test_critical_path_counts_the_longest_chain_of_expected_seconds_after_each_stage():
+    seconds = {"prep": 1, "a": 10, "b": 2, "join": 5, "long1": 3, "long2": 4}
+    rank = parallel_repro.critical_path(GRAPH, seconds)
+    assert rank == {"join": 5, "a": 15, "b": 7, "prep": 16, "long2": 4, "long1": 7}
+
+
+def test_lanes_respect_dependencies_and_the_lane_count_and_start_the_longest_path_first(tmp_path):
+    fake = FakeStages(jobs=2)
+    seconds = {"long1": 100, "long2": 100}  # the side chain is the long one: it must not wait for the diamond
+    lines: list[str] = []
+    finished, failed = parallel_repro.run_lanes(GRAPH, 2, 1, seconds, fake, tmp_path, lines.append)
+    assert failed is None and set(finished) == set(GRAPH)
+    assert fake.started[0] == "long1"  # rank 200 beats prep's 3
+    for name, deps in GRAPH.items():  # each started after all it depends on had finished
+        assert all(fake.started.index(d) < fake.started.index(name) for d in deps)
+    assert fake.threads == {1}
+    assert all(t.ran for t in finished.values())  # the fake logs say 'Running stage'
+    assert sum("] done   " in line for line in lines) == len(GRAPH)
+
+
+def test_a_failed_stage_stops_new_starts_lets_the_running_finish_and_shows_its_log(tmp_path):
+    fake = FakeStages(jobs=2, fail="prep")
+    lines: list[str] = []
+    finished, failed = parallel_repro.run_lanes(GRAPH, 2, 1, {}, fake, tmp_path, lines.append)
+    assert failed == "prep"
+    assert "a" not in fake.started and "b" not in fake.started and "join" not in fake.started
+    assert all(p.poll() is not None for p in fake.processes)  # nothing left running
+    assert any("FAILED prep" in line for line in lines) and any("Traceback: boom" in line for line in lines)
+    assert "prep" not in finished
+
+
+def test_expected_seconds_come_from_the_first_readable_record_and_skipped_stages_count_one(tmp_path, capsys):
+    broken, good = tmp_path / "broken.json", tmp_path / "good.json"
+    broken.write_text("{not json")
+    record = parallel_repro.StageSeconds(
+        jobs=2,
+        threads_per_job=1,
+        total_seconds=9.0,
+        stages={"a": parallel_repro.StageTime(seconds=7.5, ran=True), "b": {"seconds": 0.9, "ran": False}},
+    )
+    good.write_text(record.model_dump_json())
+    assert parallel_repro.expected_seconds([tmp_path / "missing.json", broken, good]) == {"a": 7.5, "b": 1.0}
+    assert "broken.json is unreadable" in capsys.readouterr().out
+
+
+def test_set_top_level_changes_the_value_and_keeps_the_comment(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("# head\nprofile: study          # study | demo\nmodels:\n  profile: nested\n")
+    parallel_repro.set_top_level(path, "profile", "demo")
+    assert path.read_text() == "# head\nprofile: demo          # study | demo\nmodels:\n  profile: nested\n"
+    with pytest.raises(UserError, match="no single top-level line `seed: ...`"):
+        parallel_repro.set_top_level(path, "seed", "1")
+    with pytest.raises(UserError, match="plain scalar"):
+        parallel_repro.set_top_level(path, "profile", "[a, b]")
+
+
+def test_the_graph_is_dvcs_own_from_dvc_yaml():
+    upstream = parallel_repro.pipeline_graph(ROOT)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(upstream) == set(stages)
+    assert upstream["train-r3gan"] == {"configure", "preprocess"}
+    assert upstream["evaluate-r3gan"] == {"configure", "train-r3gan", "reference_stats"}
+    assert {f"evaluate-{m}" for m in ("dcgan", "r3gan")} <= upstream["report"]
+
+
+def test_main_runs_a_real_dvc_pipeline_in_two_lanes_and_a_second_run_finds_it_up_to_date(tmp_path, monkeypatch):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    stage = 'python -c "import pathlib,sys; pathlib.Path(sys.argv[1]).write_text(sys.argv[2])" {out} {text}'
+    pipeline = {
+        "stages": {
+            "left": {"cmd": stage.format(out="left.txt", text="L"), "outs": ["left.txt"]},
+            "right": {"cmd": stage.format(out="right.txt", text="R"), "outs": ["right.txt"]},
+            "both": {
+                "cmd": stage.format(out="both.txt", text="B"),
+                "deps": ["left.txt", "right.txt"],
+                "outs": ["both.txt"],
+            },
+        }
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
+    (tmp_path / "params.yaml").write_text("profile: study   # which\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    parallel_repro.main(["--jobs", "2", "--set", "profile=demo"])
+    assert (tmp_path / "both.txt").read_text() == "B"
+    assert (tmp_path / "params.yaml").read_text() == "profile: demo   # which\n"
+    first = parallel_repro.StageSeconds.model_validate_json((tmp_path / "runs/stage_seconds.json").read_text())
+    assert first.jobs == 2 and {n for n, t in first.stages.items() if t.ran} == {"left", "right", "both"}
+    parallel_repro.main(["--jobs", "2"])
+    again = parallel_repro.StageSeconds.model_validate_json((tmp_path / "runs/stage_seconds.json").read_text())
+    assert not any(t.ran for t in again.stages.values())
