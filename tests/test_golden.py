@@ -239,7 +239,11 @@ def test_dcgan_trains_step_for_step_as_pytorchs_dcgan_example(tmp_path):
     golden = load_golden("dcgan")
     assert golden["meta"]["repository"] == "pytorch+examples"
     running = ("running_mean", "running_var", "num_batches_tracked")
-    assert_matches_golden(golden, tmp_path, loss_rtol=1e-5, grad_rtol=1e-4, atol=2e-6, rtol=1e-4, skip=running)
+    # Step 0's gradients agree to 1e-7 on any CPU; after that G's BatchNorm batch statistics carry the float32
+    # kernels' differences between CPUs into every weight: on an AMD EPYC (AVX2) against the Intel-made golden
+    # the 4 steps' losses differ by up to 1.2e-4 (relative) and G's weights by up to 2.1e-4 (one Adam move at
+    # lr 2e-4), hence 5e-4 for both
+    assert_matches_golden(golden, tmp_path, loss_rtol=5e-4, grad_rtol=1e-4, atol=5e-4, rtol=1e-4, skip=running)
 
 
 def test_the_ada_pipe_gives_nvlabs_augmentpipe_images_and_draws_at_the_same_random_state():
@@ -285,7 +289,10 @@ def test_adas_p_follows_the_official_heuristic_over_a_scripted_sign_sequence():
     assert max(golden["signs"]["p_after"]) > 0  # the script moved p up and back down
 
 
-NVLABS_TOLERANCES = dict(loss_rtol=2e-5, grad_rtol=1e-4, atol=2e-5, rtol=1e-4)
+# Final weights at atol 2e-4: the goldens were made on an Intel CPU (AVX-512); on an AMD EPYC (AVX2) one of
+# StyleGAN2's 13,465 D weights lands 1.6e-4 away after 16 steps (a near-zero gradient's float32 rounding moves
+# it by a fraction of an Adam step, lr 0.0025) while every loss still agrees to 2.2e-6 and the gradients to 8e-7.
+NVLABS_TOLERANCES = dict(loss_rtol=2e-5, grad_rtol=1e-4, atol=2e-4, rtol=1e-4)
 
 
 def test_stylegan2_trains_step_for_step_as_nvlabs_stylegan2(tmp_path):

@@ -93,7 +93,8 @@ def test_folder_kid_equals_cleanfid_compute_kid(tmp_path, monkeypatch):
     np.random.seed(0)
     theirs = cleanfid.compute_kid(str(a), str(b), mode="clean", num_workers=0, batch_size=10, device=CPU,
                                   verbose=False, use_dataparallel=False)  # fmt: skip
-    assert ours > 1e-4 and ours == pytest.approx(float(theirs), rel=1e-5)  # their features are float32
+    # their features are float32: on an AMD EPYC (AVX2) the two extractions' KIDs differ by 1.2e-5 (relative)
+    assert ours > 1e-4 and ours == pytest.approx(float(theirs), rel=5e-5)
     assert abs(kid_from_features(feats_a, feats_a, seed=0)) < 0.1 * ours  # the same set twice: about 0
 
 

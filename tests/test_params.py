@@ -33,7 +33,7 @@ def test_demo_profile_overrides_only_what_it_names(tmp_path):
     assert demo["data"]["source"] == "synthetic" and demo["data"]["resolution"] <= 64
     assert demo["evaluate"]["extractor"] == study["evaluate"]["extractor"] == "auto"  # the real Inception
     assert demo["evaluate"]["fid_seeds"] >= 2  # FID carries a spread
-    assert demo["models"]["dcgan"]["lr_g"] == study["models"]["dcgan"]["lr_g"]  # not overridden
+    assert demo["models"]["dcgan"]["betas_g"] == study["models"]["dcgan"]["betas_g"]  # not overridden
     assert demo["models"]["dcgan"]["kimg"] < study["models"]["dcgan"]["kimg"]
 
 
