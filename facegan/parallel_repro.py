@@ -11,8 +11,9 @@ lanes:
     releases its repository lock while the stage's command runs, so lanes do not wait on each
     other);
   - each lane's process gets `cpu_count // jobs` threads (OMP_NUM_THREADS, MKL_NUM_THREADS);
-  - among the ready stages, the one with the longest path of expected seconds to the end of the
-    pipeline goes first (critical-path scheduling), so the longest training does not start last.
+  - among the ready stages, the one whose own and dependants' expected seconds add up to the most
+    goes first: the longest training does not start last, and reference_stats, which seven
+    evaluations wait for, does not run after every training (its lane would idle in the end);
     Expected seconds come from the last run here (runs/stage_seconds.json), else from the committed
     measurement of the demo (reports/bench/stage_seconds_cpu_demo.json), else 1 per stage;
   - each stage's output goes to runs/logs/<stage>.log; the console gets one line per stage start
@@ -87,22 +88,20 @@ def pipeline_graph(root: Path = Path(".")) -> dict[str, set[str]]:
         return {stage.addressing: {dep.addressing for dep in graph.successors(stage)} for stage in graph.nodes}
 
 
-def critical_path(upstream: Mapping[str, set[str]], seconds: Mapping[str, float]) -> dict[str, float]:
-    """Each stage's expected seconds plus the longest chain of expected seconds after it."""
+def work_unlocked(upstream: Mapping[str, set[str]], seconds: Mapping[str, float]) -> dict[str, float]:
+    """Each stage's expected seconds plus those of every stage after it (its transitive dependants)."""
     downstream: dict[str, set[str]] = {name: set() for name in upstream}
     for name, deps in upstream.items():
         for dep in deps:
             downstream[dep].add(name)
-    rank: dict[str, float] = {}
+    after: dict[str, set[str]] = {}
 
-    def visit(name: str) -> float:
-        if name not in rank:
-            rank[name] = seconds.get(name, 1.0) + max((visit(d) for d in downstream[name]), default=0.0)
-        return rank[name]
+    def visit(name: str) -> set[str]:
+        if name not in after:
+            after[name] = set(downstream[name]).union(*(visit(d) for d in downstream[name]))
+        return after[name]
 
-    for name in upstream:
-        visit(name)
-    return rank
+    return {name: seconds.get(name, 1.0) + sum(seconds.get(d, 1.0) for d in visit(name)) for name in upstream}
 
 
 def expected_seconds(files: Iterable[Path]) -> dict[str, float]:
@@ -156,7 +155,7 @@ def run_lanes(
     say: Callable[[str], None] = print,
 ) -> tuple[dict[str, StageTime], str | None]:
     """Run every stage once its dependencies finished, `jobs` at a time: (times, the failed stage or None)."""
-    rank = critical_path(upstream, seconds)
+    rank = work_unlocked(upstream, seconds)
     order = {name: i for i, name in enumerate(upstream)}  # ties: dvc.yaml's order
     pending, finished, running = set(upstream), {}, []
     failed: str | None = None

@@ -40,10 +40,10 @@ class FakeStages:
         return process
 
 
-def test_critical_path_counts_the_longest_chain_of_expected_seconds_after_each_stage():
+def test_a_stage_ranks_by_its_own_and_all_its_dependants_expected_seconds():
     seconds = {"prep": 1, "a": 10, "b": 2, "join": 5, "long1": 3, "long2": 4}
-    rank = parallel_repro.critical_path(GRAPH, seconds)
-    assert rank == {"join": 5, "a": 15, "b": 7, "prep": 16, "long2": 4, "long1": 7}
+    rank = parallel_repro.work_unlocked(GRAPH, seconds)
+    assert rank == {"join": 5, "a": 15, "b": 7, "prep": 18, "long2": 4, "long1": 7}  # prep: join counted once
 
 
 def test_lanes_respect_dependencies_and_the_lane_count_and_start_the_longest_path_first(tmp_path):
@@ -52,7 +52,7 @@ def test_lanes_respect_dependencies_and_the_lane_count_and_start_the_longest_pat
     lines: list[str] = []
     finished, failed = parallel_repro.run_lanes(GRAPH, 2, 1, seconds, fake, tmp_path, lines.append)
     assert failed is None and set(finished) == set(GRAPH)
-    assert fake.started[0] == "long1"  # rank 200 beats prep's 3
+    assert fake.started[0] == "long1"  # rank 200 beats prep's 4
     for name, deps in GRAPH.items():  # each started after all it depends on had finished
         assert all(fake.started.index(d) < fake.started.index(name) for d in deps)
     assert fake.threads == {1}
