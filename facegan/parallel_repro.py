@@ -13,12 +13,13 @@ lanes:
   - each lane's process gets `cpu_count // jobs` threads (OMP_NUM_THREADS, MKL_NUM_THREADS);
   - among the ready stages, the one whose own and dependants' expected seconds add up to the most
     goes first: the longest training does not start last, and reference_stats, which seven
-    evaluations wait for, does not run after every training (its lane would idle in the end);
+    evaluations wait for, does not run after every training (its lane would idle in the end).
     Expected seconds come from the last run here (runs/stage_seconds.json), else from the committed
     measurement of the demo (reports/bench/stage_seconds_cpu_demo.json), else 1 per stage;
   - each stage's output goes to runs/logs/<stage>.log; the console gets one line per stage start
     and end. A failed stage lets the running ones finish, starts no new one, prints the last lines
-    of its log and exits 1; what finished is cached, so running the command again continues.
+    of its log and exits 2 with one line; what finished is cached, so running the command again
+    continues.
 
 Writes runs/stage_seconds.json (and, with --record, the bench file): each stage's wall seconds,
 whether DVC ran or skipped it, and the whole run's seconds.
