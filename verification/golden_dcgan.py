@@ -7,7 +7,7 @@ up to the progress print) once per step, with the project's draws: the step's re
 latent batch (`noise = torch.randn(...)` returns it). The project's weights are copied into the example's
 networks first (same layer order: `main.<i>` there, `net.<i>` here).
 
-    python -m verification.golden_dcgan     # writes tests/golden/dcgan.pt
+    python -m verification.regenerate --only dcgan
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from verification.source import load_definitions, loop_body
 
 REPO = "pytorch+examples"
 STEPS, BATCH, RESOLUTION, SEED = 4, 8, 64, 3
-ARCH = {"z_dim": 8, "g_channels": 4, "d_channels": 4, "max_channels": 64}  # ngf = ndf = 4 at 64x64 (the example's size)
+# ngf = ndf = 2 at 64x64 (the example's size): small enough to store the whole state of every compared step
+ARCH = {"z_dim": 8, "g_channels": 2, "d_channels": 2, "max_channels": 64}
 
 
 class TorchWithNoise:
@@ -59,7 +60,14 @@ class GradientSpy:
 
 
 def official_networks(path, G: nn.Module, D: nn.Module) -> dict:
-    namespace = {"nn": nn, "torch": torch, "nz": ARCH["z_dim"], "ngf": 4, "ndf": 4, "nc": 3}
+    namespace = {
+        "nn": nn,
+        "torch": torch,
+        "nz": ARCH["z_dim"],
+        "ngf": ARCH["g_channels"],
+        "ndf": ARCH["d_channels"],
+        "nc": 3,
+    }
     load_definitions(path, ["Generator", "Discriminator"], namespace)
     netG, netD = namespace["Generator"](0), namespace["Discriminator"](0)
     for ours, theirs in ((G, netG), (D, netD)):
@@ -68,67 +76,100 @@ def official_networks(path, G: nn.Module, D: nn.Module) -> dict:
     return {"netG": netG, "netD": netD}
 
 
-def main() -> None:
-    path = official_repo(REPO) / "dcgan" / "main.py"
-    params = study_model("dcgan", batch_size=BATCH, kimg=STEPS * BATCH / 1000, arch=ARCH)
-    faces = golden_io.synthetic_faces(16, RESOLUTION)
-    torch.manual_seed(SEED)
-    G, D = models.build("dcgan", params["arch"], RESOLUTION)
-    init = {"G": golden_io.state_dict(G), "D": golden_io.state_dict(D)}
+class OfficialRun:
+    """The example's iteration on CPU holding the project's initial weights: `step(k)` runs iteration k,
+    `state()` and `load()` read and write its whole state in the project's terms (verification/golden_io.py).
+    The example keeps no G EMA; the study's DCGAN neither (ema_kimg 0: G_ema is a copy of G after every step),
+    so the state's G_ema is G."""
 
-    namespace = official_networks(path, G, D)
-    namespace.update({"torch": torch, "nn": nn, "optim": optim, "device": torch.device("cpu"), "nz": ARCH["z_dim"]})
-    namespace["opt"] = type("Opt", (), {"lr": params["lr_d"], "beta1": params["betas_d"][0], "dry_run": False})
-    lines = load_definitions(path, ["criterion", "real_label", "fake_label", "optimizerD", "optimizerG"], namespace)
-    assert params["lr_g"] == params["lr_d"] and params["betas_g"] == params["betas_d"] == [0.5, 0.999]
-    spies = {
-        "D": GradientSpy(namespace["optimizerD"], namespace["netD"]),
-        "G": GradientSpy(namespace["optimizerG"], namespace["netG"]),
-    }
-    namespace["optimizerD"], namespace["optimizerG"] = spies["D"], spies["G"]
-    body, first, last = loop_body(path, "for i, data in enumerate(dataloader, 0):", stop_before="print(")
+    def __init__(self):
+        path = official_repo(REPO) / "dcgan" / "main.py"
+        self.params = params = study_model("dcgan", batch_size=BATCH, kimg=STEPS * BATCH / 1000, arch=ARCH)
+        assert params["ema_kimg"] == 0
+        self.faces = golden_io.synthetic_faces(16, RESOLUTION)
+        torch.manual_seed(SEED)
+        G, D = models.build("dcgan", params["arch"], RESOLUTION)
+        self.init = {"G": golden_io.state_dict(G), "D": golden_io.state_dict(D)}
+        ns = official_networks(path, G, D)
+        ns.update({"torch": torch, "nn": nn, "optim": optim, "device": torch.device("cpu"), "nz": ARCH["z_dim"]})
+        ns["opt"] = type("Opt", (), {"lr": params["lr_d"], "beta1": params["betas_d"][0], "dry_run": False})
+        lines = load_definitions(path, ["criterion", "real_label", "fake_label", "optimizerD", "optimizerG"], ns)
+        assert params["lr_g"] == params["lr_d"] and params["betas_g"] == params["betas_d"] == [0.5, 0.999]
+        self.spies = {"D": GradientSpy(ns["optimizerD"], ns["netD"]), "G": GradientSpy(ns["optimizerG"], ns["netG"])}
+        self.opts = {"D": ns["optimizerD"], "G": ns["optimizerG"]}
+        ns["optimizerD"], ns["optimizerG"] = self.spies["D"], self.spies["G"]
+        self.body, first, last = loop_body(path, "for i, data in enumerate(dataloader, 0):", stop_before="print(")
+        self.files = [
+            f"dcgan/main.py:{lines['optimizerD']}-{lines['optimizerG']} (optimisers)",
+            f"dcgan/main.py:{first}-{last} (loop body)",
+        ]
+        self.ns, self.G, self.D = ns, ns["netG"], ns["netD"]
+        self.maps = {"G": prefixed_map(G, self.G), "D": prefixed_map(D, self.D)}
+        self.phases = build_phases(LossSettings.model_validate(params["loss"]))
 
-    phases = build_phases(LossSettings.model_validate(params["loss"]))
-    steps = []
-    for step in range(STEPS):
+    def state(self) -> golden_io.LoopState:
+        G = self.maps["G"].to_ours(self.G)
+        return {
+            "G": G,
+            "D": self.maps["D"].to_ours(self.D),
+            "G_ema": {name: value.clone() for name, value in G.items()},
+            "adam": {net: self.maps[net].adam_to_ours(self.opts[net], getattr(self, net)) for net in "GD"},
+        }
+
+    def load(self, state: golden_io.LoopState) -> None:
+        for net in "GD":
+            self.maps[net].load_theirs(getattr(self, net), state[net])
+            self.maps[net].load_adam_theirs(self.opts[net], getattr(self, net), state["adam"][net])
+
+    def step(self, step: int) -> dict:
+        params = self.params
         draws = step_draws(
-            SEED, step, BATCH, len(faces), ARCH["z_dim"], params["xflip"], phases, params["loss"]["latents"]
+            SEED, step, BATCH, len(self.faces), ARCH["z_dim"], params["xflip"], self.phases, params["loss"]["latents"]
         )
         z = draws.z["Dmain"]
         assert torch.equal(z, draws.z["Gmain"])  # latents per_step: G's step scores D's fakes
-        images = golden_io.reals(faces, draws.idx, draws.flips)
-        namespace.update({"data": (images,), "i": step, "epoch": 0, "torch": TorchWithNoise(z.view(BATCH, -1, 1, 1))})
-        exec(body, namespace)  # noqa: S102 - the example's own loop body
-        steps.append(
-            {
-                "Dmain": {"D/adversarial": (namespace["errD_real"] + namespace["errD_fake"]).detach().clone()},
-                "Gmain": {"G/adversarial": namespace["errG"].detach().clone()},
-            }
-        )
-    final = {
-        name: {
-            key.replace("main.", "net.", 1): value.detach().clone()
-            for key, value in namespace[net].state_dict().items()
+        images = golden_io.reals(self.faces, draws.idx, draws.flips)
+        self.ns.update({"data": (images,), "i": step, "epoch": 0, "torch": TorchWithNoise(z.view(BATCH, -1, 1, 1))})
+        exec(self.body, self.ns)  # noqa: S102 - the example's own loop body
+        ns = self.ns
+        return {
+            "terms": {
+                "Dmain": {"D/adversarial": (ns["errD_real"] + ns["errD_fake"]).detach().clone()},
+                "Gmain": {"G/adversarial": ns["errG"].detach().clone()},
+            },
+            "gradients": {"Dmain": self.spies["D"].records[-1], "Gmain": self.spies["G"].records[-1]},
         }
-        for name, net in (("G", "netG"), ("D", "netD"))
-    }
+
+
+def prefixed_map(ours: nn.Module, theirs: nn.Module) -> golden_io.NameMap:
+    """`main.<i>` there is `net.<i>` here."""
+    pairs = [(name.replace("net.", "main.", 1), name) for name in ours.state_dict()]
+    assert sorted(off for off, _ in pairs) == sorted(theirs.state_dict())
+    return golden_io.NameMap(pairs, ours)
+
+
+NAMES = ("dcgan",)
+FORCED, FREE_STEPS = [0, 1, 3], 2
+
+
+def official_run(name: str = "dcgan") -> OfficialRun:
+    return OfficialRun()
+
+
+def main(only: list[str] | None = None) -> None:
+    run = OfficialRun()
+    trajectory = golden_io.record(run, STEPS, FORCED, FREE_STEPS)
     golden_io.save(
         "dcgan",
-        "pytorch+examples",
-        [
-            f"dcgan/main.py:{lines['optimizerD']}-{lines['optimizerG']} (optimisers)",
-            f"dcgan/main.py:{first}-{last} (loop body)",
-        ],
-        "losses rel 1e-5; weights atol 2e-6 (BCE on sigmoid vs softplus on logits; Adam divides by sqrt(v))",
-        params,
+        REPO,
+        run.files,
+        run.params,
         model="dcgan",
         seed=SEED,
         resolution=RESOLUTION,
-        faces=torch.from_numpy(faces),
-        init=init,
-        steps=steps,
-        gradients={"Dmain": spies["D"].records[0], "Gmain": spies["G"].records[0]},
-        final=final,
+        faces=torch.from_numpy(run.faces),
+        init=run.init,
+        **trajectory,
     )
 
 

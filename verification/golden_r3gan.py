@@ -10,7 +10,7 @@ cosine_decay_with_warmup; the G EMA as the loop updates it. The schedule runs ov
 that every value moves within the few steps. It also records the official schedules of the FFHQ presets
 at three points of training, and G's and D's outputs at the initial weights.
 
-    python -m verification.golden_r3gan     # writes tests/golden/r3gan.pt
+    python -m verification.regenerate --only r3gan
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ ARCH = {  # widths 16, 8, 4 at 4, 8, 16 px (1x1 transitions between them), cardi
     "channel_base": 64,
     "channel_max": 16,
     "group_channels": 8,
-    "blocks_per_stage": 2,
+    "blocks_per_stage": 1,  # one block a stage: small enough to store the whole state of every compared step
     "expansion": 2,
     "bf16_stages": 0,
 }
@@ -82,11 +82,6 @@ def copy_into(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
         assert value.shape == their_value.shape, (name, their_name)
         mapped[their_name] = value.clone()
     theirs.load_state_dict(mapped, strict=True)
-
-
-def back(theirs: torch.nn.Module, ours: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The official network's tensors under the project's names."""
-    return {name: value.detach().clone() for name, value in zip(ours.state_dict(), theirs.state_dict().values())}
 
 
 def official_networks(networks, arch: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -163,12 +158,8 @@ def official_phase(name: str, module, opt, loss, real_img, gen_z, values: dict) 
     return terms
 
 
-def main() -> None:
-    networks, loss_module, augment, training_loop = import_nvlabs(
-        REPO, "training.networks", "training.loss", "training.augment", "training.training_loop"
-    )
-    schedule = training_loop.cosine_decay_with_warmup
-    params = study_model(
+def official_params() -> dict:
+    return study_model(
         "r3gan",
         batch_size=BATCH,
         kimg=STEPS * BATCH / 1000,
@@ -183,62 +174,103 @@ def main() -> None:
         augment=AUGMENT,
         loss={"r1_gamma": 2.0},
     )
-    faces = golden_io.synthetic_faces(32, RESOLUTION)
-    torch.manual_seed(SEED)
-    G, D = models.build("r3gan", params["arch"], RESOLUTION)
-    generator = torch.Generator().manual_seed(SEED)
-    perturb_zeros(G, generator)
-    perturb_zeros(D, generator)
-    init = {"G": golden_io.state_dict(G), "D": golden_io.state_dict(D)}
-    their_G, their_D = official_networks(networks, params["arch"])
-    copy_into(G, their_G)
-    copy_into(D, their_D)
-    G_ema = copy.deepcopy(their_G).eval()
 
-    # the networks' outputs at the initial weights
-    probe_z = torch.randn(4, ARCH["z_dim"], generator=generator)
-    probe_x = torch.randn(4, 3, RESOLUTION, RESOLUTION, generator=generator)
-    with torch.no_grad():
-        outputs = {"z": probe_z, "x": probe_x, "G": their_G(probe_z, None).clone(), "D": their_D(probe_x, None).clone()}
 
-    pipe = augment.AugmentPipe(**AUGMENT_KWARGS).train().requires_grad_(False)
-    loss = loss_module.R3GANLoss(G=their_G, D=their_D, augment_pipe=pipe)
-    opts = {
-        "D": torch.optim.Adam(their_D.parameters(), betas=[0.0, 0.0], eps=1e-8),  # official [0, 0]: torch wants floats
-        "G": torch.optim.Adam(their_G.parameters(), betas=[0.0, 0.0], eps=1e-8),  # official [0, 0]: torch wants floats
-    }
-    modules = {"D": their_D, "G": their_G}
-    phases = build_phases(LossSettings.model_validate(params["loss"]))
-    assert [p.name for p in phases] == ["Dboth", "Gmain"]
-    steps, gradients, augment_p = [], {}, []
-    for step in range(STEPS):
-        nimg = step * BATCH
+class OfficialRun:
+    """brownvc/R3GAN's iteration on CPU holding the project's initial weights: `step(k)` runs iteration k,
+    `state()` and `load()` read and write its whole state in the project's terms (verification/golden_io.py)."""
+
+    def __init__(self):
+        networks, loss_module, augment, training_loop = import_nvlabs(
+            REPO, "training.networks", "training.loss", "training.augment", "training.training_loop"
+        )
+        self.schedule = training_loop.cosine_decay_with_warmup
+        self.params = params = official_params()
+        self.faces = golden_io.synthetic_faces(32, RESOLUTION)
+        torch.manual_seed(SEED)
+        G, D = models.build("r3gan", params["arch"], RESOLUTION)
+        self.generator = torch.Generator().manual_seed(SEED)
+        perturb_zeros(G, self.generator)
+        perturb_zeros(D, self.generator)
+        self.init = {"G": golden_io.state_dict(G), "D": golden_io.state_dict(D)}
+        self.G, self.D = official_networks(networks, params["arch"])
+        copy_into(G, self.G)
+        copy_into(D, self.D)
+        self.maps = {"G": golden_io.NameMap.in_order(G, self.G), "D": golden_io.NameMap.in_order(D, self.D)}
+        self.G_ema = copy.deepcopy(self.G).eval()
+        self.pipe = augment.AugmentPipe(**AUGMENT_KWARGS).train().requires_grad_(False)
+        self.loss = loss_module.R3GANLoss(G=self.G, D=self.D, augment_pipe=self.pipe)
+        self.opts = {
+            "D": torch.optim.Adam(self.D.parameters(), betas=[0.0, 0.0], eps=1e-8),  # official [0, 0]: floats here
+            "G": torch.optim.Adam(self.G.parameters(), betas=[0.0, 0.0], eps=1e-8),
+        }
+        self.phases = build_phases(LossSettings.model_validate(params["loss"]))
+        assert [p.name for p in self.phases] == ["Dboth", "Gmain"]
+
+    def outputs(self) -> dict[str, torch.Tensor]:
+        """G's and D's outputs at the initial weights (drawn after them from the same generator)."""
+        probe_z = torch.randn(4, ARCH["z_dim"], generator=self.generator)
+        probe_x = torch.randn(4, 3, RESOLUTION, RESOLUTION, generator=self.generator)
+        with torch.no_grad():
+            return {"z": probe_z, "x": probe_x, "G": self.G(probe_z, None).clone(), "D": self.D(probe_x, None).clone()}
+
+    def state(self) -> golden_io.LoopState:
+        return {
+            "G": self.maps["G"].to_ours(self.G),
+            "D": self.maps["D"].to_ours(self.D),
+            "G_ema": self.maps["G"].to_ours(self.G_ema),
+            "adam": {net: self.maps[net].adam_to_ours(self.opts[net], getattr(self, net)) for net in "GD"},
+            "augment_p": self.pipe.p.detach().clone(),
+        }
+
+    def load(self, state: golden_io.LoopState) -> None:
+        for net, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
+            self.maps[net[0]].load_theirs(module, state[net])
+        for net in "GD":
+            self.maps[net].load_adam_theirs(self.opts[net], getattr(self, net), state["adam"][net])
+        self.pipe.p.copy_(state["augment_p"])
+
+    def step(self, step: int) -> dict:
+        """training_loop.py:285-355 for one iteration: the scheduled values, the D phase, the G phase, the EMA."""
+        params, nimg = self.params, step * BATCH
         draws = step_draws(
-            SEED, step, BATCH, len(faces), ARCH["z_dim"], params["xflip"], phases, params["loss"]["latents"]
+            SEED, step, BATCH, len(self.faces), ARCH["z_dim"], params["xflip"], self.phases, params["loss"]["latents"]
         )
         inputs = {
-            "D": (golden_io.reals(faces, draws.idx, draws.flips), draws.z["Dboth"]),
-            "G": (golden_io.reals(faces, draws.idx_g, draws.flips_g), draws.z["Gmain"]),
+            "D": (golden_io.reals(self.faces, draws.idx, draws.flips), draws.z["Dboth"]),
+            "G": (golden_io.reals(self.faces, draws.idx_g, draws.flips_g), draws.z["Gmain"]),
         }
-        values = official_schedule_values(schedule, nimg, params)
-        pipe.p.copy_(torch.as_tensor(values["aug_p"], dtype=torch.float32))
+        values = official_schedule_values(self.schedule, nimg, params)
+        self.pipe.p.copy_(torch.as_tensor(values["aug_p"], dtype=torch.float32))
         torch.manual_seed(step_seed(SEED, step, 1))  # the project's loop seeds the phases' draws (augmentation)
-        recorded = {}
+        terms, gradients = {}, {}
         for name, phase in (("D", "Dboth"), ("G", "Gmain")):
-            recorded[phase] = official_phase(name, modules[name], opts[name], loss, *inputs[name], values)
-            if step == 0:
-                gradients[phase] = golden_io.gradient_record(modules[name])
-            opts[name].step()
-        cur_ema_nimg = values["ema_nimg"]
-        ema_beta = 0.5 ** (BATCH / max(cur_ema_nimg, 1e-8))
+            module = getattr(self, name)
+            terms[phase] = official_phase(name, module, self.opts[name], self.loss, *inputs[name], values)
+            terms[phase] = {k: v.detach().clone() for k, v in terms[phase].items()}
+            gradients[phase] = golden_io.gradient_record(module)
+            self.opts[name].step()
+        ema_beta = 0.5 ** (BATCH / max(values["ema_nimg"], 1e-8))
         with torch.no_grad():
-            for p_ema, p in zip(G_ema.parameters(), their_G.parameters()):
+            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
                 p_ema.copy_(p.lerp(p_ema, ema_beta))
-            for b_ema, b in zip(G_ema.buffers(), their_G.buffers()):
+            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
                 b_ema.copy_(b)
-        steps.append({phase: {k: v.detach().clone() for k, v in terms.items()} for phase, terms in recorded.items()})
-        augment_p.append(pipe.p.clone())
-        print(step, {k: float(v) for terms in recorded.values() for k, v in terms.items()}, float(pipe.p))
+        return {"terms": terms, "gradients": gradients}
+
+
+NAMES = ("r3gan",)
+FORCED, FREE_STEPS = [0, 1, 3], 2  # every iteration moves every scheduled value: the first, two more, the last
+
+
+def official_run(name: str = "r3gan") -> OfficialRun:
+    return OfficialRun()
+
+
+def main(only: list[str] | None = None) -> None:
+    run = OfficialRun()
+    outputs = run.outputs()
+    trajectory = golden_io.record(run, STEPS, FORCED, FREE_STEPS)
     golden_io.save(
         "r3gan",
         "brownvc+R3GAN",
@@ -248,19 +280,15 @@ def main() -> None:
             "training/augment.py (AugmentPipe, train.py --aug=1)",
             "training/training_loop.py:29 (cosine_decay_with_warmup), :285-355 (the iteration body)",
         ],
-        "outputs and losses rel 1e-5; gradients rel 1e-4; weights atol 2e-6 rel 1e-4; schedules rel 1e-12",
-        params,
+        run.params,
         model="r3gan",
         seed=SEED,
         resolution=RESOLUTION,
-        faces=torch.from_numpy(np.ascontiguousarray(faces)),
-        init=init,
+        faces=torch.from_numpy(np.ascontiguousarray(run.faces)),
+        init=run.init,
         outputs=outputs,
-        steps=steps,
-        gradients=gradients,
-        augment_p=augment_p,
-        final={"G": back(their_G, G), "D": back(their_D, D), "G_ema": back(G_ema, G)},
-        schedules=official_schedules(schedule),
+        schedules=official_schedules(run.schedule),
+        **trajectory,
     )
 
 

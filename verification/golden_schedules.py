@@ -8,7 +8,7 @@ of every schedule evaluation: images shown, lod, resolution, minibatch, G/D lear
 whether the optimisers were reset there. tests/test_golden.py compares the project's
 facegan/training/progressive.Schedule and the loop's reset rule with these rows.
 
-    python -m verification.golden_schedules     # writes tests/golden/schedules.json
+    python -m verification.regenerate --only schedules
 
 Sources: tkarras/progressive_growing_of_gans train.py (class TrainingSchedule; the loop's reset at
 train.py:221-224) and config.py (preset-v2-1gpu); NVlabs/stylegan training/training_loop.py
@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from verification import golden_io
 from verification.official import commit_of, official_repo
 from verification.source import load_definitions
 
-OUT = Path(__file__).resolve().parents[1] / "tests" / "golden" / "schedules.json"
 MINIBATCH_REPEATS = 4  # both train.py / training_loop.py: minibatch_repeats = 4
 
 
@@ -117,22 +116,26 @@ def stylegan_table() -> dict:
     }
 
 
-def main() -> None:
+NAMES = ("schedules",)
+
+
+def main(only: list[str] | None = None) -> None:
     pggan = pggan_table()
     pggan["sched"]["minibatch_dict"] = {str(r): v for r, v in pggan["sched"]["minibatch_dict"].items()}
-    tables = {
-        "command": "python -m verification.golden_schedules",
-        "pggan": pggan,
-        "stylegan": stylegan_table(),
-    }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(tables, indent=1) + "\n")
+    meta = golden_io.provenance("tkarras+progressive_growing_of_gans", ["train.py", "config.py"], "schedules")
+    meta["also"] = {"repository": "NVlabs+stylegan", "commit": commit_of("NVlabs+stylegan")}
+    tables = {"meta": meta, "pggan": pggan, "stylegan": stylegan_table()}
+    out = golden_io.out_dir() / "schedules.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".json.partial")
+    partial.write_text(json.dumps(tables, indent=1) + "\n")
+    partial.replace(out)
     for name in ("pggan", "stylegan"):
         rows = tables[name]["rows"]
         resets = [r["nimg"] for r in rows if r["reset"]]
         print(f"{name}: {len(rows)} evaluations, resets at nimg {resets}, last lod {rows[-1]['lod']:g}")
     assert math.isfinite(rows[-1]["lod"])
-    print(f"wrote {OUT}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
