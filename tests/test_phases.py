@@ -19,7 +19,7 @@ from facegan.training.loop import train
 from facegan.training.phases import GanLoss, StepContext, build_phases
 from facegan.training.progressive import Schedule
 from facegan.training.step import ema_beta, learning_rates, step_draws
-from facegan.training.terms import D_CONSISTENCY, D_R1, G_PATH_LENGTH
+from facegan.training.terms import D_CONSISTENCY, D_GRADIENT_PENALTY, D_R1, G_PATH_LENGTH
 from models.layers import MappingNetwork
 from tests.helpers import cpu_train, loss_settings, model_settings, study_model, study_params
 
@@ -345,3 +345,25 @@ def test_path_length_target_survives_resume(cache_dir, tmp_path):
 
 def test_ema_beta_is_zero_for_no_ema():
     assert ema_beta(model_settings("stylegan2", ema_kimg=0.0, ema_rampup=0.05), 8, 800) == 0.0
+
+
+def test_pggans_d_loss_is_the_official_wgan_gp_with_the_drift_at_its_official_weight():
+    """progressive_growing_of_gans loss.py D_wgangp_acgan: D(fake) - D(real) + wgan_lambda * GP + wgan_epsilon *
+    D(real)^2, wgan_epsilon = 0.001: what the study's PGGAN Dmain phase backpropagates, every part of it."""
+    settings = model_settings("pggan", arch={"z_dim": 8, "fmap_base": 32, "fmap_max": 8})
+    torch.manual_seed(0)
+    G, D = models.build("pggan", settings.arch, 16)
+    for net in (G, D):
+        net.set_progress(2, 1.0)  # 16x16, faded in
+    loss = GanLoss(G, D, style_based=False, progressive=True, loss=settings.loss, all_mean=lambda t: t)
+    (dmain,) = [phase for phase in build_phases(settings.loss) if phase.net == "D"]
+    z, real = torch.randn(8, 8), torch.rand(8, 3, 16, 16) * 2 - 1
+    ctx = StepContext(16, 0.0, torch.rand(8), 0.0)
+    terms = loss.phase_terms(dmain, z, real, ctx)
+    with torch.no_grad():
+        real_logits, fake_logits = D(real), D(G(z))
+    official = fake_logits.mean() - real_logits.mean() + 0.001 * real_logits.square().mean()
+    drift = 0.001 * real_logits.square().mean()
+    assert float(drift) > 1e-4 * abs(float(official))  # 10 times the tolerance below: dropping it shows
+    total = phases.phase_loss(dmain, terms) - terms[D_GRADIENT_PENALTY]
+    assert total.item() == pytest.approx(official.item(), rel=1e-5)
