@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from facegan.errors import UserError
-from facegan.io import ExclusiveLock, atomic_path, remove_stale_temporaries
+from facegan.io import ExclusiveLock, atomic_path, cut_write_error, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 CHECKPOINT_ROOT = Path("checkpoints")
@@ -37,7 +37,13 @@ def checkpoint_dir(model: str, run_params: dict, root: Path = CHECKPOINT_ROOT) -
 
 def save(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a failed write without its errno
+            cause = cut_write_error(path)
+            if cause is None:
+                raise
+            raise cause from err
 
 
 def load(path: Path, map_location="cpu", fix: str | None = None) -> dict:

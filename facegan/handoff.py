@@ -419,7 +419,9 @@ class RawSource(Handoff):
     partition_file: str  # CelebA's list_eval_partition.txt, or "": it orders the images
     count: int  # images listed
     symlinked_folders_skipped: int  # symlinked folders not followed (a loop, or outside the source)
-    url: str  # source=url: the archive's address
+    url: str  # source=url: the archive's address (data.url without credentials, query or fragment)
+    fetched_from: str  # source=url: where the bytes came from after redirects (a mirror), likewise cleaned
+    broken_links: list[str]  # broken symlinks skipped while listing (targets missing), relative to image_root
     sha256: str  # source=url, or a folder given as an archive: the archive's sha256
     verified: bool  # the archive's checksum was checked against a given one (data.sha256, CelebA's md5s)
     md5: dict[str, str]  # source=celeba: the md5 of each of its four files, checked
@@ -436,6 +438,8 @@ class RawSource(Handoff):
             "count": 0,
             "symlinked_folders_skipped": 0,
             "url": "",
+            "fetched_from": "",
+            "broken_links": [],
             "sha256": "",
             "verified": False,
             "md5": {},
@@ -465,13 +469,41 @@ class FaceCacheMeta(Handoff):
 # data/reference/meta.json
 
 
+class Span(Handoff):
+    """The smallest and largest value a statistic took over the real-vs-real splits."""
+
+    writer: ClassVar[str] = "reference_stats"
+    low: float
+    high: float
+
+    def below(self, value: float) -> bool:
+        return value < self.low
+
+
+class KnnFloor(Handoff):
+    """What two disjoint sets of n real faces score on the k-NN metrics and the feature spread, over
+    `splits` random halvings of 2n faces: the range a generator that samples the data would land in at
+    this n. A heuristic flag on a model's value is only shown when the value lies outside it."""
+
+    writer: ClassVar[str] = "reference_stats"
+    k: int
+    splits: int
+    precision: Span
+    recall: Span
+    density: Span
+    coverage: Span
+    spread_ratio: Span  # trace of one half's feature covariance over the other's
+
+
 class Floor(Handoff):
-    """The real-vs-real noise floor at n: FID and KID between two disjoint sets of n cached faces."""
+    """The real-vs-real noise floor at n: FID and KID between two disjoint sets of n cached faces, and at
+    the k-NN metrics' n their range over random halvings (None for floors no k-NN metric is read at)."""
 
     writer: ClassVar[str] = "reference_stats"
     n: int
     fid: float
     kid: float
+    knn: KnnFloor | None = None
 
 
 class FeatureChain(Handoff):

@@ -11,7 +11,9 @@ user sees one line naming the folder and what to free.
 
 `ExclusiveLock` lets one process at a time write a set of shared outputs: an exclusive `flock` on a
 lock file (which the kernel releases when its holder dies, however it dies) holding the holder's
-PID, so a second process stops at once naming it, and a lock left by a dead process is simply taken.
+PID and what it is doing, so a second process stops at once naming it (in the holder's words: one lock
+can guard two jobs, as runs/<model> is guarded for training and evaluation), and a lock left by a dead
+process is simply taken.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import errno
 import fcntl
 import json
 import os
+import resource
 import shutil
 import socket
 import tempfile
 import time
 from pathlib import Path
 
-from facegan.errors import UserError
+from facegan.errors import TOO_LARGE, UserError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -48,14 +51,49 @@ def gib(n_bytes: float) -> str:
 
 
 def is_disk_full(err: BaseException) -> bool:
+    """A full disk, a used-up quota, or a cut write (EFBIG and short writes too: `disk_full_error` tells them apart)."""
+    if isinstance(err, OSError) and err.errno == errno.EFBIG:
+        return True
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return isinstance(err, OSError) and err.errno is None and " requested and " in str(err) and "written" in str(err)
 
 
-def disk_full_error(path: str | os.PathLike, needed_bytes: int | None = None, is_dir: bool = False) -> UserError:
+def file_size_limit() -> int | None:
+    """This process's file-size limit in bytes (`ulimit -f`), None when there is none."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def is_file_too_large(err: BaseException) -> bool:
+    """EFBIG, or numpy's short write ("N requested and M written", no errno) under a file-size limit: the
+    limit, not the disk, is then what cut the write."""
+    if isinstance(err, OSError) and err.errno == errno.EFBIG:
+        return True
+    return is_disk_full(err) and err.errno is None and file_size_limit() is not None
+
+
+CUT_WRITE_FREE_BYTES = 16 * 2**20  # less free than this beside a write that failed without errno: the disk is full
+
+
+def cut_write_error(path: str | os.PathLike) -> UserError | None:
+    """The one line for a write that failed without saying why (torch.save's RuntimeError from its zip
+    writer): the file-size limit where one is set, a full disk where almost nothing is free, else None."""
+    if file_size_limit() is not None:
+        return UserError(f"{path}: {TOO_LARGE}")
+    folder = Path(path).parent
+    if folder.exists() and shutil.disk_usage(folder).free < CUT_WRITE_FREE_BYTES:
+        return disk_full_error(path)
+    return None
+
+
+def disk_full_error(
+    path: str | os.PathLike, needed_bytes: int | None = None, is_dir: bool = False, err: BaseException | None = None
+) -> UserError:
     """One line naming what was being written (`path`, a file or with `is_dir` a folder) and the free space
-    on the nearest existing folder it lives in."""
+    on the nearest existing folder it lives in (or the file-size limit, where that cut the write)."""
+    if err is not None and is_file_too_large(err):
+        return UserError(f"{path}: {TOO_LARGE}")
     existing = Path(path) if is_dir else Path(path).parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -89,7 +127,7 @@ def atomic_path(path: str | os.PathLike):
         os.replace(tmp, path)
     except OSError as err:
         if is_disk_full(err):
-            raise disk_full_error(path) from err
+            raise disk_full_error(path, err=err) from err
         raise
     finally:
         if os.path.exists(tmp):
@@ -117,7 +155,7 @@ def atomic_dir(path: str | os.PathLike):
             os.replace(tmp, path)
     except OSError as err:
         if is_disk_full(err):
-            raise disk_full_error(path, is_dir=True) from err
+            raise disk_full_error(path, is_dir=True, err=err) from err
         raise
     finally:
         if tmp.exists():
@@ -170,15 +208,16 @@ class ExclusiveLock:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            who, _, doing = handle.read().strip().partition("\n")  # the holder's words: a lock may guard two jobs
             handle.close()
             raise UserError(
-                f"another process is {self.doing} ({holder}; lock {self.path}): wait for it to finish "
-                "or stop it, then re-run"
+                f"another process is {doing or self.doing} ({who or 'unknown'}; lock {self.path}): wait for it "
+                "to finish or stop it, then re-run"
             ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.write(self.doing)
         handle.flush()
         self.handle = handle
         # a forked child (a preprocess worker) shares the lock; it must not keep holding it once this

@@ -21,6 +21,10 @@ lanes:
     of its log and exits 2 with one line; what finished is cached, so running the command again
     continues.
 
+Before any dvc command it checks the files DVC keeps (`check_dvc_state`): a dvc.lock cut by a kill
+mid-write, or a corrupt .dvc/tmp/rwlock, is one line with the fix (delete it; the run-cache restores
+what had finished).
+
 Writes runs/stage_seconds.json (and, with --record, the bench file): each stage's wall seconds,
 whether DVC ran or skipped it, and the whole run's seconds.
 """
@@ -28,6 +32,7 @@ whether DVC ran or skipped it, and the whole run's seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -137,9 +142,41 @@ def dvc_stage(name: str, threads: int, log: Path) -> subprocess.Popen:
 
 
 def skipped_by_dvc(log: Path) -> bool:
-    """Whether DVC found the stage up to date (its own words in the log)."""
+    """Whether DVC found the stage up to date or restored it from its run-cache (its own words in the log)."""
     text = log.read_text(errors="replace")
-    return "didn't change, skipping" in text and "Running stage" not in text
+    return ("didn't change, skipping" in text or "is cached - skipping run" in text) and "Running stage" not in text
+
+
+def check_dvc_state(root: Path = Path(".")) -> None:
+    """Stop with one line, before any dvc command, where a file DVC keeps is cut or corrupt: DVC writes
+    dvc.lock in place, so a kill mid-write leaves half of it (and DVC a multi-line YAML error), and a
+    corrupt .dvc/tmp/rwlock reads as a one-liner that names no fix."""
+    import yaml
+
+    lock = root / "dvc.lock"
+    if lock.exists():
+        try:
+            parsed = yaml.safe_load(lock.read_text(errors="replace"))
+            problem = None if isinstance(parsed, dict) and isinstance(parsed.get("stages", {}), dict) else "no stages"
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            problem = "unreadable YAML" + (f" at line {mark.line + 1}" if mark else "")
+        if problem:
+            raise UserError(
+                f"{lock} is cut or corrupt ({problem}; a kill while DVC wrote it?): delete it (`rm {lock}`) and "
+                "run `dvc repro`: the stages that had finished come back from DVC's run-cache without running again"
+            )
+    rwlock = root / ".dvc/tmp/rwlock"
+    if rwlock.exists():
+        try:
+            ok = isinstance(json.loads(rwlock.read_text(errors="replace") or "{}"), dict)
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise UserError(
+                f"{rwlock} is corrupt: if no dvc command is running, delete it (`rm {rwlock}`) and re-run; "
+                "nothing is lost (DVC rebuilds it)"
+            )
 
 
 def tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -203,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--set {assignment}: write it as KEY=VALUE, e.g. --set profile=demo")
         set_top_level(PARAMS_FILE, key, value)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    check_dvc_state()
     upstream = pipeline_graph()
     seconds = expected_seconds([SECONDS_FILE, MEASURED_FILE])
     began = time.perf_counter()

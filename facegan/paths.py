@@ -15,6 +15,12 @@ def run_dir(model: str) -> Path:
     return Path("runs") / model
 
 
+def run_lock(model: str) -> Path:
+    """Held by train-<model> for its whole run (it replaces runs/<model> at its end) and by evaluate-<model>
+    while it reads it: the two never overlap."""
+    return Path("runs/locks") / f"run-{model}.lock"
+
+
 def live_dir(model: str) -> Path:
     """dvclive's folder for a model: outside runs/<model>, since DVC outputs may not overlap."""
     return Path("dvclive") / model

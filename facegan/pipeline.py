@@ -1,7 +1,8 @@
 """dvc.yaml, generated from the code.
 
     python -m facegan.pipeline           # rewrite dvc.yaml
-    python -m facegan.pipeline --check   # exit 1 naming what is out of date (the tests run this)
+    python -m facegan.pipeline --check   # exit 1 naming what is out of date (the tests run this), or a
+                                         # dvc.lock / .dvc/tmp/rwlock cut by a kill (make demo/study run it)
 
 DVC can only promise that a cached result was made by the code in the repo if every stage
 depends on all the code it runs. Kept by hand, those lists drift (a shared layer or a kernel
@@ -293,6 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.check and stale:
         print(f"error: {', '.join(stale)} out of date with the code: run `python -m facegan.pipeline`", file=sys.stderr)
         return 1
+    if args.check:
+        from facegan.errors import UserError
+        from facegan.parallel_repro import check_dvc_state
+
+        try:
+            check_dvc_state(ROOT)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -16,7 +16,7 @@ from facegan.params import DEFAULT_PATH, committed_params, load_params, shadowed
 from stages import start_stage
 
 
-@stage_main
+@stage_main(resumable=False)
 def main() -> None:
     start_stage()
     params = load_params()

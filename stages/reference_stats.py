@@ -17,7 +17,7 @@ from facegan.metrics.reference import DINOV2_FILE, reference_statistics, save_fe
 from stages import start_stage
 
 
-@stage_main(exclusive=True)
+@stage_main(exclusive=True, resumable=False)
 def main() -> None:
     start_stage()
     view = stage_params.load("reference_stats")

@@ -8,7 +8,7 @@ from facegan.report.render import render
 from stages import start_stage
 
 
-@stage_main(exclusive=True)
+@stage_main(exclusive=True, resumable=False)
 def main() -> None:
     start_stage()
     view = stage_params.load("report")

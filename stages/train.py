@@ -8,13 +8,17 @@ metrics go to dvclive/<model>/. A model that `model` does not select gets a trai
 saying so (facegan.handoff.SkippedRun), and no weights. Resumable: an interrupted run continues
 from checkpoints/<model>/<run key>/last.pt. Several GPUs or nodes:
 `placement.gpus` / `placement.nnodes` (facegan/training/launch.py); the global batch is split.
+Holds runs/locks/run-<model>.lock throughout, as evaluate-<model> does while it reads runs/<model>.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 from facegan import paths, stage_params
 from facegan.errors import UserError, stage_main
-from facegan.training.launch import pin_gpu, relaunch_if_distributed
+from facegan.io import ExclusiveLock
+from facegan.training.launch import pin_gpu, relaunch_if_distributed, under_torchrun
 from facegan.training.loop import train
 from facegan.training.outputs import write_skipped
 from stages import start_model_stage
@@ -23,6 +27,13 @@ from stages import start_model_stage
 @stage_main
 def main() -> None:
     model = start_model_stage(__doc__)
+    # torchrun's processes run under the lock their launcher (this same stage) holds
+    lock = ExclusiveLock(paths.run_lock(model), f"training {model}")
+    with contextlib.nullcontext() if under_torchrun() else lock:
+        train_model(model)
+
+
+def train_model(model: str) -> None:
     view = stage_params.load_model(model)
     if not view.selected:
         write_skipped(model, view.skip_reason, paths.run_dir(model), paths.live_dir(model))

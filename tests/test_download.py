@@ -1,12 +1,14 @@
 """The real download code against an HTTP server on 127.0.0.1 (no mocks): good archive, wrong
 checksum, truncated transfer, truncated archive, HTML pages (error, Drive quota, Drive confirm
-form), resume of a .part file, no network, never downloading twice; plus the folder source."""
+form), resume of a .part file, a redirect to another host, no network, never downloading twice; plus
+the folder source (symlinks, broken links, unreadable files, odd names)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import logging
 import os
 import socket
 import tarfile
@@ -59,6 +61,8 @@ CONFIRM = (
 
 class Handler(BaseHTTPRequestHandler):
     log: list = []
+    redirect_to = ""  # where /moved.zip sends the client (a test sets it)
+    authorizations: list = []  # (port, path, Authorization header) of each request
 
     def log_message(self, *args):  # keep pytest output clean
         pass
@@ -74,7 +78,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's name
         path = self.path.split("?")[0]
         Handler.log.append((path, self.headers.get("Range")))
-        if path in ("/good.zip", "/drive-file"):
+        Handler.authorizations.append((self.server.server_address[1], path, self.headers.get("Authorization")))
+        if path == "/moved.zip":
+            self.send_response(302)
+            self.send_header("Location", Handler.redirect_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path in ("/good.zip", "/drive-file"):
             start = 0
             if self.headers.get("Range"):
                 start = int(self.headers["Range"].split("=")[1].rstrip("-"))
@@ -110,13 +120,23 @@ class Handler(BaseHTTPRequestHandler):
             self._send(b"missing", "text/plain", status=404)
 
 
-@pytest.fixture(scope="module")
-def server():
+def _serve():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server():
+    yield from _serve()
+
+
+@pytest.fixture(scope="module")
+def mirror():
+    """A second host (another port: another origin to HTTP clients) that `server` redirects to."""
+    yield from _serve()
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:
@@ -195,6 +215,30 @@ def test_google_drive_confirm_form_is_followed_and_md5_checked(server, tmp_path)
     )
     assert [p for p, _ in Handler.log] == ["/drive-confirm", "/drive-file"]
     assert (tmp_path / "img.zip").read_bytes() == GOOD
+
+
+def test_a_redirect_records_the_host_the_bytes_came_from_and_no_secret(server, mirror, tmp_path, monkeypatch):
+    """data.url redirects to a mirror with a pre-signed query: the record names the mirror (once only the
+    address asked for), and neither the query tokens nor the bearer token reach the disk or the mirror."""
+    monkeypatch.setenv(dl.TOKEN_ENV, "BEARER-SECRET")
+    Handler.redirect_to = f"{mirror}/good.zip?X-Amz-Signature=SIGNED-SECRET&token=QUERY-SECRET"
+    Handler.authorizations.clear()
+    requested = f"{server}/moved.zip?token=ASKED-SECRET"
+    record = dl.prepare_url(tmp_path / "raw", tmp_path / "dl", requested, GOOD_SHA, **FAST)
+    assert record.count == 3 and record.url == f"{server}/moved.zip"
+    notes = json.loads((tmp_path / "raw" / dl.SOURCE_FILE).read_text())
+    assert notes["fetched_from"] == f"{mirror}/good.zip" and notes["url"] == f"{server}/moved.zip"
+    written = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and path.suffix != ".png")
+    assert b"SECRET" not in written
+    sent = {(port, path): auth for port, path, auth in Handler.authorizations}
+    assert sent == {
+        (int(server.rsplit(":", 1)[1]), "/moved.zip"): "Bearer BEARER-SECRET",
+        (int(mirror.rsplit(":", 1)[1]), "/good.zip"): None,
+    }
+    # a re-run reuses the verified download (no request) and still names where it came from
+    again = dl.prepare_url(tmp_path / "raw2", tmp_path / "dl", requested, GOOD_SHA, **FAST)
+    assert again.count == 3 and len(Handler.authorizations) == 2
+    assert json.loads((tmp_path / "raw2" / dl.SOURCE_FILE).read_text())["fetched_from"] == f"{mirror}/good.zip"
 
 
 def test_no_network_is_one_line_with_the_manual_route(tmp_path):
@@ -306,6 +350,54 @@ def test_symlinked_folders_are_followed_and_a_loop_is_listed_once(tmp_path):
     assert listed == ["0.png", "1.png", "2.png", "again/o0.png", "again/o1.png"]
     assert record.count == 5 and record.symlinked_folders_skipped == 2
     assert json.loads((tmp_path / "raw" / "SOURCE.json").read_text())["symlinked_folders_skipped"] == 2
+
+
+def test_a_broken_symlink_is_skipped_and_named_not_fatal(tmp_path, caplog):
+    """A dangling link among the images (a photo deleted, a drive not mounted) once aborted the whole download
+    with a generic 'does not exist': now the real images are listed and the broken links named."""
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(_png(i))
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")  # a link to an image that is not there
+    (folder / "unmounted").symlink_to(tmp_path / "no-drive")  # a link to a folder that is not there
+    with caplog.at_level(logging.WARNING, logger=dl.__name__):
+        record = dl.prepare_folder(tmp_path / "raw", str(folder))
+    assert record.count == 3 and ordered_files(tmp_path / "raw", record) == ["0.png", "1.png", "2.png"]
+    notes = json.loads((tmp_path / "raw" / dl.SOURCE_FILE).read_text())
+    assert notes["broken_links"] == ["gone.png", "unmounted"]
+    (warning,) = [r.getMessage() for r in caplog.records if "broken symlinks" in r.getMessage()]
+    assert "skipped 2 broken symlinks" in warning and "'gone.png'" in warning and "\n" not in warning
+
+
+def test_an_unreadable_image_or_folder_is_one_line_naming_it_and_the_fix(tmp_path, monkeypatch):
+    """Permission denied is found while listing (not as rejected faces half way through preprocess, nor an
+    unlistable folder's images silently missing): one line naming the path and the chmod that fixes it.
+    Tests run as root, whom chmod does not stop, so the denial is the operating system's answer, simulated."""
+    folder = tmp_path / "faces"
+    (folder / "locked").mkdir(parents=True)
+    for name in ("a.png", "secret.png", "locked/b.png"):
+        (folder / name).write_bytes(_png(1))
+    real_access, real_scandir = os.access, os.scandir
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, **kw: Path(path).name != "secret.png" and real_access(path, mode, **kw)
+    )
+    with pytest.raises(UserError) as err:
+        dl.prepare_folder(tmp_path / "raw", str(folder))
+    message = _one_line(err)
+    assert f"cannot read {folder / 'secret.png'} (permission denied)" in message and "chmod a+r" in message
+    monkeypatch.setattr(os, "access", real_access)
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(UserError) as err:
+        dl.prepare_folder(tmp_path / "raw", str(folder))
+    message = _one_line(err)
+    assert f"cannot read {folder / 'locked'} (permission denied)" in message and "chmod -R a+rX" in message
 
 
 def test_source_json_is_a_declared_shape_that_preprocess_checks(tmp_path):

@@ -464,3 +464,172 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
     except OSError:
         return "gone"
+
+
+# ------------------------------------------------------------------------------------------------
+# round 4: a training and an evaluation of one model, file-size limits, a killed dvc, Ctrl-C in evaluate
+
+RUN_HOLDER = """
+import sys, time
+from facegan import paths
+from facegan.io import ExclusiveLock
+
+with ExclusiveLock(paths.run_lock("dcgan"), sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(
+    ("holder_doing", "stage", "expected"),
+    [
+        ("training dcgan", "evaluate", "error: another process is training dcgan (PID"),
+        ("evaluating dcgan from runs/dcgan", "train", "error: another process is evaluating dcgan from runs/dcgan"),
+    ],
+)
+def test_a_training_and_an_evaluation_of_one_model_never_overlap(tmp_path, holder_doing, stage, expected):
+    """Evaluate once ran beside a new training of the same model and paired the old generator's FID with
+    the new run's kimg, exit 0. Now whichever comes second stops at once, naming the first."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", RUN_HOLDER, holder_doing], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = subprocess.run(
+            [sys.executable, "-m", f"stages.{stage}", "dcgan"], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    (line,) = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and line.startswith(expected) and "wait for it to finish" in line
+
+
+@pytest.mark.parametrize(
+    ("write", "names"),
+    [
+        ("np.zeros(1 << 20).tofile('big.bin')", "error: a file grew past"),  # numpy: a short write, no errno
+        ("checkpoint.save(Path('last.pt'), {'G': torch.zeros(1 << 20)})", "error: last.pt: a"),  # torch: RuntimeError
+    ],
+)
+def test_a_file_size_limit_is_one_line_naming_ulimit_and_leaves_no_cut_log(tmp_path, write, names):
+    """`ulimit -f` (EFBIG, or numpy's short write) once read "this is a bug" beside a truncated log."""
+    import resource
+
+    script = (
+        "import numpy as np, torch\nfrom pathlib import Path\nfrom facegan import checkpoint\n"
+        "from facegan.errors import stage_main\n\n"
+        f"@stage_main\ndef main():\n    {write}\n\nmain()\n"
+    )
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, preexec_fn=limit
+    )
+    (line,) = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "bug" not in line and line.startswith(names)
+    assert "file-size limit (`ulimit -f`" in line and "ulimit -f unlimited" in line
+    assert not (tmp_path / "runs/logs").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # no cut temporary either
+
+
+def test_a_bug_whose_traceback_cannot_be_written_leaves_no_partial_log(tmp_path):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))  # the traceback is longer than this
+
+    script = "from facegan.errors import stage_main\n\n@stage_main\ndef main():\n    {}['missing']\n\nmain()\n"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, preexec_fn=limit
+    )
+    (line,) = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and line.startswith("error: unexpected KeyError: 'missing'")
+    assert "no partial log was left" in line and list((tmp_path / "runs/logs").iterdir()) == []
+
+
+FAKE_DVC = """
+import subprocess, sys
+stage = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+print(stage.pid, flush=True)
+stage.wait()
+"""
+LONG_STAGE = """
+import sys, time
+sys.argv = ["stages/train.py", "dcgan"]
+from facegan.errors import stage_main
+
+@stage_main
+def main():
+    time.sleep(60)
+
+main()
+"""
+
+
+def test_a_stage_stops_when_the_dvc_running_it_is_killed(tmp_path):
+    """`kill -9` of dvc once left its stage running on, writing outputs that no dvc.lock would record."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/dvc").write_text(FAKE_DVC)  # what the console script's argv looks like: python .../bin/dvc
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    dvc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "bin/dvc"), LONG_STAGE],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stage = int(dvc.stdout.readline())
+    time.sleep(1.0)  # the stage is up and watching
+    dvc.send_signal(signal.SIGKILL)
+    dvc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _state(stage) not in ("gone", "Z"):
+        time.sleep(0.1)
+    assert _state(stage) in ("gone", "Z"), "the stage outlived its dvc"
+    line = dvc.stderr.read().strip().splitlines()[-1]  # the stage inherited dvc's stderr
+    assert line == (
+        "error: train-dcgan stopped: its dvc process is gone (killed?); "
+        "re-run it to resume where it stopped (`dvc repro`)"
+    )
+
+
+INTERRUPTIBLE = """
+import sys, time
+sys.argv = ["stages/evaluate.py", "dcgan"]
+import torch
+from facegan.errors import stage_main, stop_at_once_on_interrupt
+
+@stage_main(resumable=False)
+def main():
+    a = torch.randn(3000, 3000)
+    with stop_at_once_on_interrupt("evaluate-dcgan"):
+        print("working", flush=True)
+        while True:
+            a = torch.linalg.matrix_power(a / a.norm(), 400)  # seconds inside one operation
+
+main()
+"""
+
+
+def test_ctrl_c_stops_evaluate_at_once_and_says_it_starts_over(tmp_path):
+    """Evaluate's Ctrl-C took 10-20 s (Python waits for the running tensor operation) and said "resume"."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    stage = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTIBLE], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert stage.stdout.readline().strip() == b"working"
+    time.sleep(0.5)
+    sent = time.monotonic()
+    stage.send_signal(signal.SIGINT)
+    stage.wait(timeout=30)
+    took = time.monotonic() - sent
+    (line,) = stage.stderr.read().decode().strip().splitlines()
+    assert stage.returncode == 130 and line == "error: evaluate-dcgan stopped: interrupted; re-run it: it starts over"
+    assert took < 1.0, f"{took:.1f} s to stop"

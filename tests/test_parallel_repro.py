@@ -26,9 +26,12 @@ class FakeStages:
         self.started: list[str] = []
         self.processes: list[subprocess.Popen] = []
         self.threads: set[int] = set()
+        self.by_name: dict[str, subprocess.Popen] = {}
+        self.exited_before: dict[str, set[str]] = {}  # the stages whose process had exited when this one started
 
     def __call__(self, name: str, threads: int, log: Path) -> subprocess.Popen:
         assert sum(p.poll() is None for p in self.processes) < self.jobs, f"{name} started beyond {self.jobs} lanes"
+        self.exited_before[name] = {n for n, p in self.by_name.items() if p.poll() is not None}
         self.started.append(name)
         self.threads.add(threads)
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +40,7 @@ class FakeStages:
         with open(log, "w") as out:
             process = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
         self.processes.append(process)
+        self.by_name[name] = process
         return process
 
 
@@ -58,6 +62,16 @@ def test_lanes_respect_dependencies_and_the_lane_count_and_start_the_longest_pat
     assert fake.threads == {1}
     assert all(t.ran for t in finished.values())  # the fake logs say 'Running stage'
     assert sum("] done   " in line for line in lines) == len(GRAPH)
+
+
+def test_a_stage_waits_until_every_stage_it_depends_on_has_exited_even_with_lanes_free(tmp_path):
+    """With more lanes than stages, only the dependencies hold a stage back: `join` must not start while `a`
+    or `b` still runs (a stage reading an output that is still being written would read half of it)."""
+    fake = FakeStages(jobs=len(GRAPH), seconds=0.5)
+    finished, failed = parallel_repro.run_lanes(GRAPH, len(GRAPH), 1, {}, fake, tmp_path, lambda line: None)
+    assert failed is None and set(finished) == set(GRAPH)
+    for name, deps in GRAPH.items():
+        assert deps <= fake.exited_before[name], (name, deps, fake.exited_before[name])
 
 
 def test_a_failed_stage_stops_new_starts_lets_the_running_finish_and_shows_its_log(tmp_path):
@@ -105,14 +119,26 @@ def test_the_graph_is_dvcs_own_from_dvc_yaml():
     assert {f"evaluate-{m}" for m in ("dcgan", "r3gan")} <= upstream["report"]
 
 
+@pytest.fixture
+def dvc_project(tmp_path, monkeypatch):
+    """The diamond of three stages below, run once by main and once more (up to date)."""
+    test_main_runs_a_real_dvc_pipeline_in_two_lanes_and_a_second_run_finds_it_up_to_date(tmp_path, monkeypatch)
+    return tmp_path
+
+
 def test_main_runs_a_real_dvc_pipeline_in_two_lanes_and_a_second_run_finds_it_up_to_date(tmp_path, monkeypatch):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
-    stage = 'python -c "import pathlib,sys; pathlib.Path(sys.argv[1]).write_text(sys.argv[2])" {out} {text}'
+    # each stage writes its output and notes that it ran in ran.log (no output: the run-cache cannot restore it)
+    stage = (
+        'python -c "import pathlib,sys; pathlib.Path(sys.argv[1]).write_text(sys.argv[2]); '
+        "open('ran.log', 'a').write(sys.argv[1] + chr(10))\" {out} {text}"
+    )
     pipeline = {
         "stages": {
-            "left": {"cmd": stage.format(out="left.txt", text="L"), "outs": ["left.txt"]},
-            "right": {"cmd": stage.format(out="right.txt", text="R"), "outs": ["right.txt"]},
+            # DVC's run-cache keeps only stages with a dependency, as every stage of dvc.yaml has (its code)
+            "left": {"cmd": stage.format(out="left.txt", text="L"), "deps": ["seed.txt"], "outs": ["left.txt"]},
+            "right": {"cmd": stage.format(out="right.txt", text="R"), "deps": ["seed.txt"], "outs": ["right.txt"]},
             "both": {
                 "cmd": stage.format(out="both.txt", text="B"),
                 "deps": ["left.txt", "right.txt"],
@@ -121,6 +147,7 @@ def test_main_runs_a_real_dvc_pipeline_in_two_lanes_and_a_second_run_finds_it_up
         }
     }
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
+    (tmp_path / "seed.txt").write_text("0")
     (tmp_path / "params.yaml").write_text("profile: study   # which\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
@@ -132,3 +159,35 @@ def test_main_runs_a_real_dvc_pipeline_in_two_lanes_and_a_second_run_finds_it_up
     parallel_repro.main(["--jobs", "2"])
     again = parallel_repro.StageSeconds.model_validate_json((tmp_path / "runs/stage_seconds.json").read_text())
     assert not any(t.ran for t in again.stages.values())
+    assert sorted((tmp_path / "ran.log").read_text().split()) == ["both.txt", "left.txt", "right.txt"]
+
+
+def test_a_cut_dvc_lock_or_rwlock_is_one_line_and_deleting_it_restores_from_the_run_cache(dvc_project, capsys):
+    """DVC writes dvc.lock in place: a kill mid-write left half of it and DVC's multi-line YAML error; a
+    corrupt rwlock read as one line naming no fix. Both now say to delete the file, and deleting it works:
+    the finished stages come back from DVC's run-cache without running again."""
+    lock = dvc_project / "dvc.lock"
+    text = lock.read_text()
+    lock.write_text(text[: len(text) // 2] + "\n  - {bad: [")
+    with pytest.raises(SystemExit) as exit_info:
+        parallel_repro.main(["--jobs", "2"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert line.startswith("error: dvc.lock is cut or corrupt (unreadable YAML at line ") and "`rm dvc.lock`" in line
+    lock.unlink()
+    parallel_repro.main(["--jobs", "2"])
+    assert sorted((dvc_project / "ran.log").read_text().split()) == ["both.txt", "left.txt", "right.txt"]  # ran once
+    assert (dvc_project / "both.txt").read_text() == "B" and lock.exists()
+
+    rwlock = dvc_project / ".dvc/tmp/rwlock"
+    rwlock.parent.mkdir(parents=True, exist_ok=True)
+    rwlock.write_text('{"read": {"left.txt": [')
+    with pytest.raises(SystemExit):
+        parallel_repro.main(["--jobs", "2"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "error: .dvc/tmp/rwlock is corrupt: if no dvc command is running, delete it (`rm .dvc/tmp/rwlock`) and "
+        "re-run; nothing is lost (DVC rebuilds it)"
+    )
+    rwlock.unlink()
+    parallel_repro.main(["--jobs", "2"])

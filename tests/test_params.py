@@ -249,6 +249,15 @@ def test_a_batch_split_over_the_processes_passes(tmp_path):
     assert load(tmp_path, {"placement": {"gpus": 4}})["placement"]["gpus"] == 4
 
 
+def test_the_batch_rule_counts_the_gpus_of_every_node(tmp_path):
+    """Two nodes of 2 GPUs are 4 processes: StyleGAN2's batch of 32 splits, a batch of 6 does not (6 splits
+    over the 2 GPUs of one node, so a rule that forgot the other node would let it through to torchrun)."""
+    nodes = {"gpus": 2, "nnodes": 2, "rdzv_endpoint": "node0:29500"}
+    assert load(tmp_path, {"placement": nodes, "model": "stylegan2"})["placement"]["nnodes"] == 2
+    with pytest.raises(UserError, match=r"batch_size = 6 does not split over placement\.gpus x placement\.nnodes = 4"):
+        load(tmp_path, {"placement": nodes, "model": "stylegan2", "models": {"stylegan2": {"batch_size": 6}}})
+
+
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_each_model_builds_from_exactly_the_keys_of_its_arch_section(tmp_path, model):
     """The arch keys are written once, in facegan.settings: the model's build reads each of them."""

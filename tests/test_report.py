@@ -17,6 +17,22 @@ REPO = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
+def span(low: float, high: float) -> handoff.Span:
+    return handoff.Span(low=low, high=high)
+
+
+# what two sets of 512 real faces score on the k-NN metrics (the reference stage's floor at num_gen)
+REAL_VS_REAL_KNN = handoff.KnnFloor(
+    k=3,
+    splits=5,
+    precision=span(0.62, 0.74),
+    recall=span(0.55, 0.70),
+    density=span(0.85, 1.1),
+    coverage=span(0.8, 0.9),
+    spread_ratio=span(0.95, 1.05),
+)
+
+
 def history(final_loss_d: float, ada: bool = False) -> list[handoff.HistoryRow]:
     return [
         handoff.HistoryRow(
@@ -87,7 +103,7 @@ def metrics(model: str, label_key: str, fid_seeds: int, recall: float, lpips: st
         fid_seeds=fid_seeds,
         fid_start=83.0,
         fid_start_n=256,
-        floor=handoff.Floor(n=512, fid=7.25, kid=0.0005),
+        floor=handoff.Floor(n=512, fid=7.25, kid=0.0005, knn=REAL_VS_REAL_KNN),
         kid=0.012345,
         num_gen=512,
         num_ref=500,
@@ -306,6 +322,22 @@ def test_the_report_says_which_rankings_the_metrics_agree_on(project):
     assert "- precision: dcgan = styleswin = stylegan2 (Kendall τ with FID undefined: ties leave no order)" in agreement
 
 
+def test_the_agreement_lines_rank_precision_recall_and_coverage_higher_is_better_and_distances_lower():
+    """A model whose samples land inside the real manifold more often is better on precision (Kynkaanniemi et
+    al. 2019), whatever FID says; FID, KID and FID∞ rank the smaller distance first."""
+    from facegan.report.render import agreement_text
+
+    sharp = metrics("sharp", "proxy", 1, 0.6, "proxy", "w").model_copy(
+        update={"precision": 0.8, "coverage": 0.9, "fid": 30.0, "kid": 0.01, "fid_inf": 28.0}
+    )
+    blurry = metrics("blurry", "proxy", 1, 0.3, "proxy", "w").model_copy(
+        update={"precision": 0.2, "coverage": 0.4, "fid": 60.0, "kid": 0.03, "fid_inf": 55.0}
+    )
+    lines = agreement_text([blurry, sharp], ["blurry", "sharp"])
+    for name in ("FID", "FID∞", "KID", "precision", "recall", "coverage"):
+        assert f"- {name}: sharp > blurry (Kendall τ with FID +1.00)" in lines, name
+
+
 def test_kernel_fallbacks_are_shown(project):
     text = render(project)
     assert "**kernel fallback** in stylegan2: `filtered_lrelu` ran on the PyTorch reference" in text
@@ -371,11 +403,65 @@ def test_rows_for_models_without_results_say_why(project):
 def test_stability_notes_flag_collapse_and_late_divergence_only_where_present(project):
     rows = {r["model"]: r for r in table(render(project), "model")}
     assert rows["dcgan"]["stability notes"] == "none detected"
-    assert (
-        "mode collapse" in rows["stylegan2"]["stability notes"]
-        and "D overpowers G" in rows["stylegan2"]["stability notes"]
+    # stylegan2: recall 0.02 below the real-vs-real 0.55-0.70 with precision inside it; D's loss fell below 0.1
+    # only on its last logged row of three (0.6, 0.4, 0.01): one batch, no claim
+    assert rows["stylegan2"]["stability notes"] == (
+        "D loss near zero only at the last log rows: too few rows to tell; low recall (possible mode collapse)"
     )
     assert "FID worsened" in rows["styleswin"]["stability notes"]
+
+
+def notes_of(recall: float = 0.5, precision: float = 0.6789, spread: float = 0.8, d_losses=(), fids=()) -> str:
+    """The stability notes of one row: its metrics against the fixture's real-vs-real floors."""
+    from facegan.report.render import Row, stability_notes
+
+    run = stats("stylegan2", "cpu", None, 0.5)
+    if d_losses:
+        run = run.model_copy(
+            update={
+                "history": [h.model_copy(update={"losses": {D_ADVERSARIAL: v}}) for h, v in zip(run.history, d_losses)]
+            }
+        )
+    m = metrics("stylegan2", "proxy", 1, recall, "proxy", "w").model_copy(
+        update={"precision": precision, "feature_spread_ratio": spread}
+    )
+    floors = {"64": handoff.Floor(n=64, fid=12.0, kid=0.001), "512": m.floor}
+    return stability_notes(Row("stylegan2", run, m, curve(list(fids), 64)), "ns", floors)
+
+
+def test_a_collapse_is_claimed_only_below_what_real_faces_score_at_that_n():
+    assert notes_of(recall=0.02) == "low recall (possible mode collapse)"
+    # at n=64 two real sets can share little: recall 0.05 inside a real-vs-real range of 0.0-0.3 proves nothing
+    tiny = metrics("x", "proxy", 1, 0.5, "proxy", "w").floor.knn.model_copy(update={"recall": span(0.0, 0.3)})
+    from facegan.report.render import Row, stability_notes
+
+    m = metrics("x", "proxy", 1, 0.05, "proxy", "w")
+    m = m.model_copy(update={"floor": m.floor.model_copy(update={"n": 64, "knn": tiny})})
+    assert stability_notes(Row("x", stats("x", "cpu", None, 0.5), m, []), "ns", {}) == (
+        "low recall, inside the real-vs-real range at n=64: too small to tell"
+    )
+    # the demo's 0.000 / 0.000: samples unlike any face are not a collapse
+    assert notes_of(recall=0.0, precision=0.0) == (
+        "precision and recall below the real-vs-real range (samples unlike the data, not collapse)"
+    )
+    assert notes_of(spread=0.1) == "low feature spread (possible mode collapse)"
+    # a floor written before the k-NN ranges existed: no claim, and how to get one
+    old = metrics("x", "proxy", 1, 0.02, "proxy", "w")
+    old = old.model_copy(update={"floor": old.floor.model_copy(update={"knn": None})})
+    assert "no real-vs-real range to judge it" in stability_notes(Row("x", stats("x", "cpu", None, 0.5), old, []), "ns")
+
+
+def test_d_overpowering_needs_the_last_three_logged_rows_near_zero():
+    assert notes_of(d_losses=(0.05, 0.02, 0.01)) == "D overpowers G (D loss near zero)"
+    assert notes_of(d_losses=(0.6, 0.4, 0.01)) == "D loss near zero only at the last log rows: too few rows to tell"
+    assert notes_of(d_losses=(0.6, 0.4, 0.3)) == "none detected"
+
+
+def test_a_late_fid_rise_is_instability_only_when_larger_than_the_floor_at_the_snapshots_n():
+    assert notes_of(fids=(50.0, 30.0, 45.0)) == "FID worsened after its best snapshot"  # +15 beside a floor of 12
+    assert notes_of(fids=(50.0, 30.0, 40.0)) == (  # +10: two real sets of 64 differ by 12
+        "FID rose after its best snapshot by less than the real-vs-real floor at n=64: too small to tell"
+    )
 
 
 def test_report_shows_plots_and_each_models_pictures(project):
@@ -409,25 +495,33 @@ def test_growing_model_is_judged_on_its_final_resolution_snapshots():
     assert "FID worsened" in stability_notes(row(growing[:3] + [(64, 20.0), (64, 30.0), (64, 36.0)]), "wgan_gp")
 
 
-def test_models_are_compared_at_equal_training_time():
-    """The table reads every model's FID-vs-time curve at the shortest run's total time."""
+def test_models_are_compared_at_equal_training_time_from_measured_snapshots_only():
+    """The table reads every model's FID-vs-time snapshots at the shortest run's total time: a snapshot taken
+    then, or the line between the two around it, never a line from the untrained start (the demo keeps only
+    the kimg-0 and the final snapshot, and used to show kimg 0's FID for six models of seven)."""
     from facegan.report.render import Row, equal_time_section
 
     def row(name, hours, fids):
         points = [
-            handoff.FidPoint(kimg=i, train_hours=h, fid=f, num_gen=8, label_key="proxy", resolution=64)
+            handoff.FidPoint(kimg=4.0 * i, train_hours=h, fid=f, num_gen=8, label_key="proxy", resolution=64)
             for i, (h, f) in enumerate(zip(hours, fids))
         ]
         run = stats(name, "cpu", None, 0.5).model_copy(update={"train_seconds": hours[-1] * 3600})
         return Row(name, run, metrics(name, "proxy", 1, 0.5, "proxy", "w"), points)
 
     text = equal_time_section(
-        [row("slow", [0.0, 1.0, 2.0, 3.0], [90.0, 60.0, 40.0, 30.0]), row("fast", [0.0, 0.5, 1.5], [80.0, 50.0, 45.0])]
+        [
+            row("slow", [0.0, 1.0, 2.0, 3.0], [90.0, 60.0, 40.0, 30.0]),
+            row("fast", [0.0, 0.5, 1.5], [80.0, 50.0, 45.0]),
+            row("sparse", [0.0, 2.5], [300.0, 100.0]),
+        ]
     )
     assert "## At equal training time (1.500 h, the shortest run)" in text
     cells = {r["model"]: r for r in _table(text)}
-    assert cells["slow"]["FID at the common time"] == "60.00 (proxy)" and cells["slow"]["hours"] == "1.000"
-    assert cells["fast"]["FID at the common time"] == "45.00 (proxy)" and cells["fast"]["hours"] == "1.500"
+    assert cells["slow"]["FID at the common time"] == "50.00 (proxy), interpolated"  # halfway from 60 to 40
+    assert cells["slow"]["from snapshots (kimg)"] == "4 – 8" and cells["slow"]["their hours"] == "1.000 – 2.000"
+    assert cells["fast"]["FID at the common time"] == "45.00 (proxy)" and cells["fast"]["their hours"] == "1.500"
+    assert cells["sparse"]["FID at the common time"] == "– (too few snapshots to interpolate: kimg 0, 4)"
 
 
 def _table(text: str) -> list[dict]:

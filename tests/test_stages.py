@@ -145,6 +145,12 @@ def test_evaluate_writes_labelled_metrics(pipeline):
     assert metrics["fd_dinov2_floor"] == meta["dinov2"]["floors"]["40"]
     assert 0 <= metrics["coverage"] <= 1 and metrics["density"] >= 0
     assert meta["chain"]["extractor"] == "proxy" and meta["chain"]["resolution"] == 32
+    # the k-NN metrics' real-vs-real range at their n (the report's flags read it), over 5 halvings of 2 x 24 faces
+    knn = meta["floors"]["40"]["knn"]
+    assert knn["k"] == 3 and knn["splits"] == 5 and meta["floors"]["24"]["knn"] is None
+    for name in ("precision", "recall", "coverage"):
+        assert 0 < knn[name]["low"] <= knn[name]["high"] <= 1, name
+    assert knn["spread_ratio"]["low"] <= 1.0 <= 1.5 * knn["spread_ratio"]["high"]
 
 
 def test_report_table_matches_metrics_files(pipeline):
@@ -250,6 +256,56 @@ def test_a_corrupt_snapshot_stops_evaluate_before_any_metric(pipeline, monkeypat
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert exit_info.value.code == 2
     assert "kimg00000.06.pt cannot be read" in line and "dvc checkout --force train-dcgan" in line, line
+
+
+def test_evaluate_reads_each_input_once_so_a_replaced_run_cannot_mix_into_its_numbers(pipeline, monkeypatch):
+    """A new training of dcgan once replaced runs/dcgan while its evaluation ran: metrics/dcgan.json paired the
+    old generator's FID with the new run's kimg, and the curve came from the new snapshots. DVC also clears a
+    stage's outputs before running it. Here runs/dcgan is swapped for another run right after the first metric:
+    every number still comes from the run the evaluation started on."""
+    import shutil
+
+    from facegan.metrics import evaluate
+
+    run, kept = pipeline / "runs/dcgan", pipeline / "runs/dcgan.kept"
+    before = json.loads((pipeline / "evals/dcgan/fid_vs_kimg.json").read_text())
+    real_fid_kid_pr = evaluate.fid_kid_pr
+
+    def replaced_after_the_first_metric(*args, **kwargs):
+        sets = real_fid_kid_pr(*args, **kwargs)
+        shutil.copytree(run, kept)
+        stats = json.loads((run / "train_stats.json").read_text())
+        shutil.rmtree(run / "snapshots")
+        (run / "snapshots").mkdir()
+        (run / "train_stats.json").write_text(json.dumps({**stats, "kimg": 3.008}))
+        return sets
+
+    monkeypatch.setattr(evaluate, "fid_kid_pr", replaced_after_the_first_metric)
+    try:
+        run_stage(pipeline, monkeypatch, "evaluate", "dcgan")
+    finally:
+        shutil.rmtree(run)
+        kept.rename(run)
+    assert json.loads((pipeline / "metrics/dcgan.json").read_text())["kimg"] == 0.128
+    after = json.loads((pipeline / "evals/dcgan/fid_vs_kimg.json").read_text())
+    assert [p["kimg"] for p in after] == [p["kimg"] for p in before] == pytest.approx([0.0, 0.064, 0.128])
+
+
+def test_a_failed_evaluation_publishes_neither_of_its_two_outputs(pipeline, monkeypatch):
+    """evals/<model> and metrics/<model>.json go out together: a failure while writing leaves both as they were."""
+    from facegan import handoff
+
+    files = [pipeline / "evals/dcgan/metrics.json", pipeline / "metrics/dcgan.json"]
+    before = [f.read_bytes() for f in files]
+
+    def cut(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "metrics/dcgan.json")
+
+    monkeypatch.setattr(handoff.ModelSummary, "write", cut)
+    with pytest.raises(SystemExit):
+        run_stage(pipeline, monkeypatch, "evaluate", "dcgan")
+    assert [f.read_bytes() for f in files] == before
+    assert not [p for p in (pipeline / "evals").iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
 def test_a_batch_that_does_not_split_over_the_processes_stops_configure(project, tmp_path, monkeypatch, capsys):

@@ -233,7 +233,9 @@ class Detection:
 
 
 REJECTION_REASONS = (
-    "unreadable",
+    "unreadable",  # this and the next two: given by preprocess.load_rgb, before detection
+    "too_large",
+    "unsupported_pixels",
     "image_too_small",
     "no_face",
     "low_confidence",

@@ -41,7 +41,7 @@ def reserve(path: Path, n_bytes: int) -> None:
             os.posix_fallocate(handle.fileno(), 0, n_bytes)
         except OSError as err:
             if is_disk_full(err):
-                raise disk_full_error(path, n_bytes) from err
+                raise disk_full_error(path, n_bytes, err=err) from err
             raise
 
 
@@ -85,7 +85,7 @@ class CacheWriter:
                 self.state = {"shape": list(shape), "count": 0, "fingerprint": fingerprint}
         except OSError as err:
             if is_disk_full(err):
-                raise disk_full_error(array_path, int(np.prod(shape))) from err
+                raise disk_full_error(array_path, int(np.prod(shape)), err=err) from err
             raise
         self.capacity = capacity
 

@@ -17,14 +17,24 @@ hashed when complete and only then renamed to `<name>`; a `<name>.verified.json`
 mtime, digest) saves re-hashing. Archives are extracted into a temporary directory that replaces
 the target only when complete. Every failure is one UserError line naming what happened and how
 to supply the files by hand (data.source=folder). The only credential, FACEGAN_HTTP_TOKEN (a
-bearer token for data.url's host), comes from the environment.
+bearer token for data.url's host), comes from the environment; a redirect to another host or port
+does not carry it (requests drops it).
+
+Where a mirror redirects, the bytes come from another address than data.url: the stamp keeps that
+address and SOURCE.json names it as `fetched_from`, beside `url`. No address is written to disk,
+or named in a message, with its `user:password@`, its query or its fragment (`without_secrets`):
+a pre-signed redirect target carries its signature and tokens in the query, and so may a
+data.url; SOURCE.json's `url` is data.url without them too.
 
 The list of a source's images (`files.jsonl`, one `{"name", "bytes"}` object a line) holds any file
 name byte-exact: names are JSON strings, and a name that is not UTF-8 is kept with Python's
 surrogate escapes (os.fsdecode), which JSON writes as `\\udcXX` and reads back unchanged, so a tab,
 a newline or a Latin-1 byte in a name is neither split nor dropped. Listing follows symlinked
 folders; a folder reached a second time (a symlink loop, or two links to one folder) is listed
-once, and how many were skipped is logged and recorded in SOURCE.json.
+once, and how many were skipped is logged and recorded in SOURCE.json. A broken symlink (to a
+missing file or folder, or a link loop) is skipped, not fatal: one warning line gives their count
+and the first few, and SOURCE.json names them all (`broken_links`). An image or folder this
+user may not read stops the download with one line naming it and the chmod that fixes it.
 """
 
 from __future__ import annotations
@@ -35,13 +45,14 @@ import html.parser
 import json
 import logging
 import os
+import shlex
 import shutil
 import tarfile
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode, urljoin, urlparse
+from urllib.parse import urlencode, urljoin, urlparse, urlsplit, urlunsplit
 
 from tqdm import tqdm
 
@@ -82,6 +93,16 @@ def _disk_full(err: OSError, path: Path) -> UserError | None:
     return None
 
 
+def without_secrets(url: str) -> str:
+    """`url` as it may be written to disk or shown: no `user:password@`, no query, no fragment.
+
+    The whole query goes, not only `token=`: a mirror's redirect target (a pre-signed S3 or CDN
+    address) carries its signature and credentials under many names."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def file_digest(path: Path, algorithm: str) -> str:
     digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
@@ -110,12 +131,28 @@ def _stamp_matches(path: Path, algorithm: str, expected: str | None) -> str | No
     return None
 
 
-def _write_stamp(path: Path, algorithm: str, digest: str) -> None:
+def _write_stamp(path: Path, algorithm: str, digest: str, fetched_from: str = "") -> None:
+    """`fetched_from` (already without secrets): where the bytes came from, kept for the runs that reuse them."""
     info = path.stat()
     write_json(
         _stamp_path(path),
-        {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "algorithm": algorithm, "digest": digest},
+        {
+            "size": info.st_size,
+            "mtime_ns": info.st_mtime_ns,
+            "algorithm": algorithm,
+            "digest": digest,
+            "fetched_from": fetched_from,
+        },
     )
+
+
+def fetched_from(path: str | Path) -> str:
+    """The address (without secrets) the verified file at `path` was downloaded from, after any
+    redirects; "" where that is not known (a file put there by hand, or stamped by an older version)."""
+    try:
+        return str(json.loads(_stamp_path(Path(path)).read_text()).get("fetched_from", ""))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return ""
 
 
 def _looks_like_html(head: bytes, content_type: str) -> bool:
@@ -172,7 +209,7 @@ def fetch(
             f"{size:,} bytes, truncated or a different file): deleted it; re-run, or {BY_HAND}"
         )
     os.replace(part, dest)
-    _write_stamp(dest, algorithm, actual)
+    _write_stamp(dest, algorithm, actual, request.fetched_from)
     return actual
 
 
@@ -202,10 +239,12 @@ class _Request:
     headers: dict
     params: dict | None
     timeout_s: float
+    fetched_from: str = ""  # the last response's address after redirects, without secrets
 
     @property
     def host(self) -> str:
-        return urlparse(self.url).netloc or self.url
+        """The host (and port) the messages name: never the URL's `user:password@`."""
+        return urlparse(self.url).netloc.rpartition("@")[2] or self.url
 
     def kept_bytes(self) -> int:
         return self.part.stat().st_size if self.part.exists() else 0
@@ -233,6 +272,7 @@ class _Request:
         with requests.get(
             self.url, params=self.params, headers=headers, stream=True, timeout=(15, self.timeout_s)
         ) as response:
+            self._note_origin(response)
             if response.status_code == 416 and offset:
                 return None  # the part already holds the whole file
             if response.status_code >= 400:
@@ -271,6 +311,12 @@ class _Request:
         if total is not None and size < total:
             return f"connection closed after {size:,} of {total:,} bytes"
         return None
+
+    def _note_origin(self, response) -> None:
+        """Remember where this response came from: after a redirect, a host other than data.url's."""
+        self.fetched_from = without_secrets(response.url)
+        if response.history:
+            log.info("%s: %s redirected the download to %s", self.name, self.host, self.fetched_from)
 
     def give_up(self, retries: int, problem: str) -> None:
         got = self.kept_bytes()
@@ -400,37 +446,121 @@ def extract_archive(archive: Path, target: Path, digest: str, downloaded: bool =
 FILE_LIST = "files.jsonl"
 
 
-def list_images(root: Path) -> tuple[list[str], int]:
-    """Image files under `root` (recursive, hidden entries skipped, symlinked folders followed), as
-    sorted relative paths, and the number of folders skipped because they were reached before."""
-    found, seen, skipped = [], set(), 0
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+@dataclass
+class Listing:
+    """The images under a source's root, and what listing them skipped."""
+
+    files: list[str]  # image paths relative to the root, sorted
+    sizes: dict[str, int]  # each image's size in bytes (stat-ed once, while listing)
+    folders_seen_twice: int  # symlinked folders reached before (a loop, two links to one folder): listed once
+    broken_links: list[str]  # symlinks to nothing (target missing, or a link loop), relative, sorted: skipped
+
+
+def list_images(root: Path) -> Listing:
+    """Image files under `root`: recursive, hidden entries skipped, symlinked folders followed (each folder
+    once). A broken symlink, to a file or a folder, is skipped and named; an image or folder this user
+    may not read stops the listing with one line naming it and the fix."""
+    sizes, broken, seen, seen_twice = {}, [], set(), 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_stop_at_unreadable(root)):
         identity = os.stat(dirpath)
         seen.add((identity.st_dev, identity.st_ino))
         keep = []
         for name in sorted(d for d in dirnames if not d.startswith(".")):
             try:
                 sub = os.stat(os.path.join(dirpath, name))
-            except OSError:  # a dangling link: nothing to list there
+            except OSError:  # its target went away since os.walk saw a folder there: a broken link now
+                broken.append(Path(dirpath, name).relative_to(root).as_posix())
                 continue
             if (sub.st_dev, sub.st_ino) in seen:
-                skipped += 1
+                seen_twice += 1
             else:
                 seen.add((sub.st_dev, sub.st_ino))
                 keep.append(name)
         dirnames[:] = keep
         for filename in filenames:
-            if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(dirpath, filename).relative_to(root).as_posix())
-    if skipped:
+            if filename.startswith("."):
+                continue
+            path = Path(dirpath, filename)
+            relative = path.relative_to(root).as_posix()
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                if _is_broken_link(path):  # os.walk files a broken link to a folder here, among the files
+                    broken.append(relative)
+                continue
+            size = _image_size(path, root)
+            if size is None:
+                broken.append(relative)
+            else:
+                sizes[relative] = size
+    listing = Listing(sorted(sizes), sizes, seen_twice, sorted(broken))
+    _warn_about_skipped(root, listing)
+    return listing
+
+
+def _is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def _image_size(path: Path, root: Path) -> int | None:
+    """The size of the image at `path`; None where it is a broken symlink (skipped, like a broken folder link)."""
+    try:
+        size = os.stat(path).st_size
+    except PermissionError as err:
+        raise _unreadable(path, root) from err
+    except OSError:
+        if path.is_symlink():  # target missing (ENOENT) or a link loop (ELOOP)
+            return None
+        raise
+    if not os.access(path, os.R_OK):  # found now, not as a rejected face half way through preprocess
+        raise _unreadable(path, root)
+    return size
+
+
+def _unreadable(path: Path, root: Path, folder: bool = False) -> UserError:
+    mode = "-R a+rX" if folder else "a+r"
+    return UserError(
+        f"cannot read {path} (permission denied): make it readable (chmod {mode} {shlex.quote(str(path))}) "
+        f"or move it out of {root}, then re-run"
+    )
+
+
+def _stop_at_unreadable(root: Path):
+    """os.walk's onerror: a folder this user may not list stops the listing (os.walk would skip its images
+    without a word); other errors (a folder removed while listing) keep os.walk's skipping."""
+
+    def on_error(err: OSError) -> None:
+        if isinstance(err, PermissionError):
+            raise _unreadable(Path(err.filename), root, folder=True) from err
+
+    return on_error
+
+
+def _warn_about_skipped(root: Path, listing: Listing) -> None:
+    if listing.folders_seen_twice:
         log.warning(
-            "skipped %d folders under %s reached a second time through symlinks (loops or duplicates)", skipped, root
+            "skipped %d folders under %s reached a second time through symlinks (loops or duplicates)",
+            listing.folders_seen_twice,
+            root,
         )
-    return sorted(found), skipped
+    if listing.broken_links:
+        log.warning(
+            "skipped %d broken symlinks under %s (their targets are missing; all named in %s): %s",
+            len(listing.broken_links),
+            root,
+            SOURCE_FILE,
+            _first_few(listing.broken_links),
+        )
 
 
-def write_file_list(raw_dir: Path, root: Path, files: list[str]) -> None:
-    lines = (json.dumps({"name": name, "bytes": (root / name).stat().st_size}) for name in files)
+def _first_few(names: list[str], shown: int = 3) -> str:
+    """A few names on one line (repr: a newline in a name stays `\\n`)."""
+    return ", ".join(repr(name) for name in names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def write_file_list(raw_dir: Path, root: Path, files: list[str], sizes: dict[str, int] | None = None) -> None:
+    """files.jsonl: each file's name and size (`sizes`, from list_images; stat-ed here when not given)."""
+    if sizes is None:
+        sizes = {name: (root / name).stat().st_size for name in files}
+    lines = (json.dumps({"name": name, "bytes": sizes[name]}) for name in files)
     write_text(raw_dir / FILE_LIST, "".join(line + "\n" for line in lines))
 
 
@@ -474,17 +604,33 @@ def _image_root(extracted: Path) -> Path:
             return root
 
 
-def _write_source(raw_dir: Path, record: handoff.RawSource, listed: tuple[list[str], int]) -> handoff.RawSource:
-    files, skipped = listed
-    if not files:
+def _write_source(
+    raw_dir: Path, record: handoff.RawSource, listing: Listing, origin: str = ""
+) -> handoff.RawSource:
+    """files.jsonl and SOURCE.json for a listed source. `origin` (where data.url's bytes came from after
+    redirects) is already without secrets."""
+    if not listing.files:
+        broken = (
+            f" ({len(listing.broken_links)} broken symlinks skipped, such as {listing.broken_links[0]!r}: "
+            f"is their target mounted?)"
+            if listing.broken_links
+            else ""
+        )
         raise UserError(
-            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {record.image_root}: "
+            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {record.image_root}{broken}: "
             f"point data.folder or data.url at a folder or archive of images"
         )
     raw_dir.mkdir(parents=True, exist_ok=True)
     (raw_dir / "files.txt").unlink(missing_ok=True)  # an older list: files.jsonl replaces it
-    write_file_list(raw_dir, Path(record.image_root), files)
-    record = record.model_copy(update={"count": len(files), "symlinked_folders_skipped": skipped})
+    write_file_list(raw_dir, Path(record.image_root), listing.files, listing.sizes)
+    record = record.model_copy(
+        update={
+            "count": len(listing.files),
+            "symlinked_folders_skipped": listing.folders_seen_twice,
+            "fetched_from": origin,
+            "broken_links": listing.broken_links,
+        }
+    )
     record.write(raw_dir / SOURCE_FILE)
     return record
 
@@ -502,8 +648,8 @@ def prepare_celeba(
         shutil.copyfile(store / name, target / name)
     image_root = _image_root(target) if not (target / "img_align_celeba").is_dir() else target / "img_align_celeba"
     listed = list_images(image_root)
-    if len(listed[0]) != CELEBA_IMAGES:
-        log.warning("img_align_celeba.zip holds %d images, not %d", len(listed[0]), CELEBA_IMAGES)
+    if len(listed.files) != CELEBA_IMAGES:
+        log.warning("img_align_celeba.zip holds %d images, not %d", len(listed.files), CELEBA_IMAGES)
     return _write_source(
         raw_dir,
         handoff.RawSource.of(
@@ -533,17 +679,19 @@ def prepare_url(
     target = extract_archive(store / name, raw_dir / "url", digest)
     image_root = _image_root(target)
     partition = find_partition_file(target, partition_file)
+    requested = without_secrets(url)
     return _write_source(
         raw_dir,
         handoff.RawSource.of(
             "url",
             image_root,
-            url=url,
+            url=requested,
             sha256=digest,
             verified=bool(sha256),
             partition_file=str(partition) if partition else "",
         ),
         list_images(image_root),
+        origin=fetched_from(store / name),
     )
 
 

@@ -2,10 +2,14 @@
 
 Order is deterministic: CelebA partition (train, val, test; images the partition file does not
 list come last) then relative file name, so "the first N accepted faces" is the same set on every
-machine. The files go in chunks of `data.mtcnn.batch_size`; each chunk is decoded (an unreadable
-or corrupt image is rejected as `unreadable`, never a crash), detected by MTCNN as one batch per
-image size and aligned by `FaceAligner`, and accepted faces go to `CacheWriter` in file order
-until N are kept. Every `data.checkpoint_every` images the cache array, the manifest written so
+machine. The files go in chunks of `data.mtcnn.batch_size`; each chunk is decoded by `load_rgb`,
+detected by MTCNN as one batch per image size and aligned by `FaceAligner`, and accepted faces go
+to `CacheWriter` in file order until N are kept. Decoding never crashes: a corrupt or unreadable
+image is rejected as `unreadable`, one whose header gives more than MAX_DECODE_PIXELS pixels as
+`too_large` before it is decoded, one whose float or wide integer pixels have no known scale as
+`unsupported_pixels`. 16-bit images and floats in [0, 1] are scaled to 8 bits; a grey image is
+kept as RGB, with "grey source" in its row's detail and counted in the report's
+`kept_grey_sources`. Every `data.checkpoint_every` images the cache array, the manifest written so
 far and the position are saved, so an interrupted run resumes there (a run with other params or
 another file list starts over). Synthetic faces are drawn aligned, so they are only resized (no
 MTCNN: the demo stays fast).
@@ -30,6 +34,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -82,17 +87,98 @@ def ordered_files(raw_dir: Path, source: handoff.RawSource) -> list[str]:
     return sorted(files, key=lambda name: (partition.get(Path(name).name, unknown), name))
 
 
+# The decode budget: an image whose header says it has more pixels is refused before decoding. A
+# chunk holds `data.mtcnn.batch_size` decoded images per worker, and a palette PNG of a few hundred
+# KB can claim 150M pixels (3.7 GB to decode); 8192x8192 still takes a 50-megapixel phone photo
+# (CelebA's in-the-wild images are a few megapixels). Pillow's own limit, which its
+# DecompressionBombError enforces at open, is twice its 89M-pixel warning: too late for a chunk.
+MAX_DECODE_PIXELS = 8192 * 8192
+GREY_SOURCE = "grey source"  # the detail of a row whose image was grey, converted to RGB
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# Pillow's integer modes wider than 8 bits: 16-bit greys (a 16-bit grey PNG opens as I;16) and I,
+# 32-bit, which holds 16-bit data too
+WIDE_INTEGER_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
+class _Refused(Exception):
+    """An image refused by its header or its pixel values, under its manifest reason."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
 def load_rgb(path: Path) -> tuple[np.ndarray | None, str]:
-    """Decode an image to RGB uint8, or return (None, why) for a corrupt or unreadable file."""
+    """Decode an image to RGB uint8: (pixels, note), or (None, "reason: detail") for an image refused.
+
+    The note is "" or GREY_SOURCE. The reasons (`rejection` splits them off): `unreadable` (corrupt,
+    truncated, not an image), `too_large` (more than MAX_DECODE_PIXELS pixels by its header: never
+    decoded) and `unsupported_pixels` (16/32-bit integers outside 0..65535, floats outside [0, 1] or
+    not finite: their scale is unknown). 16-bit data is scaled to 8 bits and float data in [0, 1] by
+    255; Pillow's convert("RGB") would clip both to black or white.
+    """
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # Pillow warns of a large image at open: the budget below refuses it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)  # lazy: the header is read, the pixels are not
+        with image:
+            _check_decode_budget(image)
             image.load()  # decode now: truncated or corrupt data raises here, not later
             image = ImageOps.exif_transpose(image)  # phone photos: upright as they are shown
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            return np.array(image, dtype=np.uint8), ""
+            return _rgb_pixels(image), GREY_SOURCE if image.mode in GREY_MODES else ""
+    except _Refused as refused:
+        return None, f"{refused.reason}: {refused.detail}"
+    except Image.DecompressionBombError as err:  # Pillow refuses it at open, before we see its size
+        return None, f"too_large: {err}"
     except Exception as err:  # noqa: BLE001 - any decoder failure is a rejection with its reason
-        return None, f"{type(err).__name__}: {err}"[:200]
+        return None, "unreadable: " + f"{type(err).__name__}: {err}"[:200]
+
+
+def rejection(why: str) -> tuple[str, str]:
+    """(reason, detail) of load_rgb's "reason: detail" for an image it refused."""
+    reason, _, detail = why.partition(": ")
+    return reason, detail
+
+
+def _check_decode_budget(image: Image.Image) -> None:
+    width, height = image.size
+    if width * height > MAX_DECODE_PIXELS:
+        raise _Refused(
+            "too_large",
+            f"{width}x{height} px = {width * height:,} pixels > the {MAX_DECODE_PIXELS:,}-pixel limit; not decoded",
+        )
+
+
+def _rgb_pixels(image: Image.Image) -> np.ndarray:
+    if image.mode in WIDE_INTEGER_MODES:
+        return _grey_to_rgb(_sixteen_to_eight_bits(np.asarray(image), image.mode))
+    if image.mode == "F":
+        return _grey_to_rgb(_unit_float_to_eight_bits(np.asarray(image)))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.array(image, dtype=np.uint8)
+
+
+def _sixteen_to_eight_bits(values: np.ndarray, mode: str) -> np.ndarray:
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise _Refused("unsupported_pixels", f"mode {mode} pixels span {low}..{high}, outside 16-bit 0..65535")
+    # round(v / 257): the inverse of 8 -> 16 bits (v * 257), so 65535 -> 255 and 32768 -> 128
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _unit_float_to_eight_bits(values: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise _Refused("unsupported_pixels", f"float pixels: {int((~finite).sum())} are NaN or infinite")
+    low, high = float(values.min()), float(values.max())
+    if low < 0.0 or high > 1.0:
+        raise _Refused("unsupported_pixels", f"float pixels span {low:g}..{high:g}, outside [0, 1]")
+    return np.rint(values * 255.0).astype(np.uint8)
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
 
 
 def _fmt(values, digits: int = 1) -> str:
@@ -127,6 +213,12 @@ class _Manifest:
     def counts(self) -> Counter:
         with open(self.path, newline="", **MANIFEST_ENCODING) as handle:
             return Counter(row["reason"] for row in csv.DictReader(handle))
+
+    def kept_grey_sources(self) -> int:
+        """Kept faces whose source image was grey (over the whole run, as `counts`)."""
+        with open(self.path, newline="", **MANIFEST_ENCODING) as handle:
+            rows = csv.DictReader(handle)
+            return sum(row["status"] == "kept" and GREY_SOURCE in row["detail"].split("; ") for row in rows)
 
 
 def _fingerprint(data: settings.DataSettings, files: list[str], source: handoff.RawSource) -> str:
@@ -186,7 +278,8 @@ class Chunk:
 
     names: list[str]
     images: list[np.ndarray | None] = field(default_factory=list)  # decoded; dropped once aligned
-    unreadable: dict[int, str] = field(default_factory=dict)  # index in names -> why it could not be decoded
+    refused: dict[int, tuple[str, str]] = field(default_factory=dict)  # index in names -> (reason, detail): not decoded
+    notes: dict[int, str] = field(default_factory=dict)  # index -> what a decoded image's row says of its source
     detections: dict = field(default_factory=dict)  # index -> Detection, for each decoded image
     faces: dict = field(default_factory=dict)  # index -> aligned face, for each kept detection
     seconds: Counter = field(default_factory=Counter)  # decode / detect / align time spent on it
@@ -199,8 +292,11 @@ def _decoded(root: Path, names: list[str]) -> Chunk:
     return chunk
 
 
-def _split_loaded(loaded: list[tuple[np.ndarray | None, str]]) -> tuple[list, dict[int, str]]:
-    return [image for image, _ in loaded], {i: why for i, (image, why) in enumerate(loaded) if image is None}
+def _split_loaded(loaded: list[tuple[np.ndarray | None, str]]) -> tuple[list, dict[int, tuple[str, str]], dict]:
+    """load_rgb's results as a Chunk's images, refused images and notes."""
+    refused = {i: rejection(why) for i, (image, why) in enumerate(loaded) if image is None}
+    notes = {i: why for i, (image, why) in enumerate(loaded) if image is not None and why}
+    return [image for image, _ in loaded], refused, notes
 
 
 def _aligned(aligner, chunk: Chunk) -> Chunk:
@@ -346,13 +442,14 @@ class AlignWorkers:
 
 def _manifest_row(name: str, index: int, chunk: Chunk) -> dict:
     row = {"source_file": name, "status": "rejected"}
-    if index in chunk.unreadable:
-        row.update(reason="unreadable", detail=chunk.unreadable[index])
+    if index in chunk.refused:
+        reason, detail = chunk.refused[index]
+        row.update(reason=reason, detail=detail)
         return row
     detection = chunk.detections[index]
     row.update(
         reason=detection.reason,
-        detail=detection.detail,
+        detail="; ".join(part for part in (detection.detail, chunk.notes.get(index, "")) if part),
         probability="" if detection.probability is None else f"{detection.probability:.4f}",
         box=_fmt(detection.box),
         landmarks=_fmt(detection.landmarks, 2),
@@ -460,6 +557,7 @@ def alignment_report(
     elapsed = tally.elapsed
     counts = manifest.counts()
     kept = counts.pop("kept", 0)
+    kept_grey = manifest.kept_grey_sources()
     report = {
         "source": source.source,
         "device": str(runner.device),
@@ -468,6 +566,8 @@ def alignment_report(
         "considered": kept + sum(counts.values()),
         "kept": kept,
         "rejected": dict(sorted(counts.items())),
+        # grey faces in a colour set: kept (as RGB) but counted, their manifest detail says GREY_SOURCE
+        "kept_grey_sources": kept_grey,
         "source_images": len(files),
         "images_per_s": round(tally.processed / max(elapsed, 1e-9), 2),
         "elapsed_s": round(elapsed, 1),
@@ -480,6 +580,8 @@ def alignment_report(
         # seconds spent on each step, added over the workers (which run side by side)
         "busy_s": {step: round(tally.busy[step], 2) for step in ("decode", "detect", "align")},
     }
+    if kept_grey:
+        log.warning("%d of the %d kept faces come from grey images (manifest detail %r)", kept_grey, kept, GREY_SOURCE)
     if kept < data.num_faces:
         log.warning("only %d faces accepted out of %d images (data.num_faces=%d)", kept, len(files), data.num_faces)
         report["short_of_num_faces"] = True

@@ -10,11 +10,13 @@ key of the network that produced it (facegan.metrics.labels).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ from facegan.metrics.fid import (
 )
 from facegan.metrics.ppl import PathLength, build_lpips, path_length
 from facegan.metrics.precision_recall import KnnMetrics, knn_metrics
-from facegan.metrics.reference import DINOV2_FILE, load_features
+from facegan.metrics.reference import DINOV2_FILE, load_features, spread_ratio
 from facegan.metrics.resize_pool import ResizePool, resize_pool
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ class Evaluation:
     curve: list[handoff.FidPoint] = field(default_factory=list)
     losses: list[handoff.LossPoint] = field(default_factory=list)
     pictures: dict[str, np.ndarray] = field(default_factory=dict)  # file stem -> RGB uint8 image
-    copied: dict[str, Path] = field(default_factory=dict)  # file name -> a training grid to copy as it is
+    copied: dict[str, bytes] = field(default_factory=dict)  # file name -> a training grid's bytes, as they are
+    stats: handoff.TrainedRun | handoff.SkippedRun | None = None  # the train_stats.json the numbers are of
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ class Run:
     eval_params: settings.EvaluateSettings  # the evaluate params
     run_dir: Path
     stats: handoff.TrainedRun
+    snapshots: list[Snapshot]
     meta: handoff.ReferenceMeta
     reference: np.ndarray
     extractor: Extractor
@@ -217,13 +221,51 @@ def check_reference(
         )
 
 
+@dataclass
+class Snapshot:
+    """A training snapshot, checked and held open at the start: every later read is of the same file, even
+    if runs/<model> is removed or replaced meanwhile (DVC clears a stage's outputs before running it)."""
+
+    path: Path
+    handle: BinaryIO
+
+    def load(self) -> dict:
+        self.handle.seek(0)
+        return torch.load(self.handle, map_location="cpu", weights_only=True)
+
+
+def open_snapshots(run_dir: Path, restore: str, files: contextlib.ExitStack) -> list[Snapshot]:
+    """Every snapshot of the run, each opened and read once (a bad one stops here, before any metric)."""
+    snapshots = []
+    for path in snapshot_files(run_dir):
+        checkpoint.load(path, fix=restore)
+        handle = files.enter_context(open(path, "rb"))  # noqa: SIM115 - held open for the whole evaluation
+        snapshots.append(Snapshot(path, handle))
+    return snapshots
+
+
 def evaluate_run(
     view: handoff.ModelView, ev_view: handoff.EvaluateView, run_dir: Path, reference_dir: Path
 ) -> Evaluation:
-    model, eval_params = view.model, ev_view.evaluate
+    """Every number of one trained run. Each input is read once, at the start, and the result carries the
+    train stats it was computed from: a file that changes meanwhile cannot mix two runs in one evaluation."""
     stats = handoff.read_train_stats(run_dir / "train_stats.json")
     if isinstance(stats, handoff.SkippedRun):
-        return Evaluation(handoff.SkippedMetrics(status="skipped", model=model, reason=stats.reason))
+        skipped = handoff.SkippedMetrics(status="skipped", model=view.model, reason=stats.reason)
+        return Evaluation(skipped, stats=stats)
+    with contextlib.ExitStack() as files:
+        return evaluate_trained(view, ev_view, run_dir, reference_dir, stats, files)
+
+
+def evaluate_trained(
+    view: handoff.ModelView,
+    ev_view: handoff.EvaluateView,
+    run_dir: Path,
+    reference_dir: Path,
+    stats: handoff.TrainedRun,
+    files: contextlib.ExitStack,
+) -> Evaluation:
+    model, eval_params = view.model, ev_view.evaluate
     device = resolve_device(eval_params.device)
     meta = handoff.ReferenceMeta.read(reference_dir / "meta.json")
     extractor = build_extractor(eval_params.extractor, eval_params, device)
@@ -232,8 +274,8 @@ def evaluate_run(
     # every input is read and checked before the first metric: a bad file never costs the minutes before it
     restore = f"restore it with `dvc checkout --force train-{model}` or train again with `dvc repro -f train-{model}`"
     trained = checkpoint.load(run_dir / "G_ema.pt", fix=restore)
-    for snapshot in snapshot_files(run_dir):
-        checkpoint.load(snapshot, fix=restore)
+    snapshots = open_snapshots(run_dir, restore, files)
+    grids = training_grids(run_dir)
     G = models.from_snapshot(model, view.params.arch, view.resolution, trained).to(device)
     with resize_pool(eval_params, device) as pool:
         run = Run(
@@ -241,6 +283,7 @@ def evaluate_run(
             eval_params,
             run_dir,
             stats,
+            snapshots,
             meta,
             load_features(reference_dir),
             extractor,
@@ -257,14 +300,15 @@ def evaluate_run(
         clock.lap("ppl")
         curve = fid_curve(run, sets.first)
         clock.lap("snapshots")
-        pictures, copied = pictures_of(run)
+        pictures = pictures_of(run)
         clock.lap("pictures")
     return Evaluation(
         metrics=metrics_of(run, sets, ppl, curve, clock.seconds),
         curve=curve,
         losses=loss_curve(stats.history),
         pictures=pictures,
-        copied=copied,
+        copied=grids,
+        stats=stats,
     )
 
 
@@ -298,7 +342,6 @@ def fid_kid_pr(run: Run) -> FeatureSets:
     knn = knn_metrics(run.reference, first, eval_params.pr_k, run.device)
     sizes = sample_sizes(len(first), eval_params.fid_inf_points, eval_params.fid_inf_smallest)
     extrapolated = extrapolate_fid(first, run.reference, sizes, run.seeds.kid_subsets)
-    variance = np.trace(np.cov(first, rowvar=False)) / np.trace(np.cov(run.reference, rowvar=False))
     log.info(
         "%s: %s %.3f (std %.3f over %d sets of %d; infinity %.3f), precision %.3f, recall %.3f, density %.3f, "
         "coverage %.3f",
@@ -321,7 +364,7 @@ def fid_kid_pr(run: Run) -> FeatureSets:
         extrapolated=extrapolated,
         kid=kid_from_features(first, run.reference, run.seeds.kid_subsets),
         fd_dinov2=spread(fds) if fds else None,
-        spread_ratio=float(variance),
+        spread_ratio=spread_ratio(first, run.reference),
     )
 
 
@@ -360,8 +403,8 @@ def snapshot_files(run_dir: Path) -> list[Path]:
 def fid_curve(run: Run, first: np.ndarray) -> list[handoff.FidPoint]:
     """FID of every training snapshot, the untrained generator (kimg 0) first."""
     eval_params, curve = run.eval_params, []
-    for snap in snapshot_files(run.run_dir):
-        weights = checkpoint.load(snap)
+    for snap in run.snapshots:
+        weights = snap.load()
         kimg = float(weights["kimg"])
         if kimg == run.stats.kimg and eval_params.snapshot_num_gen == eval_params.num_gen:
             feats = first  # the final snapshot is G_ema itself, with the first set's latents
@@ -385,8 +428,8 @@ def fid_curve(run: Run, first: np.ndarray) -> list[handoff.FidPoint]:
     return curve
 
 
-def pictures_of(run: Run) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
-    """The report's pictures of G_ema, and the last training grid of each resolution (growing models)."""
+def pictures_of(run: Run) -> dict[str, np.ndarray]:
+    """The report's pictures of G_ema."""
     eval_params, G, seed, device = run.eval_params, run.G, run.seeds.pictures, run.device
     pictures = {
         "samples": visuals.sample_grid(G, eval_params.grid_size, seed, device),
@@ -398,12 +441,17 @@ def pictures_of(run: Run) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
         pictures["truncation"] = visuals.truncation_sweep(
             G, eval_params.truncation_psis, eval_params.truncation_rows, seed, device
         )
+    return pictures
+
+
+def training_grids(run_dir: Path) -> dict[str, bytes]:
+    """The last training grid of each resolution (growing models), read at the start with the other inputs."""
     last_per_res = {}
-    for grid in sorted((run.run_dir / "samples").glob("res*_*.png")):
+    for grid in sorted((run_dir / "samples").glob("res*_*.png")):
         match = PROGRESSIVE_GRID.fullmatch(grid.name)
         if match:
             last_per_res[int(match.group(1))] = grid
-    return pictures, {f"res{res}.png": grid for res, grid in sorted(last_per_res.items())}
+    return {f"res{res}.png": grid.read_bytes() for res, grid in sorted(last_per_res.items())}
 
 
 def dino_fields(run: Run, fd: Spread | None) -> dict:

@@ -10,6 +10,10 @@ The floor at n is FID (and KID) between the first n cached faces and the next n:
 that samples the data distribution perfectly would score with n images. Small-n FIDs are biased
 upwards by about this much, so a difference between models means little unless it is large beside
 it. When the cache holds fewer than 2n faces the floor uses n' = half the cache and says so.
+
+At the k-NN metrics' n (evaluate.num_gen) the floor also holds the range of precision, recall, density,
+coverage and the feature-spread ratio over KNN_FLOOR_SPLITS random halvings of the 2n faces: at small n
+even real faces score far from 1 on them, and the report flags a model's value only outside that range.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from facegan.metrics.dinov2 import build_dinov2
 from facegan.metrics.features import build_extractor, cache_crop, check_agreement, extract, feature_chain
 from facegan.metrics.fid import fid_from_features, kid_from_features
 from facegan.metrics.labels import feature_label_key
+from facegan.metrics.precision_recall import knn_metrics
 from facegan.metrics.resize_pool import resize_pool
 
 log = logging.getLogger(__name__)
 AGREEMENT_FACES = 8
 FLOOR_KID_SEED = 0  # KID's random subsets for the floors: fixed, the floor is a property of the data
+KNN_FLOOR_SEED = 0  # the random halvings of the k-NN floor: fixed for the same reason
+KNN_FLOOR_SPLITS = 5  # halvings whose smallest and largest value make the k-NN floor's range
 
 
 def floor_sizes(eval_params: settings.EvaluateSettings) -> list[int]:
@@ -40,13 +47,47 @@ def floor_sizes(eval_params: settings.EvaluateSettings) -> list[int]:
     return sorted({eval_params.num_gen, eval_params.snapshot_num_gen})
 
 
-def noise_floor(features: np.ndarray, n: int, seed: int) -> handoff.Floor:
-    """FID and KID between features[:n'] and features[n':2n'], n' = min(n, half of what there is)."""
+def noise_floor(features: np.ndarray, n: int, seed: int, knn_k: int | None = None) -> handoff.Floor:
+    """FID and KID between features[:n'] and features[n':2n'], n' = min(n, half of what there is); with
+    `knn_k`, also the k-NN metrics' real-vs-real range at n' (`knn_floor`)."""
     half = min(n, len(features) // 2)
     if half < 2:
         raise UserError(f"a noise floor at n={n} needs at least 4 cached faces: raise data.num_faces")
     a, b = features[:half], features[half : 2 * half]
-    return handoff.Floor(n=int(half), fid=fid_from_features(a, b), kid=kid_from_features(a, b, seed))
+    knn = None if knn_k is None or half <= knn_k else knn_floor(features[: 2 * half], knn_k)
+    return handoff.Floor(n=int(half), fid=fid_from_features(a, b), kid=kid_from_features(a, b, seed), knn=knn)
+
+
+def spread_ratio(generated: np.ndarray, real: np.ndarray) -> float:
+    """Total variance (trace of the covariance) of one feature set over another's: far below 1 hints collapse."""
+    return float(np.trace(np.cov(generated, rowvar=False)) / np.trace(np.cov(real, rowvar=False)))
+
+
+def knn_floor(features: np.ndarray, k: int, splits: int = KNN_FLOOR_SPLITS) -> handoff.KnnFloor:
+    """Precision, recall, density, coverage and the spread ratio of one half of `features` against the
+    other, over `splits` seeded random halvings: how far from "perfect" each reads for real data at n."""
+    half = len(features) // 2
+    values: dict[str, list[float]] = {name: [] for name in ("precision", "recall", "density", "coverage", "ratio")}
+    for split in range(splits):
+        order = np.random.default_rng(KNN_FLOOR_SEED + split).permutation(len(features))
+        real, other = features[order[:half]], features[order[half : 2 * half]]
+        knn = knn_metrics(real, other, k)
+        for name in ("precision", "recall", "density", "coverage"):
+            values[name].append(getattr(knn, name))
+        values["ratio"].append(spread_ratio(other, real))
+
+    def span(name: str) -> handoff.Span:
+        return handoff.Span(low=float(min(values[name])), high=float(max(values[name])))
+
+    return handoff.KnnFloor(
+        k=int(k),
+        splits=int(splits),
+        precision=span("precision"),
+        recall=span("recall"),
+        density=span("density"),
+        coverage=span("coverage"),
+        spread_ratio=span("ratio"),
+    )
 
 
 @dataclass
@@ -102,7 +143,10 @@ def reference_statistics(
     batches = (np.asarray(cache.faces[i : min(i + batch, needed)]) for i in range(0, needed, batch))
     with resize_pool(eval_params, device) as pool:
         features = extract(batches, extractor, pool)
-    floors = {str(n): noise_floor(features, n, FLOOR_KID_SEED) for n in floor_sizes(eval_params)}
+    floors = {
+        str(n): noise_floor(features, n, FLOOR_KID_SEED, eval_params.pr_k if n == eval_params.num_gen else None)
+        for n in floor_sizes(eval_params)
+    }
     for n, floor in floors.items():
         log.info(
             "noise floor at n=%s: FID %.3f, KID %.5f (two disjoint sets of %d real faces)",

@@ -9,6 +9,7 @@ come from facegan.metrics.labels, keyed by the label key each metrics file recor
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ COUNT_COLUMNS = (
     "images per point",
 )
 # Stability heuristics (stated under the table): thresholds on what the files hold
-D_WINS_LOSS = 0.1  # non-saturating / hinge D loss below this at the end of training
+D_WINS_LOSS = 0.1  # non-saturating / hinge D loss below this at the end of training...
+D_WINS_ROWS = 3  # ...on each of this many last logged rows
 FID_WORSENED = 1.25  # final snapshot FID above this multiple of the best snapshot FID
 LOW_RECALL = 0.1
 LOW_SPREAD = 0.25  # generated features' total variance / the real features'
@@ -118,6 +120,22 @@ def metric(value: float) -> str:
     return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
 
 
+def readable(value: float) -> str:
+    """A number for a reader: at most three significant digits below 100 and no exponent ('0.00025', '1.6',
+    '48', '1234'), where `fmt`'s fixed decimals would print 0.00 or nine digits."""
+    if value == 0 or abs(value) >= 100:
+        return f"{value:.0f}"
+    text = f"{value:.3g}"
+    if "e" in text:
+        text = f"{value:.{2 - math.floor(math.log10(abs(value)))}f}"
+    return text
+
+
+def half_life(kimg: float) -> str:
+    """An EMA half-life in kimg, or in images below 1 kimg (R3GAN's ramps up from 0 during a run)."""
+    return f"{readable(kimg)} kimg" if kimg >= 1 else f"{readable(kimg * 1000)} images"
+
+
 def millions(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e6:.2f}M"
 
@@ -136,30 +154,79 @@ def memory_label(stats: handoff.TrainedRun) -> str:
     return f"{stats.peak_memory_bytes / 2**30:.2f} GiB"
 
 
-def stability_notes(row: Row, loss_type: str) -> str:
-    """Divergence / collapse signs in the history and metrics; the thresholds are stated in the report."""
+def stability_notes(row: Row, loss_type: str, floors: dict[str, handoff.Floor] | None = None) -> str:
+    """Divergence / collapse signs in the history and metrics (the rules are stated under the table). A
+    heuristic on a sample statistic is only claimed where the statistic lies outside what real faces score
+    at that n (the floors); otherwise the note says the sample is too small to tell."""
+    notes = [note for check in (loss_notes, fid_trend_notes, collapse_notes) for note in check(row, loss_type, floors)]
+    return "; ".join(notes) or "none detected"
+
+
+def loss_notes(row: Row, loss_type: str, floors) -> list[str]:
+    """Non-finite losses, and D's loss near zero on each of the last D_WINS_ROWS logged rows (one row is one
+    batch: a single low value is noise)."""
     from facegan.training.terms import D_ADVERSARIAL
 
-    notes = []
     hist = row.stats.history if isinstance(row.stats, handoff.TrainedRun) else []
+    notes = []
     if any(not all(handoff.is_finite_number(v) for v in h.losses.values()) for h in hist):
         notes.append("non-finite loss (diverged)")
-    if hist and loss_type in ("ns", "hinge") and hist[-1].losses[D_ADVERSARIAL] < D_WINS_LOSS:
+    if not hist or loss_type not in ("ns", "hinge") or hist[-1].losses[D_ADVERSARIAL] >= D_WINS_LOSS:
+        return notes
+    last = [h.losses[D_ADVERSARIAL] for h in hist[-D_WINS_ROWS:]]
+    if len(last) == D_WINS_ROWS and all(v < D_WINS_LOSS for v in last):
         notes.append("D overpowers G (D loss near zero)")
+    else:
+        notes.append("D loss near zero only at the last log rows: too few rows to tell")
+    return notes
+
+
+def fid_trend_notes(row: Row, loss_type: str, floors) -> list[str]:
+    """The final snapshot's FID well above the best one, by more than the real-vs-real floor at the
+    snapshots' n (a rise smaller than the floor is what two sets of real faces differ by)."""
     # a growing model's earlier levels are not candidates for "best": only the final resolution's
     final_res = max((p.resolution for p in row.curve), default=0)
-    fids = [p.fid for p in row.curve if p.resolution == final_res]
-    if len(fids) >= 3:
-        best = min(fids)
-        if fids[-1] > FID_WORSENED * best and fids.index(best) < len(fids) - 1:
-            notes.append("FID worsened after its best snapshot")
+    points = [p for p in row.curve if p.resolution == final_res]
+    fids = [p.fid for p in points]
+    if len(fids) < 3:
+        return []
+    best = min(fids)
+    if not (fids[-1] > FID_WORSENED * best and fids.index(best) < len(fids) - 1):
+        return []
+    floor = (floors or {}).get(str(points[-1].num_gen))
+    if floor is not None and fids[-1] - best <= floor.fid:
+        return [
+            f"FID rose after its best snapshot by less than the real-vs-real floor at n={floor.n}: too small to tell"
+        ]
+    return ["FID worsened after its best snapshot"]
+
+
+def collapse_notes(row: Row, loss_type: str, floors) -> list[str]:
+    """Low recall or low feature spread, claimed as a mode-collapse sign only below the real-vs-real range
+    at the k-NN metrics' n, and recall only while precision is inside it (both low: the samples are not yet
+    like the data at all, which is no sign of collapse)."""
     m = row.metrics
-    if isinstance(m, handoff.ModelMetrics):
-        if m.recall < LOW_RECALL:
+    if not isinstance(m, handoff.ModelMetrics):
+        return []
+    knn = m.floor.knn
+    notes = []
+    if m.recall < LOW_RECALL:
+        if knn is None:
+            notes.append("low recall: no real-vs-real range to judge it (re-run `dvc repro reference_stats`)")
+        elif not knn.recall.below(m.recall):
+            notes.append(f"low recall, inside the real-vs-real range at n={m.floor.n}: too small to tell")
+        elif knn.precision.below(m.precision):
+            notes.append("precision and recall below the real-vs-real range (samples unlike the data, not collapse)")
+        else:
             notes.append("low recall (possible mode collapse)")
-        if m.feature_spread_ratio < LOW_SPREAD:
+    if m.feature_spread_ratio < LOW_SPREAD:
+        if knn is None:
+            notes.append("low feature spread: no real-vs-real range to judge it (re-run `dvc repro reference_stats`)")
+        elif not knn.spread_ratio.below(m.feature_spread_ratio):
+            notes.append(f"low feature spread, inside the real-vs-real range at n={m.floor.n}: too small to tell")
+        else:
             notes.append("low feature spread (possible mode collapse)")
-    return "; ".join(notes) or "none detected"
+    return notes
 
 
 def fid_cell(m: handoff.ModelMetrics) -> str:
@@ -319,33 +386,51 @@ def agreement_text(metrics: list[handoff.ModelMetrics], models: list[str]) -> st
     return "\n**What the metrics agree on** (best first). " + verdict + "\n\n" + "\n".join(lines) + "\n"
 
 
-EQUAL_TIME_COLUMNS = ("model", "FID at the common time", "snapshot (kimg)", "hours", "device")
+EQUAL_TIME_COLUMNS = ("model", "FID at the common time", "from snapshots (kimg)", "their hours", "device")
+SAME_TIME = 0.02  # a snapshot within this fraction of the common time is read as taken at it
+
+
+def fid_at_time(curve: list[handoff.FidPoint], hours: float) -> tuple[str, str, str]:
+    """(FID, the snapshots it comes from, their hours) at `hours`, from measured points only: a snapshot
+    taken at that time, or the straight line between the two snapshots around it. The line is not drawn
+    from the untrained start (kimg 0: FID falls steeply and far from linearly in the first steps) nor past
+    the last snapshot; then the cell says there are too few snapshots."""
+    near = [p for p in curve if abs(p.train_hours - hours) <= SAME_TIME * hours]
+    if near:
+        point = min(near, key=lambda p: abs(p.train_hours - hours))
+        return metric(point.fid) + label(point.label_key).suffix, readable(point.kimg), f"{point.train_hours:.3f}"
+    before = [p for p in curve if p.train_hours < hours]
+    after = [p for p in curve if p.train_hours > hours]
+    if not before or not after or before[-1].kimg <= 0:
+        kept = ", ".join(readable(p.kimg) for p in curve)
+        return f"– (too few snapshots to interpolate: kimg {kept})", "–", "–"
+    p0, p1 = before[-1], after[0]
+    share = (hours - p0.train_hours) / (p1.train_hours - p0.train_hours)
+    fid = p0.fid + share * (p1.fid - p0.fid)
+    return (
+        f"{metric(fid)}{label(p1.label_key).suffix}, interpolated",
+        f"{readable(p0.kimg)} – {readable(p1.kimg)}",
+        f"{p0.train_hours:.3f} – {p1.train_hours:.3f}",
+    )
 
 
 def equal_time_section(rows: list[Row]) -> str:
-    """Every model's FID at the same training time: the shortest run's total time, each model's last
-    snapshot at or before it (FID-vs-time, read at one abscissa)."""
+    """Every model's FID at the same training time: the shortest run's total time, read off each model's
+    FID-vs-time snapshots (`fid_at_time`)."""
     runs = [r for r in rows if r.trained and r.curve and all(p.train_hours is not None for p in r.curve)]
     if len(runs) < 2:
         return ""
     common = min(r.stats.train_seconds / 3600 for r in runs)
-    cells = []
-    for row in sorted(runs, key=lambda r: r.model):
-        before = [p for p in row.curve if p.train_hours <= common + 1e-9]
-        point = before[-1] if before else None
-        cells.append(
-            [
-                row.model,
-                "–" if point is None else metric(point.fid) + label(point.label_key).suffix,
-                "–" if point is None else fmt(point.kimg),
-                "–" if point is None else f"{point.train_hours:.3f}",
-                device_kind(row.stats),
-            ]
-        )
+    cells = [
+        [row.model, *fid_at_time(row.curve, common), device_kind(row.stats)]
+        for row in sorted(runs, key=lambda r: r.model)
+    ]
     return (
         f"\n## At equal training time ({common:.3f} h, the shortest run)\n\n"
         + markdown_table(EQUAL_TIME_COLUMNS, cells)
-        + "\nTimes are on each model's own device; with `train.budget_minutes` every model gets the same time.\n"
+        + "\nEach FID is a measured snapshot taken at that time, or the straight line between the two snapshots "
+        "around it (never from the untrained kimg-0 start, never past the last snapshot). Times are on each "
+        "model's own device; with `train.budget_minutes` every model gets the same time.\n"
     )
 
 
@@ -406,7 +491,7 @@ def samples_overview(rows: list[Row], out: Path, grid_size: int, per_model: int 
     return True
 
 
-def result_cells(row: Row, loss_type: str) -> list[str]:
+def result_cells(row: Row, loss_type: str, floors: dict[str, handoff.Floor] | None = None) -> list[str]:
     if not row.trained:
         return [row.model, row.status] + ["–"] * (len(RESULT_COLUMNS) - 2)
     s, m = row.stats, row.metrics
@@ -428,7 +513,7 @@ def result_cells(row: Row, loss_type: str) -> list[str]:
         ppl,
         f"{fmt(m.precision, 3)} (n={m.pr_num}){suffix}",
         f"{fmt(m.recall, 3)} (n={m.pr_num}){suffix}",
-        stability_notes(row, loss_type),
+        stability_notes(row, loss_type, floors),
     ]
 
 
@@ -535,7 +620,7 @@ def recipe_cells(stats: handoff.TrainedRun) -> list[str]:
         "cosine": f"p on R3GAN's cosine schedule, {fmt(stats.augment_p, 3)} at the end",
     }.get(stats.augment, f"ADA {stats.augment}, p {fmt(stats.augment_p, 3)} at the end")
     units = {"unit": "[-1, 1]", "imagenet": "ImageNet-normalised (official)"}.get(stats.data_space, stats.data_space)
-    ema = f"half-life {stats.ema_kimg:g} kimg" if stats.ema_kimg > 0 else "none (G itself)"
+    ema = "none (G itself)" if stats.ema_kimg <= 0 else f"half-life {half_life(stats.ema_kimg)}"
     sampling = (
         "G_ema's BatchNorm statistics re-estimated for its weights (official: batch statistics)"
         if stats.batchnorm == "re-estimated"
@@ -562,6 +647,7 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
         f"- Inception file: `{meta.weights or 'none (proxy network)'}`" + (f"; {meta.choice}" if meta.choice else ""),
         "- real-vs-real floors: "
         + ", ".join(f"n={f.n}: FID {metric(f.fid)}, KID×10³ {metric(f.kid * 1e3)}" for f in meta.floors.values()),
+        *knn_floor_lines(meta.floors),
         f"- feature chain: {meta.chain.crop} → {meta.chain.resolution}x{meta.chain.resolution} → "
         f"{meta.chain.resize} → `{meta.chain.extractor}` (evaluate refuses statistics of any other chain)",
     ]
@@ -619,6 +705,30 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
     return "\n".join(lines) + "\n"
 
 
+def knn_floor_lines(floors: dict[str, handoff.Floor]) -> list[str]:
+    """The real-vs-real range of the k-NN metrics and the feature spread, where the floors have one."""
+    lines = []
+    for floor in floors.values():
+        knn = floor.knn
+        if knn is None:
+            continue
+        spans = ", ".join(
+            f"{name} {span.low:.2f}–{span.high:.2f}"
+            for name, span in (
+                ("precision", knn.precision),
+                ("recall", knn.recall),
+                ("density", knn.density),
+                ("coverage", knn.coverage),
+                ("feature spread", knn.spread_ratio),
+            )
+        )
+        lines.append(
+            f"- real-vs-real range at n={floor.n}, k={knn.k} (two disjoint sets of real faces, {knn.splits} random "
+            f"halvings): {spans}"
+        )
+    return lines
+
+
 def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path = paths.REPORTS_DIR) -> str:
     rows = collect(view.models)
     figures = out_dir / "figures"
@@ -642,14 +752,17 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
         parts.append("## Samples, one row per model\n\n![samples of every model](figures/samples_overview.png)\n\n")
     parts += [f"## Ranking by {features.axis}\n\n", ranking_section(rows)]
     parts += ["\n## Settings\n\n", settings_section(view, meta, rows)]
-    table = [result_cells(r, view.loss_types[r.model]) for r in rows]
+    table = [result_cells(r, view.loss_types[r.model], meta.floors) for r in rows]
     parts += ["\n## Results\n\n", markdown_table(RESULT_COLUMNS, table)]
     parts.append(recipe_section(rows))
     parts.append(
-        f"\nStability notes are heuristics on the files: final D loss below {D_WINS_LOSS} (non-saturating/"
-        f"hinge losses); final snapshot FID above {FID_WORSENED}x the best one (3+ snapshots at the final "
-        f"resolution); recall below {LOW_RECALL}; generated-feature variance below {LOW_SPREAD}x the real "
-        "one; non-finite losses; kernel fallbacks are listed under Settings.\n"
+        f"\nStability notes are heuristics on the files: D's loss below {D_WINS_LOSS} on each of the last "
+        f"{D_WINS_ROWS} logged rows (non-saturating/hinge losses); the final snapshot's FID above {FID_WORSENED}x "
+        "the best one's (3+ snapshots at the final resolution) by more than the real-vs-real FID floor at the "
+        f"snapshots' n; recall below {LOW_RECALL} with precision inside the real-vs-real range; generated-feature "
+        f"variance below {LOW_SPREAD}x the real one; non-finite losses. Recall and spread are only flagged below "
+        "the range that two disjoint sets of real faces span at the same n (Settings): inside it, the note says "
+        "the sample is too small to tell. Kernel fallbacks are listed under Settings.\n"
     )
     parts += ["\n### Sample counts\n\n", markdown_table(COUNT_COLUMNS, [c for c in map(count_cells, rows) if c])]
     parts.append(equal_time_section(rows))

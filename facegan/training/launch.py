@@ -40,15 +40,20 @@ def torchrun_command(placement: PlacementView, module: str, args: list[str]) -> 
     return command + ["-m", module, *args]
 
 
+def under_torchrun() -> bool:
+    """Whether this process is one of the processes torchrun started (not the stage that launched them)."""
+    return os.environ.get(UNDER_TORCHRUN) is not None
+
+
 def relaunch_if_distributed(placement: PlacementView, module: str, args: list[str]) -> int | None:
     """Run `module args` under torchrun and return its exit status when the placement wants several
     processes and this is not one of them already; None when this process should do the work itself."""
-    if os.environ.get(UNDER_TORCHRUN) is not None or (placement.gpus == 1 and placement.nnodes == 1):
+    if under_torchrun() or (placement.gpus == 1 and placement.nnodes == 1):
         return None
     return subprocess.run(torchrun_command(placement, module, args)).returncode
 
 
 def pin_gpu(placement: PlacementView) -> None:
     """A single process on `placement.gpu` (must run before CUDA is first used)."""
-    if placement.gpu >= 0 and os.environ.get(UNDER_TORCHRUN) is None:
+    if placement.gpu >= 0 and not under_torchrun():
         os.environ["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
