@@ -28,6 +28,7 @@ import shutil
 import socket
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from facegan.errors import TOO_LARGE, UserError
@@ -220,9 +221,7 @@ class ExclusiveLock:
         handle.write(self.doing)
         handle.flush()
         self.handle = handle
-        # a forked child (a preprocess worker) shares the lock; it must not keep holding it once this
-        # process is gone, so children close their copy
-        os.register_at_fork(after_in_child=self._forget_in_child)
+        HELD_LOCKS.add(self)
         return self
 
     def _forget_in_child(self) -> None:
@@ -231,7 +230,22 @@ class ExclusiveLock:
             self.handle = None
 
     def __exit__(self, *exc) -> None:
+        HELD_LOCKS.discard(self)
         if self.handle is not None:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
             self.handle = None
+
+
+# a forked child (a preprocess worker) shares its parent's locks; it must not keep holding them once the
+# parent is gone, so children close their copies. One fork handler for every lock (a handler per lock
+# could never be removed and would keep each lock ever taken alive).
+HELD_LOCKS: weakref.WeakSet[ExclusiveLock] = weakref.WeakSet()
+
+
+def _forget_locks_in_child() -> None:
+    for lock in list(HELD_LOCKS):
+        lock._forget_in_child()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)

@@ -149,22 +149,28 @@ def skipped_by_dvc(log: Path) -> bool:
 
 def check_dvc_state(root: Path = Path(".")) -> None:
     """Stop with one line, before any dvc command, where a file DVC keeps is cut or corrupt: DVC writes
-    dvc.lock in place, so a kill mid-write leaves half of it (and DVC a multi-line YAML error), and a
-    corrupt .dvc/tmp/rwlock reads as a one-liner that names no fix."""
+    dvc.lock in place, so a kill mid-write leaves part of it (unreadable YAML, or YAML that fails DVC's own
+    lock-file schema: DVC's multi-line error either way; a cut that still reads as a valid, shorter lock
+    file only makes DVC re-run or restore the stages it no longer records), and a corrupt
+    .dvc/tmp/rwlock reads as a one-liner that names no fix."""
     import yaml
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
 
     lock = root / "dvc.lock"
     if lock.exists():
+        problem = None
         try:
-            parsed = yaml.safe_load(lock.read_text(errors="replace"))
-            problem = None if isinstance(parsed, dict) and isinstance(parsed.get("stages", {}), dict) else "no stages"
+            COMPILED_LOCKFILE_SCHEMA(yaml.safe_load(lock.read_text(errors="replace")))
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             problem = "unreadable YAML" + (f" at line {mark.line + 1}" if mark else "")
+        except Exception as err:  # noqa: BLE001 - DVC's schema (voluptuous) raises its own Invalid
+            where = ".".join(map(str, getattr(err, "path", []))) or "the top"
+            problem = f"{getattr(err, 'msg', type(err).__name__)} at {where}"
         if problem:
             raise UserError(
-                f"{lock} is cut or corrupt ({problem}; a kill while DVC wrote it?): delete it (`rm {lock}`) and "
-                "run `dvc repro`: the stages that had finished come back from DVC's run-cache without running again"
+                "dvc.lock is cut or corrupt (" + problem + "; a kill while DVC wrote it?): delete it (`rm dvc.lock`) "
+                "and run `dvc repro`: the stages that had finished come back from DVC's run-cache without running again"
             )
     rwlock = root / ".dvc/tmp/rwlock"
     if rwlock.exists():
@@ -174,8 +180,8 @@ def check_dvc_state(root: Path = Path(".")) -> None:
             ok = False
         if not ok:
             raise UserError(
-                f"{rwlock} is corrupt: if no dvc command is running, delete it (`rm {rwlock}`) and re-run; "
-                "nothing is lost (DVC rebuilds it)"
+                ".dvc/tmp/rwlock is corrupt: if no dvc command is running, delete it (`rm .dvc/tmp/rwlock`) and "
+                "re-run; nothing is lost (DVC rebuilds it)"
             )
 
 

@@ -84,3 +84,45 @@ def test_color_matrices_keep_the_luma_axis_for_hue_and_saturation():
     rotated = ada.rotate3d(v, theta)[0] @ grey
     torch.testing.assert_close(rotated, grey)
     assert math.isclose(float(torch.linalg.det(ada.rotate3d(v, theta)[0, :3, :3])), 1.0, rel_tol=1e-6)
+
+
+def _runner(model: str, **changes):
+    """The training step of `model` as the train stage builds it from params.yaml (the study's values)."""
+    import models
+    from facegan.handoff import ModelView
+    from facegan.training.phases import build_phases
+    from facegan.training.step import StepRunner
+    from tests.helpers import cpu_train, study_model
+
+    cfg = ModelView.selected_run(model=model, params=study_model(model, **changes), train=cpu_train(), seed=0,
+                                 resolution=16)  # fmt: skip
+    return StepRunner(
+        cfg, models.get_spec(model), None, build_phases(cfg.params.loss), None, None, torch.device("cpu"), torch.float32
+    )
+
+
+@pytest.mark.parametrize("model", ["stylegan2", "stylegan3"])
+def test_the_study_adapts_p_with_nvlabs_defaults_from_zero(model):
+    """stylegan2-ada-pytorch / stylegan3 train.py --aug=ada: --target=0.6, training_loop.py ada_interval=4,
+    ada_kimg=500, augment_p=0, augpipe bgc. The loop's rule at the study's batch moves p up by
+    batch * 4 / 500,000 above a mean sign of 0.6 and down below it."""
+    runner = _runner(model)
+    assert runner.ada is not None
+    assert (runner.ada.target, runner.ada.interval, runner.ada.kimg) == (0.6, 4, 500.0)
+    augment = runner.cfg.params.augment
+    assert augment.p == 0.0 and ada.PIPES[augment.pipe] == ada.Multipliers()  # all twelve bgc transforms at 1
+    batch = runner.cfg.params.batch_size
+    pipe, tally = ada.AugmentPipe(p=0.0), ada.SignTally()
+    # 40 real logits per update, `positive` of them > 0: mean signs 0.65, 0.65, 0.55, then exactly 0.6 (no move)
+    for positive, steps_up in [(33, 1), (33, 2), (31, 1), (32, 1)]:
+        tally.add(torch.tensor([1.0] * positive + [-1.0] * (40 - positive)))
+        ada.update_p(pipe, runner.ada, tally, batch, lambda t: t)
+        assert float(pipe.p) == pytest.approx(steps_up * batch * 4 / 500_000, rel=1e-6), positive
+
+
+@pytest.mark.parametrize("mode", ["fixed", "cosine", "none"])
+def test_p_is_not_adapted_unless_the_mode_is_ada(mode):
+    """augment.mode=fixed keeps p where the params put it (official --aug=fixed: ada_target None); R3GAN's p follows
+    its cosine; none has no pipe. Only ada moves p by the sign heuristic."""
+    model = "r3gan" if mode == "cosine" else "stylegan2"
+    assert _runner(model, augment={"mode": mode, "p": 0.2}).ada is None

@@ -489,3 +489,180 @@ def test_dinov2_official_loads_metas_checkpoint_format_through_timm_and_checks_i
         dinov2.build_dinov2(eval_settings(dinov2="official", dinov2_weights=str(tmp_path / "small.pth")), CPU)
     with pytest.raises(UserError, match="dinov2_input to 224"):
         dinov2.build_dinov2(eval_settings(dinov2="official", dinov2_input=112), CPU)
+
+
+# ------------------------------------------------------------------------------------------------
+# FID-infinity's grid, closed k-NN balls, the real-vs-real floor, the feature chain and the agreement check
+# (issue 36: each test below kills a one-line mutant the suite above let through)
+
+
+def test_fid_infinity_uses_the_papers_grid_and_its_least_squares_line_in_one_over_n():
+    """Chong & Forsyth's score_infinity.py: fid_batches = np.linspace(5000, num_im, 15).astype('int32') (truncated,
+    not rounded) for the study's 50,000 images, then LinearRegression of FID on 1/N predicted at 0."""
+    study = eval_settings()
+    grid = sample_sizes(study.num_gen, study.fid_inf_points, study.fid_inf_smallest)
+    assert grid == np.linspace(5000, 50000, 15).astype("int32").tolist()
+    rng = np.random.default_rng(5)  # 64 dimensions, fewer samples: the exact low-rank FID, milliseconds
+    fake, reference = rng.normal(size=(60, 64)) + 0.2, rng.normal(size=(80, 64))
+    sizes = sample_sizes(60, 15, 0.1)
+    result = extrapolate_fid(fake, reference, sizes, seed=0, with_kid=False)
+    design = np.stack([1.0 / np.asarray(sizes, dtype=np.float64), np.ones(len(sizes))], 1)
+    (slope, intercept), *_ = np.linalg.lstsq(design, np.array([result.fid_by_n[str(n)] for n in sizes]), rcond=None)
+    assert (result.value, result.slope) == pytest.approx((intercept, slope), rel=1e-9)
+
+
+def reference_knn(real: np.ndarray, fake: np.ndarray, k: int) -> dict:
+    """Precision/recall as NVlabs' metrics/precision_recall.py computes them (the k-th neighbour's distance, itself
+    excluded, as radius; closed balls: dist <= radius), density and coverage as Naeem et al. 2020 define them from
+    the same real radii, in plain numpy."""
+    from scipy.spatial.distance import cdist
+
+    real_radii = np.sort(cdist(real, real), axis=1)[:, k]
+    fake_radii = np.sort(cdist(fake, fake), axis=1)[:, k]
+    d = cdist(real, fake)  # d[i, j]: real i to fake j
+    in_real_ball = d <= real_radii[:, None]
+    return {
+        "precision": in_real_ball.any(axis=0).mean(),
+        "recall": (d <= fake_radii[None, :]).any(axis=1).mean(),
+        "density": in_real_ball.sum() / (k * len(fake)),
+        "coverage": in_real_ball.any(axis=1).mean(),
+    }
+
+
+def test_knn_balls_are_closed_as_nvlabs_computes_them_with_samples_on_their_edges():
+    """Integer grid points: many fakes lie exactly on a real ball's edge (and reals on fake balls' edges); NVlabs'
+    `<=` counts them inside. The `prdc` comparison above has no ties, so it cannot tell closed from open balls."""
+    real = np.array([[x, y] for x in range(4) for y in range(4)], dtype=np.float64)  # radii 1 (k=2), sqrt 2 (k=4)
+    fake = np.array([[x + 0.0, y + 2.0] for x in range(-1, 5, 2) for y in range(4)])
+    for k in (2, 4):
+        ours = knn_metrics(real, fake[: len(real)], k=k)
+        theirs = reference_knn(real[: len(fake)], fake[: len(real)], k)
+        assert 0 < theirs["precision"] < 1 and theirs["density"] > 0  # the ties decide these numbers
+        for name, value in theirs.items():
+            assert getattr(ours, name) == pytest.approx(value, abs=1e-7), (k, name)
+
+
+def to_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 255], without a resize."""
+    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float()
+
+
+def tiny_extractor_for(monkeypatch, module):
+    """`module`'s build_extractor returns an 8-d feature of each face (channel means and the 2x2 mean grey levels
+    and one squared), labelled proxy: the reference statistics' own path around a network too slow for a test."""
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        grey = torch.nn.functional.adaptive_avg_pool2d(x.mean(1, keepdim=True) / 255, 2).flatten(1)
+        return torch.cat([x.mean((2, 3)) / 255, grey, grey[:, :1] ** 2], 1)
+
+    extractor = Extractor("proxy", features, CPU, to_nchw)
+    monkeypatch.setattr(module, "build_extractor", lambda *args, **kwargs: extractor)
+    return extractor
+
+
+def scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import linalg
+
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s_a @ s_b).real
+    return float(np.square(a.mean(0) - b.mean(0)).sum() + np.trace(s_a + s_b - 2 * covmean))
+
+
+def unbiased_cubic_mmd2(a: np.ndarray, b: np.ndarray) -> float:
+    """Binkowski et al. 2018's unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 (diagonals left out)."""
+    d, m = a.shape[1], len(a)
+    k_aa, k_bb, k_ab = ((p @ q.T / d + 1) ** 3 for p, q in ((a, a), (b, b), (a, b)))
+    return float(((k_aa.sum() - np.trace(k_aa)) + (k_bb.sum() - np.trace(k_bb))) / (m * (m - 1)) - 2 * k_ab.mean())
+
+
+def test_reference_statistics_floor_each_n_with_two_disjoint_sets_of_n_cached_faces(tmp_path, monkeypatch):
+    """reference_stats reads 2n faces for the floor at n even when num_ref is smaller: FID/KID of faces [0, n) against
+    [n, 2n), here n = 16 (num_gen) and 12 (snapshot_num_gen) of 40 cached faces with num_ref 10. With the sets as
+    large as the subsets (16 <= 1000), KID's subsets are the whole sets and KID is the plain unbiased MMD^2."""
+    from facegan import handoff
+    from facegan.data.cache import CacheWriter, FaceCache
+    from facegan.data.synthetic import render_face
+    from facegan.metrics import reference
+
+    writer = CacheWriter(tmp_path / "faces", 16, 40)
+    for i in range(40):
+        writer.add(render_face(3, i, 16))
+    cache_dir = writer.finish(source="synthetic", synthetic=True)
+    cache = FaceCache(cache_dir)
+    extractor = tiny_extractor_for(monkeypatch, reference)
+    params = eval_settings(extractor="proxy", dinov2="none", num_gen=16, snapshot_num_gen=12, num_ref=10,
+                           batch_size=8, device="cpu")  # fmt: skip
+    features, meta = reference.reference_statistics(handoff.ReferenceView(resolution=16, evaluate=params), cache_dir)
+    faces = extractor.fn(extractor.prepare(np.asarray(cache.faces[:40]))).double().numpy()
+    assert features.inception.shape == (10, 8) and np.allclose(features.inception, faces[:10])
+    assert set(meta.floors) == {"12", "16"}
+    for n in (12, 16):
+        floor = meta.floors[str(n)]
+        assert floor.n == n
+        assert floor.fid == pytest.approx(scipy_fid(faces[:n], faces[n : 2 * n]), rel=1e-6, abs=1e-12)
+        assert floor.kid == pytest.approx(unbiased_cubic_mmd2(faces[:n], faces[n : 2 * n]), rel=1e-9, abs=1e-15)
+    assert meta.chain == handoff.FeatureChain(
+        crop="synthetic faces drawn aligned (no crop)",
+        resolution=16,
+        resize="torch bilinear with antialias to 75x75",  # what build_proxy's resize_for_proxy does
+        extractor="proxy",
+    )
+
+
+def test_evaluate_refuses_reference_statistics_of_another_feature_chain():
+    """evaluate's check before any metric: statistics whose recorded chain has another resize (the proxy's features
+    against clean-fid's resize), another resolution or another network are one line naming the link and the fix; the
+    same chain passes."""
+    from types import SimpleNamespace
+
+    from facegan import handoff
+    from facegan.metrics.evaluate import check_reference
+    from facegan.metrics.features import feature_chain, resize_for_proxy
+
+    crop = "synthetic faces drawn aligned (no crop)"
+    proxy = Extractor("proxy", tiny_features, CPU, resize_for_proxy)
+    chain = feature_chain(crop, 32, proxy)
+    meta = handoff.ReferenceMeta(extractor="proxy", weights="", choice="", label_key="proxy", agreement=None,
+                                 floors={}, count=10, cache_count=10, cache_fingerprint="f" * 16, source="synthetic",
+                                 synthetic=True, resolution=32, chain=chain, dinov2=None)  # fmt: skip
+    view, stats = SimpleNamespace(resolution=32), SimpleNamespace(cache_fingerprint="f" * 16)
+    check_reference("dcgan", view, stats, meta, proxy)  # the same chain: accepted
+    cleanfid_resize = feature_chain(crop, 32, Extractor("inception", tiny_features, CPU, resize_for_inception)).resize
+    for link, value in [("resize", cleanfid_resize), ("resolution", 64), ("extractor", "inception")]:
+        edited = meta.model_copy(update={"chain": chain.model_copy(update={link: value})})
+        with pytest.raises(UserError) as err:
+            check_reference("dcgan", view, stats, edited, proxy)
+        message = str(err.value)
+        assert "\n" not in message and "dvc repro reference_stats" in message
+        assert f"another feature chain ({link}: {value!r}, this evaluation: {getattr(chain, link)!r})" in message
+
+
+def test_fid_helpers_features_must_match_clean_fids_before_they_count_as_fid(tmp_path, monkeypatch):
+    """The two Inception files hold the same 2015-12-05 weights: features equal to float rounding pass and make the
+    numbers FID; features 1 % apart stop reference_stats with the fix; without clean-fid's file nothing is checked and
+    the numbers stay labelled fid_helper_unverified (FID*)."""
+    from facegan.metrics import features, labels
+
+    def network(scale: float):
+        return lambda path, device: Extractor("x", lambda x: tiny_features(x) * scale, CPU, to_nchw)
+
+    cleanfid_file = tmp_path / "inception-2015-12-05.pt"
+    cleanfid_file.write_bytes(b"present")
+    monkeypatch.setattr(features.weights, "resolve", lambda path, *args, **kwargs: Path(path))
+    monkeypatch.setattr(features, "build_cleanfid_inception", network(1.0))
+    faces = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    params = eval_settings(inception_weights=str(cleanfid_file), fid_helper_weights=str(tmp_path / "helper.pt"))
+    for scale in (1.0, 1 + 1e-6):
+        monkeypatch.setattr(features, "build_fid_helper", network(scale))
+        result = features.check_agreement(faces, params, CPU)
+        assert result["checked"] and result["images"] == 3
+        assert result["max_rel_diff"] == pytest.approx(scale - 1, abs=1e-7)
+        assert labels.feature_label_key("fid_helper", result) == "fid_helper"
+    monkeypatch.setattr(features, "build_fid_helper", network(1.01))
+    with pytest.raises(UserError, match=r"differ from clean-fid's by 1\.0\de-02 .*use evaluate\.extractor=inception"):
+        features.check_agreement(faces, params, CPU)
+    absent = features.check_agreement(
+        faces, eval_settings(inception_weights=str(tmp_path / "no" / cleanfid_file.name)), CPU
+    )
+    assert absent["checked"] is False and str(tmp_path / "no") in absent["reason"]
+    assert labels.feature_label_key("fid_helper", absent) == "fid_helper_unverified"

@@ -522,6 +522,7 @@ def test_models_are_compared_at_equal_training_time_from_measured_snapshots_only
     assert cells["slow"]["from snapshots (kimg)"] == "4 – 8" and cells["slow"]["their hours"] == "1.000 – 2.000"
     assert cells["fast"]["FID at the common time"] == "45.00 (proxy)" and cells["fast"]["their hours"] == "1.500"
     assert cells["sparse"]["FID at the common time"] == "– (too few snapshots to interpolate: kimg 0, 4)"
+    assert "sparse: too few snapshots around that time; a lower `train.snapshot_kimg`" in text
 
 
 def _table(text: str) -> list[dict]:

@@ -150,6 +150,7 @@ def test_evaluate_writes_labelled_metrics(pipeline):
     assert knn["k"] == 3 and knn["splits"] == 5 and meta["floors"]["24"]["knn"] is None
     for name in ("precision", "recall", "coverage"):
         assert 0 < knn[name]["low"] <= knn[name]["high"] <= 1, name
+    assert knn["recall"]["low"] < 1 and knn["coverage"]["low"] < 1  # disjoint halves: no half covers the other
     assert knn["spread_ratio"]["low"] <= 1.0 <= 1.5 * knn["spread_ratio"]["high"]
 
 
@@ -306,6 +307,22 @@ def test_a_failed_evaluation_publishes_neither_of_its_two_outputs(pipeline, monk
         run_stage(pipeline, monkeypatch, "evaluate", "dcgan")
     assert [f.read_bytes() for f in files] == before
     assert not [p for p in (pipeline / "evals").iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_an_interrupted_evaluation_says_it_starts_over(pipeline, monkeypatch, capsys):
+    """Evaluate keeps nothing of an interrupted run: its Ctrl-C line must not promise a resume."""
+    import stages.evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages.evaluate, "evaluate_run", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(pipeline, monkeypatch, "evaluate", "dcgan")
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert (
+        exit_info.value.code == 130 and line == "error: evaluate-dcgan stopped: interrupted; re-run it: it starts over"
+    )
 
 
 def test_a_batch_that_does_not_split_over_the_processes_stops_configure(project, tmp_path, monkeypatch, capsys):

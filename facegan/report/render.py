@@ -425,12 +425,19 @@ def equal_time_section(rows: list[Row]) -> str:
         [row.model, *fid_at_time(row.curve, common), device_kind(row.stats)]
         for row in sorted(runs, key=lambda r: r.model)
     ]
+    sparse = [cell[0] for cell in cells if cell[1].startswith("– (too few snapshots")]
+    hint = (
+        f" {', '.join(sparse)}: too few snapshots around that time; a lower `train.snapshot_kimg` gives the "
+        "curves more points."
+        if sparse
+        else ""
+    )
     return (
         f"\n## At equal training time ({common:.3f} h, the shortest run)\n\n"
         + markdown_table(EQUAL_TIME_COLUMNS, cells)
         + "\nEach FID is a measured snapshot taken at that time, or the straight line between the two snapshots "
         "around it (never from the untrained kimg-0 start, never past the last snapshot). Times are on each "
-        "model's own device; with `train.budget_minutes` every model gets the same time.\n"
+        f"model's own device; with `train.budget_minutes` every model gets the same time.{hint}\n"
     )
 
 
