@@ -12,7 +12,8 @@ default further down, where a writer's renamed key would go unnoticed.
   data/raw/SOURCE.json                  RawSource                    download       preprocess
   data/faces/meta.json                  FaceCacheMeta                preprocess     train-*, reference_stats, ...
   runs/<model>/train_stats.json         TrainedRun | SkippedRun      train-*        evaluate-*, report
-  metrics/<model>.json                  ModelMetrics | SkippedMetrics evaluate-*    report, dvc metrics
+  evals/<model>/metrics.json            ModelMetrics | SkippedMetrics evaluate-*    report
+  metrics/<model>.json                  ModelSummary                 evaluate-*     dvc metrics, dvc exp show
   evals/<model>/fid_vs_kimg.json        list[FidPoint]               evaluate-*     report, dvc plots
   evals/<model>/losses.json             list[LossPoint]              evaluate-*     dvc plots
   data/reference/meta.json              ReferenceMeta                reference_stats evaluate-*, report
@@ -31,6 +32,7 @@ from pydantic import SerializeAsAny
 from facegan import settings
 from facegan.errors import UserError
 from facegan.io import read_json, write_json
+from facegan.problems import Problem, one_line
 
 T = TypeVar("T", bound="Handoff")
 
@@ -58,21 +60,18 @@ class Handoff(pydantic.BaseModel):
         try:
             return cls.model_validate(data)
         except pydantic.ValidationError as err:
-            raise HandoffError(cls._problem(err.errors(), source)) from None
+            raise HandoffError(one_line(err, lambda problem: cls._problem(problem, source))) from None
 
     @classmethod
-    def _problem(cls, errors: list[dict], source: str | Path) -> str:
-        """The errors of one file as one line: its missing and unknown keys, or its first value of another
-        type; either way, the stage that writes it again."""
-        top = [e for e in errors if len(e["loc"]) == 1 and e["type"] in ("missing", "extra_forbidden")]
-        if top:
-            missing = sorted(str(e["loc"][0]) for e in top if e["type"] == "missing")
-            unknown = sorted(str(e["loc"][0]) for e in top if e["type"] == "extra_forbidden")
+    def _problem(cls, problem: Problem, source: str | Path) -> str:
+        """A file's problem as one line: its missing and unknown keys, or its first value of another type;
+        either way, the stage that writes it again."""
+        if problem.missing or problem.unknown:
             detail = "; ".join(
                 part
                 for part in (
-                    f"missing {', '.join(missing)}" if missing else "",
-                    f"unknown {', '.join(unknown)}" if unknown else "",
+                    f"missing {', '.join(problem.missing)}" if problem.missing else "",
+                    f"unknown {', '.join(problem.unknown)}" if problem.unknown else "",
                 )
                 if part
             )
@@ -80,10 +79,8 @@ class Handoff(pydantic.BaseModel):
                 f"{source} does not have the shape of {cls.__name__} ({detail}): "
                 f"it was written by other code; re-run `{cls.rerun()}`"
             )
-        first = errors[0]
-        where = ".".join(str(part) for part in first["loc"])
         return (
-            f"{source}: {cls.__name__}.{where} {first['msg'].lower()}, got {first.get('input')!r:.60}: "
+            f"{source}: {cls.__name__}.{problem.key} {problem.message.lower()}, got {problem.input!r:.60}: "
             f"re-run `{cls.rerun()}`"
         )
 
@@ -310,44 +307,80 @@ class SkippedMetrics(Handoff):
     reason: str
 
 
+class FidResult(Handoff):
+    """FID of G_ema: over evaluate.fid_seeds generated sets, against the untrained generator, and at infinitely
+    many images."""
+
+    writer: ClassVar[str] = "evaluate-<model>"
+    mean: float  # over the sets
+    std: float  # sample std over the sets (0 for one set)
+    values: list[float]  # one per set
+    sets: int  # evaluate.fid_seeds: generated sets of num_gen images
+    start: float | None  # FID of the untrained generator (the kimg-0 snapshot), at snapshot_num_gen
+    start_n: int | None
+    infinity: float  # FID-infinity (Chong & Forsyth 2020): FID(n)'s line in 1/n at 1/n = 0, from the first set
+    slope: float  # of that line: FID(n) = infinity + slope / n
+    by_n: dict[str, float]  # the points of the fit: str(n) -> FID of n of the first set's features
+
+
+class KidResult(Handoff):
+    writer: ClassVar[str] = "evaluate-<model>"
+    value: float  # on the first set
+    by_n: dict[str, float]  # at three of FID-infinity's n: str(n) -> KID of n of the first set's features
+
+
+class DinoResult(Handoff):
+    """FD-DINOv2: the Frechet distance of DINOv2 features, over the same sets as FID."""
+
+    writer: ClassVar[str] = "evaluate-<model>"
+    mean: float
+    std: float
+    values: list[float]
+    label_key: str  # facegan.metrics.labels: dinov2 | dinov2_stand_in
+    floor: Floor  # real-vs-real at num_gen, in DINOv2 features
+
+
+class KnnResult(Handoff):
+    """The k-NN metrics of the first set (facegan.metrics.precision_recall.KnnMetrics): precision and recall
+    (Kynkaanniemi et al. 2019), density and coverage (Naeem et al. 2020), from the same real k-NN radii."""
+
+    writer: ClassVar[str] = "evaluate-<model>"
+    precision: float
+    recall: float
+    density: float
+    coverage: float
+    num: int  # features per set
+    k: int
+
+
+class PplResult(Handoff):
+    writer: ClassVar[str] = "evaluate-<model>"
+    value: float  # the 1%/99% trimmed mean of the path lengths
+    num: int  # latent pairs
+    space: str  # z or w
+    sampling: str  # end or full
+    epsilon: float
+    crop: bool  # evaluate.ppl_crop: the face crop of the official PPL
+    label_key: str  # facegan.metrics.labels key of the LPIPS network
+
+
 class ModelMetrics(Handoff):
+    """evals/<model>/metrics.json: every number of a model's evaluation, one section per metric, each with
+    its sample count and label."""
+
     writer: ClassVar[str] = "evaluate-<model>"
     status: Literal["trained"]
     model: str
     label_key: str  # facegan.metrics.labels key: how FID/KID/P&R are labelled wherever shown
-    fid: float  # mean over fid_seeds generated sets
-    fid_std: float
-    fid_values: list[float]
-    fid_seeds: int
-    fid_start: float | None  # FID of the untrained generator (the kimg-0 snapshot), at snapshot_num_gen
-    fid_start_n: int | None
-    floor: Floor  # real-vs-real FID/KID at num_gen: the best this n can show
-    kid: float
-    num_gen: int
-    num_ref: int
-    precision: float
-    recall: float
-    density: float  # Naeem et al. 2020, from the same real k-NN radii as precision
-    coverage: float
-    pr_num: int  # features per set of the k-NN metrics (precision, recall, density, coverage)
-    pr_k: int
-    fid_inf: float  # FID-infinity (Chong & Forsyth 2020): FID(n)'s line in 1/n at 1/n = 0, from the first set
-    fid_inf_slope: float  # FID(n) = fid_inf + slope / n
-    fid_by_n: dict[str, float]  # the points of the fit: str(n) -> FID of n of the first set's features
-    kid_by_n: dict[str, float]
-    fd_dinov2: float | None  # mean over the fid_seeds sets; None: evaluate.dinov2 none
-    fd_dinov2_std: float | None
-    fd_dinov2_values: list[float] | None
-    fd_dinov2_label_key: str | None  # facegan.metrics.labels: dinov2 | dinov2_stand_in
-    fd_dinov2_floor: Floor | None
+    num_gen: int  # images per generated set
+    num_ref: int  # real features of the reference
+    floor: Floor  # real-vs-real FID/KID at num_gen, and the k-NN metrics' range there: the best this n can show
+    fid: FidResult
+    kid: KidResult
+    fd_dinov2: DinoResult | None  # None: evaluate.dinov2 none
+    knn: KnnResult
     feature_spread_ratio: float  # generated features' total variance / the real ones': far below 1 hints collapse
-    ppl: float
-    ppl_num: int
-    ppl_space: str
-    ppl_sampling: str
-    ppl_epsilon: float
-    ppl_crop: bool
-    ppl_label_key: str  # facegan.metrics.labels key of the LPIPS network
+    ppl: PplResult
     eval_seconds: dict[str, float]
     seeds: dict[str, Any]
 
@@ -374,17 +407,18 @@ class ModelSummary(Handoff):
     def of(cls, metrics: ModelMetrics | SkippedMetrics, stats: TrainedRun | SkippedRun) -> ModelSummary:
         if not isinstance(metrics, ModelMetrics) or not isinstance(stats, TrainedRun):
             return cls(**dict.fromkeys(cls.model_fields))  # every figure unknown
+        fid, knn, dino = metrics.fid, metrics.knn, metrics.fd_dinov2
         return cls(
-            fid=round(metrics.fid, 4),
-            fid_std=round(metrics.fid_std, 4),
-            fid_inf=round(metrics.fid_inf, 4),
-            kid=round(metrics.kid, 6),
-            fd_dinov2=None if metrics.fd_dinov2 is None else round(metrics.fd_dinov2, 4),
-            precision=round(metrics.precision, 4),
-            recall=round(metrics.recall, 4),
-            density=round(metrics.density, 4),
-            coverage=round(metrics.coverage, 4),
-            ppl=round(metrics.ppl, 3),
+            fid=round(fid.mean, 4),
+            fid_std=round(fid.std, 4),
+            fid_inf=round(fid.infinity, 4),
+            kid=round(metrics.kid.value, 6),
+            fd_dinov2=None if dino is None else round(dino.mean, 4),
+            precision=round(knn.precision, 4),
+            recall=round(knn.recall, 4),
+            density=round(knn.density, 4),
+            coverage=round(knn.coverage, 4),
+            ppl=round(metrics.ppl.value, 3),
             kimg=stats.kimg,
             train_hours=round(stats.train_seconds / 3600, 4),
         )

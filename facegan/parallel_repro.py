@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -70,19 +69,45 @@ class StageSeconds(BaseModel):
 
 
 def set_top_level(path: Path, key: str, value: str) -> None:
-    """Set a top-level scalar of a YAML file in place, its comments kept (what `dvc exp run -S` does)."""
+    """Set a top-level scalar of a YAML file in place, its comments kept. The file is read by DVC's own
+    round-trip parser (`dvc.utils.serialize.parse_yaml_for_update`, ruamel.yaml, which `dvc exp run -S`
+    edits params with), which says where the key's value and its comment are; only that value is replaced,
+    since DVC's dumper would also re-wrap every long line and re-quote every string of params.yaml."""
     import yaml
+    from dvc.utils.serialize import parse_yaml_for_update
 
+    from facegan.params import read_yaml
+
+    before = read_yaml(path)  # one line for a file that is not valid YAML or holds a key twice
     text = path.read_text()
-    line = re.compile(rf"^({re.escape(key)}:[ \t]*)([^#\n]*?)([ \t]*(#[^\n]*)?)$", re.MULTILINE)
-    if len(line.findall(text)) != 1:
+    data = parse_yaml_for_update(text, path)
+    if key not in data:
         raise UserError(f"--set {key}={value}: {path} has no single top-level line `{key}: ...` to set")
-    edited = line.sub(lambda m: m.group(1) + value + m.group(3), text)
-    parsed = yaml.safe_load(value)
-    if not isinstance(parsed, (str, int, float, bool)) or yaml.safe_load(edited).get(key) != parsed:
-        raise UserError(f"--set {key}={value}: give a plain scalar value (a word or a number)")
+    plain = f"--set {key}={value}: give a plain scalar value (a word or a number), for a key that holds one"
+    try:
+        parsed = yaml.safe_load(value)  # as facegan.params will read it
+        if not isinstance(parsed, (str, int, float, bool)) or isinstance(data[key], (dict, list)):
+            raise UserError(plain)
+        edited = replaced_value(text, data, key, value)
+        if yaml.safe_load(edited) != {**before, key: parsed}:  # the value took its whole line; nothing else moved
+            raise UserError(plain)
+    except yaml.YAMLError:
+        raise UserError(plain) from None
     if edited != text:
         write_text(path, edited)
+
+
+def replaced_value(text: str, data, key: str, value: str) -> str:
+    """`text` with the one-line value of `key` replaced by `value`, where the round-trip parse `data` of
+    `text` places it; the whitespace and comment after it are kept as they are."""
+    line, column = data.lc.value(key)
+    lines = text.splitlines(keepends=True)
+    after = (data.ca.items.get(key) or [None] * 3)[2]  # what follows the value: a comment, blank lines
+    on_line = after is not None and after.start_mark.line == line and after.value.startswith("#")
+    stop = after.column if on_line else len(lines[line].rstrip())
+    end = column + len(lines[line][column:stop].rstrip())
+    lines[line] = lines[line][:column] + value + lines[line][end:]
+    return "".join(lines)
 
 
 def pipeline_graph(root: Path = Path(".")) -> dict[str, set[str]]:

@@ -4,7 +4,8 @@ params.yaml is the one place the study's values live; facegan.settings is the on
 what they may be: every section a class, every key a typed field with its rule beside it. What a
 user or `dvc exp run -S` writes into params.yaml is checked against it here, once, at `configure`:
 an unknown key, a value of another type or one its rule refuses is a one-line UserError that names
-the key where it was written (the profile's key when the profile set it) and what is allowed. The
+the key where it was written (the profile's key when the profile set it) and what is allowed (what is
+wrong is facegan.problems', as for the hand-offs; `problem_line` words it for params.yaml). The
 rules between params (a batch that must split over the processes, ...) follow, one sentence each.
 
 The study's models are the fields of facegan.settings.ModelsSettings, in params.yaml's order: a new
@@ -25,6 +26,7 @@ import yaml
 
 from facegan import settings
 from facegan.errors import UserError
+from facegan.problems import Problem, one_line
 
 DEFAULT_PATH = Path("params.yaml")
 
@@ -76,15 +78,6 @@ def model_names(path: str | Path = Path(__file__).resolve().parents[1] / DEFAULT
     return tuple(read_yaml(path).get("models") or {})
 
 
-_SPOKEN = {
-    "int_type": "an integer",
-    "float_type": "a number",
-    "bool_type": "true/false",
-    "string_type": "a string",
-    "list_type": "a list",
-}
-
-
 def _value_at(tree: Any, loc: tuple) -> Any:
     for part in loc:
         tree = tree[part]
@@ -110,37 +103,27 @@ RETIRED = {  # keys an older params.yaml may still hold -> why they went, and th
 }
 
 
-def problem_line(error: dict, params: dict, where: Callable[[str], str]) -> str:
-    """One pydantic error as the one line a user reads: the key as written, and what is allowed."""
-    loc = tuple(error["loc"])
-    field_loc = loc
-    while field_loc and isinstance(field_loc[-1], int):  # an item of a list: speak of the whole list
-        field_loc = field_loc[:-1]
-    key = ".".join(str(part) for part in field_loc)
-    kind = error["type"]
-    if kind == "missing":
+def problem_line(problem: Problem, params: dict, where: Callable[[str], str]) -> str:
+    """A param's problem as the one line a user reads: the key as written (`where`), and what is allowed."""
+    key = problem.field
+    if problem.kind == "missing":
         return f"params.yaml has no '{key}': restore it from git (git checkout params.yaml)"
-    section = _section_at(loc)
-    if kind == "extra_forbidden":
+    section = _section_at(problem.loc)
+    if problem.kind == "unknown":
         if key in RETIRED:
             return f"param '{where(key)}' is no longer read: {RETIRED[key]}"
         allowed = ", ".join(section.model_fields) if section is not None else "none"
         return f"unknown param '{where(key)}' in params.yaml; allowed keys here: {allowed}"
-    value = _value_at(params, field_loc)
-    if kind == "rule":
-        return f"param '{where(key)}' = {value!r} is invalid: must be {error['ctx']['allowed']}"
-    if kind == "finite_number":
-        return f"param '{where(key)}' = {value!r} is invalid: must be a finite number"
-    if kind in ("model_type", "dict_type"):
-        field = section.model_fields.get(str(loc[-1])) if section is not None else None
+    value = _value_at(params, problem.field_loc)
+    if problem.kind == "rule":
+        return f"param '{where(key)}' = {value!r} is invalid: must be {problem.must}"
+    if problem.kind == "mapping":
+        field = section.model_fields.get(str(problem.loc[-1])) if section is not None else None
         inner = getattr(field, "annotation", None)
         is_section = isinstance(inner, type) and issubclass(inner, settings.Section)
         keys = f" of {', '.join(inner.model_fields)}" if is_section else ""
         return f"param '{where(key)}' must be a mapping{keys}"
-    spoken = _SPOKEN.get(kind, error["msg"].lower())
-    if field_loc != loc:
-        spoken = f"a list of {spoken.split(' ', 1)[-1].replace('number', 'numbers').replace('integer', 'integers')}"
-    return f"param '{where(key)}' must be {spoken}, got {value!r}"
+    return f"param '{where(key)}' must be {problem.must}, got {value!r}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,7 +161,7 @@ def validate(params: dict, profile_keys: frozenset[str] = frozenset(), profile: 
     try:
         settings.Settings.model_validate(params)
     except pydantic.ValidationError as err:
-        raise UserError(problem_line(err.errors()[0], params, where)) from None
+        raise UserError(one_line(err, lambda problem: problem_line(problem, params, where))) from None
     models = tuple(params["models"])
     if params["model"] not in ("all", *models):
         choices = ", ".join(("all", *models))

@@ -360,6 +360,15 @@ class ModelSettings(Section):
     augment: AugmentSettings
     loss: LossSettings
 
+    def cosine_schedule(self) -> CosineSettings | None:
+        """R3GAN's cosine schedules of lr, beta2, gamma, the EMA and p (facegan.training.values); None where
+        they are constant or decay linearly (every other model)."""
+        return None
+
+    def warnings(self) -> list[str]:
+        """Combinations the official recipe would not train, which training logs at its start."""
+        return []
+
 
 class DcganSettings(ModelSettings):
     arch: DcganArch
@@ -382,6 +391,12 @@ class Stylegan2Settings(ModelSettings):
 class Stylegan3Settings(ModelSettings):
     arch: Stylegan3Arch
 
+    def warnings(self) -> list[str]:
+        if self.arch.config == "r" and self.loss.blur_init_sigma == 0:
+            return ["arch.config=r without the official D blur: set loss.blur_init_sigma=10 and "
+                    "loss.blur_fade_kimg=batch*200/32"]  # fmt: skip
+        return []
+
 
 class StyleswinSettings(ModelSettings):
     arch: StyleswinArch
@@ -390,6 +405,9 @@ class StyleswinSettings(ModelSettings):
 class R3ganSettings(ModelSettings):
     arch: R3ganArch
     cosine: CosineSettings
+
+    def cosine_schedule(self) -> CosineSettings:
+        return self.cosine
 
 
 class ModelsSettings(Section):

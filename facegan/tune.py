@@ -413,13 +413,14 @@ def tune_model(model: str, trials: int | None = None, params_file: Path = DEFAUL
         scorer = SnapshotScorer(model, params, tune["num_gen"])
         raw = read_yaml(params_file)
         workspace = Workspace.save(Path(params_file), Path("dvc.lock"))
+        study_run = TuneRun(model, study.user_attrs["tag"], tune, raw, scorer, folder)
         failures = 0
         try:
             todo = trials if trials is not None else tune["trials"] - len(study.trials)
             for _ in range(max(0, todo)):
                 trial = study.ask()
                 values = {d.key: d.suggest(trial) for d in dims}
-                outcome = one_trial(model, study.user_attrs["tag"], trial, values, tune, raw, scorer, folder)
+                outcome = one_trial(study_run, trial, values)
                 trial.set_user_attr("record", outcome.record().to_dict())  # before tell: a told trial is final
                 study.tell(trial, outcome.fid if outcome.state == "complete" else None, state=state_of(outcome.state))
                 failures = failures + 1 if outcome.state == "fail" else 0
@@ -441,9 +442,22 @@ def state_of(state: str):
     return {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}[state]
 
 
-def one_trial(model, tag, trial, values, tune, raw, scorer, folder) -> Trial:
+@dataclass(frozen=True)
+class TuneRun:
+    """What every trial of one study shares."""
+
+    model: str
+    tag: str  # the study's tag in its trials' experiment names
+    tune: dict  # params.yaml's `tune` section
+    raw: dict  # params.yaml as written (the trials' -S flags are placed in it)
+    scorer: SnapshotScorer
+    folder: Path  # tune/<model>/: the study, its logs and results
+
+
+def one_trial(run: TuneRun, trial, values: dict) -> Trial:
     """Train one trial as a DVC experiment while scoring its snapshots; its final G_ema scores the trial."""
-    name = f"tune-{model}-{tag}-{trial.number}"
+    model, tune, raw, scorer, folder = run.model, run.tune, run.raw, run.scorer, run.folder
+    name = f"tune-{model}-{run.tag}-{trial.number}"
     settings = trial_settings(model, tune, values)
     merged = deep_merge(load_raw_merged(raw), nest(settings))
     arch = merged["models"][model]["arch"]

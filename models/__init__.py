@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from facegan import settings
 from facegan.errors import UserError
+from facegan.problems import Problem, one_line
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,16 @@ def arch_settings(name: str, arch) -> settings.Section:
     try:
         return cls.model_validate(dict(arch))
     except ValidationError as err:
-        first = err.errors()[0]
-        key = f"models.{name}.arch." + ".".join(str(part) for part in first["loc"])
-        if first["type"] in ("missing", "extra_forbidden"):
-            raise UserError(f"{key}: {first['msg'].lower()} (the keys are facegan.settings' {cls.__name__})") from None
-        must = "must be " if first["type"] == "rule" else ""
-        raise UserError(f"{key} = {first['input']!r} is invalid: {must}{first['msg']}") from None
+        raise UserError(one_line(err, lambda problem: arch_problem(name, cls, problem))) from None
+
+
+def arch_problem(name: str, cls: type[settings.Section], problem: Problem) -> str:
+    """An arch mapping's problem as one line, its key named as params.yaml would hold it."""
+    key = f"models.{name}.arch.{problem.key}"
+    if problem.kind in ("missing", "unknown"):
+        return f"{key}: {problem.message.lower()} (the keys are facegan.settings' {cls.__name__})"
+    why = f"must be {problem.must}" if problem.kind == "rule" else problem.message
+    return f"{key} = {problem.input!r} is invalid: {why}"
 
 
 def build(name: str, arch, resolution: int) -> tuple[nn.Module, nn.Module]:

@@ -8,7 +8,7 @@ Components and the papers they come from:
   - mapping network z -> w, normalised z, N FC layers with lr multiplier 0.01, running mean of w
     for the truncation trick (Karras et al. 2019, "A Style-Based Generator Architecture", sec. 2
     and 3.3 / appendix B) -> `MappingNetwork` (style mixing is the training loop's, as in the official
-    code: facegan/training/phases.py)
+    code: facegan/training/loss.py)
   - minibatch standard deviation (PGGAN sec. 3) -> `MinibatchStdDev`
   - weight modulation / demodulation, run as one grouped convolution over the batch (Karras et al.
     2020, "Analyzing and Improving the Image Quality of StyleGAN", sec. 2.2), FIR up-sampling

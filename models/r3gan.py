@@ -3,7 +3,7 @@ GAN", NeurIPS 2024 (official code: brownvc/R3GAN).
 
 No mapping network, no styles, no noise inputs, no normalisation: a ResNet whose residual branches are
 initialised so that the sum of all of them keeps the variance of the input (fix-up), trained with a
-relativistic loss and zero-centred gradient penalties on reals and fakes (facegan/training/phases.py).
+relativistic loss and zero-centred gradient penalties on reals and fakes (facegan/training/loss.py).
 Components, each with its official source:
   - `msr_init`: weights ~ N(0, gain / sqrt(fan_in)), biases 0                     R3GAN/Networks.py MSRInitializer
   - `Convolution`: a bias-free conv whose weight is cast to the input's dtype      Networks.py Convolution

@@ -6,7 +6,7 @@ Components and where they live:
   - mapping network z -> w (8 FC layers, lr multiplier 0.01, w_avg for truncation, sec. 2 of the
     StyleGAN paper)                                           -> layers.MappingNetwork
   - style-mixing regularisation while training (`loss.style_mixing_prob`, 0.9 in config F)
-                                                              -> the training loop (facegan/training/phases.py)
+                                                              -> the training loop (facegan/training/loss.py)
   - learned constant 4x4 input                                -> SynthesisBlock.const
   - modulation / demodulation (sec. 2.2), up-sampling conv with the [1,3,3,1] FIR filter
                                                               -> layers.ModulatedConv2d, SynthesisLayer

@@ -5,7 +5,7 @@ Components and where they live:
   - mapping network (2 FC layers, lr multiplier 0.01, w_avg for truncation; appendix F)
                                                       -> layers.MappingNetwork
   - style mixing while training (`loss.style_mixing_prob`; 0 in the official StyleGAN3 configs)
-                                                      -> the training loop (facegan/training/phases.py)
+                                                      -> the training loop (facegan/training/loss.py)
   - Fourier-feature input: random frequencies inside a disc of radius `bandwidth` (the first
     cut-off), phases, sin(); an affine map from w gives a rotation angle and a translation that
     are applied to the features (sec. 3.1 / appendix F), followed by a learned 1x1 mix; the user
@@ -30,7 +30,7 @@ are the T config's.
 
 Training schedule (NVlabs stylegan3 train.py --cfg=stylegan3-t / -r with the 128px rows of
 docs/configs.md: --gamma=0.5, batch 32, --glr 0.0025, --dlr 0.002; training/loss.py), run by
-facegan/training/phases.py: phases Gmain, Dmain (fakes, then reals), Dreg (R1 every 16 on the
+facegan/training/phases.py and loss.py: phases Gmain, Dmain (fakes, then reals), Dreg (R1 every 16 on the
 augmented reals; no path length, no style mixing), G before D; ADA as StyleGAN2's (train.py's default
 --aug=ada: target 0.6, every 4 steps, ada_kimg 500); x-flips (--mirror=1 of the FFHQ-U runs); every
 layer's magnitude EMA (ToRGB included, decay 0.5 ** (batch / 20k)) and w_avg updated once per step in

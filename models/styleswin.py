@@ -54,7 +54,7 @@ Components of the paper and where they live:
     grad_clip_d 5); bCR with weights 10/10 and StyleSwin's CR_DiffAug (flip, 1/8 translation,
     colour, half-size cutout, in the official ImageNet-normalised units); a linear lr decay to 0 over
     the last 37.5% of the run; no x-flips of the reals (--use_flip is off in the face commands); fp32
-                                                             -> facegan/training/phases.py, augment.py
+                                                             -> facegan/training/loss.py, bcr.py
   - R1's gamma: the CelebA-HQ 256 command's --r1 5, times (128/256)^2 = 1.25 at the study's 128 px.
     The penalty sums squared gradients over pixels, so the same strength per pixel at a quarter of
     the pixels needs a quarter of gamma (NVlabs' rule of thumb, stylegan3 docs/configs.md: gamma

@@ -2,8 +2,9 @@
 
 Writes metrics/<model>.json (facegan.handoff.ModelSummary: the few numbers `dvc exp show` lists) and
 evals/<model>/:
-  metrics.json       facegan.handoff.ModelMetrics: FID (mean/std over evaluate.fid_seeds generated sets),
-                     KID, precision/recall, PPL, each with its sample count and label key
+  metrics.json       facegan.handoff.ModelMetrics: one section per metric (fid: mean/std over evaluate.fid_seeds
+                     generated sets and FID-infinity; kid; fd_dinov2; knn: precision/recall/density/coverage;
+                     ppl), each with its sample count and label key
   fid_vs_kimg.json   one FidPoint per training snapshot
   losses.json        the adversarial losses along training (for `dvc plots`)
   samples.png        a grid of fixed latents

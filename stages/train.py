@@ -20,7 +20,7 @@ from facegan.errors import UserError, stage_main
 from facegan.io import ExclusiveLock
 from facegan.training.launch import pin_gpu, relaunch_if_distributed, under_torchrun
 from facegan.training.loop import train
-from facegan.training.outputs import write_skipped
+from facegan.training.run_files import write_skipped
 from stages import start_model_stage
 
 

@@ -24,9 +24,11 @@ import torch
 import models
 from facegan.data.cache import CacheWriter, FaceCache
 from facegan.handoff import ModelView
-from facegan.training import ada, distributed, loop, losses, phases
+from facegan.training import ada, distributed, loop, values
+from facegan.training import loss as training_loss
 from facegan.training import step as training_step
 from facegan.training import terms as term_names
+from facegan.training.context import RunContext
 from facegan.training.phases import build_phases
 from facegan.training.progressive import Schedule
 from tests.helpers import cpu_train, offset_biases
@@ -82,7 +84,8 @@ class OurRun:
         self.phases = build_phases(cfg.params.loss)
         world = distributed.World()
         torch.manual_seed(int(golden["seed"]))  # the initial weights the official run started from, drawn again
-        self.state = loop.build_state(cfg, spec, self.phases, CPU, torch.float32, world)
+        ctx = RunContext(cfg, spec, schedule, self.phases, world, CPU, torch.float32)
+        self.state = loop.build_state(ctx)
         if isinstance(golden["init"]["G"], dict):  # stored weights
             self.state.G.load_state_dict(golden["init"]["G"])
             self.state.D.load_state_dict(golden["init"]["D"])
@@ -96,7 +99,7 @@ class OurRun:
                     f"models.build no longer draws the golden's initial {net} for seed {int(golden['seed'])}: "
                     f"regenerate it with `{golden['meta']['command']}`"
                 )
-        self.runner = training_step.StepRunner(cfg, spec, schedule, self.phases, cache, world, CPU, torch.float32)
+        self.runner = training_step.StepRunner(ctx, cache)
         self.gradients: dict[str, list[dict]] = {"G": [], "D": []}
         for net, opt in (("G", self.state.opt_G), ("D", self.state.opt_D)):
             opt.step = self._spy(opt.step, net)
@@ -324,11 +327,17 @@ class BrokenRule:
 
 
 def _drop_r1_interval(monkeypatch):
-    monkeypatch.setattr(phases, "LAZY_TERMS", (term_names.G_PATH_LENGTH,))  # R1 no longer times its 16-step interval
+    """R1 no longer times its 16-step interval: Dreg's gain is 1."""
+    add = training_loss.PhaseLoss.add
+
+    def without_r1_gain(loss, name, value, gain=1):
+        add(loss, name, value, 1 if name == term_names.D_R1 else gain)
+
+    monkeypatch.setattr(training_loss.PhaseLoss, "add", without_r1_gain)
 
 
 def _double_pl_decay(monkeypatch):
-    monkeypatch.setattr(losses, "PL_DECAY", 0.02)  # official pl_decay = 0.01
+    monkeypatch.setattr(training_loss, "PL_DECAY", 0.02)  # official pl_decay = 0.01
 
 
 def _flip_ada_sign(monkeypatch):
@@ -338,24 +347,28 @@ def _flip_ada_sign(monkeypatch):
 
 def _drop_lazy_lr_ratio(monkeypatch):
     """The lazy regularisers' Adam keeps its betas ** c but its lr is no longer times c."""
-    post_init = training_step.StepRunner.__post_init__
+    init = training_step.StepRunner.__init__
 
-    def unscaled(runner):
-        post_init(runner)
+    def unscaled(runner, *args):
+        init(runner, *args)
         runner.lazy = {"G": 1.0, "D": 1.0}
 
-    monkeypatch.setattr(training_step.StepRunner, "__post_init__", unscaled)
+    monkeypatch.setattr(training_step.StepRunner, "__init__", unscaled)
 
 
 def _keep_blur(monkeypatch):
-    monkeypatch.setattr(training_step, "blur_sigma", lambda loss, nimg: loss.blur_init_sigma)  # never fades
+    monkeypatch.setattr(values, "blur_sigma", lambda loss, nimg: loss.blur_init_sigma)  # never fades
 
 
 def _drop_r2(monkeypatch):
-    d_terms = phases.GanLoss._rpgan_d_terms
-    monkeypatch.setattr(
-        phases.GanLoss, "_rpgan_d_terms", lambda self, *args: {**d_terms(self, *args), term_names.D_R2: torch.zeros([])}
-    )
+    d_loss = training_loss.RelativisticLoss.d_loss
+
+    def without_r2(self, *args):
+        loss = d_loss(self, *args)
+        total = loss.total - loss.terms[term_names.D_R2]
+        return training_loss.PhaseLoss({**loss.terms, term_names.D_R2: torch.zeros([])}, total)
+
+    monkeypatch.setattr(training_loss.RelativisticLoss, "d_loss", without_r2)
 
 
 def _drop_data_range(monkeypatch):
@@ -366,9 +379,11 @@ def _drop_data_range(monkeypatch):
 
 
 def _drop_bcr_real(monkeypatch):
-    consistency = losses.balanced_consistency
+    consistency = training_loss.balanced_consistency
     monkeypatch.setattr(
-        losses, "balanced_consistency", lambda run_D, real, fake, aug: consistency(run_D, (*real[:2], 0.0), fake, aug)
+        training_loss,
+        "balanced_consistency",
+        lambda run_D, real, fake, aug: consistency(run_D, (*real[:2], 0.0), fake, aug),
     )
 
 

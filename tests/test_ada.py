@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from facegan.training import ada, losses
+from facegan.training import ada
+from facegan.training import loss as training_loss
 
 torch.set_num_threads(1)
 
@@ -48,7 +49,7 @@ def test_r1_through_augmented_reals_has_second_derivatives_that_match_finite_dif
 
     assert torch.autograd.gradgradcheck(d_of_augmented, (images, weight), atol=1e-5, rtol=1e-4)
     real = images.detach().requires_grad_(True)
-    r1 = losses.r1_penalty(d_of_augmented(real, weight), real, gamma=1.0)
+    r1 = training_loss.r1_penalty(d_of_augmented(real, weight), real, gamma=1.0)
     (grad,) = torch.autograd.grad(r1, weight)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
@@ -90,15 +91,15 @@ def _runner(model: str, **changes):
     """The training step of `model` as the train stage builds it from params.yaml (the study's values)."""
     import models
     from facegan.handoff import ModelView
+    from facegan.training.context import RunContext
     from facegan.training.phases import build_phases
     from facegan.training.step import StepRunner
     from tests.helpers import cpu_train, study_model
 
     cfg = ModelView.selected_run(model=model, params=study_model(model, **changes), train=cpu_train(), seed=0,
                                  resolution=16)  # fmt: skip
-    return StepRunner(
-        cfg, models.get_spec(model), None, build_phases(cfg.params.loss), None, None, torch.device("cpu"), torch.float32
-    )
+    spec, phases = models.get_spec(model), build_phases(cfg.params.loss)
+    return StepRunner(RunContext(cfg, spec, None, phases, None, torch.device("cpu"), torch.float32), None)
 
 
 @pytest.mark.parametrize("model", ["stylegan2", "stylegan3"])

@@ -26,7 +26,7 @@ from facegan.data.preprocess import ordered_files
 from facegan.errors import UserError
 from tests.helpers import data_settings
 
-FAST = {"retries": 1, "backoff_s": 0.0, "timeout_s": 10.0}
+FAST = {"patience": dl.Patience(retries=1, backoff_s=0.0, timeout_s=10.0)}
 
 
 def _png(seed: int) -> bytes:

@@ -25,7 +25,7 @@ from facegan.errors import UserError
 from facegan.handoff import ModelView
 from facegan.params import shadowed_edits
 from facegan.training.loop import train
-from facegan.training.outputs import run_identity
+from facegan.training.run_files import run_identity
 from tests.helpers import cpu_train, study_model
 
 REPO = Path(__file__).resolve().parents[1]

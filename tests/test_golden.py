@@ -21,7 +21,8 @@ import torch
 
 import models
 from facegan.settings import PgganSettings
-from facegan.training import ada, losses
+from facegan.training import ada
+from facegan.training import loss as training_loss
 from facegan.training.progressive import Schedule
 from facegan.training.step import new_level_of_detail
 from tests.golden_runner import (
@@ -145,7 +146,9 @@ def test_r1_through_the_ada_pipe_has_nvlabs_second_derivative():
     x = golden["faces"].clone().requires_grad_(True)
     torch.manual_seed(int(r1["seed"]))
     logits = torch.nn.functional.conv2d(pipe(x), weight, padding=1).square().mean(dim=(1, 2, 3))
-    penalty = losses.r1_penalty(logits, x, gamma=2.0)  # gamma/2 = 1: the golden's plain sum of squares, batch mean
+    penalty = training_loss.r1_penalty(
+        logits, x, gamma=2.0
+    )  # gamma/2 = 1: the golden's plain sum of squares, batch mean
     (grad,) = torch.autograd.grad(penalty, weight)
     torch.testing.assert_close(grad, r1["grad_weight"], rtol=1e-4, atol=1e-6)
 
@@ -251,14 +254,15 @@ def test_r3gan_networks_give_brownvc_r3gans_outputs():
 def test_r3gan_schedules_are_the_official_cosine_at_three_points_of_training():
     """cosine_decay_with_warmup of the FFHQ presets (lr, beta2, gamma, EMA images, augment p over 20M images)
     at 0, 5M and 15M images, and past the decay, against our schedule of the same start and end values."""
-    from facegan.training.cosine import cosine_values
+    from facegan.training.values import StepSchedule
 
     golden = load_golden("r3gan")
     presets = {"FFHQ-64": (2.0, 0.2), "FFHQ-256": (150.0, 15.0)}  # gamma's start and end
     for preset, (gamma, gamma_final) in presets.items():
         params = model_settings("r3gan", loss={"r1_gamma": gamma}, cosine={"gamma_final": gamma_final})
+        values = StepSchedule(params, Schedule.for_model("r3gan", params, 3, False))
         for row in golden["schedules"][preset]:
-            ours = cosine_values(params, row["nimg"])
+            ours = values.at(row["nimg"])
             expected = (row["lr"], row["lr"], row["beta2"], row["gamma"], row["ema"], row["aug"])
-            got = (ours.lr_g, ours.lr_d, ours.beta2_g, ours.r1_gamma, ours.ema_nimg, ours.augment_p)
+            got = (ours.lr_g, ours.lr_d, ours.beta2_g, ours.r1_gamma, ours.ema_half_life_nimg, ours.augment_p)
             assert got == pytest.approx(expected, rel=1e-12, abs=1e-15), (preset, row)

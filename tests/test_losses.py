@@ -5,8 +5,11 @@ import math
 import pytest
 import torch
 
-from facegan.training import losses
-from facegan.training.step import ema_beta, lazy_adam, lazy_ratio, update_ema
+from facegan.training import loss as training_loss
+from facegan.training.loss import lazy_adam, lazy_ratio
+from facegan.training.progressive import Schedule
+from facegan.training.step import update_ema
+from facegan.training.values import StepSchedule
 from tests.helpers import model_settings
 
 REAL = torch.tensor([0.0, 1.0])
@@ -18,41 +21,41 @@ def sp(x: float) -> float:  # softplus
 
 
 def test_non_saturating_logistic():
-    d = losses.d_adversarial("ns", REAL, FAKE)
+    d = training_loss.d_adversarial("ns", REAL, FAKE)
     assert d.item() == pytest.approx((sp(0) + sp(-1)) / 2 + (sp(0) + sp(-1)) / 2)
-    assert losses.g_adversarial("ns", FAKE).item() == pytest.approx((sp(0) + sp(1)) / 2)
+    assert training_loss.g_adversarial("ns", FAKE).item() == pytest.approx((sp(0) + sp(1)) / 2)
 
 
 def test_wasserstein_and_drift():
     real, fake = torch.tensor([2.0, 4.0]), torch.tensor([-1.0, 0.0])
-    assert losses.d_adversarial("wgan_gp", real, fake).item() == pytest.approx(-0.5 - 3.0)
-    assert losses.g_adversarial("wgan_gp", fake).item() == pytest.approx(0.5)
-    assert losses.drift_penalty(real, 0.001).item() == pytest.approx(0.001 * (4 + 16) / 2)
+    assert training_loss.d_adversarial("wgan_gp", real, fake).item() == pytest.approx(-0.5 - 3.0)
+    assert training_loss.g_adversarial("wgan_gp", fake).item() == pytest.approx(0.5)
+    assert training_loss.drift_penalty(real, 0.001).item() == pytest.approx(0.001 * (4 + 16) / 2)
 
 
 def test_hinge():
     real, fake = torch.tensor([0.5, 2.0]), torch.tensor([-2.0, 0.5])
-    assert losses.d_adversarial("hinge", real, fake).item() == pytest.approx(0.25 + 0.75)
-    assert losses.g_adversarial("hinge", fake).item() == pytest.approx(-(-2.0 + 0.5) / 2)
+    assert training_loss.d_adversarial("hinge", real, fake).item() == pytest.approx(0.25 + 0.75)
+    assert training_loss.g_adversarial("hinge", fake).item() == pytest.approx(-(-2.0 + 0.5) / 2)
 
 
 def test_unknown_loss_is_refused():
     with pytest.raises(ValueError):
-        losses.d_adversarial("lsgan", REAL, FAKE)
+        training_loss.d_adversarial("lsgan", REAL, FAKE)
 
 
 def test_r1_of_a_linear_critic_is_half_gamma_times_squared_weight_norm():
     w = torch.tensor([1.0, -2.0, 2.0, 0.0]).view(1, 1, 2, 2)
     D = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731  grad_x D = w everywhere
     real = torch.randn(3, 1, 2, 2).requires_grad_(True)
-    assert losses.r1_penalty(D(real), real, gamma=10.0).item() == pytest.approx(0.5 * 10.0 * 9.0)
+    assert training_loss.r1_penalty(D(real), real, gamma=10.0).item() == pytest.approx(0.5 * 10.0 * 9.0)
 
 
 def test_gradient_penalty_on_a_quadratic_critic_at_known_interpolates():
     D = lambda x: 0.5 * x.square().flatten(1).sum(1)  # noqa: E731  grad_x D = x
     real = torch.tensor([3.0, 4.0]).view(1, 1, 1, 2)
     fake = torch.zeros(1, 1, 1, 2)
-    gp = losses.gradient_penalty(D, real, fake, weight=10.0, eps=torch.tensor([0.5]))
+    gp = training_loss.gradient_penalty(D, real, fake, weight=10.0, eps=torch.tensor([0.5]))
     assert gp.item() == pytest.approx(10.0 * (2.5 - 1.0) ** 2)  # x_hat = (1.5, 2), |x_hat| = 2.5
 
 
@@ -64,10 +67,16 @@ def test_path_length_penalty_and_its_running_mean():
     noise = torch.randn(2, 1, 2, 2) / 2  # what the penalty draws: randn / sqrt(H * W)
     lengths = 3 * noise.flatten(1).norm(dim=1)
     torch.manual_seed(7)
-    value, target = losses.path_length(images, ws, torch.zeros([]), all_mean=lambda t: t)
-    mean = losses.PL_DECAY * lengths.mean()
+    value, target = training_loss.path_length(images, ws, torch.zeros([]), all_mean=lambda t: t)
+    mean = training_loss.PL_DECAY * lengths.mean()
     assert target.item() == pytest.approx(mean.item(), rel=1e-5)
     assert value.item() == pytest.approx((lengths - mean).square().mean().item(), rel=1e-5)
+
+
+def ema_beta(params, batch: int, nimg: int) -> float:
+    """The loop's G EMA decay at `nimg` images for a flat run of `params` at `batch`."""
+    params = params.model_copy(update={"batch_size": batch})
+    return StepSchedule(params, Schedule.flat(params, 4)).at(nimg).ema_beta
 
 
 def test_ema_half_life_and_ramp_up():

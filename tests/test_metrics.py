@@ -20,7 +20,15 @@ from facegan.metrics.fid import (
     sample_sizes,
     spread,
 )
-from facegan.metrics.ppl import LpipsDistance, build_lpips, load_vgg_backbone, path_length, slerp, trimmed_mean
+from facegan.metrics.ppl import (
+    LpipsDistance,
+    PplSampling,
+    build_lpips,
+    load_vgg_backbone,
+    path_length,
+    slerp,
+    trimmed_mean,
+)
 from facegan.metrics.precision_recall import KnnMetrics, knn_metrics
 from tests.helpers import eval_settings
 
@@ -293,7 +301,7 @@ MSE = LpipsDistance(lambda a, b: ((a - b) ** 2).mean(dim=(1, 2, 3)), "test")
 
 
 def ppl_of(G, space="w", sampling="full", num=64, epsilon=1e-4):
-    return path_length(G, MSE, space, sampling, num, epsilon, 16, seed=7, crop=False, device=CPU).ppl
+    return path_length(G, MSE, PplSampling(space, sampling, num, epsilon, crop=False), 16, seed=7, device=CPU).ppl
 
 
 def test_ppl_in_w_of_a_linear_generator_matches_the_closed_form():

@@ -108,6 +108,26 @@ def test_set_top_level_changes_the_value_and_keeps_the_comment(tmp_path):
         parallel_repro.set_top_level(path, "seed", "1")
     with pytest.raises(UserError, match="plain scalar"):
         parallel_repro.set_top_level(path, "profile", "[a, b]")
+    with pytest.raises(UserError, match="plain scalar"):  # a section is not a scalar to overwrite
+        parallel_repro.set_top_level(path, "models", "demo")
+
+
+def test_set_top_level_leaves_every_other_byte_of_params_yaml_as_written(tmp_path):
+    """DVC's YAML dumper would re-wrap the long flow mappings and re-quote "" as '': only the value changes."""
+    path = tmp_path / "params.yaml"
+    shipped = (ROOT / "params.yaml").read_text()
+    path.write_text(shipped)
+    parallel_repro.set_top_level(path, "seed", "7")  # a value followed by blank lines, not a comment
+    parallel_repro.set_top_level(path, "profile", "demo")
+    edited = path.read_text().splitlines()
+    changed = [(old, new) for old, new in zip(shipped.splitlines(), edited) if old != new]
+    assert len(edited) == len(shipped.splitlines())
+    assert [new.split("#")[0].rstrip() for _, new in changed] == ["profile: demo", "seed: 7"]
+    assert all(old.partition("#")[2] == new.partition("#")[2] for old, new in changed)  # their comments kept
+    assert yaml.safe_load(path.read_text()) == {**yaml.safe_load(shipped), "seed": 7, "profile": "demo"}
+    path.write_text("seed: 1\nseed: 2\n")
+    with pytest.raises(UserError, match="duplicate key 'seed'"):
+        parallel_repro.set_top_level(path, "seed", "3")
 
 
 def test_the_graph_is_dvcs_own_from_dvc_yaml():

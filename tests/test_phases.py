@@ -2,6 +2,7 @@
 StyleGAN3-R's blur, StyleSwin's clipping, lr decay and bCR, and the G EMA's arithmetic."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,13 +14,16 @@ from facegan.data.synthetic import render_face
 from facegan.handoff import ModelView
 from facegan.ops import _dispatch
 from facegan.params import deep_merge
-from facegan.training import augment, losses, phases
+from facegan.training import bcr, values
+from facegan.training import loss as training_loss
 from facegan.training import step as training_step
 from facegan.training.loop import train
-from facegan.training.phases import GanLoss, StepContext, build_phases
+from facegan.training.loss import GanLoss, NetworkPasses, StepContext, build_loss
+from facegan.training.phases import Phase, build_phases
 from facegan.training.progressive import Schedule
-from facegan.training.step import ema_beta, learning_rates, step_draws
+from facegan.training.step import DrawSpec, step_draws
 from facegan.training.terms import D_CONSISTENCY, D_GRADIENT_PENALTY, D_R1, G_PATH_LENGTH
+from facegan.training.values import StepSchedule
 from models.layers import MappingNetwork
 from tests.helpers import cpu_train, loss_settings, model_settings, study_model, study_params
 
@@ -60,6 +64,17 @@ def tiny(model: str, steps: int = 8, batch: int = 8, **changes) -> ModelView:
     return ModelView.selected_run(model=model, params=params, train=dict(TRAIN), seed=5, resolution=16)
 
 
+def gan_loss(G, D, loss, style_based: bool = False, progressive: bool = False) -> GanLoss:
+    """The loss family of `loss` around G and D, in one process, in [-1, 1] units."""
+    spec = SimpleNamespace(style_based=style_based, progressive=progressive, data_space=models.UNIT)
+    return build_loss(NetworkPasses(G, D, style_based), spec, loss, all_mean=lambda t: t)
+
+
+def step_values(params, nimg: int):
+    """The loop's values of a step at `nimg` images for a flat (not growing) run of `params`."""
+    return StepSchedule(params, Schedule.flat(params, 4)).at(nimg)
+
+
 def test_each_model_gets_its_official_phases_in_the_official_order():
     expected = {
         "dcgan": ["Dmain", "Gmain"],
@@ -78,15 +93,15 @@ class Recorder:
 
     def __init__(self, monkeypatch):
         self.ran, self.losses, self.opt_steps = [], [], {}
-        run_phase, phase_loss = training_step.run_phase, phases.phase_loss
+        run_phase, phase_loss = training_step.StepRunner.run_phase, GanLoss.phase_loss
 
-        def spy_run(state, phase, *args, **kwargs):
+        def spy_run(runner, state, phase, *args, **kwargs):
             self.ran.append((state.step, phase.name))
-            return run_phase(state, phase, *args, **kwargs)
+            return run_phase(runner, state, phase, *args, **kwargs)
 
-        def spy_loss(phase, terms):
-            value = phase_loss(phase, terms)
-            self.losses.append((phase.name, {k: v.item() for k, v in terms.items()}, value.item()))
+        def spy_loss(loss, phase, *args):
+            value = phase_loss(loss, phase, *args)
+            self.losses.append((phase.name, {k: v.item() for k, v in value.terms.items()}, value.total.item()))
             return value
 
         step = torch.optim.Adam.step
@@ -95,9 +110,8 @@ class Recorder:
             self.opt_steps[id(opt)] = self.opt_steps.get(id(opt), 0) + 1
             return step(opt, *args, **kwargs)
 
-        monkeypatch.setattr(training_step, "run_phase", spy_run)
-        monkeypatch.setattr(training_step, "phase_loss", spy_loss)
-        monkeypatch.setattr(phases, "phase_loss", spy_loss)
+        monkeypatch.setattr(training_step.StepRunner, "run_phase", spy_run)
+        monkeypatch.setattr(GanLoss, "phase_loss", spy_loss)
         monkeypatch.setattr(torch.optim.Adam, "step", spy_step)
 
     def steps_of(self, name: str) -> list[int]:
@@ -163,13 +177,13 @@ def test_running_statistics_update_once_per_step_in_the_pass_that_makes_ds_fakes
 
 def test_path_length_batch_goes_through_style_mixing(cache_dir, tmp_path, monkeypatch):
     seen = []
-    path_length = losses.path_length
+    path_length = training_loss.path_length
 
     def spy(images, ws, *args, **kwargs):
         seen.append(ws.detach().clone())
         return path_length(images, ws, *args, **kwargs)
 
-    monkeypatch.setattr(losses, "path_length", spy)
+    monkeypatch.setattr(training_loss, "path_length", spy)
     train(tiny("stylegan2", loss={"style_mixing_prob": 1.0, "pl_every": 4}), cache_dir, tmp_path / "r", tmp_path / "c")
     assert len(seen) == 2 and seen[0].shape[0] == 4  # half the batch (official pl_batch_shrink 2)
     for ws in seen:
@@ -177,7 +191,7 @@ def test_path_length_batch_goes_through_style_mixing(cache_dir, tmp_path, monkey
 
 
 def test_every_phase_draws_its_own_latents():
-    draws = step_draws(0, 3, 8, 100, 16, True, build_phases(loss_settings("stylegan2")))
+    draws = step_draws(0, 3, 8, 100, build_phases(loss_settings("stylegan2")), DrawSpec(z_dim=16, xflip=True))
     z = draws.z
     assert set(z) == {"Gmain", "Greg", "Dmain", "Dreg"}
     assert not torch.equal(z["Gmain"], z["Dmain"]) and not torch.equal(z["Gmain"], z["Greg"])
@@ -185,22 +199,15 @@ def test_every_phase_draws_its_own_latents():
 
 def test_stylegan_mixes_styles_only_among_the_layers_of_the_current_level():
     torch.manual_seed(0)
-    cutoffs = {int(phases.mixing_cutoff(num_active=4, num_ws=10, prob=1.0)) for _ in range(200)}
+    cutoffs = {int(training_loss.mixing_cutoff(num_active=4, num_ws=10, prob=1.0)) for _ in range(200)}
     assert cutoffs == {1, 2, 3}
-    assert phases.mixing_cutoff(num_active=4, num_ws=10, prob=0.0) == 10
+    assert training_loss.mixing_cutoff(num_active=4, num_ws=10, prob=0.0) == 10
 
     arch = deep_merge(study_params()["models"]["stylegan"]["arch"], TINY_ARCH["stylegan"])
     G, D = models.build("stylegan", arch, 32)  # 8 ws: two per level 4..32
     G.set_progress(1, 1.0)  # 8x8: four ws in use
     assert G.num_active_ws == 4
-    gan = GanLoss(
-        G,
-        D,
-        style_based=True,
-        progressive=True,
-        loss=loss_settings("stylegan", style_mixing_prob=1.0),
-        all_mean=lambda t: t,
-    )
+    gan = gan_loss(G, D, loss_settings("stylegan", style_mixing_prob=1.0), style_based=True, progressive=True)
     seen = []
     synthesis = G.synthesis.forward
     G.synthesis.forward = lambda ws, **kw: seen.append(ws.detach().clone()) or synthesis(ws, **kw)
@@ -215,30 +222,30 @@ def test_stylegan_mixes_styles_only_among_the_layers_of_the_current_level():
 def test_stylegan3_r_blurs_every_image_d_sees_fading_over_blur_fade_kimg():
     loss = loss_settings("stylegan3", blur_init_sigma=10.0, blur_fade_kimg=200.0)
     unfaded = loss_settings("stylegan3", blur_init_sigma=10.0, blur_fade_kimg=0.0)
-    assert phases.blur_sigma(loss, 0) == 10.0 and phases.blur_sigma(loss, 100_000) == pytest.approx(5.0)
-    assert phases.blur_sigma(loss, 200_000) == 0.0 and phases.blur_sigma(unfaded, 0) == 0.0
+    assert values.blur_sigma(loss, 0) == 10.0 and values.blur_sigma(loss, 100_000) == pytest.approx(5.0)
+    assert values.blur_sigma(loss, 200_000) == 0.0 and values.blur_sigma(unfaded, 0) == 0.0
     # the official filter: exp2(-(x / sigma)^2) for |x| <= floor(3 sigma), normalised, separable, zero padded
     img = torch.randn(2, 3, 24, 24, dtype=torch.float64)
     sigma, size = 2.5, 7
     taps = torch.exp2(-((torch.arange(-size, size + 1, dtype=torch.float64) / sigma) ** 2))
     kernel = torch.outer(taps, taps) / taps.sum() ** 2
     expected = F.conv2d(img.reshape(6, 1, 24, 24), kernel[None, None], padding=size).reshape(2, 3, 24, 24)
-    torch.testing.assert_close(phases.gaussian_blur(img, sigma), expected)
-    assert torch.equal(phases.gaussian_blur(img, 0.3), img)  # below 1/3 px: no blur, as official
+    torch.testing.assert_close(training_loss.gaussian_blur(img, sigma), expected)
+    assert torch.equal(training_loss.gaussian_blur(img, 0.3), img)  # below 1/3 px: no blur, as official
 
     seen = []
     D = lambda x: seen.append(x.detach().clone()) or x.flatten(1).mean(1)  # noqa: E731
     G = lambda z: z.view(-1, 1, 4, 4).repeat(1, 3, 1, 1)  # noqa: E731
     cfg = loss_settings("stylegan3", r1_gamma=0.0)
-    gan = GanLoss(G, D, style_based=False, progressive=False, loss=cfg, all_mean=lambda t: t)
+    gan = gan_loss(G, D, cfg)
     real, z = torch.randn(2, 3, 4, 4), torch.randn(2, 16)
     ctx = StepContext(4, 1.0, None, 0.0)
-    gan.phase_terms(phases.Phase("Dmain", "D", 1, True, False), z, real, ctx)
-    gan.phase_terms(phases.Phase("Gmain", "G", 1, True, False), z, real, ctx)
+    gan.phase_loss(Phase("Dmain", "D", 1, True, False), z, real, ctx)
+    gan.phase_loss(Phase("Gmain", "G", 1, True, False), z, real, ctx)
     assert len(seen) == 3  # D saw fakes, reals (Dmain, the official order) and fakes (Gmain): each one blurred
-    torch.testing.assert_close(seen[0], phases.gaussian_blur(G(z), 1.0))
-    torch.testing.assert_close(seen[1], phases.gaussian_blur(real, 1.0))
-    torch.testing.assert_close(seen[2], phases.gaussian_blur(G(z), 1.0))
+    torch.testing.assert_close(seen[0], training_loss.gaussian_blur(G(z), 1.0))
+    torch.testing.assert_close(seen[1], training_loss.gaussian_blur(real, 1.0))
+    torch.testing.assert_close(seen[2], training_loss.gaussian_blur(G(z), 1.0))
 
 
 def test_styleswin_clips_only_ds_main_step_at_norm_5(cache_dir, tmp_path, monkeypatch):
@@ -259,14 +266,18 @@ def test_styleswin_clips_only_ds_main_step_at_norm_5(cache_dir, tmp_path, monkey
 
 def test_linear_lr_decay_reaches_zero_at_the_end_of_the_budget():
     params = model_settings("styleswin", kimg=10.0, lr_decay_kimg=4.0)
-    segment = Schedule.flat(params, 4).segments[0]
-    assert learning_rates(segment, params, 0, 10_000) == (params.lr_g, params.lr_d)
-    assert learning_rates(segment, params, 6_000, 10_000) == (params.lr_g, params.lr_d)
-    lr_g, lr_d = learning_rates(segment, params, 8_000, 10_000)
+
+    def learning_rates(params, nimg):
+        values = step_values(params, nimg)
+        return values.lr_g, values.lr_d
+
+    assert learning_rates(params, 0) == (params.lr_g, params.lr_d)
+    assert learning_rates(params, 6_000) == (params.lr_g, params.lr_d)
+    lr_g, lr_d = learning_rates(params, 8_000)
     assert lr_g == pytest.approx(params.lr_g / 2) and lr_d == pytest.approx(params.lr_d / 2)
-    assert learning_rates(segment, params, 10_000, 10_000) == (0.0, 0.0)
-    plain = model_settings("stylegan2")
-    assert learning_rates(Schedule.flat(plain, 4).segments[0], plain, 9_999_000, 10_000_000)[0] == 0.0025  # off
+    assert learning_rates(params, 10_000) == (0.0, 0.0)
+    plain = model_settings("stylegan2", kimg=10_000.0)
+    assert learning_rates(plain, 9_999_000)[0] == 0.0025  # off
 
 
 def test_bcr_adds_the_consistency_term_and_vanishes_for_an_identity_augmentation(monkeypatch):
@@ -275,22 +286,22 @@ def test_bcr_adds_the_consistency_term_and_vanishes_for_an_identity_augmentation
     G, D = models.build("styleswin", arch, 16)
     D.eval()  # spectral norm's power iteration would move D between the two passes
     cfg = loss_settings("styleswin")
-    gan = GanLoss(G, D, style_based=True, progressive=False, loss=cfg, all_mean=lambda t: t)
-    dmain = phases.Phase("Dmain", "D", 1, True, False)
+    gan = gan_loss(G, D, cfg, style_based=True)
+    dmain = Phase("Dmain", "D", 1, True, False)
     real, z, ctx = torch.randn(4, 3, 16, 16), torch.randn(4, 16), StepContext(16, 0.0, None, 0.0)
-    assert gan.phase_terms(dmain, z, real, ctx)[D_CONSISTENCY] > 0
-    monkeypatch.setattr(augment, "consistency_augment", lambda x: x)
-    assert gan.phase_terms(dmain, z, real, ctx)[D_CONSISTENCY].abs() < 1e-10
+    assert gan.phase_loss(dmain, z, real, ctx).terms[D_CONSISTENCY] > 0
+    monkeypatch.setattr(bcr, "consistency_augment", lambda x: x)
+    assert gan.phase_loss(dmain, z, real, ctx).terms[D_CONSISTENCY].abs() < 1e-10
 
 
 def test_consistency_augmentation_keeps_shape_and_changes_images():
     torch.manual_seed(0)
     x = torch.rand(8, 3, 16, 16) * 2 - 1
-    y = augment.consistency_augment(x)
+    y = bcr.consistency_augment(x)
     assert y.shape == x.shape and not torch.allclose(x, y)
-    cut = augment.cutout(torch.ones(4, 3, 16, 16))
+    cut = bcr.cutout(torch.ones(4, 3, 16, 16))
     assert ((cut == 0).flatten(1).float().mean(1) > 0).all() and (cut.flatten(1).mean(1) < 1).all()
-    moved = augment.translation(torch.ones(4, 1, 16, 16))
+    moved = bcr.translation(torch.ones(4, 1, 16, 16))
     assert moved.max() == 1.0 and moved.min() >= 0.0
 
 
@@ -344,7 +355,7 @@ def test_path_length_target_survives_resume(cache_dir, tmp_path):
 
 
 def test_ema_beta_is_zero_for_no_ema():
-    assert ema_beta(model_settings("stylegan2", ema_kimg=0.0, ema_rampup=0.05), 8, 800) == 0.0
+    assert step_values(model_settings("stylegan2", ema_kimg=0.0, ema_rampup=0.05, batch_size=8), 800).ema_beta == 0.0
 
 
 def test_pggans_d_loss_is_the_official_wgan_gp_with_the_drift_at_its_official_weight():
@@ -355,15 +366,16 @@ def test_pggans_d_loss_is_the_official_wgan_gp_with_the_drift_at_its_official_we
     G, D = models.build("pggan", settings.arch, 16)
     for net in (G, D):
         net.set_progress(2, 1.0)  # 16x16, faded in
-    loss = GanLoss(G, D, style_based=False, progressive=True, loss=settings.loss, all_mean=lambda t: t)
+    loss = gan_loss(G, D, settings.loss, progressive=True)
     (dmain,) = [phase for phase in build_phases(settings.loss) if phase.net == "D"]
     z, real = torch.randn(8, 8), torch.rand(8, 3, 16, 16) * 2 - 1
     ctx = StepContext(16, 0.0, torch.rand(8), 0.0)
-    terms = loss.phase_terms(dmain, z, real, ctx)
+    out = loss.phase_loss(dmain, z, real, ctx)
+    terms = out.terms
     with torch.no_grad():
         real_logits, fake_logits = D(real), D(G(z))
     official = fake_logits.mean() - real_logits.mean() + 0.001 * real_logits.square().mean()
     drift = 0.001 * real_logits.square().mean()
     assert float(drift) > 1e-4 * abs(float(official))  # 10 times the tolerance below: dropping it shows
-    total = phases.phase_loss(dmain, terms) - terms[D_GRADIENT_PENALTY]
+    total = out.total - terms[D_GRADIENT_PENALTY]
     assert total.item() == pytest.approx(official.item(), rel=1e-5)

@@ -18,6 +18,7 @@ import models
 from facegan import stage_params
 from facegan.params import load_params
 from facegan.training import distributed, loop, step
+from facegan.training.context import RunContext
 from facegan.training.phases import build_phases
 from facegan.training.progressive import Schedule
 from tests.helpers import REPO, cpu_train
@@ -51,9 +52,10 @@ def quick_r3gan():
     spec = models.get_spec("r3gan")
     schedule = Schedule.for_model("r3gan", cfg.params, 2, spec.progressive)
     phases = build_phases(cfg.params.loss)
-    state = loop.build_state(cfg, spec, phases, CPU, torch.float32, distributed.World())
-    runner = step.StepRunner(cfg, spec, schedule, phases, None, distributed.World(), CPU, torch.float32)
-    return cfg, schedule, state, runner
+    ctx = RunContext(cfg, spec, schedule, phases, distributed.World(), CPU, torch.float32)
+    state = loop.build_state(ctx)
+    runner = step.StepRunner(ctx, None)
+    return cfg, ctx, state, runner
 
 
 @pytest.mark.parametrize("nimg", [0, 5_000_192, 12_345_600, 25_000_064])
@@ -61,9 +63,10 @@ def test_every_schedule_the_loop_sets_is_the_official_ffhq64_cosine(quick_r3gan,
     """lr (both nets), Adam's betas (both nets), p of the --aug=1 pipe, R1/R2's gamma and G_ema's beta at the top of
     a step taken at `nimg` images: at the start, a quarter and 62 % of the way along the 20M-image cosine, and past
     its end (the final values)."""
-    cfg, schedule, state, runner = quick_r3gan
+    cfg, ctx, state, runner = quick_r3gan
     state.nimg = nimg
-    segment, _ = step.enter_step(state, schedule, runner.spec, cfg.params, runner.lazy, CPU)
+    values = runner.values.at(nimg)  # what the loop's step reads first
+    segment, _ = step.enter_step(state, values, ctx, runner.lazy)
     assert segment.batch_size == 256  # official --batch=256 (FFHQ)
     lr = official_cosine(nimg, 2e-4, 5e-5)
     beta2 = official_cosine(nimg, 0.9, 0.99)
@@ -72,6 +75,6 @@ def test_every_schedule_the_loop_sets_is_the_official_ffhq64_cosine(quick_r3gan,
             assert group["lr"] == pytest.approx(lr, rel=1e-12), net
             assert group["betas"][0] == 0.0 and group["betas"][1] == pytest.approx(beta2, rel=1e-12), net
     assert float(state.loss.augment_pipe.p) == pytest.approx(official_cosine(nimg, 0.0, 0.3), rel=1e-6, abs=1e-12)
-    assert step.r1_gamma_at(cfg.params, nimg) == pytest.approx(official_cosine(nimg, 2.0, 0.2), rel=1e-12)
+    assert values.r1_gamma == pytest.approx(official_cosine(nimg, 2.0, 0.2), rel=1e-12)
     ema_beta = 0.5 ** (256 / max(official_cosine(nimg, 0.0, 500 * 1000), 1e-8))
-    assert step.ema_beta(cfg.params, segment.batch_size, nimg) == pytest.approx(ema_beta, rel=1e-12, abs=1e-300)
+    assert values.ema_beta == pytest.approx(ema_beta, rel=1e-12, abs=1e-300)

@@ -91,45 +91,55 @@ def stats(model: str, device: str, peak, final_loss_d: float, resolutions=(64,))
     )
 
 
-def metrics(model: str, label_key: str, fid_seeds: int, recall: float, lpips: str, space: str) -> handoff.ModelMetrics:
+def metrics(
+    model: str,
+    label_key: str,
+    fid_seeds: int,
+    recall: float,
+    lpips: str,
+    space: str,
+    *,
+    fid: float | None = None,
+    fid_inf: float | None = None,
+    fid_start: float = 83.0,
+    kid: float = 0.012345,
+    precision: float = 0.6789,
+    coverage: float = 0.7456,
+    spread: float = 0.8,
+) -> handoff.ModelMetrics:
     fids = [41.5 + 1.25 * i for i in range(fid_seeds)]
+    dino = 310.5 - 2 * fid_seeds
     return handoff.ModelMetrics(
         status="trained",
         model=model,
         label_key=label_key,
-        fid=float(np.mean(fids)),
-        fid_std=float(np.std(fids, ddof=1)) if fid_seeds > 1 else 0.0,
-        fid_values=fids,
-        fid_seeds=fid_seeds,
-        fid_start=83.0,
-        fid_start_n=256,
-        floor=handoff.Floor(n=512, fid=7.25, kid=0.0005, knn=REAL_VS_REAL_KNN),
-        kid=0.012345,
         num_gen=512,
         num_ref=500,
-        precision=0.6789,
-        recall=recall,
-        density=0.9123,
-        coverage=0.7456,
-        pr_num=500,
-        pr_k=3,
-        fid_inf=38.75 + 0.5 * fid_seeds,
-        fid_inf_slope=1400.0,
-        fid_by_n={"256": 44.2, "384": 42.4, "512": 41.5},
-        kid_by_n={"256": 0.0125, "384": 0.0124, "512": 0.012345},
-        fd_dinov2=310.5 - 2 * fid_seeds,
-        fd_dinov2_std=3.25 if fid_seeds > 1 else 0.0,
-        fd_dinov2_values=[310.5 - 2 * fid_seeds] * fid_seeds,
-        fd_dinov2_label_key="dinov2_stand_in",
-        fd_dinov2_floor=handoff.Floor(n=512, fid=55.5, kid=0.001),
-        feature_spread_ratio=0.8,
-        ppl=123.456,
-        ppl_num=64,
-        ppl_space=space,
-        ppl_sampling="end",
-        ppl_epsilon=1e-4,
-        ppl_crop=True,
-        ppl_label_key=f"lpips_{lpips}",
+        floor=handoff.Floor(n=512, fid=7.25, kid=0.0005, knn=REAL_VS_REAL_KNN),
+        fid=handoff.FidResult(
+            mean=float(np.mean(fids)) if fid is None else fid,
+            std=float(np.std(fids, ddof=1)) if fid_seeds > 1 else 0.0,
+            values=fids,
+            sets=fid_seeds,
+            start=fid_start,
+            start_n=256,
+            infinity=38.75 + 0.5 * fid_seeds if fid_inf is None else fid_inf,
+            slope=1400.0,
+            by_n={"256": 44.2, "384": 42.4, "512": 41.5},
+        ),
+        kid=handoff.KidResult(value=kid, by_n={"256": 0.0125, "384": 0.0124, "512": 0.012345}),
+        fd_dinov2=handoff.DinoResult(
+            mean=dino,
+            std=3.25 if fid_seeds > 1 else 0.0,
+            values=[dino] * fid_seeds,
+            label_key="dinov2_stand_in",
+            floor=handoff.Floor(n=512, fid=55.5, kid=0.001),
+        ),
+        knn=handoff.KnnResult(precision=precision, recall=recall, density=0.9123, coverage=coverage, num=500, k=3),
+        feature_spread_ratio=spread,
+        ppl=handoff.PplResult(
+            value=123.456, num=64, space=space, sampling="end", epsilon=1e-4, crop=True, label_key=f"lpips_{lpips}"
+        ),
         eval_seconds={},
         seeds={"fid": [1000 + i for i in range(fid_seeds)]},
     )
@@ -228,6 +238,12 @@ def table(text: str, first_column: str) -> list[dict]:
     return rows
 
 
+def fid_numbers(m: dict) -> list[float]:
+    """What an FID cell prints from evals/<model>/metrics.json: mean, std (several sets), n and sets."""
+    fid = m["fid"]
+    return [fid["mean"]] + ([fid["std"]] if fid["sets"] > 1 else []) + [m["num_gen"], fid["sets"]]
+
+
 def expected_result_numbers(s: dict, m: dict) -> dict[str, list[float]]:
     return {
         "resolution": s["resolutions_reached"],
@@ -236,11 +252,11 @@ def expected_result_numbers(s: dict, m: dict) -> dict[str, list[float]]:
         "train time": [s["train_seconds"] / 3600],
         "img/s": [s["img_per_s"]],
         "peak memory": [] if s["peak_memory_bytes"] is None else [s["peak_memory_bytes"] / 2**30],
-        "FID": [m["fid"]] + ([m["fid_std"]] if m["fid_seeds"] > 1 else []) + [m["num_gen"], m["fid_seeds"]],
-        "KID ×10³": [m["kid"] * 1e3, m["num_gen"]],
-        "PPL": [m["ppl"]],
-        "precision": [m["precision"], m["pr_num"]],
-        "recall": [m["recall"], m["pr_num"]],
+        "FID": fid_numbers(m),
+        "KID ×10³": [m["kid"]["value"] * 1e3, m["num_gen"]],
+        "PPL": [m["ppl"]["value"]],
+        "precision": [m["knn"]["precision"], m["knn"]["num"]],
+        "recall": [m["knn"]["recall"], m["knn"]["num"]],
         "stability notes": [],
     }
 
@@ -282,28 +298,30 @@ def test_the_report_leads_with_every_models_samples_then_the_ranking_with_spread
     assert [r["model"] for r in rows] == ["dcgan", "styleswin", "stylegan2"]  # FID 41.5, 41.5, 42.75: stable sort
     for row in rows:
         m = json.loads(Path("evals", row["model"], "metrics.json").read_text())
-        assert_numbers_match(
-            row["FID (n × sets)"],
-            [m["fid"]] + ([m["fid_std"]] if m["fid_seeds"] > 1 else []) + [m["num_gen"], m["fid_seeds"]],
-            row["model"],
-        )
+        fid, knn, dino = m["fid"], m["knn"], m["fd_dinov2"]
+        assert_numbers_match(row["FID (n × sets)"], fid_numbers(m), row["model"])
         assert_numbers_match(row["real-vs-real floor"], [m["floor"]["fid"], m["floor"]["n"]], row["model"])
-        assert_numbers_match(row["KID ×10³ (floor)"], [m["kid"] * 1e3, m["floor"]["kid"] * 1e3], row["model"])
-        ratio = m["fid_start"] / m["fid"]
+        assert_numbers_match(row["KID ×10³ (floor)"], [m["kid"]["value"] * 1e3, m["floor"]["kid"] * 1e3], row["model"])
+        ratio = fid["start"] / fid["mean"]
         assert_numbers_match(
-            row["FID at kimg 0 → final"], [m["fid_start"], m["fid"], ratio, m["fid_start_n"]], row["model"]
+            row["FID at kimg 0 → final"], [fid["start"], fid["mean"], ratio, fid["start_n"]], row["model"]
         )
-        sizes = [int(n) for n in m["fid_by_n"]]
-        assert_numbers_match(row["FID∞ (n range)"], [m["fid_inf"], min(sizes), max(sizes), len(sizes)], row["model"])
-        dino = [m["fd_dinov2"]] + ([m["fd_dinov2_std"]] if m["fid_seeds"] > 1 else [])
+        sizes = [int(n) for n in fid["by_n"]]
+        assert_numbers_match(row["FID∞ (n range)"], [fid["infinity"], min(sizes), max(sizes), len(sizes)], row["model"])
         assert_numbers_match(
             row["FD-DINOv2 (n × sets; floor)"],
-            dino + [m["num_gen"], m["fid_seeds"], m["fd_dinov2_floor"]["fid"]],
+            [
+                dino["mean"],
+                *([dino["std"]] if fid["sets"] > 1 else []),
+                m["num_gen"],
+                fid["sets"],
+                dino["floor"]["fid"],
+            ],
             row["model"],
         )
         assert "(stand-in)" in row["FD-DINOv2 (n × sets; floor)"]
         assert_numbers_match(
-            row["density / coverage (n, k)"], [m["density"], m["coverage"], m["pr_num"], m["pr_k"]], row["model"]
+            row["density / coverage (n, k)"], [knn["density"], knn["coverage"], knn["num"], knn["k"]], row["model"]
         )
     assert "Not ranked: pggan, stylegan, stylegan3" in text
     assert "FD-DINOv2 uses a STAND-IN" in text  # the banner, as the proxy Inception's
@@ -327,11 +345,11 @@ def test_the_agreement_lines_rank_precision_recall_and_coverage_higher_is_better
     al. 2019), whatever FID says; FID, KID and FID∞ rank the smaller distance first."""
     from facegan.report.render import agreement_text
 
-    sharp = metrics("sharp", "proxy", 1, 0.6, "proxy", "w").model_copy(
-        update={"precision": 0.8, "coverage": 0.9, "fid": 30.0, "kid": 0.01, "fid_inf": 28.0}
+    sharp = metrics(
+        "sharp", "proxy", 1, 0.6, "proxy", "w", precision=0.8, coverage=0.9, fid=30.0, kid=0.01, fid_inf=28.0
     )
-    blurry = metrics("blurry", "proxy", 1, 0.3, "proxy", "w").model_copy(
-        update={"precision": 0.2, "coverage": 0.4, "fid": 60.0, "kid": 0.03, "fid_inf": 55.0}
+    blurry = metrics(
+        "blurry", "proxy", 1, 0.3, "proxy", "w", precision=0.2, coverage=0.4, fid=60.0, kid=0.03, fid_inf=55.0
     )
     lines = agreement_text([blurry, sharp], ["blurry", "sharp"])
     for name in ("FID", "FID∞", "KID", "precision", "recall", "coverage"):
@@ -359,6 +377,44 @@ def test_a_stats_file_of_another_shape_stops_the_report(project):
         render(project)
 
 
+def test_a_metrics_file_of_the_flat_layout_stops_the_report_naming_evaluate(project):
+    """evals/<model>/metrics.json holds one section per metric; a file of the earlier flat layout (precision,
+    recall, ... at the top) is refused naming the stage that writes it again, never read half."""
+    from facegan.errors import UserError
+
+    path = Path("evals", "dcgan", "metrics.json")
+    flat = json.loads(path.read_text())
+    flat.update(flat.pop("knn"))  # precision, recall, density, coverage, num, k at the top, as before
+    path.write_text(json.dumps(flat))
+    with pytest.raises(UserError, match=r"ModelMetrics \(missing knn; unknown coverage, density, k, num, precision, "):
+        render(project)
+    with pytest.raises(UserError, match=r"re-run `dvc repro evaluate-<model>`$"):
+        render(project)
+
+
+def test_the_dvc_exp_show_columns_keep_their_flat_names_and_rounding(tmp_path):
+    """metrics/<model>.json is what `dvc exp show` and `dvc metrics diff` compare across experiments: its keys
+    stay flat whatever the full file's layout, each rounded as before."""
+    m = metrics("dcgan", "proxy", 3, 0.55, "proxy", "z")
+    summary = handoff.ModelSummary.of(m, stats("dcgan", "cpu", None, 0.5)).to_dict()
+    assert summary == {
+        "fid": round(m.fid.mean, 4),
+        "fid_std": round(m.fid.std, 4),
+        "fid_inf": round(m.fid.infinity, 4),
+        "kid": round(m.kid.value, 6),
+        "fd_dinov2": round(m.fd_dinov2.mean, 4),
+        "precision": 0.6789,
+        "recall": 0.55,
+        "density": 0.9123,
+        "coverage": 0.7456,
+        "ppl": 123.456,
+        "kimg": 6.016,
+        "train_hours": round(1234.5 / 3600, 4),
+    }
+    off = m.model_copy(update={"fd_dinov2": None})  # evaluate.dinov2 none
+    assert handoff.ModelSummary.of(off, stats("dcgan", "cpu", None, 0.5)).fd_dinov2 is None
+
+
 def test_every_sample_count_is_in_the_files(project):
     text = render(project)
     rows = table(text, "model")  # the results table comes first; the counts table is the next one
@@ -370,10 +426,10 @@ def test_every_sample_count_is_in_the_files(project):
         c = json.loads(Path("evals", row["model"], "fid_vs_kimg.json").read_text())
         expected = {
             "generated (FID/KID)": [m["num_gen"]],
-            "generated sets": [m["fid_seeds"]],
+            "generated sets": [m["fid"]["sets"]],
             "reference": [m["num_ref"]],
-            "P&R per set": [m["pr_num"]],
-            "PPL pairs": [m["ppl_num"]],
+            "P&R per set": [m["knn"]["num"]],
+            "PPL pairs": [m["ppl"]["num"]],
             "FID-vs-kimg points": [len(c)],
             "images per point": sorted({p["num_gen"] for p in c}),
         }
@@ -422,9 +478,7 @@ def notes_of(recall: float = 0.5, precision: float = 0.6789, spread: float = 0.8
                 "history": [h.model_copy(update={"losses": {D_ADVERSARIAL: v}}) for h, v in zip(run.history, d_losses)]
             }
         )
-    m = metrics("stylegan2", "proxy", 1, recall, "proxy", "w").model_copy(
-        update={"precision": precision, "feature_spread_ratio": spread}
-    )
+    m = metrics("stylegan2", "proxy", 1, recall, "proxy", "w", precision=precision, spread=spread)
     floors = {"64": handoff.Floor(n=64, fid=12.0, kid=0.001), "512": m.floor}
     return stability_notes(Row("stylegan2", run, m, curve(list(fids), 64)), "ns", floors)
 
@@ -534,7 +588,7 @@ def test_a_model_that_got_worse_than_its_untrained_start_is_not_said_to_improve(
 
     better = metrics("dcgan", "fid_helper", 2, 0.5, "proxy", "z")  # FID 42.125 against 83.0 at kimg 0
     assert improvement(better) == "83.00 → 42.12: 1.97× lower (start n=256)"
-    worse = metrics("stylegan2", "fid_helper", 1, 0.5, "proxy", "w").model_copy(update={"fid_start": 40.0})
+    worse = metrics("stylegan2", "fid_helper", 1, 0.5, "proxy", "w", fid_start=40.0)
     # the demo's StyleGAN2 went 311.74 -> 314.25, which the report called "1.0× lower"
     assert improvement(worse) == "40.00 → 41.50: 1.04× higher, no improvement (start n=256)"
 

@@ -111,11 +111,12 @@ def test_training_writes_weights_samples_snapshots_and_stats(pipeline):
 def test_evaluate_writes_labelled_metrics(pipeline):
     metrics = json.loads((pipeline / "evals/dcgan/metrics.json").read_text())
     assert metrics["label_key"] == "proxy"
-    assert metrics["fid"] > 0 and np.isfinite(metrics["fid"])
+    fid, kid, knn, dino = metrics["fid"], metrics["kid"], metrics["knn"], metrics["fd_dinov2"]
+    assert fid["mean"] > 0 and np.isfinite(fid["mean"])
     assert metrics["num_gen"] == 40 and metrics["num_ref"] == 48
     curve = json.loads((pipeline / "evals/dcgan/fid_vs_kimg.json").read_text())
     assert [p["kimg"] for p in curve] == pytest.approx([0.0, 0.064, 0.128])  # the curve starts untrained
-    assert metrics["fid_start"] == curve[0]["fid"] and metrics["fid_start_n"] == 24
+    assert fid["start"] == curve[0]["fid"] and fid["start_n"] == 24
 
     # the noise floor at num_gen: FID between two disjoint sets of 40 real faces... the cache holds 48, so 24
     meta = json.loads((pipeline / "data/reference/meta.json").read_text())
@@ -125,25 +126,25 @@ def test_evaluate_writes_labelled_metrics(pipeline):
     # what `dvc exp show` lists: a few numbers per model, nothing for a skipped one
     summary = json.loads((pipeline / "metrics/dcgan.json").read_text())
     assert summary == {
-        "fid": round(metrics["fid"], 4),
-        "fid_std": round(metrics["fid_std"], 4),
-        "fid_inf": round(metrics["fid_inf"], 4),
-        "kid": round(metrics["kid"], 6),
-        "fd_dinov2": round(metrics["fd_dinov2"], 4),
-        "precision": round(metrics["precision"], 4),
-        "recall": round(metrics["recall"], 4),
-        "density": round(metrics["density"], 4),
-        "coverage": round(metrics["coverage"], 4),
-        "ppl": round(metrics["ppl"], 3),
+        "fid": round(fid["mean"], 4),
+        "fid_std": round(fid["std"], 4),
+        "fid_inf": round(fid["infinity"], 4),
+        "kid": round(kid["value"], 6),
+        "fd_dinov2": round(dino["mean"], 4),
+        "precision": round(knn["precision"], 4),
+        "recall": round(knn["recall"], 4),
+        "density": round(knn["density"], 4),
+        "coverage": round(knn["coverage"], 4),
+        "ppl": round(metrics["ppl"]["value"], 3),
         "kimg": 0.128,
         "train_hours": summary["train_hours"],
     }
     assert set(json.loads((pipeline / "metrics/pggan.json").read_text()).values()) == {None}
     # the newer metrics, each with its n: FID-infinity from 4 counts of the 40, FD-DINOv2 (the labelled stand-in)
-    assert list(metrics["fid_by_n"]) == ["20", "26", "33", "40"] and list(metrics["kid_by_n"]) == ["20", "33", "40"]
-    assert metrics["fd_dinov2_label_key"] == "dinov2_stand_in" and metrics["fd_dinov2"] > 0
-    assert metrics["fd_dinov2_floor"] == meta["dinov2"]["floors"]["40"]
-    assert 0 <= metrics["coverage"] <= 1 and metrics["density"] >= 0
+    assert list(fid["by_n"]) == ["20", "26", "33", "40"] and list(kid["by_n"]) == ["20", "33", "40"]
+    assert dino["label_key"] == "dinov2_stand_in" and dino["mean"] > 0
+    assert dino["floor"] == meta["dinov2"]["floors"]["40"]
+    assert 0 <= knn["coverage"] <= 1 and knn["density"] >= 0
     assert meta["chain"]["extractor"] == "proxy" and meta["chain"]["resolution"] == 32
     # the k-NN metrics' real-vs-real range at their n (the report's flags read it), over 5 halvings of 2 x 24 faces
     knn = meta["floors"]["40"]["knn"]
@@ -161,7 +162,7 @@ def test_report_table_matches_metrics_files(pipeline):
     row = next(line for line in report.splitlines() if line.startswith("| dcgan |"))
     from facegan.report.render import metric
 
-    assert f"{metric(metrics['fid'])} (n=40×1) (proxy)" in row
+    assert f"{metric(metrics['fid']['mean'])} (n=40×1) (proxy)" in row
     assert f"{stats['img_per_s']:.1f}" in row
     assert "synthetic" in report.lower() and "proxy" in report.lower()
     assert (pipeline / "reports/figures/dcgan_samples.png").exists()
@@ -193,7 +194,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(project, tmp_path, mon
     from facegan.data.cache import FaceCache
     from facegan.handoff import ModelView
     from facegan.training.loop import train
-    from facegan.training.outputs import run_identity
+    from facegan.training.run_files import run_identity
 
     monkeypatch.chdir(project)
     run_stage(project, monkeypatch, "configure")
@@ -247,7 +248,7 @@ def test_a_corrupt_snapshot_stops_evaluate_before_any_metric(pipeline, monkeypat
     def metrics_ran(*args, **kwargs):
         raise AssertionError("a metric ran before the inputs were checked")
 
-    monkeypatch.setattr(evaluate, "fid_kid_pr", metrics_ran)
+    monkeypatch.setattr(evaluate, "feature_metrics", metrics_ran)
     try:
         snapshot.write_bytes(original[: len(original) // 2])
         with pytest.raises(SystemExit) as exit_info:
@@ -270,10 +271,10 @@ def test_evaluate_reads_each_input_once_so_a_replaced_run_cannot_mix_into_its_nu
 
     run, kept = pipeline / "runs/dcgan", pipeline / "runs/dcgan.kept"
     before = json.loads((pipeline / "evals/dcgan/fid_vs_kimg.json").read_text())
-    real_fid_kid_pr = evaluate.fid_kid_pr
+    real_feature_metrics = evaluate.feature_metrics
 
     def replaced_after_the_first_metric(*args, **kwargs):
-        sets = real_fid_kid_pr(*args, **kwargs)
+        sets = real_feature_metrics(*args, **kwargs)
         shutil.copytree(run, kept)
         stats = json.loads((run / "train_stats.json").read_text())
         shutil.rmtree(run / "snapshots")
@@ -281,7 +282,7 @@ def test_evaluate_reads_each_input_once_so_a_replaced_run_cannot_mix_into_its_nu
         (run / "train_stats.json").write_text(json.dumps({**stats, "kimg": 3.008}))
         return sets
 
-    monkeypatch.setattr(evaluate, "fid_kid_pr", replaced_after_the_first_metric)
+    monkeypatch.setattr(evaluate, "feature_metrics", replaced_after_the_first_metric)
     try:
         run_stage(pipeline, monkeypatch, "evaluate", "dcgan")
     finally:

@@ -16,7 +16,7 @@ from facegan.data.synthetic import render_face
 from facegan.device import resolve_precision
 from facegan.errors import UserError
 from facegan.handoff import ModelView
-from facegan.training import losses
+from facegan.training import loss as training_loss
 from facegan.training.loop import NonFiniteError, train
 from facegan.training.progressive import Schedule, growing_kimg, prepare_reals
 from tests.helpers import cpu_train, model_settings, study_model
@@ -169,14 +169,14 @@ def test_a_nan_loss_stops_with_step_and_last_good_checkpoint(cache_dir, tmp_path
     """The finiteness check needs a host sync, so it runs every train.speed.check_every steps, but always before
     a history row and a checkpoint: with rare checks the NaN of step 6 is still caught before step 8's checkpoint."""
     calls = {"n": 0}
-    real_loss = losses.d_adversarial
+    real_loss = training_loss.d_adversarial
 
     def poisoned(kind, real_logits, fake_logits):
         calls["n"] += 1
         value = real_loss(kind, real_logits, fake_logits)
         return value * float("nan") if calls["n"] > 6 else value
 
-    monkeypatch.setattr(losses, "d_adversarial", poisoned)
+    monkeypatch.setattr(training_loss, "d_adversarial", poisoned)
     with pytest.raises(
         NonFiniteError, match=r"D/adversarial is not finite at step 6 \(last good checkpoint: .*last\.pt\)"
     ):

@@ -19,7 +19,7 @@ import torch.optim as optim
 import models
 from facegan.settings import LossSettings
 from facegan.training.phases import build_phases
-from facegan.training.step import step_draws
+from facegan.training.step import DrawSpec, step_draws
 from tests.helpers import study_model
 from verification import golden_io
 from verification.official import official_repo
@@ -123,9 +123,8 @@ class OfficialRun:
 
     def step(self, step: int) -> dict:
         params = self.params
-        draws = step_draws(
-            SEED, step, BATCH, len(self.faces), ARCH["z_dim"], params["xflip"], self.phases, params["loss"]["latents"]
-        )
+        draw_spec = DrawSpec(ARCH["z_dim"], params["xflip"], params["loss"]["latents"])
+        draws = step_draws(SEED, step, BATCH, len(self.faces), self.phases, draw_spec)
         z = draws.z["Dmain"]
         assert torch.equal(z, draws.z["Gmain"])  # latents per_step: G's step scores D's fakes
         images = golden_io.reals(self.faces, draws.idx, draws.flips)

@@ -31,7 +31,7 @@ import torch
 import models
 from facegan.settings import LossSettings
 from facegan.training.phases import build_phases
-from facegan.training.step import step_draws, step_seed
+from facegan.training.step import DrawSpec, step_draws, step_seed
 from tests.helpers import study_model
 from verification import golden_io
 from verification.golden_ada import BGC, ada_block
@@ -199,10 +199,8 @@ class OfficialRun:
 
     def step(self, batch_idx: int) -> dict:
         """training_loop.py:274-318 for one batch: every phase due, the G EMA, cur_nimg, the ADA block."""
-        draws = step_draws(
-            SEED, batch_idx, BATCH, len(self.faces), self.params["arch"]["z_dim"], self.params["xflip"],
-            self.ours, self.params["loss"]["latents"],
-        )  # fmt: skip
+        draw_spec = DrawSpec(self.params["arch"]["z_dim"], self.params["xflip"], self.params["loss"]["latents"])
+        draws = step_draws(SEED, batch_idx, BATCH, len(self.faces), self.ours, draw_spec)
         torch.manual_seed(step_seed(SEED, batch_idx, 1))  # the project loop's global seed of this step (rank 0)
         real_img = golden_io.reals(self.faces, draws.idx, draws.flips)
         cur_nimg, empty_c = batch_idx * BATCH, torch.zeros(BATCH, 0)

@@ -23,7 +23,7 @@ import torch
 import models
 from facegan.settings import LossSettings
 from facegan.training.phases import build_phases
-from facegan.training.step import step_draws, step_seed
+from facegan.training.step import DrawSpec, step_draws, step_seed
 from tests.helpers import study_model
 from verification import golden_io
 from verification.official import import_nvlabs
@@ -233,9 +233,8 @@ class OfficialRun:
     def step(self, step: int) -> dict:
         """training_loop.py:285-355 for one iteration: the scheduled values, the D phase, the G phase, the EMA."""
         params, nimg = self.params, step * BATCH
-        draws = step_draws(
-            SEED, step, BATCH, len(self.faces), ARCH["z_dim"], params["xflip"], self.phases, params["loss"]["latents"]
-        )
+        draw_spec = DrawSpec(ARCH["z_dim"], params["xflip"], params["loss"]["latents"])
+        draws = step_draws(SEED, step, BATCH, len(self.faces), self.phases, draw_spec)
         inputs = {
             "D": (golden_io.reals(self.faces, draws.idx, draws.flips), draws.z["Dboth"]),
             "G": (golden_io.reals(self.faces, draws.idx_g, draws.flips_g), draws.z["Gmain"]),

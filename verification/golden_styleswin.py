@@ -32,7 +32,7 @@ from torch import autograd, nn, optim
 import models
 from facegan.settings import LossSettings
 from facegan.training.phases import build_phases
-from facegan.training.step import step_draws, step_seed
+from facegan.training.step import DrawSpec, step_draws, step_seed
 from tests.helpers import offset_biases, study_model
 from verification import golden_io
 from verification.official import official_repo
@@ -178,7 +178,7 @@ def main(only: list[str] | None = None) -> None:
     try:
         for step in range(STEPS):
             draws = step_draws(
-                SEED, step, BATCH, len(faces), params["arch"]["z_dim"], params["xflip"], phases, lp["latents"]
+                SEED, step, BATCH, len(faces), phases, DrawSpec(params["arch"]["z_dim"], params["xflip"], lp["latents"])
             )
             assert draws.flips is None  # --use_flip is off in the official face commands
             images = torch.from_numpy(faces[draws.idx.numpy()]).permute(0, 3, 1, 2).float() / 255

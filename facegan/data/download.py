@@ -164,17 +164,25 @@ def _progress(total: int | None, initial: int, name: str):
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=name, leave=False, disable=None)
 
 
+@dataclass(frozen=True)
+class Patience:
+    """How long a download keeps trying: `retries` more attempts after the first, `backoff_s` doubling
+    between them, `timeout_s` of silence from the server per read."""
+
+    retries: int = 3
+    backoff_s: float = 2.0
+    timeout_s: float = 60.0
+
+
 def fetch(
     url: str,
     dest: str | Path,
     *,
     digest: str | None = None,
     algorithm: str = "sha256",
-    retries: int = 3,
-    backoff_s: float = 2.0,
-    timeout_s: float = 60.0,
     headers: dict | None = None,
     params: dict | None = None,
+    patience: Patience = Patience(),
 ) -> str:
     """Download `url` to `dest` (resumable, verified); return the file's digest.
 
@@ -190,7 +198,8 @@ def fetch(
         return kept
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    request = _Request(url, part, dest.name, headers or {}, params, timeout_s)
+    retries, backoff_s = patience.retries, patience.backoff_s
+    request = _Request(url, part, dest.name, headers or {}, params, patience.timeout_s)
     problem = ""
     for attempt in range(retries + 1):
         if attempt:
@@ -604,9 +613,7 @@ def _image_root(extracted: Path) -> Path:
             return root
 
 
-def _write_source(
-    raw_dir: Path, record: handoff.RawSource, listing: Listing, origin: str = ""
-) -> handoff.RawSource:
+def _write_source(raw_dir: Path, record: handoff.RawSource, listing: Listing, origin: str = "") -> handoff.RawSource:
     """files.jsonl and SOURCE.json for a listed source. `origin` (where data.url's bytes came from after
     redirects) is already without secrets."""
     if not listing.files:

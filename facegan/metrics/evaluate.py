@@ -14,7 +14,7 @@ import contextlib
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,7 +38,7 @@ from facegan.metrics.fid import (
     sample_sizes,
     spread,
 )
-from facegan.metrics.ppl import PathLength, build_lpips, path_length
+from facegan.metrics.ppl import PathLength, PplSampling, build_lpips, path_length
 from facegan.metrics.precision_recall import KnnMetrics, knn_metrics
 from facegan.metrics.reference import DINOV2_FILE, load_features, spread_ratio
 from facegan.metrics.resize_pool import ResizePool, resize_pool
@@ -85,15 +85,15 @@ class EvalSeeds:
 
 @dataclass(frozen=True)
 class FeatureSets:
-    """The metrics of the generated sets' features against the reference."""
+    """The metrics of the generated sets' features against the reference, each from one function below."""
 
-    fid: Spread  # over evaluate.fid_seeds sets
+    fid: Spread  # over evaluate.fid_seeds sets (fid_over_sets)
     first: np.ndarray  # the first set's features: KID, the k-NN metrics, FID-infinity, the final snapshot's point
-    knn: KnnMetrics
-    kid: float
-    extrapolated: Extrapolated  # FID-infinity and KID at several n, from the first set's features
-    fd_dinov2: Spread | None  # over the same sets (None: evaluate.dinov2 none)
-    spread_ratio: float  # trace of the generated covariance over the reference's
+    fd_dinov2: Spread | None  # over the same sets (fd_dinov2_over_sets; None: evaluate.dinov2 none)
+    knn: KnnMetrics  # of the first set (knn_of)
+    extrapolated: Extrapolated  # FID-infinity and KID at several n, from the first set (fid_infinity)
+    kid: float  # of the first set (kid_of)
+    spread_ratio: float  # trace of the generated covariance over the reference's (spread_of)
 
 
 class Stopwatch:
@@ -294,8 +294,8 @@ def evaluate_trained(
             dino,
         )
         clock = Stopwatch()
-        sets = fid_kid_pr(run)
-        clock.lap("fid_kid_pr")
+        sets = feature_metrics(run)
+        clock.lap("feature_metrics")
         ppl = perceptual_path_length(run)
         clock.lap("ppl")
         curve = fid_curve(run, sets.first)
@@ -328,20 +328,19 @@ def dino_side(
     return DinoSide(extractor, load_features(reference_dir, DINOV2_FILE), meta.dinov2)
 
 
-def fid_kid_pr(run: Run) -> FeatureSets:
-    """FID over evaluate.fid_seeds generated sets; KID, precision/recall and feature spread on the first."""
-    eval_params = run.eval_params
-    fids, fds, first = [], [], None
-    for seed in run.seeds.fid:
-        feats = run.features(run.G, eval_params.num_gen, seed)
-        fids.append(fid_from_features(feats, run.reference))
-        first = feats if first is None else first
-        if run.dino is not None:
-            fds.append(fid_from_features(run.dino_features(eval_params.num_gen, seed), run.dino.reference))
-    fid = spread(fids)
-    knn = knn_metrics(run.reference, first, eval_params.pr_k, run.device)
-    sizes = sample_sizes(len(first), eval_params.fid_inf_points, eval_params.fid_inf_smallest)
-    extrapolated = extrapolate_fid(first, run.reference, sizes, run.seeds.kid_subsets)
+def feature_metrics(run: Run) -> FeatureSets:
+    """Every metric of the generated sets' features: FID (and FD-DINOv2) over evaluate.fid_seeds sets; the
+    k-NN metrics, FID-infinity, KID and the feature spread on the first set."""
+    fid, first = fid_over_sets(run)
+    sets = FeatureSets(
+        fid=fid,
+        first=first,
+        fd_dinov2=fd_dinov2_over_sets(run),
+        knn=knn_of(run, first),
+        extrapolated=fid_infinity(run, first),
+        kid=kid_of(run, first),
+        spread_ratio=spread_of(run, first),
+    )
     log.info(
         "%s: %s %.3f (std %.3f over %d sets of %d; infinity %.3f), precision %.3f, recall %.3f, density %.3f, "
         "coverage %.3f",
@@ -349,41 +348,64 @@ def fid_kid_pr(run: Run) -> FeatureSets:
         run.extractor.kind,
         fid.mean,
         fid.std,
-        len(fids),
+        len(fid.values),
         len(first),
-        extrapolated.value,
-        knn.precision,
-        knn.recall,
-        knn.density,
-        knn.coverage,
+        sets.extrapolated.value,
+        sets.knn.precision,
+        sets.knn.recall,
+        sets.knn.density,
+        sets.knn.coverage,
     )
-    return FeatureSets(
-        fid=fid,
-        first=first,
-        knn=knn,
-        extrapolated=extrapolated,
-        kid=kid_from_features(first, run.reference, run.seeds.kid_subsets),
-        fd_dinov2=spread(fds) if fds else None,
-        spread_ratio=spread_ratio(first, run.reference),
-    )
+    return sets
+
+
+def fid_over_sets(run: Run) -> tuple[Spread, np.ndarray]:
+    """FID of each of evaluate.fid_seeds generated sets, and the first set's features (the other metrics')."""
+    fids, first = [], None
+    for seed in run.seeds.fid:
+        feats = run.features(run.G, run.eval_params.num_gen, seed)
+        fids.append(fid_from_features(feats, run.reference))
+        first = feats if first is None else first
+    return spread(fids), first
+
+
+def fd_dinov2_over_sets(run: Run) -> Spread | None:
+    """FD-DINOv2 of the same sets (their images generated again from the same seeds); None when off."""
+    if run.dino is None:
+        return None
+    fds = [
+        fid_from_features(run.dino_features(run.eval_params.num_gen, seed), run.dino.reference)
+        for seed in run.seeds.fid
+    ]
+    return spread(fds)
+
+
+def knn_of(run: Run, first: np.ndarray) -> KnnMetrics:
+    return knn_metrics(run.reference, first, run.eval_params.pr_k, run.device)
+
+
+def fid_infinity(run: Run, first: np.ndarray) -> Extrapolated:
+    """FID at evaluate.fid_inf_points subsets of the first set and its line in 1/n (KID at three of them)."""
+    sizes = sample_sizes(len(first), run.eval_params.fid_inf_points, run.eval_params.fid_inf_smallest)
+    return extrapolate_fid(first, run.reference, sizes, run.seeds.kid_subsets)
+
+
+def kid_of(run: Run, first: np.ndarray) -> float:
+    return kid_from_features(first, run.reference, run.seeds.kid_subsets)
+
+
+def spread_of(run: Run, first: np.ndarray) -> float:
+    return spread_ratio(first, run.reference)
 
 
 def perceptual_path_length(run: Run) -> PathLength:
     eval_params = run.eval_params
     space = ppl_space(eval_params, run.spec.style_based, run.view.model)
     lpips_net = build_lpips(eval_params.lpips, eval_params.lpips_weights, run.device)
-    ppl = path_length(
-        run.G,
-        lpips_net,
-        space,
-        eval_params.ppl_sampling,
-        eval_params.ppl_samples,
-        eval_params.ppl_epsilon,
-        eval_params.batch_size,
-        run.seeds.ppl,
-        eval_params.ppl_crop,
-        run.device,
+    pairs = PplSampling(
+        space, eval_params.ppl_sampling, eval_params.ppl_samples, eval_params.ppl_epsilon, eval_params.ppl_crop
     )
+    ppl = path_length(run.G, lpips_net, pairs, eval_params.batch_size, run.seeds.ppl, run.device)
     log.info(
         "%s: PPL in %s (%s, %s LPIPS) %.2f over %d pairs",
         run.view.model,
@@ -454,59 +476,49 @@ def training_grids(run_dir: Path) -> dict[str, bytes]:
     return {f"res{res}.png": grid.read_bytes() for res, grid in sorted(last_per_res.items())}
 
 
-def dino_fields(run: Run, fd: Spread | None) -> dict:
-    """ModelMetrics' FD-DINOv2 fields: the spread over the sets, its label and floor (all None when off)."""
+def dino_result(run: Run, fd: Spread | None) -> handoff.DinoResult | None:
+    """FD-DINOv2's spread over the sets, with its label and floor (None when off)."""
     if run.dino is None or fd is None:
-        return dict.fromkeys(
-            ("fd_dinov2", "fd_dinov2_std", "fd_dinov2_values", "fd_dinov2_label_key", "fd_dinov2_floor")
-        )
-    return {
-        "fd_dinov2": fd.mean,
-        "fd_dinov2_std": fd.std,
-        "fd_dinov2_values": fd.values,
-        "fd_dinov2_label_key": run.dino.meta.label_key,
-        "fd_dinov2_floor": run.dino.meta.floors[str(run.eval_params.num_gen)],
-    }
+        return None
+    return handoff.DinoResult(
+        **asdict(fd), label_key=run.dino.meta.label_key, floor=run.dino.meta.floors[str(run.eval_params.num_gen)]
+    )
 
 
 def metrics_of(
     run: Run, sets: FeatureSets, ppl: PathLength, curve: list[handoff.FidPoint], seconds: dict[str, float]
 ) -> handoff.ModelMetrics:
-    eval_params, fid, knn = run.eval_params, sets.fid, sets.knn
+    eval_params, extrapolated = run.eval_params, sets.extrapolated
     start = next((p for p in curve if p.kimg == 0), None)
     return handoff.ModelMetrics(
         status="trained",
         model=run.view.model,
         label_key=run.meta.label_key,
-        fid=fid.mean,
-        fid_std=fid.std,
-        fid_values=fid.values,
-        fid_seeds=len(fid.values),
-        fid_start=None if start is None else start.fid,
-        fid_start_n=None if start is None else start.num_gen,
-        floor=run.meta.floors[str(eval_params.num_gen)],
-        kid=sets.kid,
         num_gen=int(len(sets.first)),
         num_ref=int(len(run.reference)),
-        precision=knn.precision,
-        recall=knn.recall,
-        density=knn.density,
-        coverage=knn.coverage,
-        pr_num=knn.num,
-        pr_k=knn.k,
-        fid_inf=sets.extrapolated.value,
-        fid_inf_slope=sets.extrapolated.slope,
-        fid_by_n=sets.extrapolated.fid_by_n,
-        kid_by_n=sets.extrapolated.kid_by_n,
-        **dino_fields(run, sets.fd_dinov2),
+        floor=run.meta.floors[str(eval_params.num_gen)],
+        fid=handoff.FidResult(
+            **asdict(sets.fid),
+            sets=len(sets.fid.values),
+            start=None if start is None else start.fid,
+            start_n=None if start is None else start.num_gen,
+            infinity=extrapolated.value,
+            slope=extrapolated.slope,
+            by_n=extrapolated.fid_by_n,
+        ),
+        kid=handoff.KidResult(value=sets.kid, by_n=extrapolated.kid_by_n),
+        fd_dinov2=dino_result(run, sets.fd_dinov2),
+        knn=handoff.KnnResult.model_validate(sets.knn, from_attributes=True),
         feature_spread_ratio=sets.spread_ratio,
-        ppl=ppl.ppl,
-        ppl_num=ppl.num,
-        ppl_space=ppl.space,
-        ppl_sampling=ppl.sampling,
-        ppl_epsilon=ppl.epsilon,
-        ppl_crop=eval_params.ppl_crop,
-        ppl_label_key=labels.lpips_label_key(eval_params.lpips),
+        ppl=handoff.PplResult(
+            value=ppl.ppl,
+            num=ppl.num,
+            space=ppl.space,
+            sampling=ppl.sampling,
+            epsilon=ppl.epsilon,
+            crop=eval_params.ppl_crop,
+            label_key=labels.lpips_label_key(eval_params.lpips),
+        ),
         eval_seconds=seconds,
         seeds=run.seeds.recorded(),
     )

@@ -112,20 +112,24 @@ class PathLength:
     lpips: str  # the distance network's kind
 
 
+@dataclass(frozen=True)
+class PplSampling:
+    """Which latent pairs PPL measures: in Z (slerp) or W (lerp), at a uniform t (`full`) or t = 0 (`end`),
+    `num` pairs `epsilon` apart, images cropped to the face (`crop`, as StyleGAN's paper) or whole."""
+
+    space: str
+    sampling: str
+    num: int
+    epsilon: float
+    crop: bool
+
+
 @torch.no_grad()
 def path_length(
-    G,
-    distance: LpipsDistance,
-    space: str,
-    sampling: str,
-    num_samples: int,
-    epsilon: float,
-    batch_size: int,
-    seed: int,
-    crop: bool,
-    device: torch.device,
+    G, distance: LpipsDistance, pairs: PplSampling, batch_size: int, seed: int, device: torch.device
 ) -> PathLength:
-    """PPL of G over `num_samples` latent pairs; returns the trimmed mean and the raw distances' count."""
+    """PPL of G over `pairs.num` latent pairs; returns the trimmed mean and the raw distances' count."""
+    space, sampling, num_samples, epsilon, crop = pairs.space, pairs.sampling, pairs.num, pairs.epsilon, pairs.crop
     if space not in ("z", "w") or sampling not in ("full", "end"):
         raise ValueError(f"space must be z or w and sampling full or end, got {space}, {sampling}")
     gen = torch.Generator().manual_seed(seed)

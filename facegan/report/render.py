@@ -208,21 +208,21 @@ def collapse_notes(row: Row, loss_type: str, floors) -> list[str]:
     m = row.metrics
     if not isinstance(m, handoff.ModelMetrics):
         return []
-    knn = m.floor.knn
+    knn, real = m.knn, m.floor.knn
     notes = []
-    if m.recall < LOW_RECALL:
-        if knn is None:
+    if knn.recall < LOW_RECALL:
+        if real is None:
             notes.append("low recall: no real-vs-real range to judge it (re-run `dvc repro reference_stats`)")
-        elif not knn.recall.below(m.recall):
+        elif not real.recall.below(knn.recall):
             notes.append(f"low recall, inside the real-vs-real range at n={m.floor.n}: too small to tell")
-        elif knn.precision.below(m.precision):
+        elif real.precision.below(knn.precision):
             notes.append("precision and recall below the real-vs-real range (samples unlike the data, not collapse)")
         else:
             notes.append("low recall (possible mode collapse)")
     if m.feature_spread_ratio < LOW_SPREAD:
-        if knn is None:
+        if real is None:
             notes.append("low feature spread: no real-vs-real range to judge it (re-run `dvc repro reference_stats`)")
-        elif not knn.spread_ratio.below(m.feature_spread_ratio):
+        elif not real.spread_ratio.below(m.feature_spread_ratio):
             notes.append(f"low feature spread, inside the real-vs-real range at n={m.floor.n}: too small to tell")
         else:
             notes.append("low feature spread (possible mode collapse)")
@@ -231,19 +231,21 @@ def collapse_notes(row: Row, loss_type: str, floors) -> list[str]:
 
 def fid_cell(m: handoff.ModelMetrics) -> str:
     """FID with its spread over the generated sets and its sample count: '41.50 ± 1.25 (n=256×2)'."""
-    spread = f" ± {metric(m.fid_std)}" if m.fid_seeds > 1 else ""
-    return f"{metric(m.fid)}{spread} (n={m.num_gen}×{m.fid_seeds})"
+    fid = m.fid
+    spread = f" ± {metric(fid.std)}" if fid.sets > 1 else ""
+    return f"{metric(fid.mean)}{spread} (n={m.num_gen}×{fid.sets})"
 
 
 def improvement(m: handoff.ModelMetrics) -> str:
     """The final FID against the untrained generator's (kimg 0), at the snapshots' sample count."""
-    if m.fid_start is None:
+    fid = m.fid
+    if fid.start is None:
         return "– (no kimg-0 snapshot)"
-    if m.fid >= m.fid_start:  # no progress: never call a rise "lower"
-        change = f"{m.fid / max(m.fid_start, 1e-12):.2f}× higher, no improvement"
+    if fid.mean >= fid.start:  # no progress: never call a rise "lower"
+        change = f"{fid.mean / max(fid.start, 1e-12):.2f}× higher, no improvement"
     else:
-        change = f"{m.fid_start / max(m.fid, 1e-12):.2f}× lower"
-    return f"{metric(m.fid_start)} → {metric(m.fid)}: {change} (start n={m.fid_start_n})"
+        change = f"{fid.start / max(fid.mean, 1e-12):.2f}× lower"
+    return f"{metric(fid.start)} → {metric(fid.mean)}: {change} (start n={fid.start_n})"
 
 
 RANKING_COLUMNS = (
@@ -260,37 +262,37 @@ RANKING_COLUMNS = (
 )
 # Every metric of the ranking: (name, value of a row's metrics or None, whether higher is better)
 RANKED_METRICS = (
-    ("FID", lambda m: m.fid, False),
-    ("FID∞", lambda m: m.fid_inf, False),
-    ("KID", lambda m: m.kid, False),
-    ("FD-DINOv2", lambda m: m.fd_dinov2, False),
-    ("precision", lambda m: m.precision, True),
-    ("recall", lambda m: m.recall, True),
-    ("density", lambda m: m.density, True),
-    ("coverage", lambda m: m.coverage, True),
+    ("FID", lambda m: m.fid.mean, False),
+    ("FID∞", lambda m: m.fid.infinity, False),
+    ("KID", lambda m: m.kid.value, False),
+    ("FD-DINOv2", lambda m: None if m.fd_dinov2 is None else m.fd_dinov2.mean, False),
+    ("precision", lambda m: m.knn.precision, True),
+    ("recall", lambda m: m.knn.recall, True),
+    ("density", lambda m: m.knn.density, True),
+    ("coverage", lambda m: m.knn.coverage, True),
 )
 
 
 def fid_inf_cell(m: handoff.ModelMetrics) -> str:
-    sizes = [int(n) for n in m.fid_by_n]
-    return f"{metric(m.fid_inf)} (n={min(sizes)}..{max(sizes)}, {len(sizes)} points)"
+    sizes = [int(n) for n in m.fid.by_n]
+    return f"{metric(m.fid.infinity)} (n={min(sizes)}..{max(sizes)}, {len(sizes)} points)"
 
 
 def dino_cell(m: handoff.ModelMetrics) -> str:
-    if m.fd_dinov2 is None:
+    dino = m.fd_dinov2
+    if dino is None:
         return "– (evaluate.dinov2 none)"
-    spread = f" ± {metric(m.fd_dinov2_std)}" if m.fid_seeds > 1 else ""
-    floor = m.fd_dinov2_floor
+    spread = f" ± {metric(dino.std)}" if m.fid.sets > 1 else ""
     return (
-        f"{metric(m.fd_dinov2)}{spread}{label(m.fd_dinov2_label_key).suffix} (n={m.num_gen}×{m.fid_seeds}; "
-        f"floor {metric(floor.fid)})"
+        f"{metric(dino.mean)}{spread}{label(dino.label_key).suffix} (n={m.num_gen}×{m.fid.sets}; "
+        f"floor {metric(dino.floor.fid)})"
     )
 
 
 def ranking_section(rows: list[Row]) -> str:
     """The evaluated models by FID, best first, each metric with its n, spread and floor, and whether the
     metrics agree on the order."""
-    ranked = sorted((r for r in rows if r.trained), key=lambda r: r.metrics.fid)
+    ranked = sorted((r for r in rows if r.trained), key=lambda r: r.metrics.fid.mean)
     cells = []
     for rank, row in enumerate(ranked, 1):
         m, suffix = row.metrics, label(row.metrics.label_key).suffix
@@ -301,10 +303,10 @@ def ranking_section(rows: list[Row]) -> str:
                 fid_cell(m) + suffix,
                 f"{metric(m.floor.fid)} (n={m.floor.n})",
                 fid_inf_cell(m),
-                f"{metric(m.kid * 1e3)} ({metric(m.floor.kid * 1e3)})",
+                f"{metric(m.kid.value * 1e3)} ({metric(m.floor.kid * 1e3)})",
                 dino_cell(m),
-                f"{m.precision:.3f} / {m.recall:.3f}",
-                f"{m.density:.3f} / {m.coverage:.3f} (n={m.pr_num}, k={m.pr_k})",
+                f"{m.knn.precision:.3f} / {m.knn.recall:.3f}",
+                f"{m.knn.density:.3f} / {m.knn.coverage:.3f} (n={m.knn.num}, k={m.knn.k})",
                 improvement(m),
             ]
         )
@@ -504,7 +506,7 @@ def result_cells(row: Row, loss_type: str, floors: dict[str, handoff.Floor] | No
     s, m = row.stats, row.metrics
     suffix = label(m.label_key).suffix
     fid = fid_cell(m) + suffix
-    ppl = f"{metric(m.ppl)} in {m.ppl_space.upper()}{label(m.ppl_label_key).suffix}"
+    ppl = f"{metric(m.ppl.value)} in {m.ppl.space.upper()}{label(m.ppl.label_key).suffix}"
     resolutions = " → ".join(map(str, s.resolutions_reached)) if len(s.resolutions_reached) > 1 else str(s.resolution)
     return [
         row.model,
@@ -516,10 +518,10 @@ def result_cells(row: Row, loss_type: str, floors: dict[str, handoff.Floor] | No
         fmt(s.img_per_s, 1),
         memory_label(s),
         fid,
-        f"{metric(m.kid * 1e3)} (n={m.num_gen}){suffix}",
+        f"{metric(m.kid.value * 1e3)} (n={m.num_gen}){suffix}",
         ppl,
-        f"{fmt(m.precision, 3)} (n={m.pr_num}){suffix}",
-        f"{fmt(m.recall, 3)} (n={m.pr_num}){suffix}",
+        f"{fmt(m.knn.precision, 3)} (n={m.knn.num}){suffix}",
+        f"{fmt(m.knn.recall, 3)} (n={m.knn.num}){suffix}",
         stability_notes(row, loss_type, floors),
     ]
 
@@ -532,10 +534,10 @@ def count_cells(row: Row) -> list[str] | None:
     return [
         row.model,
         str(m.num_gen),
-        str(m.fid_seeds),
+        str(m.fid.sets),
         str(m.num_ref),
-        str(m.pr_num),
-        str(m.ppl_num),
+        str(m.knn.num),
+        str(m.ppl.num),
         str(len(row.curve)),
         ", ".join(map(str, per_point)) or "–",
     ]
@@ -678,18 +680,18 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
         )
     if trained:
         first = trained[0]
-        spaces = ", ".join(f"{r.model}: {r.metrics.ppl_space.upper()}" for r in rows if r.trained)
+        spaces = ", ".join(f"{r.model}: {r.metrics.ppl.space.upper()}" for r in rows if r.trained)
         lines += [
             f"- FID/KID: clean-fid `clean` mode formulas; KID from 100 subsets of up to 1000; FID spread over "
-            f"{first.fid_seeds} generated set(s), seeds {first.seeds.get('fid')}",
-            f"- precision/recall: Kynkaanniemi et al. 2019, density/coverage: Naeem et al. 2020, k={first.pr_k}, "
+            f"{first.fid.sets} generated set(s), seeds {first.seeds.get('fid')}",
+            f"- precision/recall: Kynkaanniemi et al. 2019, density/coverage: Naeem et al. 2020, k={first.knn.k}, "
             "on the same features, one batched pass",
-            f"- FID∞: FID at {len(first.fid_by_n)} sample counts of the first set, least-squares line in 1/n, "
+            f"- FID∞: FID at {len(first.fid.by_n)} sample counts of the first set, least-squares line in 1/n, "
             "its value at 1/n = 0 (Chong & Forsyth 2020); KID at three of those n: "
-            + ", ".join(f"n={n}: {metric(v * 1e3)}" for n, v in first.kid_by_n.items())
+            + ", ".join(f"n={n}: {metric(v * 1e3)}" for n, v in first.kid.by_n.items())
             + " (×10³, first model)",
-            f"- PPL: {label(first.ppl_label_key).description}, ε={first.ppl_epsilon}, `{first.ppl_sampling}` "
-            f"sampling, face crop {'on' if first.ppl_crop else 'off'}, 1%/99% trimmed mean; space per model: {spaces}",
+            f"- PPL: {label(first.ppl.label_key).description}, ε={first.ppl.epsilon}, `{first.ppl.sampling}` "
+            f"sampling, face crop {'on' if first.ppl.crop else 'off'}, 1%/99% trimmed mean; space per model: {spaces}",
             f"- evaluation seeds: FID-vs-kimg {first.seeds.get('snapshots')}, PPL {first.seeds.get('ppl')}, "
             f"pictures {first.seeds.get('pictures')}",
         ]
@@ -750,8 +752,8 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
             "Numbers here say nothing about CelebA.\n\n"
         )
     banners = [features.banner] + sorted(
-        {label(r.metrics.ppl_label_key).banner for r in rows if r.trained}
-        | {label(r.metrics.fd_dinov2_label_key).banner for r in rows if r.trained and r.metrics.fd_dinov2_label_key}
+        {label(r.metrics.ppl.label_key).banner for r in rows if r.trained}
+        | {label(r.metrics.fd_dinov2.label_key).banner for r in rows if r.trained and r.metrics.fd_dinov2 is not None}
     )
     parts += [f"> {banner}\n\n" for banner in banners if banner]
     parts += [f"> **Params:** {note}\n\n" for note in view.notes]

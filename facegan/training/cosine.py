@@ -13,16 +13,14 @@ then stays at its end:
   EMA half-life  0 images                 ema_kimg                0 -> 500k images
   augment p      0                        augment.p               0 -> 0.3
 
-The loop evaluates them at the images seen before each step, as the official loop does at the top of
-its iteration (the EMA's beta too: 0.5 ** (batch / max(half-life, 1e-8)), so G_ema starts as G).
+facegan.training.values reads them, with every other model's per-step values, at the images seen
+before each step, as the official loop does at the top of its iteration (the EMA's beta too: 0.5 **
+(batch / max(half-life, 1e-8)), so G_ema starts as G).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
-from facegan import settings
 
 
 def cosine_decay(nimg: float, start: float, end: float, total_nimg: float) -> float:
@@ -31,37 +29,3 @@ def cosine_decay(nimg: float, start: float, end: float, total_nimg: float) -> fl
         return end
     decay = 0.5 * (1 + math.cos(math.pi * nimg / total_nimg))
     return start + (1 - decay) * (end - start)
-
-
-@dataclass(frozen=True)
-class CosineValues:
-    """Every scheduled value of one step."""
-
-    lr_g: float
-    lr_d: float
-    beta2_g: float
-    beta2_d: float
-    r1_gamma: float
-    ema_nimg: float  # the G EMA's half-life in images
-    augment_p: float
-
-
-def cosine_values(model_params: settings.ModelSettings, nimg: float) -> CosineValues | None:
-    """The scheduled values at `nimg` images seen, or None for a model without a `cosine` section."""
-    cosine: settings.CosineSettings | None = getattr(model_params, "cosine", None)
-    if cosine is None:
-        return None
-    total = cosine.decay_kimg * 1000
-
-    def at(start: float, end: float) -> float:
-        return cosine_decay(nimg, start, end, total)
-
-    return CosineValues(
-        lr_g=at(model_params.lr_g, cosine.lr_final),
-        lr_d=at(model_params.lr_d, cosine.lr_final),
-        beta2_g=at(model_params.betas_g[1], cosine.beta2_final),
-        beta2_d=at(model_params.betas_d[1], cosine.beta2_final),
-        r1_gamma=at(model_params.loss.r1_gamma, cosine.gamma_final),
-        ema_nimg=at(0.0, model_params.ema_kimg * 1000),
-        augment_p=at(0.0, model_params.augment.p) if model_params.augment.mode == "cosine" else model_params.augment.p,
-    )

@@ -2,7 +2,7 @@
 
 Set up (processes, device, precision, networks, optimizers, schedule, data), resume from the last
 checkpoint if there is one, then take steps until the kimg budget is spent. A step draws its
-random inputs, then runs each training phase due at it (facegan/training/phases.py: Gmain, Greg,
+random inputs, then runs each training phase due at it (facegan/training/phases.py and loss.py: Gmain, Greg,
 Dmain, Dreg, each with its own optimizer step, as the official StyleGAN2-ADA/3 loop), updates
 the G EMA once, and writes history rows, sample grids, G_ema snapshots and checkpoints on the
 way. At the end it writes the trained G_ema and train_stats.json (facegan.handoff.TrainedRun).
@@ -38,12 +38,16 @@ from facegan.device import resolve_device, resolve_precision
 from facegan.errors import UserError
 from facegan.training import distributed
 from facegan.training.ada import PIPES, AugmentPipe
+from facegan.training.context import RunContext
 from facegan.training.live import LiveLog
-from facegan.training.outputs import NonFiniteError, Progress, RunFiles, TermCheck, non_finite_error, trained_stats
-from facegan.training.phases import GanLoss, Phase, build_phases, lazy_interval
+from facegan.training.loss import NetworkPasses, build_loss, lazy_adam
+from facegan.training.phases import build_phases, lazy_interval
+from facegan.training.progress import NonFiniteError, Progress, TermCheck, non_finite_error
 from facegan.training.progressive import Schedule
+from facegan.training.run_files import RunFiles
 from facegan.training.state import TrainState
-from facegan.training.step import StepRunner, lazy_adam
+from facegan.training.stats import trained_stats
+from facegan.training.step import StepRunner
 
 __all__ = ["NonFiniteError", "train"]
 
@@ -75,12 +79,8 @@ def check_config(cfg: handoff.ModelView, spec: models.ModelSpec, schedule: Sched
         raise UserError(f"models.{cfg.model}.loss.pl_weight needs a style-based generator: set it to 0")
     if model_params.loss.style_mixing_prob > 0 and not spec.style_based:
         raise UserError(f"models.{cfg.model}.loss.style_mixing_prob needs a style-based generator: set it to 0")
-    if getattr(model_params.arch, "config", "t") == "r" and model_params.loss.blur_init_sigma == 0:
-        log.warning(
-            "models.%s.arch.config=r without the official D blur: set loss.blur_init_sigma=10 and "
-            "loss.blur_fade_kimg=batch*200/32",
-            cfg.model,
-        )
+    for warning in model_params.warnings():
+        log.warning("models.%s.%s", cfg.model, warning)
     for segment in schedule.segments:
         if segment.batch_size % world.size:
             raise UserError(
@@ -89,14 +89,8 @@ def check_config(cfg: handoff.ModelView, spec: models.ModelSpec, schedule: Sched
             )
 
 
-def build_state(
-    cfg: handoff.ModelView,
-    spec: models.ModelSpec,
-    phases: list[Phase],
-    device: torch.device,
-    dtype: torch.dtype,
-    world: distributed.World,
-) -> TrainState:
+def build_state(ctx: RunContext) -> TrainState:
+    cfg, spec, device, world = ctx.cfg, ctx.spec, ctx.device, ctx.world
     model_params, speed = cfg.params, cfg.train.speed
     if speed.compile == "cudagraphs" and device.type != "cuda":
         raise UserError(
@@ -110,26 +104,17 @@ def build_state(
     fused = speed.fused_adam and device.type == "cuda"
     world.broadcast_module(G), world.broadcast_module(D)
     augment = model_params.augment
-    start_p = 0.0 if augment.mode == "cosine" else augment.p  # a cosine p starts at 0 (facegan.training.cosine)
+    start_p = 0.0 if augment.mode == "cosine" else augment.p  # a cosine p starts at 0 (facegan.training.values)
     pipe = None if augment.mode == "none" else AugmentPipe(p=start_p, multipliers=PIPES[augment.pipe]).to(device)
+    passes = NetworkPasses(G, D, spec.style_based, speed.compile)
     return TrainState(
         G=G,
         D=D,
         G_ema=copy.deepcopy(G).eval().requires_grad_(False),
-        opt_G=lazy_adam(G.parameters(), model_params.betas_g, lazy_interval(phases, "G"), fused),
-        opt_D=lazy_adam(D.parameters(), model_params.betas_d, lazy_interval(phases, "D"), fused),
-        scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16),
-        loss=GanLoss(
-            G,
-            D,
-            spec.style_based,
-            spec.progressive,
-            model_params.loss,
-            world.all_mean,
-            speed.compile,
-            data_space=spec.data_space,
-            augment_pipe=pipe,
-        ),
+        opt_G=lazy_adam(G.parameters(), model_params.betas_g, lazy_interval(ctx.phases, "G"), fused),
+        opt_D=lazy_adam(D.parameters(), model_params.betas_d, lazy_interval(ctx.phases, "D"), fused),
+        scaler=torch.amp.GradScaler("cuda", enabled=ctx.dtype == torch.float16),
+        loss=build_loss(passes, spec, model_params.loss, world.all_mean, pipe),
     )
 
 
@@ -157,73 +142,64 @@ def train(
         )
     schedule = Schedule.for_model(cfg.model, cfg.params, int(np.log2(cfg.resolution)) - 2, spec.progressive)
     check_config(cfg, spec, schedule, world)
-    files = RunFiles(cfg, cache, ckpt_root, run_dir, world, schedule.total_nimg, dtype)
+    ctx = RunContext(cfg, spec, schedule, build_phases(cfg.params.loss), world, device, dtype)
+    files = RunFiles(ctx, cache, ckpt_root, run_dir)
     with files.lock():
-        return train_locked(cfg, cache, spec, schedule, files, world, device, dtype, stop_after_kimg, live_dir)
+        return train_locked(ctx, cache, files, stop_after_kimg, live_dir)
 
 
 def train_locked(
-    cfg: handoff.ModelView,
-    cache: FaceCache,
-    spec: models.ModelSpec,
-    schedule: Schedule,
-    files: RunFiles,
-    world: distributed.World,
-    device: torch.device,
-    dtype: torch.dtype,
-    stop_after_kimg: float | None,
-    live_dir: Path | None,
+    ctx: RunContext, cache: FaceCache, files: RunFiles, stop_after_kimg: float | None, live_dir: Path | None
 ) -> handoff.TrainedRun | None:
     """The training itself, holding the run's lock: resume, steps, outputs (see `train`)."""
+    cfg, schedule, world, device = ctx.cfg, ctx.schedule, ctx.world, ctx.device
     train_params = cfg.train
-    phases = build_phases(cfg.params.loss)
-    state = build_state(cfg, spec, phases, device, dtype, world)
+    state = build_state(ctx)
     resume = checkpoint.latest(files.dir)
     if resume is not None:
         state.restore(checkpoint.load(resume), device)
         if world.is_main:
             log.info("resuming %s from %s at %.2f kimg", cfg.model, resume, state.nimg / 1000)
-    progress = Progress(
-        cfg, schedule, phases, state, LiveLog(live_dir if world.is_main else None, resume=bool(resume)), world
-    )
+    progress = Progress(ctx, state, LiveLog(live_dir if world.is_main else None, resume=bool(resume)))
     stop_nimg = min(schedule.total_nimg, round(stop_after_kimg * 1000)) if stop_after_kimg else schedule.total_nimg
-    files.before_training(state, schedule.segments[0])
+    files.before_training(state)
 
     check = TermCheck(world, files.dir)
     cache.to_device(device, train_params.speed.cache_on_device)
-    step = StepRunner(cfg, spec, schedule, phases, cache, world, device, dtype)
-    out_of_time = False
+    step = StepRunner(ctx, cache)
+    due = None
     while state.nimg < stop_nimg:
         before = state.nimg
         done = step.run(state)
         segment, alpha = done.segment, done.alpha
         check.add(state.step - 1, done.terms)
         progress.step(done.seconds, done.batch)
-
-        level_done = state.nimg >= schedule.total_nimg or schedule.segment_at(state.nimg).level != segment.level
-        checkpoint_due = files.checkpoint_due(before, state.nimg, stop_nimg)
-        out_of_time = checkpoint_due and budget_spent(state.train_seconds, train_params.budget_minutes, world)
-        log_due = files.crossed(before, state.nimg, train_params.log_kimg) or state.nimg >= stop_nimg or level_done
+        due = files.due(
+            before,
+            state.nimg,
+            stop_nimg,
+            segment,
+            lambda: budget_spent(state.train_seconds, train_params.budget_minutes, world),
+        )
         # the finiteness check syncs with the device: every check_every steps, and always before a
         # history row or a checkpoint, so that no checkpoint holds a run that has diverged
-        if log_due or checkpoint_due or state.step % train_params.speed.check_every == 0:
+        if due.sync or state.step % train_params.speed.check_every == 0:
             progress.terms.add_terms(check.flush())
-        if log_due or out_of_time:
+        if due.log:
             progress.row(state, segment, alpha, device)
             bad = state.first_non_finite()
             if bad is not None:
                 raise non_finite_error(f"weight {bad}", state.step, files.dir)
-        files.after_step(state, segment, alpha, before, stop_nimg, level_done, final=out_of_time)
-        if out_of_time:  # train.budget_minutes: a finished run, at the first checkpoint past the budget
+        files.after_step(state, segment, alpha, due)
+        if due.final:  # train.budget_minutes: a finished run, at the first checkpoint past the budget
             break
 
     world.barrier()
     stats = None
+    out_of_time = due is not None and due.final
     if state.nimg >= schedule.total_nimg or out_of_time:
         stopped_by = "budget" if state.nimg < schedule.total_nimg else "kimg"
-        stats = trained_stats(
-            cfg, spec, state, schedule, phases, world, device, dtype, progress.live, cache, stopped_by
-        )
+        stats = trained_stats(ctx, state, progress.live, cache, stopped_by)
     progress.close(stats)
     if stats is not None and world.is_main:
         files.publish(state, stats, schedule.segment_at(state.nimg - 1))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from facegan.training.phases import GanLoss
+from facegan.training.loss import GanLoss
 
 
 def rng_state() -> dict:

@@ -1,8 +1,9 @@
-"""One training step, as the loop takes it: the step's segment and learning rates, its random draws, the
-reals, every phase due (its loss, backward, gradient averaging and optimizer step), the G EMA and ADA's p.
+"""One training step, as the loop takes it: the step's values (facegan.training.values: lr, betas, gamma,
+EMA, p, blur), its random draws, the reals, every phase due (its loss, backward, gradient averaging and
+optimizer step), the G EMA and ADA's p.
 
 `StepRunner.run` is the step; tests/test_golden.py runs it against the official training loops. The
-pieces it composes (the EMA's beta, lazy Adam, the lr decay, the draws) are tested on their own in
+pieces it composes (the values, the draws, the EMA update) are tested on their own in
 tests/test_losses.py and tests/test_phases.py.
 """
 
@@ -13,30 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
-import models
-from facegan import handoff, settings
+from facegan import settings
 from facegan.data.cache import FaceCache
-from facegan.training import distributed
 from facegan.training.ada import AdaRule, update_p
-from facegan.training.cosine import cosine_values
-from facegan.training.phases import Phase, StepContext, blur_sigma, lazy_interval, phase_loss
-from facegan.training.progressive import Schedule, Segment, prepare_reals
+from facegan.training.context import RunContext
+from facegan.training.loss import StepContext, lazy_ratio
+from facegan.training.phases import Phase, lazy_interval
+from facegan.training.progressive import Segment, prepare_reals
 from facegan.training.state import TrainState
-
-
-def ema_beta(model_params: settings.ModelSettings, batch: int, nimg: int) -> float:
-    """Per-step G EMA decay for a half-life of ema_kimg, ramped up to ema_rampup * nimg, where nimg
-    counts the images before this step (official: step 0 copies G); R3GAN's half-life follows its cosine
-    schedule from 0 (facegan.training.cosine)."""
-    scheduled = cosine_values(model_params, nimg)
-    if scheduled is not None:
-        return 0.5 ** (batch / max(scheduled.ema_nimg, 1e-8))
-    half_life = model_params.ema_kimg * 1000
-    if half_life <= 0:
-        return 0.0
-    if model_params.ema_rampup > 0:
-        half_life = min(half_life, nimg * model_params.ema_rampup)
-    return 0.5 ** (batch / max(half_life, 1e-8))
+from facegan.training.values import StepSchedule, StepValues
 
 
 @torch.no_grad()
@@ -56,32 +42,6 @@ def update_ema(G_ema, G, beta: float, foreach: bool = True) -> None:
         b_ema.copy_(b)
 
 
-def lazy_ratio(interval: int) -> float:
-    """Adam's lr and betas for a network regularised every `interval` steps (StyleGAN2 appendix B)."""
-    return interval / (interval + 1) if interval > 1 else 1.0
-
-
-def lazy_adam(params, betas, interval: int, fused: bool = False) -> torch.optim.Adam:
-    """Adam with betas ** ratio; the lr (times the ratio) is set by `enter_step` every step. `fused`: one
-    kernel for the whole update (CUDA only)."""
-    ratio = lazy_ratio(interval)
-    return torch.optim.Adam(params, lr=0.0, betas=tuple(b**ratio for b in betas), eps=1e-8, fused=fused or None)
-
-
-def learning_rates(
-    segment: Segment, model_params: settings.ModelSettings, nimg: int, total_nimg: int
-) -> tuple[float, float]:
-    """(lr_g, lr_d) of a step: the segment's, times a linear decay to 0 over the last lr_decay_kimg (R3GAN:
-    its cosine schedule's)."""
-    scheduled = cosine_values(model_params, nimg)
-    if scheduled is not None:
-        return scheduled.lr_g, scheduled.lr_d
-    decay = 1.0
-    if model_params.lr_decay_kimg > 0:
-        decay = min(max((total_nimg - nimg) / (model_params.lr_decay_kimg * 1000), 0.0), 1.0)
-    return segment.lr_g * decay, segment.lr_d * decay
-
-
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + step * 65_537 + rank) % (2**62)
 
@@ -98,103 +58,72 @@ class StepDraws:
     flips_g: torch.Tensor | None
 
 
-def step_draws(
-    seed: int,
-    step: int,
-    batch: int,
-    dataset_size: int,
-    z_dim: int,
-    xflip: bool,
-    phases: list[Phase],
-    latents: str = "per_phase",
-) -> StepDraws:
+@dataclass(frozen=True)
+class DrawSpec:
+    """What a step's draws look like: the latents' width, whether reals are mirrored, and how the phases
+    share latents (`per_phase`: a batch per phase, as NVlabs' loop; `per_step`: one batch every phase
+    reuses, as PyTorch's DCGAN example, whose G step scores D's fakes)."""
+
+    z_dim: int
+    xflip: bool
+    latents: str = "per_phase"
+
+    @classmethod
+    def of(cls, model_params: settings.ModelSettings) -> DrawSpec:
+        return cls(model_params.arch.z_dim, model_params.xflip, model_params.loss.latents)
+
+
+def step_draws(seed: int, step: int, batch: int, dataset_size: int, phases: list[Phase], spec: DrawSpec) -> StepDraws:
     """Every random input of one step for the global batch, from a (seed, step) generator: reals'
-    indices and flips, the latents (`per_phase`: a batch per phase, as NVlabs' loop; `per_step`: one
-    batch every phase reuses, as PyTorch's DCGAN example, whose G step scores D's fakes), WGAN-GP weights."""
+    indices and flips, the latents, WGAN-GP weights."""
     gen = torch.Generator().manual_seed(step_seed(seed, step))
     idx = torch.randint(dataset_size, (batch,), generator=gen)
     flips = torch.rand(batch, generator=gen) < 0.5  # drawn without x-flips too, so the latents stay the same
-    if latents == "per_step":
-        shared = torch.randn(batch, z_dim, generator=gen)
+    if spec.latents == "per_step":
+        shared = torch.randn(batch, spec.z_dim, generator=gen)
         z = {phase.name: shared for phase in phases}
     else:
-        z = {phase.name: torch.randn(batch, z_dim, generator=gen) for phase in phases}
+        z = {phase.name: torch.randn(batch, spec.z_dim, generator=gen) for phase in phases}
     gp_eps = torch.rand(batch, generator=gen)
     # drawn last, so that every earlier draw is what it was before G's phases had reals of their own
     idx_g = torch.randint(dataset_size, (batch,), generator=gen)
     flips_g = torch.rand(batch, generator=gen) < 0.5
     return StepDraws(
-        idx=idx, flips=flips if xflip else None, z=z, gp_eps=gp_eps, idx_g=idx_g, flips_g=flips_g if xflip else None
+        idx=idx,
+        flips=flips if spec.xflip else None,
+        z=z,
+        gp_eps=gp_eps,
+        idx_g=idx_g,
+        flips_g=flips_g if spec.xflip else None,
     )
 
 
-def run_phase(
-    state: TrainState,
-    phase: Phase,
-    z: torch.Tensor,
-    real: torch.Tensor,
-    ctx: StepContext,
-    world: distributed.World,
-    autocast,
-    grad_clip_d: float,
-) -> dict[str, torch.Tensor]:
-    """One phase: its loss terms, backward, gradients averaged over ranks, its optimizer's step."""
-    net, opt = (state.G, state.opt_G) if phase.net == "G" else (state.D, state.opt_D)
-    state.G.requires_grad_(phase.net == "G")
-    state.D.requires_grad_(phase.net == "D")
-    opt.zero_grad(set_to_none=True)
-    with autocast:
-        terms = state.loss.phase_terms(phase, z, real, ctx)
-    state.scaler.scale(phase_loss(phase, terms)).backward()
-    world.average_gradients(net)
-    if phase.net == "D" and phase.main and grad_clip_d > 0:  # StyleSwin: D's main step only
-        state.scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip_d)
-    state.scaler.step(opt)
-    state.scaler.update()
-    return {name: value.detach() for name, value in terms.items()}
-
-
-def enter_step(
-    state: TrainState,
-    schedule: Schedule,
-    spec: models.ModelSpec,
-    model_params: settings.ModelSettings,
-    lazy: dict[str, float],
-    device: torch.device,
-) -> tuple[Segment, float]:
-    """The step's segment and alpha, with the networks' level and the optimizers' lr set for it."""
-    segment = schedule.segment_at(state.nimg)
+def enter_step(state: TrainState, values: StepValues, ctx: RunContext, lazy: dict[str, float]) -> tuple[Segment, float]:
+    """The step's segment and alpha, with the networks' level and the optimizers' lr (and R3GAN's beta2 and
+    augmentation p) set to this step's values."""
+    segment, schedule = values.segment, ctx.schedule
     if segment.index != state.segment_index:  # entering a segment: a growing model's new block
-        reset = spec.progressive and model_params.progressive.reset_optimizer
+        reset = ctx.spec.progressive and ctx.cfg.params.progressive.reset_optimizer
         previous = schedule.segments[state.segment_index] if state.segment_index >= 0 else None
         if reset and previous is not None and new_level_of_detail(previous, segment):
             state.opt_G.state.clear(), state.opt_D.state.clear()
         state.segment_index = segment.index
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        if ctx.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(ctx.device)
     alpha = segment.alpha(state.nimg)
-    if spec.progressive:
+    if ctx.spec.progressive:
         for net in state.networks().values():
             net.set_progress(segment.level, alpha)
-    lr_g, lr_d = learning_rates(segment, model_params, state.nimg, schedule.total_nimg)
-    for opt, lr, ratio in ((state.opt_G, lr_g, lazy["G"]), (state.opt_D, lr_d, lazy["D"])):
+    for opt, lr, ratio in ((state.opt_G, values.lr_g, lazy["G"]), (state.opt_D, values.lr_d, lazy["D"])):
         for group in opt.param_groups:
             group["lr"] = lr * ratio
-    scheduled = cosine_values(model_params, state.nimg)
-    if scheduled is not None:  # R3GAN: Adam's beta2 and the augmentation's p follow the cosine too
-        for opt, beta2 in ((state.opt_G, scheduled.beta2_g), (state.opt_D, scheduled.beta2_d)):
+    for opt, beta2 in ((state.opt_G, values.beta2_g), (state.opt_D, values.beta2_d)):
+        if beta2 is not None:  # R3GAN: Adam's beta2 follows its cosine
             for group in opt.param_groups:
                 group["betas"] = (group["betas"][0], beta2)
-        if state.loss.augment_pipe is not None:
-            state.loss.augment_pipe.p.fill_(scheduled.augment_p)
+    if values.augment_p is not None and state.loss.augment_pipe is not None:  # R3GAN's p on its cosine
+        state.loss.augment_pipe.p.fill_(values.augment_p)
     return segment, alpha
-
-
-def r1_gamma_at(model_params: settings.ModelSettings, nimg: int) -> float:
-    """R1's (and R2's) gamma of a step: loss.r1_gamma, or R3GAN's cosine schedule from it."""
-    scheduled = cosine_values(model_params, nimg)
-    return model_params.loss.r1_gamma if scheduled is None else scheduled.r1_gamma
 
 
 def new_level_of_detail(previous: Segment, segment: Segment) -> bool:
@@ -222,69 +151,68 @@ class StepOutcome:
     seconds: float
 
 
-@dataclass
 class StepRunner:
-    """One training step, everything the loop fixes for the whole run bound once. `run` is the step:
-    the schedule's segment and lr, the step's draws, the reals, every phase due, the G EMA and ADA's
-    p; tests/test_golden.py runs it against the official training loops."""
+    """One training step, everything the loop fixes for the whole run bound once. `run` is the step;
+    tests/test_golden.py runs it against the official training loops."""
 
-    cfg: handoff.ModelView
-    spec: models.ModelSpec
-    schedule: Schedule
-    phases: list[Phase]
-    cache: FaceCache
-    world: distributed.World
-    device: torch.device
-    dtype: torch.dtype
-
-    def __post_init__(self):
-        self.lazy = {net: lazy_ratio(lazy_interval(self.phases, net)) for net in ("G", "D")}
-        self.ada = ada_rule(self.cfg.params.augment)
-        self.autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+    def __init__(self, ctx: RunContext, cache: FaceCache | None):
+        self.ctx, self.cache, self.cfg, self.spec = ctx, cache, ctx.cfg, ctx.spec
+        self.values = StepSchedule(ctx.cfg.params, ctx.schedule)
+        self.lazy = {net: lazy_ratio(lazy_interval(ctx.phases, net)) for net in ("G", "D")}
+        self.ada = ada_rule(ctx.cfg.params.augment)
+        self.draw_spec = DrawSpec.of(ctx.cfg.params)
+        self.autocast = torch.autocast(ctx.device.type, dtype=ctx.dtype, enabled=ctx.dtype != torch.float32)
 
     def reals(self, idx: torch.Tensor, flips: torch.Tensor | None, segment: Segment, alpha: float) -> torch.Tensor:
         """This rank's share of a batch of real faces, flipped as drawn, at the segment's resolution."""
-        flips = None if flips is None else self.world.shard(flips)
-        images = self.cache.batch(self.world.shard(idx).numpy(), self.device, flips)
+        world = self.ctx.world
+        flips = None if flips is None else world.shard(flips)
+        images = self.cache.batch(world.shard(idx).numpy(), self.ctx.device, flips)
         real = prepare_reals(images, segment.resolution, alpha)
         if self.cfg.train.speed.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         return real
 
+    def run_phase(
+        self, state: TrainState, phase: Phase, z: torch.Tensor, real: torch.Tensor, step_ctx: StepContext
+    ) -> dict[str, torch.Tensor]:
+        """One phase: its loss, backward, gradients averaged over ranks, its optimizer's step."""
+        net, opt = (state.G, state.opt_G) if phase.net == "G" else (state.D, state.opt_D)
+        state.G.requires_grad_(phase.net == "G")
+        state.D.requires_grad_(phase.net == "D")
+        opt.zero_grad(set_to_none=True)
+        with self.autocast:
+            loss = state.loss.phase_loss(phase, z, real, step_ctx)
+        state.scaler.scale(loss.total).backward()
+        self.ctx.world.average_gradients(net)
+        grad_clip_d = self.cfg.params.grad_clip_d
+        if phase.net == "D" and phase.main and grad_clip_d > 0:  # StyleSwin: D's main step only
+            state.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip_d)
+        state.scaler.step(opt)
+        state.scaler.update()
+        return {name: value.detach() for name, value in loss.terms.items()}
+
     def run(self, state: TrainState) -> StepOutcome:
-        cfg, model_params, world = self.cfg, self.cfg.params, self.world
+        ctx, model_params, world = self.ctx, self.cfg.params, self.ctx.world
         t0 = time.perf_counter()
-        segment, alpha = enter_step(state, self.schedule, self.spec, model_params, self.lazy, self.device)
+        values = self.values.at(state.nimg)
+        segment, alpha = enter_step(state, values, ctx, self.lazy)
         batch = segment.batch_size
-        draws = step_draws(
-            cfg.seed,
-            state.step,
-            batch,
-            len(self.cache),
-            model_params.arch.z_dim,
-            model_params.xflip,
-            self.phases,
-            model_params.loss.latents,
-        )
-        torch.manual_seed(step_seed(cfg.seed, state.step, world.rank + 1))  # the models' noise, mixing, augmentation
+        draws = step_draws(self.cfg.seed, state.step, batch, len(self.cache), ctx.phases, self.draw_spec)
+        torch.manual_seed(step_seed(self.cfg.seed, state.step, world.rank + 1))  # models' noise, mixing, augmentation
         real = self.reals(draws.idx, draws.flips, segment, alpha)
         # a relativistic G loss scores reals too: its own batch, as the official R3GAN loop fetches one per phase
         real_g = self.reals(draws.idx_g, draws.flips_g, segment, alpha) if model_params.loss.type == "rpgan" else real
-        ctx = StepContext(
-            segment.resolution,
-            blur_sigma(model_params.loss, state.nimg),
-            world.shard(draws.gp_eps),
-            r1_gamma_at(model_params, state.nimg),
-        )
+        step_ctx = StepContext(segment.resolution, values.blur_sigma, world.shard(draws.gp_eps), values.r1_gamma)
         terms = {}
-        for phase in self.phases:
+        for phase in ctx.phases:
             if phase.runs_at(state.step):
-                z = world.shard(draws.z[phase.name]).to(self.device)
-                reals = real_g if phase.net == "G" else real
-                terms.update(run_phase(state, phase, z, reals, ctx, world, self.autocast, model_params.grad_clip_d))
-        update_ema(state.G_ema, state.G, ema_beta(model_params, batch, state.nimg), cfg.train.speed.foreach_ema)
+                z = world.shard(draws.z[phase.name]).to(ctx.device)
+                terms.update(self.run_phase(state, phase, z, real_g if phase.net == "G" else real, step_ctx))
+        update_ema(state.G_ema, state.G, values.ema_beta, self.cfg.train.speed.foreach_ema)
         seconds = time.perf_counter() - t0
-        state.account(segment.name, batch, seconds, self.device)
+        state.account(segment.name, batch, seconds, ctx.device)
         if self.ada is not None and state.step % self.ada.interval == 0:  # after every interval-th step (official)
             update_p(state.loss.augment_pipe, self.ada, state.loss.real_signs, batch, world.all_mean)
         return StepOutcome(segment, alpha, batch, terms, seconds)

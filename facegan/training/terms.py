@@ -10,4 +10,3 @@ D_GRADIENT_PENALTY = "D/gradient_penalty"
 D_CONSISTENCY = "D/consistency"
 D_R1 = "D/r1"
 D_R2 = "D/r2"  # R3GAN's zero-centred penalty on fakes
-LAZY_TERMS = (G_PATH_LENGTH, D_R1)  # scaled by their phase's interval when the phase is lazy
