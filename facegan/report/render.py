@@ -646,11 +646,27 @@ def recipe_section(rows: list[Row]) -> str:
 
 
 def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows: list[Row]) -> str:
-    data, eval_params = view.data, view.evaluate
-    trained = [r.metrics for r in rows if r.trained]
+    """Where the numbers come from: the data, the features and their floors, each metric's settings and seeds,
+    the evaluate params and any kernel fallback."""
+    trained = [r for r in rows if r.trained]
+    lines = reference_lines(view, meta)
+    if trained:
+        lines += metric_lines(trained)
+    eval_params = view.evaluate
+    lines.append(
+        f"- evaluate params: num_gen {eval_params.num_gen}, num_ref {eval_params.num_ref}, snapshot_num_gen "
+        f"{eval_params.snapshot_num_gen}, ppl_samples {eval_params.ppl_samples}, "
+        f"extractor `{eval_params.extractor}`, lpips `{eval_params.lpips}`"
+    )
+    lines += fallback_lines(rows)
+    return "\n".join(lines) + "\n"
+
+
+def reference_lines(view: handoff.ReportView, meta: handoff.ReferenceMeta) -> list[str]:
+    """The run, the data, the feature networks, the real-vs-real floors and the feature chain."""
     lines = [
         f"- profile `{view.profile}`, model selection `{view.model}`, training seed {view.seed}",
-        f"- data: source `{meta.source}`, {meta.cache_count} faces in the cache ({data.num_faces} requested), "
+        f"- data: source `{meta.source}`, {meta.cache_count} faces in the cache ({view.data.num_faces} requested), "
         f"{meta.resolution}x{meta.resolution}",
         f"- features: {label(meta.label_key).description}; reference statistics from {meta.count} real faces",
         f"- Inception file: `{meta.weights or 'none (proxy network)'}`" + (f"; {meta.choice}" if meta.choice else ""),
@@ -678,40 +694,38 @@ def settings_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows
                 else f"not checked ({agreement.get('reason', '')})"
             )
         )
-    if trained:
-        first = trained[0]
-        spaces = ", ".join(f"{r.model}: {r.metrics.ppl.space.upper()}" for r in rows if r.trained)
-        lines += [
-            f"- FID/KID: clean-fid `clean` mode formulas; KID from 100 subsets of up to 1000; FID spread over "
-            f"{first.fid.sets} generated set(s), seeds {first.seeds.get('fid')}",
-            f"- precision/recall: Kynkaanniemi et al. 2019, density/coverage: Naeem et al. 2020, k={first.knn.k}, "
-            "on the same features, one batched pass",
-            f"- FID∞: FID at {len(first.fid.by_n)} sample counts of the first set, least-squares line in 1/n, "
-            "its value at 1/n = 0 (Chong & Forsyth 2020); KID at three of those n: "
-            + ", ".join(f"n={n}: {metric(v * 1e3)}" for n, v in first.kid.by_n.items())
-            + " (×10³, first model)",
-            f"- PPL: {label(first.ppl.label_key).description}, ε={first.ppl.epsilon}, `{first.ppl.sampling}` "
-            f"sampling, face crop {'on' if first.ppl.crop else 'off'}, 1%/99% trimmed mean; space per model: {spaces}",
-            f"- evaluation seeds: FID-vs-kimg {first.seeds.get('snapshots')}, PPL {first.seeds.get('ppl')}, "
-            f"pictures {first.seeds.get('pictures')}",
-        ]
-    lines.append(
-        f"- evaluate params: num_gen {eval_params.num_gen}, num_ref {eval_params.num_ref}, snapshot_num_gen "
-        f"{eval_params.snapshot_num_gen}, ppl_samples {eval_params.ppl_samples}, "
-        f"extractor `{eval_params.extractor}`, lpips `{eval_params.lpips}`"
-    )
-    fallbacks = {
-        r.model: r.stats.kernel_fallbacks
-        for r in rows
-        if isinstance(r.stats, handoff.TrainedRun) and r.stats.kernel_fallbacks
-    }
-    for model, ops in fallbacks.items():
-        for op, error in ops.items():
-            lines.append(
-                f"- **kernel fallback** in {model}: `{op}` ran on the PyTorch reference after its Triton "
-                f"kernel failed ({error.splitlines()[0][:120]})"
-            )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def metric_lines(trained: list[Row]) -> list[str]:
+    """Each metric's formula, settings and seeds (the first trained model's; every model shares them)."""
+    first = trained[0].metrics
+    spaces = ", ".join(f"{r.model}: {r.metrics.ppl.space.upper()}" for r in trained)
+    return [
+        f"- FID/KID: clean-fid `clean` mode formulas; KID from 100 subsets of up to 1000; FID spread over "
+        f"{first.fid.sets} generated set(s), seeds {first.seeds.get('fid')}",
+        f"- precision/recall: Kynkaanniemi et al. 2019, density/coverage: Naeem et al. 2020, k={first.knn.k}, "
+        "on the same features, one batched pass",
+        f"- FID∞: FID at {len(first.fid.by_n)} sample counts of the first set, least-squares line in 1/n, "
+        "its value at 1/n = 0 (Chong & Forsyth 2020); KID at three of those n: "
+        + ", ".join(f"n={n}: {metric(v * 1e3)}" for n, v in first.kid.by_n.items())
+        + " (×10³, first model)",
+        f"- PPL: {label(first.ppl.label_key).description}, ε={first.ppl.epsilon}, `{first.ppl.sampling}` "
+        f"sampling, face crop {'on' if first.ppl.crop else 'off'}, 1%/99% trimmed mean; space per model: {spaces}",
+        f"- evaluation seeds: FID-vs-kimg {first.seeds.get('snapshots')}, PPL {first.seeds.get('ppl')}, "
+        f"pictures {first.seeds.get('pictures')}",
+    ]
+
+
+def fallback_lines(rows: list[Row]) -> list[str]:
+    """Custom ops that ran on the PyTorch reference because their Triton kernel failed (recorded by training)."""
+    return [
+        f"- **kernel fallback** in {row.model}: `{op}` ran on the PyTorch reference after its Triton "
+        f"kernel failed ({error.splitlines()[0][:120]})"
+        for row in rows
+        if isinstance(row.stats, handoff.TrainedRun)
+        for op, error in row.stats.kernel_fallbacks.items()
+    ]
 
 
 def knn_floor_lines(floors: dict[str, handoff.Floor]) -> list[str]:
@@ -738,61 +752,55 @@ def knn_floor_lines(floors: dict[str, handoff.Floor]) -> list[str]:
     return lines
 
 
-def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path = paths.REPORTS_DIR) -> str:
-    rows = collect(view.models)
-    figures = out_dir / "figures"
-    if figures.exists():
-        shutil.rmtree(figures)  # figures of models no longer evaluated must not linger
-    figures.mkdir(parents=True)
-    features = label(meta.label_key)
-    parts = ["# facegan-study: comparison\n\n"]
+def banner_section(view: handoff.ReportView, meta: handoff.ReferenceMeta, rows: list[Row]) -> str:
+    """What every number below must be read with: synthetic data, stand-in networks, params notes."""
+    parts = []
     if meta.synthetic:
         parts.append(
             "> **Data: synthetic stand-in faces** (the embedded demo source), not CelebA. "
             "Numbers here say nothing about CelebA.\n\n"
         )
-    banners = [features.banner] + sorted(
+    banners = [label(meta.label_key).banner] + sorted(
         {label(r.metrics.ppl.label_key).banner for r in rows if r.trained}
         | {label(r.metrics.fd_dinov2.label_key).banner for r in rows if r.trained and r.metrics.fd_dinov2 is not None}
     )
     parts += [f"> {banner}\n\n" for banner in banners if banner]
     parts += [f"> **Params:** {note}\n\n" for note in view.notes]
-    if samples_overview(rows, figures / "samples_overview.png", view.evaluate.grid_size):
-        parts.append("## Samples, one row per model\n\n![samples of every model](figures/samples_overview.png)\n\n")
-    parts += [f"## Ranking by {features.axis}\n\n", ranking_section(rows)]
-    parts += ["\n## Settings\n\n", settings_section(view, meta, rows)]
-    table = [result_cells(r, view.loss_types[r.model], meta.floors) for r in rows]
-    parts += ["\n## Results\n\n", markdown_table(RESULT_COLUMNS, table)]
-    parts.append(recipe_section(rows))
-    parts.append(
-        f"\nStability notes are heuristics on the files: D's loss below {D_WINS_LOSS} on each of the last "
-        f"{D_WINS_ROWS} logged rows (non-saturating/hinge losses); the final snapshot's FID above {FID_WORSENED}x "
-        "the best one's (3+ snapshots at the final resolution) by more than the real-vs-real FID floor at the "
-        f"snapshots' n; recall below {LOW_RECALL} with precision inside the real-vs-real range; generated-feature "
-        f"variance below {LOW_SPREAD}x the real one; non-finite losses. Recall and spread are only flagged below "
-        "the range that two disjoint sets of real faces span at the same n (Settings): inside it, the note says "
-        "the sample is too small to tell. Kernel fallbacks are listed under Settings.\n"
-    )
-    parts += ["\n### Sample counts\n\n", markdown_table(COUNT_COLUMNS, [c for c in map(count_cells, rows) if c])]
-    parts.append(equal_time_section(rows))
-    parts.append(tune_section(view.models, figures))
+    return "".join(parts)
+
+
+STABILITY_RULES = (
+    f"\nStability notes are heuristics on the files: D's loss below {D_WINS_LOSS} on each of the last "
+    f"{D_WINS_ROWS} logged rows (non-saturating/hinge losses); the final snapshot's FID above {FID_WORSENED}x "
+    "the best one's (3+ snapshots at the final resolution) by more than the real-vs-real FID floor at the "
+    f"snapshots' n; recall below {LOW_RECALL} with precision inside the real-vs-real range; generated-feature "
+    f"variance below {LOW_SPREAD}x the real one; non-finite losses. Recall and spread are only flagged below "
+    "the range that two disjoint sets of real faces span at the same n (Settings): inside it, the note says "
+    "the sample is too small to tell. Kernel fallbacks are listed under Settings.\n"
+)
+
+
+def plots_section(rows: list[Row], figures: Path, axis: str) -> str:
+    """FID vs kimg (with ADA's p) and vs training time, and the losses, each where some row has the data."""
     plots = [
         (
             "fid_vs_kimg",
-            f"{features.axis} vs kimg" + (" and ADA's p" if augmented(rows) else ""),
-            lambda out: plot_fid_curves(rows, out, features.axis),
+            f"{axis} vs kimg" + (" and ADA's p" if augmented(rows) else ""),
+            lambda out: plot_fid_curves(rows, out, axis),
         ),
-        (
-            "fid_vs_time",
-            f"{features.axis} vs training time",
-            lambda out: plot_fid_curves(rows, out, features.axis, "train_hours"),
-        ),
+        ("fid_vs_time", f"{axis} vs training time", lambda out: plot_fid_curves(rows, out, axis, "train_hours")),
         ("losses", "Losses", lambda out: plot_losses(rows, out)),
     ]
-    for name, title, draw in plots:
-        if draw(figures / f"{name}.png"):
-            parts.append(f"\n## {title}\n\n![{title}](figures/{name}.png)\n")
-    parts.append("\n## Pictures\n")
+    return "".join(
+        f"\n## {title}\n\n![{title}](figures/{name}.png)\n"
+        for name, title, draw in plots
+        if draw(figures / f"{name}.png")
+    )
+
+
+def pictures_section(rows: list[Row], figures: Path) -> str:
+    """Each model's pictures (copied next to the report) and a growing model's last grid per resolution."""
+    parts = ["\n## Pictures\n"]
     for row in rows:
         parts.append(f"\n### {row.model}\n\n")
         if not row.trained:
@@ -809,6 +817,26 @@ def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path 
                 f"training grid at {grid.stem[3:]}x{grid.stem[3:]}:\n\n"
                 f"![{row.model} {grid.stem}](figures/{row.model}_{grid.name})\n\n"
             )
+    return "".join(parts)
+
+
+def render(view: handoff.ReportView, meta: handoff.ReferenceMeta, out_dir: Path = paths.REPORTS_DIR) -> str:
+    rows = collect(view.models)
+    figures = out_dir / "figures"
+    if figures.exists():
+        shutil.rmtree(figures)  # figures of models no longer evaluated must not linger
+    figures.mkdir(parents=True)
+    axis = label(meta.label_key).axis
+    parts = ["# facegan-study: comparison\n\n", banner_section(view, meta, rows)]
+    if samples_overview(rows, figures / "samples_overview.png", view.evaluate.grid_size):
+        parts.append("## Samples, one row per model\n\n![samples of every model](figures/samples_overview.png)\n\n")
+    parts += [f"## Ranking by {axis}\n\n", ranking_section(rows)]
+    parts += ["\n## Settings\n\n", settings_section(view, meta, rows)]
+    table = [result_cells(r, view.loss_types[r.model], meta.floors) for r in rows]
+    parts += ["\n## Results\n\n", markdown_table(RESULT_COLUMNS, table), recipe_section(rows), STABILITY_RULES]
+    parts += ["\n### Sample counts\n\n", markdown_table(COUNT_COLUMNS, [c for c in map(count_cells, rows) if c])]
+    parts += [equal_time_section(rows), tune_section(view.models, figures)]
+    parts += [plots_section(rows, figures, axis), pictures_section(rows, figures)]
     text = "".join(parts)
     write_text(out_dir / "comparison.md", text)
     return text
