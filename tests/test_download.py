@@ -5,6 +5,7 @@ the folder source (symlinks, broken links, unreadable files, odd names)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -192,6 +193,30 @@ def test_truncated_archive_is_reported_and_nothing_is_extracted(server, tmp_path
     message = _one_line(err)
     assert "truncated or corrupt" in message and "data.source=folder" in message
     assert not (tmp_path / "raw/url").exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "disk full while writing"),
+        (OSError(errno.EFBIG, "File too large"), "a file grew past the file-size limit (`ulimit -f`"),
+    ],
+)
+def test_a_full_disk_or_a_file_size_limit_while_extracting_is_not_called_a_corrupt_archive(
+    tmp_path, monkeypatch, error, expected
+):
+    """The archive is fine: telling the user to delete and download 1.4 GB again would be wrong advice."""
+    archive = tmp_path / "faces.zip"
+    archive.write_bytes(GOOD)
+
+    def cut(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(zipfile.ZipFile, "extract", cut)
+    with pytest.raises(UserError) as err:
+        dl.extract_archive(archive, tmp_path / "out", GOOD_SHA)
+    assert expected in _one_line(err) and "corrupt" not in _one_line(err)
+    assert archive.read_bytes() == GOOD and not (tmp_path / "out").exists()
 
 
 def test_html_error_page_is_not_taken_for_the_archive(server, tmp_path):

@@ -39,7 +39,6 @@ user may not read stops the download with one line naming it and the chmod that 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import html.parser
 import json
@@ -58,7 +57,7 @@ from tqdm import tqdm
 
 from facegan import handoff, settings
 from facegan.errors import UserError
-from facegan.io import atomic_dir, write_json, write_text
+from facegan.io import atomic_dir, disk_full_error, is_disk_full, is_file_too_large, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +87,9 @@ class HtmlPageError(UserError):
 
 
 def _disk_full(err: OSError, path: Path) -> UserError | None:
-    if err.errno == errno.ENOSPC:
-        return UserError(f"disk full while writing {path}: free space on {path.parent} and re-run")
+    """The one line for a write that the disk, its quota or the file-size limit cut (facegan.io), else None."""
+    if is_disk_full(err) or is_file_too_large(err):
+        return disk_full_error(path, is_dir=path.is_dir(), err=err)
     return None
 
 
@@ -447,6 +447,8 @@ def extract_archive(archive: Path, target: Path, digest: str, downloaded: bool =
     except OSError as err:
         if full := _disk_full(err, target):
             raise full from err
+        if err.errno is not None:  # permission, read-only file system, I/O error: the boundary names the path
+            raise
         raise UserError(f"{problem} ({err}): {fix}") from err
     return target
 
