@@ -276,6 +276,7 @@ def test_linear_lr_decay_reaches_zero_at_the_end_of_the_budget():
     lr_g, lr_d = learning_rates(params, 8_000)
     assert lr_g == pytest.approx(params.lr_g / 2) and lr_d == pytest.approx(params.lr_d / 2)
     assert learning_rates(params, 10_000) == (0.0, 0.0)
+    assert StepSchedule(params, Schedule.flat(params, 4)).kinds["lr"] == "linear"  # what the run's log line says
     plain = model_settings("stylegan2", kimg=10_000.0)
     assert learning_rates(plain, 9_999_000)[0] == 0.0025  # off
 

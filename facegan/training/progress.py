@@ -18,6 +18,7 @@ from facegan.training.context import RunContext
 from facegan.training.live import LiveLog
 from facegan.training.progressive import Segment
 from facegan.training.state import TermLog, TrainState
+from facegan.training.values import StepSchedule
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,14 @@ class Progress:
                 f"{s['segment']} {s['start_kimg']:g}-{s['end_kimg']:g} kimg (batch {s['batch_size']})"
                 for s in schedule.summary()
             )
-            log.info("%s: phases %s; schedule %s", cfg.model, ", ".join(p.name for p in ctx.phases), segments)
+            kinds = ", ".join(f"{name} {kind}" for name, kind in StepSchedule(cfg.params, schedule).kinds.items())
+            log.info(
+                "%s: phases %s; schedule %s; per-step values: %s",
+                cfg.model,
+                ", ".join(p.name for p in ctx.phases),
+                segments,
+                kinds,
+            )
         self.bar = tqdm(
             total=schedule.total_nimg / 1000,
             initial=state.nimg / 1000,
