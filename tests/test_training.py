@@ -116,6 +116,10 @@ def test_grows_through_every_resolution_and_resumes_to_identical_weights(cache_d
     assert straight.training_phases == ["Dmain", "Gmain"]  # WGAN-GP is not lazy; official PGGAN: D first
     grids = sorted(p.name for p in (tmp_path / "a" / "run" / "samples").glob("*.png"))
     assert {g[:7] for g in grids} == {"res0004", "res0008", "res0016"}, grids
+    # train.snapshot_level_ends: the last weights of 4x4 (0.032 kimg) and 8x8 (0.096), between the 0.064-kimg ones,
+    # so that FID per resolution has a point at every level's end
+    snapshots = {p.name: checkpoint.load(p) for p in (tmp_path / "a" / "run" / "snapshots").glob("*.pt")}
+    assert int(snapshots["kimg00000.03.pt"]["level"]) == 0 and int(snapshots["kimg00000.10.pt"]["level"]) == 1
     alphas = [h.alpha for h in straight.history if h.segment == "fade16"]
     assert alphas == sorted(alphas) and 0 < alphas[0] < 1
     live = tmp_path / "a" / "live" / "plots" / "metrics"
