@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import models
 from facegan import settings
 from facegan.training import bcr
 from facegan.training.ada import AugmentPipe, SignTally
@@ -235,7 +236,7 @@ class GanLoss:
     def __init__(
         self,
         passes: NetworkPasses,
-        spec,  # models.ModelSpec: style_based, progressive, data_space
+        spec: models.ModelSpec,  # style_based, progressive, data_space
         loss: settings.LossSettings,
         all_mean: Callable[[torch.Tensor], torch.Tensor],  # mean over data-parallel ranks (identity in one process)
         augment_pipe: AugmentPipe | None = None,  # ADA's pipe (None: no augmentation of D's inputs)
@@ -359,7 +360,7 @@ class RelativisticLoss(GanLoss):
 
 def build_loss(
     passes: NetworkPasses,
-    spec,
+    spec: models.ModelSpec,
     loss: settings.LossSettings,
     all_mean: Callable[[torch.Tensor], torch.Tensor],
     augment_pipe: AugmentPipe | None = None,
