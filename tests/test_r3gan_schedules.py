@@ -21,19 +21,11 @@ from facegan.training import distributed, loop, step
 from facegan.training.context import RunContext
 from facegan.training.phases import build_phases
 from facegan.training.progressive import Schedule
-from tests.helpers import REPO, cpu_train
+from tests.helpers import REPO, TINY_R3GAN_ARCH, cpu_train
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
 DECAY_NIMG = 2e7  # official decay_nimg of the FFHQ presets
-TINY_ARCH = {
-    "z_dim": 8,
-    "channel_base": 64,
-    "channel_max": 16,
-    "group_channels": 8,
-    "blocks_per_stage": 1,
-    "bf16_stages": 2,
-}
 
 
 def official_cosine(cur_nimg: float, base_value: float, final_value: float, total_nimg: float = DECAY_NIMG) -> float:
@@ -47,8 +39,8 @@ def official_cosine(cur_nimg: float, base_value: float, final_value: float, tota
 def quick_r3gan():
     """The R3GAN run the quick profile trains (the train stage's view of params.yaml), with a tiny network."""
     view = stage_params.views(load_params(REPO / "params.yaml", {"profile": "quick"}))["r3gan"]
-    cfg = view.replaced(params={**view.params.model_dump(), "arch": {**view.params.arch.model_dump(), **TINY_ARCH}},
-                        train=cpu_train(), resolution=16)  # fmt: skip
+    arch = {**view.params.arch.model_dump(), **TINY_R3GAN_ARCH}
+    cfg = view.replaced(params={**view.params.model_dump(), "arch": arch}, train=cpu_train(), resolution=16)
     spec = models.get_spec("r3gan")
     schedule = Schedule.for_model("r3gan", cfg.params, 2, spec.progressive)
     phases = build_phases(cfg.params.loss)

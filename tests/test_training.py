@@ -19,7 +19,7 @@ from facegan.handoff import ModelView
 from facegan.training import loss as training_loss
 from facegan.training.loop import NonFiniteError, train
 from facegan.training.progressive import Schedule, growing_kimg, prepare_reals
-from tests.helpers import cpu_train, model_settings, study_model
+from tests.helpers import TINY_R3GAN_ARCH, cpu_train, model_settings, study_model
 
 torch.set_num_threads(1)  # tiny nets: one thread is fastest, and the suite shares 2 cores
 
@@ -284,14 +284,7 @@ R3GAN = study_model(
     ema_kimg=0.016,
     augment={"p": 0.5},
     cosine={"decay_kimg": 0.048},  # every schedule moves within the run, and ends before it
-    arch={
-        "z_dim": 8,
-        "channel_base": 64,
-        "channel_max": 16,
-        "group_channels": 8,
-        "blocks_per_stage": 1,
-        "bf16_stages": 2,
-    },
+    arch=TINY_R3GAN_ARCH,
 )
 
 

@@ -23,6 +23,7 @@ global torch seed the project's loop sets at each step, from which CR_DiffAug dr
 from __future__ import annotations
 
 import importlib.util
+import pathlib
 from types import SimpleNamespace
 
 import torch
@@ -104,36 +105,10 @@ def official_names(names_map: dict, ours: nn.Module) -> tuple[list[str], list[st
 NAMES = ("styleswin",)
 
 
-def main(only: list[str] | None = None) -> None:
-    repo = official_repo(REPO)
+def official_training(repo: pathlib.Path, params: dict, off_G, off_D, g_ema, their_names: dict) -> SimpleNamespace:
+    """train_styleswin.py's loop body, ready to exec step by step: its helpers, args, optimizers (spied) and
+    the namespace the body reads."""
     script = repo / "train_styleswin.py"
-    params = study_model(
-        "styleswin",
-        batch_size=BATCH,
-        kimg=STEPS * BATCH / 1000,
-        lr_decay_kimg=0.0,  # the loop's --lr_decay is off here
-        ema_kimg=10 * BATCH / 32,  # accumulate() hard-codes 0.5 ** (32 / 10k) per step of the official batch of 32
-        arch=OFFICIAL_ARCH,
-    )
-    faces = golden_io.synthetic_faces(8, RESOLUTION)
-    torch.manual_seed(SEED)
-    G, D = models.build("styleswin", params["arch"], RESOLUTION)
-    G.train(), D.train()
-    offset_biases(D, SEED)  # no pre-activation exactly on a leaky ReLU's kink (tests/helpers.offset_biases)
-    off_G, off_D = official_styleswin(G, D, params["arch"], RESOLUTION)
-    # The official Haar filters are products of float32 1/sqrt(2)s (+-0.49999997); ours are +-0.5. Cutout's exact
-    # zeros then cancel exactly in ours and leave 1e-7 residues in theirs, which land on either side of the leaky
-    # ReLU's kink while the biases are still 0 (step 0): set theirs to +-0.5, the transform both codes mean.
-    exact_haar_filters(off_D)
-    g_ema, _ = official_styleswin(G, D, params["arch"], RESOLUTION)
-    g_ema.eval()
-    our_G_names, their_G_names = official_names(generator_name_map(G), G)
-    our_D_names, their_D_names = official_names(discriminator_name_map(D), D)
-    init = {
-        "G": tensor_norms(dict(G.named_parameters()), our_G_names),
-        "D": tensor_norms(dict(D.named_parameters()), our_D_names),
-    }
-
     lp = params["loss"]
     ns = {"torch": torch, "F": F, "autograd": autograd, "nn": nn}
     lines = load_definitions(
@@ -155,7 +130,7 @@ def main(only: list[str] | None = None) -> None:
     d_optim = optim.Adam(  # train_styleswin.py:443-447
         off_D.parameters(), lr=args.D_lr * d_reg_ratio, betas=(args.beta1**d_reg_ratio, args.beta2**d_reg_ratio)
     )
-    spies = {"G": Spy(g_optim, their_G_names, off_G), "D": Spy(d_optim, their_D_names, off_D)}
+    spies = {"G": Spy(g_optim, their_names["G"], off_G), "D": Spy(d_optim, their_names["D"], off_D)}
     ns.update(
         args=args, generator=off_G, discriminator=off_D, g_ema=g_ema, g_module=off_G, d_module=off_D,
         g_optim=spies["G"], d_optim=spies["D"], device=torch.device("cpu"), CR_DiffAug=cr.CR_DiffAug,
@@ -166,6 +141,12 @@ def main(only: list[str] | None = None) -> None:
         script, "for idx in range(args.iter):", stop_before="if get_rank() == 0", start_at="generator.train()"
     )
 
+    return SimpleNamespace(ns=ns, args=args, spies=spies, body=body, first=first, last=last, lines=lines)
+
+
+def official_steps(official: SimpleNamespace, params: dict, faces) -> tuple[list[dict], list[float]]:
+    """STEPS official steps on the project loop's draws: each phase's loss terms, and D's norm before the clip."""
+    ns, args, body, lp = official.ns, official.args, official.body, params["loss"]
     phases = build_phases(LossSettings.model_validate(lp))
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     steps, clip_norms = [], []
@@ -196,6 +177,40 @@ def main(only: list[str] | None = None) -> None:
             print(f"step {step}: " + ", ".join(f"{k} {float(v):.6f}" for t in record.values() for k, v in t.items()))
     finally:
         nn.utils.clip_grad_norm_, torch.Tensor.cuda = clip, cuda
+    return steps, clip_norms
+
+
+def main(only: list[str] | None = None) -> None:
+    repo = official_repo(REPO)
+    params = study_model(
+        "styleswin",
+        batch_size=BATCH,
+        kimg=STEPS * BATCH / 1000,
+        lr_decay_kimg=0.0,  # the loop's --lr_decay is off here
+        ema_kimg=10 * BATCH / 32,  # accumulate() hard-codes 0.5 ** (32 / 10k) per step of the official batch of 32
+        arch=OFFICIAL_ARCH,
+    )
+    faces = golden_io.synthetic_faces(8, RESOLUTION)
+    torch.manual_seed(SEED)
+    G, D = models.build("styleswin", params["arch"], RESOLUTION)
+    G.train(), D.train()
+    offset_biases(D, SEED)  # no pre-activation exactly on a leaky ReLU's kink (tests/helpers.offset_biases)
+    off_G, off_D = official_styleswin(G, D, params["arch"], RESOLUTION)
+    # The official Haar filters are products of float32 1/sqrt(2)s (+-0.49999997); ours are +-0.5. Cutout's exact
+    # zeros then cancel exactly in ours and leave 1e-7 residues in theirs, which land on either side of the leaky
+    # ReLU's kink while the biases are still 0 (step 0): set theirs to +-0.5, the transform both codes mean.
+    exact_haar_filters(off_D)
+    g_ema, _ = official_styleswin(G, D, params["arch"], RESOLUTION)
+    g_ema.eval()
+    our_G_names, their_G_names = official_names(generator_name_map(G), G)
+    our_D_names, their_D_names = official_names(discriminator_name_map(D), D)
+    init = {
+        "G": tensor_norms(dict(G.named_parameters()), our_G_names),
+        "D": tensor_norms(dict(D.named_parameters()), our_D_names),
+    }
+
+    official = official_training(repo, params, off_G, off_D, g_ema, {"G": their_G_names, "D": their_D_names})
+    steps, clip_norms = official_steps(official, params, faces)
     print("D's gradient norm before the clip at 5:", clip_norms)
     named = {
         "G": dict(off_G.named_parameters()),
@@ -210,7 +225,10 @@ def main(only: list[str] | None = None) -> None:
     golden_io.save(
         "styleswin",
         REPO,
-        [f"train_styleswin.py:{first}-{last} (loop body)", f"train_styleswin.py:{min(lines.values())}- (helpers)"],
+        [
+            f"train_styleswin.py:{official.first}-{official.last} (loop body)",
+            f"train_styleswin.py:{min(official.lines.values())}- (helpers)",
+        ],
         params,
         model="styleswin",
         seed=SEED,
@@ -220,7 +238,11 @@ def main(only: list[str] | None = None) -> None:
         offset_biases=True,
         init=init,
         steps=steps,
-        gradients={"Dmain": spies["D"].records[0], "Dreg": spies["D"].records[1], "Gmain": spies["G"].records[0]},
+        gradients={
+            "Dmain": official.spies["D"].records[0],
+            "Dreg": official.spies["D"].records[1],
+            "Gmain": official.spies["G"].records[0],
+        },
         clip_norms=torch.tensor(clip_norms),
         final=final,
     )
